@@ -1,0 +1,219 @@
+"""The dataset contract: the digits builder, validation refusals, forget/retain selection."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unlearn_lib.data import (
+    DigitsConfig,
+    ForgetTargets,
+    build_digits,
+    forget_set_sha256,
+    load_dataset,
+    select,
+)
+from unlearn_lib.errors import DatasetError, SelectionError, UnlearnError
+
+
+def test_digits_builder_writes_the_contract(digits, digits_dir):
+    lines = [json.loads(line) for line in (digits_dir / "manifest.jsonl").read_text().splitlines()]
+    assert set(lines[0]) == {"record_id", "subject_id", "label", "caption", "path", "sha256", "split", "schema_version"}
+    assert all(rec["schema_version"] == 1 for rec in lines)
+    assert {rec["split"] for rec in lines} == {"train", "holdout"}
+    # 1,797 digits minus the 3 canary originals, plus 3x40 canary copies and 12 marked hold-out digits.
+    assert len(digits) == 1797 - 3 + 120 + 12
+    assert digits.image_shape == (1, 8, 8)
+    assert digits.images.dtype == np.uint8 and digits.images.max() == 255
+    assert len({r.subject_id for r in digits.records if r.subject_id}) == 121
+
+
+def test_holdout_split_is_stratified(digits):
+    plain = [r for r in digits.records if r.record_id.startswith("digits-")]
+    train = Counter(r.label for r in plain if r.split == "train")
+    hold = Counter(r.label for r in plain if r.split == "holdout")
+    for label in range(10):
+        share = hold[label] / (hold[label] + train[label])
+        assert 0.07 < share < 0.13, (label, share)
+
+
+def test_canaries_are_duplicated_distinctive_and_owned_by_one_subject(digits):
+    canaries = [r for r in digits.train if r.subject_id == "subject-canary"]
+    assert len(canaries) == 120
+    assert len({r.sha256 for r in canaries}) == 3
+    assert {r.label for r in canaries} == {7}
+    imgs = digits.load_images(canaries)
+    # Every canary carries a saturated 2x2 mark.
+    assert all((img[0] == 255).sum() >= 4 for img in imgs)
+    marked_holdout = [r for r in digits.holdout if r.caption and "corner mark" in r.caption]
+    assert len(marked_holdout) == 12 and all(r.subject_id is None for r in marked_holdout)
+
+
+def test_builder_is_deterministic(tmp_path):
+    a = build_digits(tmp_path / "a", DigitsConfig(seed=3))
+    b = build_digits(tmp_path / "b", DigitsConfig(seed=3))
+    assert a.digest() == b.digest()
+    assert build_digits(tmp_path / "c", DigitsConfig(seed=4)).digest() != a.digest()
+
+
+def test_builder_refuses_to_overwrite_and_rejects_bad_config(tmp_path):
+    build_digits(tmp_path / "d", DigitsConfig(canaries=0, holdout_canaries=0))
+    with pytest.raises(UnlearnError, match="already exists"):
+        build_digits(tmp_path / "d")
+    with pytest.raises(UnlearnError, match="holdout_fraction"):
+        build_digits(tmp_path / "e", DigitsConfig(holdout_fraction=0.9))
+    assert not (tmp_path / "e").exists()
+
+
+# ---- validation refusals -------------------------------------------------------------------
+
+
+@pytest.fixture()
+def copy_of(digits_dir, tmp_path) -> Path:
+    dst = tmp_path / "ds"
+    shutil.copytree(digits_dir, dst)
+    return dst
+
+
+def _rewrite_first(root: Path, **changes) -> dict:
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec.update(changes)
+    lines[0] = json.dumps(rec)
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return rec
+
+
+def test_refuses_missing_file(copy_of):
+    first = json.loads((copy_of / "manifest.jsonl").read_text().splitlines()[0])
+    (copy_of / first["path"]).unlink()
+    with pytest.raises(DatasetError, match=rf"file '{first['path']}' of record '{first['record_id']}' is missing"):
+        load_dataset(copy_of)
+
+
+def test_refuses_hash_mismatch(copy_of):
+    first = json.loads((copy_of / "manifest.jsonl").read_text().splitlines()[0])
+    other = json.loads((copy_of / "manifest.jsonl").read_text().splitlines()[5])
+    shutil.copy(copy_of / other["path"], copy_of / first["path"])
+    with pytest.raises(DatasetError, match="sha256 mismatch"):
+        load_dataset(copy_of)
+
+
+def test_refuses_unreadable_image(copy_of):
+    import hashlib
+
+    garbage = b"this is not a png"
+    (copy_of / "images" / "broken.png").write_bytes(garbage)
+    _rewrite_first(copy_of, path="images/broken.png", sha256=hashlib.sha256(garbage).hexdigest())
+    with pytest.raises(DatasetError, match="not a readable image"):
+        load_dataset(copy_of)
+
+
+def test_refuses_duplicate_record_id(copy_of):
+    lines = (copy_of / "manifest.jsonl").read_text().splitlines()
+    (copy_of / "manifest.jsonl").write_text("\n".join(lines + [lines[0]]) + "\n")
+    with pytest.raises(DatasetError, match="duplicate record_id .* \\(first on line 1\\)"):
+        load_dataset(copy_of)
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "images/../../outside.png"])
+def test_refuses_path_escaping_the_folder(copy_of, path):
+    (copy_of.parent / "outside.png").write_bytes(b"x")
+    _rewrite_first(copy_of, path=path)
+    with pytest.raises(DatasetError, match="escapes the dataset folder"):
+        load_dataset(copy_of)
+
+
+def test_refuses_absolute_path(copy_of):
+    _rewrite_first(copy_of, path=str((copy_of / "images").resolve() / "x.png"))
+    with pytest.raises(DatasetError, match="is absolute"):
+        load_dataset(copy_of)
+
+
+def test_refuses_unknown_schema_version(copy_of):
+    _rewrite_first(copy_of, schema_version=99)
+    with pytest.raises(DatasetError, match="unknown schema_version 99"):
+        load_dataset(copy_of)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"split": "test"}, "split must be one of"),
+        ({"label": "seven"}, "label must be an integer"),
+        ({"extra": 1}, "unexpected field"),
+    ],
+)
+def test_refuses_malformed_records(copy_of, change, message):
+    _rewrite_first(copy_of, **change)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(copy_of)
+
+
+def test_refuses_missing_manifest_and_folder(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="manifest.jsonl is missing"):
+        load_dataset(tmp_path)
+
+
+# ---- selection -------------------------------------------------------------------------------
+
+
+def test_select_by_subject_keeps_only_training_records_in_forget(digits):
+    sel = select(digits, ForgetTargets.build(subject_ids=["subject-canary"]))
+    assert len(sel.forget) == 120 and sel.scope == "records"
+    assert all(r.split == "train" for r in sel.forget)
+    assert len(sel.retain) + len(sel.forget) == len(digits.train)
+    assert not {r.record_id for r in sel.forget} & {r.record_id for r in sel.retain}
+    # Matched non-members for calibration: the marked hold-out digits come first.
+    ref = sel.reference(min_count=12)
+    assert len(ref) == 12 and all("corner mark" in r.caption for r in ref)
+
+
+def test_select_by_label_records_and_caption(digits):
+    by_label = select(digits, ForgetTargets.build(labels=[3]))
+    assert by_label.scope == "class" and {r.label for r in by_label.forget} == {3}
+    assert by_label.purged_holdout and all(r.label == 3 for r in by_label.purged_holdout)
+    ids = [by_label.forget[0].record_id, by_label.forget[1].record_id]
+    by_ids = select(digits, ForgetTargets.build(record_ids=ids))
+    assert [r.record_id for r in by_ids.forget] == ids
+    by_caption = select(digits, ForgetTargets.build(caption_pattern="corner mark"))
+    assert by_caption.scope == "concept" and len(by_caption.forget) == 120 and len(by_caption.purged_holdout) == 12
+    union = select(digits, ForgetTargets.build(record_ids=ids, labels=[5]))
+    assert len(union.forget) == len(select(digits, ForgetTargets.build(labels=[5])).forget) + 2
+
+
+def test_forget_set_hash_depends_on_ids_and_content(digits):
+    sel = select(digits, ForgetTargets.build(labels=[3]))
+    h = sel.forget_set_sha256()
+    assert h == forget_set_sha256(list(reversed(sel.forget)))
+    assert h != forget_set_sha256(sel.forget[1:])
+
+
+def test_unknown_targets_are_reported(digits):
+    with pytest.raises(SelectionError, match="record_ids no-such-record; subject_ids ghost"):
+        select(digits, ForgetTargets.build(record_ids=["no-such-record", "digits-0000"], subject_ids=["ghost"]))
+    sel = select(digits, ForgetTargets.build(record_ids=["no-such-record", "digits-0000"]), strict=False)
+    assert sel.unknown == {"record_ids": ["no-such-record"]}
+    with pytest.raises(SelectionError, match="labels 42"):
+        select(digits, ForgetTargets.build(labels=[42]))
+
+
+def test_empty_forget_set_is_an_error_not_a_no_op(digits):
+    with pytest.raises(SelectionError, match="targets are empty"):
+        select(digits, ForgetTargets.build())
+    holdout_only = digits.holdout[0].record_id
+    with pytest.raises(SelectionError, match="select no training records .*1 hold-out"):
+        select(digits, ForgetTargets.build(record_ids=[holdout_only]))
+    with pytest.raises(SelectionError, match="select no training records"):
+        select(digits, ForgetTargets.build(record_ids=["ghost"]), strict=False)
+    with pytest.raises(SelectionError, match="not a valid regular expression"):
+        select(digits, ForgetTargets.build(caption_pattern="(unclosed"))
+    with pytest.raises(SelectionError, match="every training record"):
+        select(digits, ForgetTargets.build(labels=list(range(10))))

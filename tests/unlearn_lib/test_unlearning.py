@@ -1,0 +1,244 @@
+"""EraseDiff and the baselines on the session's real base model (digits, 0.7M parameters)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unlearn_lib.audit import class_figures, generate_class_samples
+from unlearn_lib.data import ForgetTargets, select, to_model_space
+from unlearn_lib.errors import ConfigError, UnlearnError
+from unlearn_lib.models import DiffusionModel, ForwardProcess, per_sample_denoising_error
+from unlearn_lib.unlearning import (
+    REGISTRY,
+    EraseDiffConfig,
+    erase,
+    get_algorithm,
+    make_unlearner,
+    task_from_selection,
+)
+from unlearn_lib.unlearning.baselines import Retrain, RetrainConfig
+
+FORGET = 3
+PER_CLASS = 50  # samples per class for the evaluator's verdicts
+SEED = 1
+
+
+@pytest.fixture(scope="module")
+def class_task(digits, base_model):
+    return task_from_selection(digits, select(digits, ForgetTargets.build(labels=[FORGET])), base_model)
+
+
+@pytest.fixture(scope="module")
+def canary_task(digits, base_model):
+    return task_from_selection(digits, select(digits, ForgetTargets.build(subject_ids=["subject-canary"])), base_model)
+
+
+@pytest.fixture(scope="module")
+def base_figures(base_model, evaluator):
+    return class_figures(generate_class_samples(base_model, evaluator, PER_CLASS, seed=SEED), [FORGET])
+
+
+@pytest.fixture(scope="module")
+def erasediff_class_result(class_task):
+    return make_unlearner("erasediff").run(class_task, progress=False)
+
+
+def _mean_error(model: DiffusionModel, images: torch.Tensor, labels: torch.Tensor, seed: int = 7) -> float:
+    fp = ForwardProcess(model.scheduler, torch.device("cpu"))
+    err = per_sample_denoising_error(
+        model.unet, fp, to_model_space(images), labels.clamp(min=0), [50, 100, 200], noise_draws=4, seed=seed
+    )
+    return float(err.mean())
+
+
+def test_registry_holds_erasediff_and_the_baselines():
+    assert {"erasediff", "retrain", "finetune", "neggrad"} <= set(REGISTRY)
+    with pytest.raises(ConfigError, match="unknown algorithm 'salun'"):
+        get_algorithm("salun")
+    with pytest.raises(ConfigError, match="has no option 'lamda'"):
+        make_unlearner("erasediff", {"lamda": 0.5})
+    with pytest.raises(ConfigError, match="lambda_mode must be fixed or bome"):
+        make_unlearner("erasediff", {"lambda_mode": "adaptive"})
+    cfg = make_unlearner("erasediff", {"steps": "40", "lam": "0.5", "calibrate_timesteps": "10,20"}).config
+    assert (cfg.steps, cfg.lam, cfg.calibrate_timesteps) == (40, 0.5, [10, 20])
+    with pytest.raises(ConfigError, match="option steps: '4.5' is not a valid int"):
+        make_unlearner("erasediff", {"steps": "4.5"})
+
+
+def test_erasediff_forgets_the_class_and_keeps_the_others(erasediff_class_result, base_figures, evaluator):
+    after = class_figures(
+        generate_class_samples(erasediff_class_result.model, evaluator, PER_CLASS, seed=SEED), [FORGET]
+    )
+    # The base model draws its 3s as 3s almost always; after EraseDiff it must almost never.
+    assert base_figures.mean_forgotten_probability > 0.8
+    assert after.mean_forgotten_probability < 0.1
+    assert base_figures.mean_forgotten_probability - after.mean_forgotten_probability > 0.7
+    # 450 retained-class samples: a binomial standard error of about 1 point per model, so a
+    # 5-point tolerance separates real damage from sampling noise.
+    assert after.retained_accuracy >= base_figures.retained_accuracy - 0.05
+    hist = erasediff_class_result.history
+    assert len(hist["loss_f"]) == erasediff_class_result.steps == EraseDiffConfig().steps
+    assert all(v == 1.0 for v in hist["lam"])  # fixed lambda by default
+    assert hist["loss_f"][-1] < hist["loss_f"][0]  # the constraint's loss was driven down
+
+
+def test_erasediff_leaves_the_base_model_untouched(class_task, erasediff_class_result, base_model_dir):
+    pristine = DiffusionModel.load(base_model_dir)
+    for (k, v), (_, w) in zip(
+        class_task.base.unet.state_dict().items(), pristine.unet.state_dict().items(), strict=True
+    ):
+        assert torch.equal(v, w), k
+    changed = any(
+        not torch.equal(v, erasediff_class_result.model.unet.state_dict()[k])
+        for k, v in pristine.unet.state_dict().items()
+    )
+    assert changed
+
+
+def test_record_deletion_stops_when_forget_records_look_unseen(canary_task, base_model, evaluator):
+    forget = canary_task.forget.distinct()
+    ref = canary_task.reference
+    before_f = _mean_error(base_model, forget.images, forget.labels)
+    before_r = _mean_error(base_model, ref.images, ref.labels)
+    assert before_f < 0.3 * before_r  # the base model memorized its canaries
+
+    result = make_unlearner("erasediff").run(canary_task, progress=False)
+    assert result.stop is not None and result.stop["reason"] == "calibrated"
+    assert result.config["resolved_target"]["remap_to"] == "neighbours"
+    after_f = _mean_error(result.model, forget.images, forget.labels)
+    after_r = _mean_error(result.model, ref.images, ref.labels)
+    # Neither memorized (far below the hold-out level) nor over-forgotten (far above it).
+    assert 0.8 * after_r < after_f < 1.25 * after_r
+
+    # Deleting three records must not drag their whole class (7) along.
+    b = generate_class_samples(base_model, evaluator, PER_CLASS, seed=SEED, classes=[7])
+    a = generate_class_samples(result.model, evaluator, PER_CLASS, seed=SEED, classes=[7])
+    acc_b, acc_a = class_figures(b, []).accuracy[7], class_figures(a, []).accuracy[7]
+    assert acc_a >= acc_b - 0.1, (acc_b, acc_a)
+
+
+def test_calibrated_stop_requires_reference(canary_task):
+    no_ref = type(canary_task)(
+        base=canary_task.base, retain=canary_task.retain, forget=canary_task.forget, scope="records", reference=None
+    )
+    with pytest.raises(ConfigError, match="needs hold-out reference"):
+        make_unlearner("erasediff", {"stop": "calibrated"}).run(no_ref, progress=False)
+
+
+def test_bome_lambda_adapts(class_task):
+    result = make_unlearner("erasediff", {"steps": 8, "lambda_mode": "bome", "eta": 0.5}).run(
+        class_task, progress=False
+    )
+    lam = result.history["lam"]
+    assert all(v >= 0 for v in lam) and len(set(round(v, 6) for v in lam)) > 1
+
+
+def test_noise_target_and_attention_only_subset(class_task):
+    result = make_unlearner("erasediff", {"steps": 4, "target": "noise", "params": "attention"}).run(
+        class_task, progress=False
+    )
+    assert result.config["resolved_target"] == {"target": "noise"}
+    base_sd, new_sd = class_task.base.unet.state_dict(), result.model.unet.state_dict()
+    changed = {k for k in base_sd if not torch.equal(base_sd[k], new_sd[k])}
+    assert changed and all(".attentions." in k for k in changed)
+
+
+def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path):
+    opts = {"steps": 6, "checkpoint_every": 3}
+    straight = make_unlearner("erasediff", opts).run(class_task, progress=False)
+    # Simulate a preempted pod: a run that dies after its step-3 checkpoint.
+    from unlearn_lib.unlearning import loop as loop_mod
+
+    original = loop_mod.UnlearningLoop.maybe_checkpoint
+
+    def die_after_checkpoint(self, done, optimizers, extra=None):
+        original(self, done, optimizers, extra)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    loop_mod.UnlearningLoop.maybe_checkpoint = die_after_checkpoint
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            make_unlearner("erasediff", opts).run(class_task, checkpoint_dir=str(tmp_path / "ck"), progress=False)
+    finally:
+        loop_mod.UnlearningLoop.maybe_checkpoint = original
+    resumed = make_unlearner("erasediff", opts).run(class_task, checkpoint_dir=str(tmp_path / "ck"), progress=False)
+    assert resumed.resumed_from == 3
+    for k, v in straight.model.unet.state_dict().items():
+        assert torch.allclose(v, resumed.model.unet.state_dict()[k], atol=1e-6), k
+    assert resumed.history["loss_r"] == pytest.approx(straight.history["loss_r"], rel=1e-5)
+
+
+def test_neggrad_raises_the_forget_loss(class_task):
+    f = class_task.forget.subset(range(64))
+    r = class_task.retain.subset(range(64))
+    before = _mean_error(class_task.base, f.images, f.labels)
+    result = make_unlearner("neggrad", {"steps": 20}).run(class_task, progress=False)
+    assert _mean_error(result.model, f.images, f.labels) > 2 * before
+    assert result.samples_drawn["forget"] == 20 * 32
+    assert _mean_error(result.model, r.images, r.labels) < _mean_error(result.model, f.images, f.labels)
+
+
+def test_finetune_trains_on_the_retain_set_only(class_task):
+    result = make_unlearner("finetune", {"steps": 20}).run(class_task, progress=False)
+    assert result.samples_drawn == {"retain": 20 * 64, "forget": 0}
+    r = class_task.retain.subset(range(128))
+    # Fine-tuning keeps the retained data's denoising loss where it was (within 20%).
+    assert _mean_error(result.model, r.images, r.labels) < 1.2 * _mean_error(class_task.base, r.images, r.labels)
+
+
+def test_retrain_never_sees_a_forget_record(canary_task):
+    seen: set[int] = set()
+    result = Retrain(RetrainConfig(steps=25, batch_size=32), on_batch=lambda step, idx: seen.update(idx.tolist())).run(
+        canary_task, progress=False
+    )
+    seen_ids = {canary_task.retain.record_ids[i] for i in seen}
+    assert seen and not seen_ids & set(canary_task.forget.record_ids)
+    assert result.samples_drawn == {"retain": 25 * 32, "forget": 0}
+    # From scratch: the new weights share nothing with the base model.
+    base_sd = canary_task.base.unet.state_dict()
+    assert all(not torch.equal(v, base_sd[k]) for k, v in result.model.unet.state_dict().items() if v.dim() > 1)
+
+
+def test_erase_writes_model_and_record(base_model_dir, digits_dir, tmp_path):
+    out = tmp_path / "erased"
+    result, record = erase(
+        base_model_dir,
+        digits_dir,
+        ForgetTargets.build(labels=[FORGET]),
+        "erasediff",
+        out,
+        overrides={"steps": 3},
+        progress=False,
+    )
+    saved = json.loads((out / "unlearning.json").read_text())
+    assert saved["algorithm"] == "erasediff" and saved["steps"] == 3 and saved["seed"] == 0
+    assert saved["config"]["lam"] == 1.0 and len(saved["history"]["lam"]) == 3
+    assert saved["selection"]["forget"] == len(select_forget(digits_dir))
+    assert len(saved["base_model"]["unet_sha256"]) == 64
+    assert (out / "unlearning_curves.png").is_file()
+    reloaded = DiffusionModel.load(out)
+    assert reloaded.meta.lineage["forget_set_sha256"] == saved["selection"]["forget_set_sha256"]
+    with pytest.raises(UnlearnError, match="already exists"):
+        erase(base_model_dir, digits_dir, ForgetTargets.build(labels=[FORGET]), "erasediff", out, progress=False)
+
+
+def test_erase_refuses_bad_input_before_writing_anything(base_model_dir, digits_dir, tmp_path):
+    out = tmp_path / "never"
+    for targets, overrides, message in [
+        (ForgetTargets.build(subject_ids=["ghost"]), {}, "unknown deletion targets"),
+        (ForgetTargets.build(labels=[FORGET]), {"steps": -1}, "steps must be >= 0"),
+        (ForgetTargets.build(labels=[FORGET]), {"remap_to": str(FORGET)}, "is a class being forgotten"),
+    ]:
+        with pytest.raises(UnlearnError, match=message):
+            erase(base_model_dir, digits_dir, targets, "erasediff", out, overrides=overrides, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def select_forget(digits_dir):
+    from unlearn_lib.data import load_dataset
+
+    return select(load_dataset(digits_dir), ForgetTargets.build(labels=[FORGET])).forget

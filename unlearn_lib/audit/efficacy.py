@@ -1,0 +1,90 @@
+"""Class-level forgetting and retained-class utility, judged by the evaluator on generated samples."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.diffusion import DiffusionModel
+from ..models.sampling import class_grid_labels, sample
+from .evaluator import Evaluator
+
+
+@dataclass
+class ClassSamples:
+    """Samples conditioned on each class, with the evaluator's probabilities."""
+
+    classes: list[int]
+    per_class: int
+    images: torch.Tensor  # [len(classes) * per_class, C, H, W] in [-1, 1]
+    probs: torch.Tensor  # [len(classes) * per_class, K]
+
+    def for_class(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.classes.index(c)
+        sl = slice(i * self.per_class, (i + 1) * self.per_class)
+        return self.images[sl], self.probs[sl]
+
+
+def generate_class_samples(
+    model: DiffusionModel,
+    evaluator: Evaluator,
+    per_class: int,
+    steps: int = 25,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    classes: list[int] | None = None,
+    progress: bool = False,
+) -> ClassSamples:
+    classes = list(range(model.meta.num_classes)) if classes is None else list(classes)
+    labels = class_grid_labels(model, per_class, classes)
+    images = sample(model, labels, steps=steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
+    return ClassSamples(classes=classes, per_class=per_class, images=images, probs=evaluator.predict_proba(images))
+
+
+@dataclass
+class ClassFigures:
+    forget_labels: list[int]
+    per_class: int
+    # Per class: evaluator accuracy on samples conditioned on it.
+    accuracy: dict[int, float] = field(default_factory=dict)
+    # Per forgotten class: mean probability / rate of the forgotten class, prediction entropy.
+    forgotten_probability: dict[int, float] = field(default_factory=dict)
+    forgotten_rate: dict[int, float] = field(default_factory=dict)
+    forgotten_entropy: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def mean_forgotten_probability(self) -> float:
+        v = list(self.forgotten_probability.values())
+        return sum(v) / len(v) if v else math.nan
+
+    @property
+    def retained_accuracy(self) -> float:
+        v = [a for c, a in self.accuracy.items() if c not in self.forget_labels]
+        return sum(v) / len(v) if v else math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "forget_labels": self.forget_labels,
+            "samples_per_class": self.per_class,
+            "accuracy": {str(k): v for k, v in self.accuracy.items()},
+            "forgotten_probability": {str(k): v for k, v in self.forgotten_probability.items()},
+            "forgotten_rate": {str(k): v for k, v in self.forgotten_rate.items()},
+            "forgotten_entropy": {str(k): v for k, v in self.forgotten_entropy.items()},
+            "mean_forgotten_probability": self.mean_forgotten_probability,
+            "retained_accuracy": self.retained_accuracy,
+        }
+
+
+def class_figures(samples: ClassSamples, forget_labels: list[int]) -> ClassFigures:
+    figs = ClassFigures(forget_labels=list(forget_labels), per_class=samples.per_class)
+    for c in samples.classes:
+        _, p = samples.for_class(c)
+        pred = p.argmax(-1)
+        figs.accuracy[c] = float((pred == c).float().mean())
+        if c in forget_labels:
+            figs.forgotten_probability[c] = float(p[:, c].mean())
+            figs.forgotten_rate[c] = float((pred == c).float().mean())
+            figs.forgotten_entropy[c] = float(-(p * p.clamp(min=1e-12).log()).sum(-1).mean())
+    return figs

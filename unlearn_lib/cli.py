@@ -1,0 +1,396 @@
+"""The ``unlearn`` command.
+
+Errors caused by input (a bad dataset, an unknown option, a missing model) print one line
+and exit with status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UnlearnError
+
+EXIT_USAGE = 2
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _read_options_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"options file {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"options file {path} is not valid YAML/JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"options file {path} must hold a mapping of option names to values")
+    return data
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def cmd_build_digits(args: argparse.Namespace) -> int:
+    from .data import DigitsConfig, build_digits
+
+    cfg = DigitsConfig(
+        holdout_fraction=args.holdout_fraction,
+        num_subjects=args.subjects,
+        seed=args.seed,
+        canaries=args.canaries,
+        canary_copies=args.canary_copies,
+        canary_label=args.canary_label,
+        holdout_canaries=args.holdout_canaries,
+    )
+    ds = build_digits(args.out, cfg, overwrite=args.overwrite)
+    print(
+        f"wrote {len(ds)} records to {args.out} ({len(ds.train)} train, {len(ds.holdout)} hold-out; "
+        f"digest {ds.digest()[:12]})"
+    )
+    return 0
+
+
+def cmd_dataset_info(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .data import load_dataset
+
+    ds = load_dataset(args.dataset)
+    info = {
+        "path": str(ds.root),
+        "records": len(ds),
+        "train": len(ds.train),
+        "holdout": len(ds.holdout),
+        "subjects": len({r.subject_id for r in ds.records if r.subject_id}),
+        "labels": dict(sorted(Counter(r.label for r in ds.train).items(), key=lambda kv: str(kv[0]))),
+        "image_shape": list(ds.image_shape),
+        "digest": ds.digest(),
+    }
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> Any:
+    from .data import ForgetTargets
+
+    return ForgetTargets.build(
+        record_ids=args.forget_records or [],
+        subject_ids=args.forget_subjects or [],
+        labels=args.forget_labels or [],
+        caption_pattern=args.forget_caption,
+    )
+
+
+def cmd_dataset_select(args: argparse.Namespace) -> int:
+    from .data import load_dataset, select
+
+    sel = select(load_dataset(args.dataset), _targets(args), strict=not args.allow_unknown)
+    print(json.dumps(sel.summary(), indent=2))
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from .models import TrainConfig
+
+    return TrainConfig(
+        preset=args.preset,
+        conditional=not args.unconditional,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        ema_decay=args.ema_decay,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+    ).resolved()
+
+
+def cmd_train_base(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .models import ensure_base_model
+
+    cfg = _train_config(args)
+    model, result = ensure_base_model(
+        load_dataset(args.dataset),
+        args.out,
+        cfg,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+    if result is None:
+        print(
+            f"{args.out}: base model already trained with this configuration and dataset (cached); "
+            "pass --overwrite to train again"
+        )
+        return 0
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+    print(
+        f"trained {model.num_parameters() / 1e6:.2f}M-parameter {cfg.preset} model for {cfg.steps} steps in "
+        f"{result.seconds:.0f}s ({result.steps_per_second:.1f} steps/s{resumed}); saved to {args.out}"
+    )
+    return 0
+
+
+def cmd_train_evaluator(args: argparse.Namespace) -> int:
+    from .audit import train_evaluator
+    from .data import load_dataset
+
+    ev = train_evaluator(load_dataset(args.dataset), epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    ev.save(args.out, overwrite=args.overwrite)
+    print(f"evaluator saved to {args.out} (hold-out accuracy {ev.meta.holdout_accuracy:.3f})")
+    return 0
+
+
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    from dataclasses import MISSING, fields
+
+    from .unlearning import REGISTRY
+
+    for name, cls in sorted(REGISTRY.items()):
+        if args.name and name != args.name:
+            continue
+        print(f"{name}: {cls.summary}")
+        if args.name or args.verbose:
+            for f in fields(cls.config_cls):
+                default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+                print(f"    {f.name} = {default!r}")
+    if args.name and args.name not in REGISTRY:
+        raise ConfigError(f"unknown algorithm {args.name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from .unlearning import erase
+
+    overrides: dict[str, Any] = {}
+    if args.options:
+        overrides.update(_read_options_file(args.options))
+    overrides.update(dict(args.set or []))
+    targets = _targets(args)
+    result, record = erase(
+        args.model,
+        args.dataset,
+        targets,
+        args.algorithm,
+        args.out,
+        overrides=overrides,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        checkpoint_dir=args.checkpoint_dir,
+        strict=not args.allow_unknown,
+    )
+    sel = record["selection"]
+    stop = f"; stopped at step {result.stop['step']} ({result.stop['reason']})" if result.stop else ""
+    print(
+        f"{args.algorithm}: forgot {sel['forget']} records ({sel['forget_distinct_images']} distinct images, "
+        f"scope {sel['scope']}) in {result.steps} steps, {result.seconds:.1f}s{stop}; saved to {args.out}"
+    )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import DiffusionModel, class_grid_labels, sample
+    from .utils import pick_device
+    from .viz import save_grid
+
+    model = DiffusionModel.load(args.model, device=pick_device(args.device))
+    if model.conditional:
+        if args.labels:
+            labels = torch.tensor([c for c in args.labels for _ in range(args.per_class)])
+            rows = [model.meta.class_names[c] if c < len(model.meta.class_names) else "null" for c in args.labels]
+        else:
+            labels = class_grid_labels(model, args.per_class)
+            rows = list(model.meta.class_names)
+        nrow = args.per_class
+    else:
+        if args.labels:
+            raise ConfigError("--labels needs a class-conditional model; this one is unconditional")
+        labels, rows, nrow = None, None, max(1, int(args.num_samples**0.5))
+    images = sample(
+        model,
+        labels,
+        num_samples=args.num_samples,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, got {out}")
+    save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=rows)
+    if args.tensor_out:
+        torch.save(images, args.tensor_out)
+    print(f"wrote {images.shape[0]} samples to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        Path(args.workspace), forget_label=args.forget_label, base_steps=args.base_steps, progress=not args.quiet
+    )
+
+
+# ---- parser -------------------------------------------------------------------------------
+
+
+def _add_targets(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to forget (any combination; the forget set is their union)")
+    g.add_argument("--forget-labels", type=_int_list, metavar="L[,L]", help="class labels to erase")
+    g.add_argument("--forget-subjects", type=_str_list, metavar="S[,S]", help="data owners whose records to erase")
+    g.add_argument("--forget-records", type=_str_list, metavar="R[,R]", help="record IDs to erase")
+    g.add_argument("--forget-caption", metavar="REGEX", help="erase records whose caption matches")
+    g.add_argument(
+        "--allow-unknown", action="store_true", help="proceed when some targets match nothing (default: refuse)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"unlearn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ds = sub.add_parser("dataset", help="build, inspect and select from datasets")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    p = ds_sub.add_parser("build-digits", help="write the scikit-learn digits dataset folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout-fraction", type=float, default=0.1)
+    p.add_argument("--subjects", type=int, default=120, help="number of data owners")
+    p.add_argument("--canaries", type=int, default=3, help="distinct marked images owned by one subject")
+    p.add_argument("--canary-copies", type=int, default=40, help="training copies of each canary")
+    p.add_argument("--canary-label", type=int, default=7)
+    p.add_argument("--holdout-canaries", type=int, default=12, help="marked hold-out images (never trained)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_build_digits)
+    p = ds_sub.add_parser("info", help="validate a dataset folder and summarise it")
+    p.add_argument("dataset")
+    p.set_defaults(func=cmd_dataset_info)
+    p = ds_sub.add_parser("select", help="show what a deletion would select, without changing anything")
+    p.add_argument("dataset")
+    _add_targets(p)
+    p.set_defaults(func=cmd_dataset_select)
+
+    p = sub.add_parser("train-base", help="train a base diffusion model on a dataset's training split")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--unconditional", action="store_true", help="train without class conditioning")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-dir", help="default: OUT.checkpoints; a restarted run resumes from it")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_base)
+
+    p = sub.add_parser("train-evaluator", help="train the classifier that judges generated samples")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_evaluator)
+
+    p = sub.add_parser("algorithms", help="list unlearning algorithms and their options")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every algorithm's options")
+    p.set_defaults(func=cmd_algorithms)
+
+    p = sub.add_parser("erase", help="unlearn records, subjects or classes from a model")
+    p.add_argument("--algorithm", default="erasediff", help="see `unlearn algorithms`")
+    p.add_argument("--model", required=True, help="base model folder")
+    p.add_argument("--dataset", required=True, help="the dataset the model was trained on")
+    p.add_argument("--out", required=True, help="folder for the unlearned model")
+    _add_targets(p)
+    p.add_argument(
+        "--set",
+        type=_key_value,
+        action="append",
+        metavar="NAME=VALUE",
+        help="algorithm option (repeatable), e.g. --set steps=200 --set lam=0.5",
+    )
+    p.add_argument("--options", metavar="FILE", help="YAML/JSON mapping of algorithm options (--set wins)")
+    p.add_argument("--checkpoint-dir", help="default: OUT.checkpoints; a restarted run resumes from it")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("sample", help="generate a PNG grid of samples")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--labels", type=_int_list, help="classes to draw (default: every class, one row each)")
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--num-samples", type=int, default=64, help="for unconditional models")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the grid")
+    p.add_argument("--tensor-out", help="also save the samples as a torch tensor file")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="the digits story: data, base model, erase a class, before/after")
+    p.add_argument("--workspace", default=os.environ.get("UNLEARN_WORKSPACE", "workspace"))
+    p.add_argument("--forget-label", type=int, default=3)
+    p.add_argument("--base-steps", type=int, default=2000)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UnlearnError as err:
+        print(f"unlearn: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("unlearn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

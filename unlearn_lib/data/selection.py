@@ -1,0 +1,189 @@
+"""Forget-set selection: which records a deletion request removes, and what remains.
+
+Only training records influenced the model, so they form the forget set; matching
+hold-out records are deleted from the data (``purged_holdout``) but need no unlearning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import SelectionError
+from .manifest import Dataset, Record
+
+Scope = Literal["class", "concept", "records"]
+
+
+@dataclass(frozen=True)
+class ForgetTargets:
+    """What a deletion request names. Any combination; the forget set is their union."""
+
+    record_ids: tuple[str, ...] = ()
+    subject_ids: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+    caption_pattern: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        record_ids: Iterable[str] = (),
+        subject_ids: Iterable[str] = (),
+        labels: Iterable[int] = (),
+        caption_pattern: str | None = None,
+    ) -> ForgetTargets:
+        return cls(
+            record_ids=tuple(dict.fromkeys(record_ids)),
+            subject_ids=tuple(dict.fromkeys(subject_ids)),
+            labels=tuple(dict.fromkeys(int(v) for v in labels)),
+            caption_pattern=caption_pattern or None,
+        )
+
+    def is_empty(self) -> bool:
+        return not (self.record_ids or self.subject_ids or self.labels or self.caption_pattern)
+
+    @property
+    def scope(self) -> Scope:
+        """Class targets make a class-level erasure; record/subject IDs a record-level one."""
+        if self.labels:
+            return "class"
+        if self.caption_pattern and not (self.record_ids or self.subject_ids):
+            return "concept"
+        return "records"
+
+    def to_dict(self) -> dict:
+        return {
+            "record_ids": list(self.record_ids),
+            "subject_ids": list(self.subject_ids),
+            "labels": list(self.labels),
+            "caption_pattern": self.caption_pattern,
+        }
+
+
+@dataclass
+class Selection:
+    targets: ForgetTargets
+    forget: list[Record]
+    retain: list[Record]
+    holdout: list[Record]
+    purged_holdout: list[Record]
+    unknown: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> Scope:
+        return self.targets.scope
+
+    @property
+    def forget_labels(self) -> list[int]:
+        return sorted({r.label for r in self.forget if r.label is not None})
+
+    def forget_set_sha256(self) -> str:
+        return forget_set_sha256(self.forget)
+
+    def summary(self) -> dict:
+        return {
+            "scope": self.scope,
+            "targets": self.targets.to_dict(),
+            "forget": len(self.forget),
+            "forget_distinct_images": len({r.sha256 for r in self.forget}),
+            "retain": len(self.retain),
+            "holdout": len(self.holdout),
+            "purged_holdout": len(self.purged_holdout),
+            "forget_labels": self.forget_labels,
+            "unknown": self.unknown,
+            "forget_set_sha256": self.forget_set_sha256(),
+        }
+
+    def reference(self, min_count: int = 16) -> list[Record]:
+        """Hold-out non-members that look like the forget set, for calibration and audits.
+
+        Prefer records that share a forget record's caption (e.g. marked canaries), then
+        the forget labels, then any hold-out record, until ``min_count`` are found.
+        """
+        captions = {r.caption for r in self.forget if r.caption}
+        labels = set(self.forget_labels)
+        tiers = [
+            [r for r in self.holdout if r.caption in captions],
+            [r for r in self.holdout if r.label in labels and r.caption not in captions],
+            [r for r in self.holdout if r.label not in labels and r.caption not in captions],
+        ]
+        chosen: list[Record] = []
+        for tier in tiers:
+            if len(chosen) >= min_count:
+                break
+            chosen.extend(tier)
+        return chosen
+
+
+def forget_set_sha256(records: Sequence[Record]) -> str:
+    """Identity of a forget set: sorted record IDs with their content hashes."""
+    h = hashlib.sha256()
+    for rec in sorted(records, key=lambda r: r.record_id):
+        h.update(f"{rec.record_id}:{rec.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def select(dataset: Dataset, targets: ForgetTargets, strict: bool = True) -> Selection:
+    """Split ``dataset`` by ``targets``.
+
+    ``strict`` refuses targets that match nothing (a typo in a deletion request must not
+    pass as done); otherwise they are listed in ``Selection.unknown``.
+    """
+    if targets.is_empty():
+        raise SelectionError(
+            "the deletion targets are empty: name record IDs, subject IDs, labels or a caption pattern"
+        )
+    pattern = None
+    if targets.caption_pattern:
+        try:
+            pattern = re.compile(targets.caption_pattern, re.IGNORECASE)
+        except re.error as err:
+            raise SelectionError(
+                f"caption pattern {targets.caption_pattern!r} is not a valid regular expression ({err})"
+            ) from None
+    ids = set(targets.record_ids)
+    subjects = set(targets.subject_ids)
+    labels = set(targets.labels)
+
+    def matches(rec: Record) -> bool:
+        return (
+            rec.record_id in ids
+            or (rec.subject_id is not None and rec.subject_id in subjects)
+            or (rec.label is not None and rec.label in labels)
+            or (pattern is not None and rec.caption is not None and pattern.search(rec.caption) is not None)
+        )
+
+    forget, retain, holdout, purged = [], [], [], []
+    for rec in dataset.records:
+        hit = matches(rec)
+        if rec.split == "train":
+            (forget if hit else retain).append(rec)
+        else:
+            (purged if hit else holdout).append(rec)
+
+    known_ids = {r.record_id for r in dataset.records}
+    known_subjects = {r.subject_id for r in dataset.records if r.subject_id is not None}
+    known_labels = set(dataset.labels)
+    unknown: dict[str, list] = {}
+    if missing := sorted(ids - known_ids):
+        unknown["record_ids"] = missing
+    if missing := sorted(subjects - known_subjects):
+        unknown["subject_ids"] = missing
+    if missing := sorted(labels - known_labels):
+        unknown["labels"] = missing
+    if pattern is not None and not any(r.caption and pattern.search(r.caption) for r in dataset.records):
+        unknown["caption_pattern"] = [targets.caption_pattern]
+    if unknown and strict:
+        parts = [f"{k} {', '.join(map(str, v))}" for k, v in unknown.items()]
+        raise SelectionError(f"unknown deletion targets in {dataset.root}: {'; '.join(parts)}")
+    if not forget:
+        extra = f" ({len(purged)} hold-out records matched, which no model was trained on)" if purged else ""
+        raise SelectionError(f"the deletion targets select no training records{extra}; nothing to unlearn")
+    if not retain:
+        raise SelectionError("the deletion targets select every training record; nothing would remain")
+    return Selection(
+        targets=targets, forget=forget, retain=retain, holdout=holdout, purged_holdout=purged, unknown=unknown
+    )

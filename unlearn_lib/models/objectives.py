@@ -1,0 +1,78 @@
+"""The DDPM forward process and denoising losses shared by training, unlearning and audits."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+
+class ForwardProcess:
+    """q(x_t | x_0) for a DDPM scheduler, with its coefficients cached on one device."""
+
+    def __init__(self, scheduler: DDPMScheduler, device: torch.device) -> None:
+        ab = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        self.num_timesteps = int(ab.shape[0])
+        self.sqrt_ab = ab.sqrt()
+        self.sqrt_1mab = (1.0 - ab).sqrt()
+
+    def coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sqrt_ab[t].view(-1, 1, 1, 1), self.sqrt_1mab[t].view(-1, 1, 1, 1)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self.coeffs(t)
+        return a * x0 + s * eps
+
+
+def predict_eps(unet: UNet2DModel, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    out = unet(x_t, t, class_labels=labels).sample
+    return out.float()
+
+
+def drop_labels(
+    labels: torch.Tensor, null_class: int | None, p: float, generator: torch.Generator | None
+) -> torch.Tensor | None:
+    """Classifier-free guidance training: replace labels by the null class with probability ``p``.
+
+    Records without a label (``-1``) always use the null class.
+    """
+    if null_class is None:
+        return None
+    out = torch.where(labels < 0, torch.full_like(labels, null_class), labels)
+    if p > 0:
+        mask = torch.rand(labels.shape, generator=generator, device=labels.device) < p
+        out = torch.where(mask, torch.full_like(out, null_class), out)
+    return out
+
+
+@torch.no_grad()
+def per_sample_denoising_error(
+    unet: UNet2DModel,
+    fp: ForwardProcess,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    timesteps: list[int],
+    noise_draws: int,
+    seed: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Mean squared denoising error per image, ``[N, len(timesteps)]``, over fixed noise draws.
+
+    The noise is drawn from ``seed`` independently of the batch split, so two models are
+    compared on exactly the same (x_t, t) pairs; this is the statistic behind the loss
+    (t-error) membership attack and the calibrated stop.
+    """
+    n = x0.shape[0]
+    device = x0.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    eps_all = torch.randn((noise_draws, len(timesteps), *x0.shape), generator=gen).to(device)
+    out = torch.zeros(n, len(timesteps), device=device)
+    for d in range(noise_draws):
+        for j, t_val in enumerate(timesteps):
+            for start in range(0, n, batch_size):
+                sl = slice(start, start + batch_size)
+                xb = x0[sl]
+                t = torch.full((xb.shape[0],), t_val, device=device, dtype=torch.long)
+                eps = eps_all[d, j, sl]
+                pred = predict_eps(unet, fp.add_noise(xb, eps, t), t, None if labels is None else labels[sl])
+                out[sl, j] += (pred - eps).pow(2).flatten(1).mean(1)
+    return (out / noise_draws).cpu()

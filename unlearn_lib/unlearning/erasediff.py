@@ -1,0 +1,259 @@
+"""EraseDiff (Wu, Le, Hayat, Harandi, arXiv 2401.05779).
+
+Unlearning as a constrained problem:
+
+    min_theta  L_r(theta)   s.t.   L_f(theta) - min_phi L_f(phi) <= 0
+
+L_r is the denoising loss on the retain set; L_f the forgetting loss, which regresses the
+model's noise prediction on forget images onto a target other than the true noise (see
+:mod:`.targets`). It is solved first-order, as BOME does for bi-level problems: from the
+current theta, K inner steps on L_f approximate its minimum L_f* (theta is restored
+afterwards); then one step on
+
+    L_r + lambda * (L_f - L_f*)
+
+with lambda fixed, or chosen each step by the BOME rule
+    lambda = max((eta * |grad q|^2 - grad q . grad L_r) / |grad q|^2, 0),   q = L_f - L_f*,
+which makes the combined step decrease q at rate eta while following L_r where it can.
+
+The inner steps and L_f* use the same forget batch, noise and timesteps as the outer
+step, so q is measured on one consistent sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ConfigError
+from .base import CommonConfig, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
+from .calibration import CalibratedStop
+from .loop import UnlearningLoop
+from .targets import (
+    ClassRemapTarget,
+    ForgetTarget,
+    NeighbourTarget,
+    UniformNoiseTarget,
+    class_mapping,
+    class_means,
+    nearest_neighbours,
+)
+
+
+@dataclass
+class EraseDiffConfig(CommonConfig):
+    steps: int = 150
+    inner_steps: int = 1  # K
+    inner_lr: float | None = None  # None: same as lr
+    lambda_mode: str = "fixed"  # fixed | bome
+    lam: float = 1.0  # lambda when fixed
+    eta: float = 0.5  # BOME's eta when adaptive
+    target: str = "remap"  # noise | remap
+    remap_to: str = "auto"  # auto | null | nearest-class | neighbours | <class index>
+    neighbours: int = 8
+    stop: str = "auto"  # auto | none | calibrated
+    calibrate_every: int = 1
+    calibrate_timesteps: list[int] = field(default_factory=lambda: [50, 100, 200])
+    calibrate_draws: int = 4
+    calibrate_bisect: int = 6  # bisection steps between the last two iterates when the stop fires
+
+    def validate(self) -> None:
+        super().validate()
+        if self.inner_steps < 0:
+            raise ConfigError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        if self.inner_lr is not None and self.inner_lr <= 0:
+            raise ConfigError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.lambda_mode not in ("fixed", "bome"):
+            raise ConfigError(f"lambda_mode must be fixed or bome, got {self.lambda_mode!r}")
+        if self.lam < 0 or self.eta < 0:
+            raise ConfigError("lam and eta must be >= 0")
+        if self.target not in ("noise", "remap"):
+            raise ConfigError(f"target must be noise or remap, got {self.target!r}")
+        if self.remap_to not in ("auto", "null", "nearest-class", "neighbours") and not self.remap_to.isdigit():
+            raise ConfigError(
+                f"remap_to must be auto, null, nearest-class, neighbours or a class index, got {self.remap_to!r}"
+            )
+        if self.neighbours < 1:
+            raise ConfigError("neighbours must be >= 1")
+        if self.stop not in ("auto", "none", "calibrated"):
+            raise ConfigError(f"stop must be auto, none or calibrated, got {self.stop!r}")
+        if self.calibrate_every < 1 or self.calibrate_draws < 1 or not self.calibrate_timesteps:
+            raise ConfigError("calibrate_every and calibrate_draws must be >= 1, calibrate_timesteps non-empty")
+
+
+@dataclass
+class ForgetBatch:
+    """One forget batch with its noise, timesteps and target, fixed for the inner and outer steps."""
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    y_in: torch.Tensor | None
+    target: torch.Tensor
+    weight: torch.Tensor
+
+    def loss(self, loop: UnlearningLoop) -> torch.Tensor:
+        err = (loop.predict(self.x_t, self.t, self.y_in) - self.target).pow(2).flatten(1).mean(1)
+        return (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
+
+
+def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def resolve_remap(cfg: EraseDiffConfig, task: UnlearningTask) -> str:
+    if cfg.remap_to != "auto":
+        return cfg.remap_to
+    if not task.base.conditional or task.scope != "class":
+        return "neighbours"
+    return "nearest-class"
+
+
+def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> ForgetTarget:
+    if cfg.target == "noise":
+        return UniformNoiseTarget(loop.gen)
+    mode = resolve_remap(cfg, task)
+    if mode == "neighbours":
+        nb = nearest_neighbours(
+            task.forget.images,
+            task.forget.labels,
+            task.retain.images,
+            task.retain.labels,
+            cfg.neighbours,
+            same_label=task.scope != "class" and task.base.conditional,
+        )
+        return NeighbourTarget(loop.frozen.unet, loop.fp, nb, loop.retain_x, loop.retain_y, loop.model.null_class)
+    if not task.base.conditional:
+        raise ConfigError(f"remap_to={mode} needs a class-conditional model; use neighbours or target=noise")
+    if mode.isdigit():
+        cls = int(mode)
+        if cls >= task.base.meta.num_classes:
+            raise ConfigError(f"remap_to={cls}: the model has classes 0-{task.base.meta.num_classes - 1}")
+        if task.scope == "class" and cls in task.forget_labels:
+            raise ConfigError(f"remap_to={cls} is a class being forgotten")
+    forget_labels = sorted({int(v) for v in task.forget.labels.tolist() if v >= 0})
+    means = None
+    if mode == "nearest-class":
+        means = class_means(
+            torch.cat([task.retain.images, task.forget.images]), torch.cat([task.retain.labels, task.forget.labels])
+        )
+    mapping = class_mapping(mode, forget_labels, task.retained_labels, loop.model.null_class, means)
+    return ClassRemapTarget(loop.frozen.unet, mapping, mode)
+
+
+@register
+class EraseDiff(Unlearner):
+    name = "erasediff"
+    summary = "constrained first-order unlearning: K inner steps approximate min L_f, then L_r + lambda (L_f - L_f*)"
+    config_cls = EraseDiffConfig
+
+    def run(self, task: UnlearningTask, checkpoint_dir: str | None = None, progress: bool = True) -> UnlearningResult:
+        cfg: EraseDiffConfig = self.config  # type: ignore[assignment]
+        loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
+        target_fn = build_target(cfg, task, loop)
+        optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
+        inner_opt = torch.optim.Adam(loop.params, lr=cfg.inner_lr or cfg.lr)
+        optimizers = {"outer": optimizer, "inner": inner_opt}
+        stopper = self._stopper(cfg, task, loop)
+        loop.resume(optimizers)
+
+        prev: list[torch.Tensor] | None = None
+
+        def stop_check(step: int) -> dict | None:
+            nonlocal prev
+            if stopper is None or step % cfg.calibrate_every:
+                return None
+            m = stopper.measure(loop.model.unet)
+            loop.log(calib_step=step, calib_forget_error=m["forget_error"], calib_reference_error=m["reference_error"])
+            if m["forget_error"] < m["reference_error"]:
+                prev = [p.detach().clone() for p in loop.params]
+                return None
+            alpha = 1.0
+            if prev is not None:
+                alpha, m = stopper.bisect(loop.model.unet, loop.params, prev, cfg.calibrate_bisect)
+            return {"reason": "calibrated", "step": step, "interpolation": alpha, **m, **stopper.describe()}
+
+        stop = stop_check(loop.start_step)
+        step = loop.start_step
+        bar = loop.bar()
+        while stop is None and step < cfg.steps:
+            x_f, y_f, y_in, idx = loop.forget_batch()
+            eps_f, t_f = loop.noise_and_t(x_f)
+            x_t = loop.fp.add_noise(x_f, eps_f, t_f)
+            target, weight = target_fn(x_f, y_f, y_in, idx, t_f, eps_f, x_t)
+            batch = ForgetBatch(x_t=x_t, t=t_f, y_in=y_in, target=target, weight=weight)
+
+            lf_star = self._inner_minimum(cfg, loop, inner_opt, batch)
+            x_r, y_r = loop.retain_batch()
+            loss_r = loop.denoising_loss(x_r, y_r)
+            loss_f = batch.loss(loop)
+            g_r = _grads(loss_r, loop.params)
+            g_q = _grads(loss_f, loop.params)  # grad q = grad L_f: L_f* is a constant of theta
+            dot = flat_dot(g_q, g_r)
+            q_norm2 = flat_dot(g_q, g_q)
+            if cfg.lambda_mode == "bome":
+                lam = torch.clamp((cfg.eta * q_norm2 - dot) / q_norm2.clamp(min=1e-20), min=0.0)
+            else:
+                lam = torch.tensor(cfg.lam, device=loop.device)
+            grad_norm = loop.apply(optimizer, [gr + lam * gq for gr, gq in zip(g_r, g_q, strict=True)])
+            cos = dot / (q_norm2.sqrt() * flat_dot(g_r, g_r).sqrt()).clamp(min=1e-20)
+            loop.log(
+                loss_r=loss_r,
+                loss_f=loss_f,
+                loss_f_star=lf_star,
+                q=loss_f.detach() - lf_star,
+                lam=lam,
+                cos_grad=cos,
+                grad_norm=grad_norm,
+            )
+            step += 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(L_r=f"{loss_r.item():.4f}", L_f=f"{loss_f.item():.4f}", lam=f"{lam.item():.3f}")
+            loop.maybe_checkpoint(step, optimizers)
+            stop = stop_check(step)
+        bar.close()
+        result = loop.finish(step, stop)
+        result.config["resolved_target"] = target_fn.describe()
+        return result
+
+    @staticmethod
+    def _inner_minimum(
+        cfg: EraseDiffConfig, loop: UnlearningLoop, inner_opt: torch.optim.Optimizer, batch: ForgetBatch
+    ) -> torch.Tensor:
+        """K steps on L_f from theta; return L_f at theta_K and restore theta."""
+        if cfg.inner_steps == 0:
+            return torch.zeros((), device=loop.device)
+        saved = [p.detach().clone() for p in loop.params]
+        for _ in range(cfg.inner_steps):
+            loss = batch.loss(loop)
+            inner_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            inner_opt.step()
+        with torch.no_grad():
+            value = batch.loss(loop).detach()
+            for p, s in zip(loop.params, saved, strict=True):
+                p.copy_(s)
+        inner_opt.zero_grad(set_to_none=True)
+        return value
+
+    @staticmethod
+    def _stopper(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> CalibratedStop | None:
+        wanted = cfg.stop == "calibrated" or (cfg.stop == "auto" and task.scope != "class")
+        if not wanted:
+            return None
+        if task.reference is None or len(task.reference) == 0:
+            if cfg.stop == "calibrated":
+                raise ConfigError("stop=calibrated needs hold-out reference records (none were given)")
+            return None
+        return CalibratedStop(
+            task.forget,
+            task.reference,
+            loop.fp,
+            loop.device,
+            list(cfg.calibrate_timesteps),
+            cfg.calibrate_draws,
+            cfg.seed,
+            task.base.conditional,
+        )

@@ -1,0 +1,129 @@
+"""From folders to an unlearned model folder: the library call behind ``unlearn erase``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from .. import __version__
+from ..data.manifest import Dataset, load_dataset
+from ..data.selection import ForgetTargets, Selection, select
+from ..data.tensors import TensorSet
+from ..models.diffusion import DiffusionModel
+from ..utils import atomic_output_dir, sha256_file, write_json
+from ..viz import save_loss_curve
+from .base import UnlearningResult, UnlearningTask, make_unlearner
+
+UNLEARNING_JSON = "unlearning.json"
+UNLEARNING_SCHEMA_VERSION = 1
+
+
+def model_digest(path: str | os.PathLike[str]) -> str:
+    """Identity of a saved model: the hash of its UNet weights file."""
+    return sha256_file(Path(path) / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def task_from_selection(
+    dataset: Dataset, selection: Selection, base: DiffusionModel, reference_min: int = 16
+) -> UnlearningTask:
+    reference = selection.reference(reference_min)
+    return UnlearningTask(
+        base=base,
+        retain=TensorSet.from_records(dataset, selection.retain),
+        forget=TensorSet.from_records(dataset, selection.forget),
+        reference=TensorSet.from_records(dataset, reference) if reference else None,
+        scope=selection.scope,
+        forget_labels=selection.forget_labels if selection.scope == "class" else [],
+    )
+
+
+def erase(
+    model_dir: str | os.PathLike[str],
+    dataset_dir: str | os.PathLike[str],
+    targets: ForgetTargets,
+    algorithm: str,
+    out: str | os.PathLike[str],
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    strict: bool = True,
+) -> tuple[UnlearningResult, dict]:
+    """Unlearn ``targets`` from the model at ``model_dir``; write the new model folder at ``out``.
+
+    Everything is validated (dataset, selection, algorithm options, output folder) before
+    any training starts; the output folder appears only when complete.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        from ..errors import UnlearnError
+
+        raise UnlearnError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    unlearner = make_unlearner(algorithm, overrides)
+    base = DiffusionModel.load(model_dir)
+    dataset = load_dataset(dataset_dir)
+    _check_compatible(base, dataset)
+    selection = select(dataset, targets, strict=strict)
+    task = task_from_selection(dataset, selection, base)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(f"{out}.checkpoints")
+    result = unlearner.run(task, checkpoint_dir=str(ckpt), progress=progress)
+    base_digest = model_digest(model_dir)
+    result.model.meta.lineage = {
+        "parent_model_sha256": base_digest,
+        "algorithm": algorithm,
+        "forget_set_sha256": selection.forget_set_sha256(),
+        "dataset_digest": dataset.digest(),
+    }
+    record = {
+        "schema_version": UNLEARNING_SCHEMA_VERSION,
+        "algorithm": algorithm,
+        "config": result.config,
+        "steps": result.steps,
+        "seed": result.config.get("seed"),
+        "seconds": round(result.seconds, 3),
+        "steps_per_second": round(result.steps_per_second, 3) if result.steps else None,
+        "stop": result.stop,
+        "resumed_from": result.resumed_from,
+        "samples_drawn": result.samples_drawn,
+        "base_model": {"path": str(model_dir), "unet_sha256": base_digest, "preset": base.meta.preset},
+        "dataset": {"path": str(dataset_dir), "digest": dataset.digest()},
+        "selection": selection.summary(),
+        "history": result.history,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": {
+            "unlearn_lib": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "device": "cuda" if torch.cuda.is_available() and result.config.get("device") != "cpu" else "cpu",
+        },
+    }
+    with atomic_output_dir(out, overwrite=overwrite) as stage:
+        result.model.save(stage)
+        write_json(stage / UNLEARNING_JSON, record)
+        curves = {k: v for k, v in result.history.items() if k in ("loss_r", "loss_f", "q") and v}
+        if curves:
+            save_loss_curve(
+                {k: [abs(x) for x in v] for k, v in curves.items()},
+                stage / "unlearning_curves.png",
+                title=f"{algorithm}: losses",
+            )
+    return result, record
+
+
+def _check_compatible(model: DiffusionModel, dataset: Dataset) -> None:
+    from ..errors import ModelError
+
+    if tuple(model.meta.image_shape) != tuple(dataset.image_shape):
+        raise ModelError(
+            f"the model generates {'x'.join(map(str, model.meta.image_shape))} images but the dataset holds "
+            f"{'x'.join(map(str, dataset.image_shape))}"
+        )
+    if model.conditional and dataset.num_classes != model.meta.num_classes:
+        raise ModelError(f"the model has {model.meta.num_classes} classes, the dataset {dataset.num_classes}")

@@ -1,0 +1,189 @@
+"""Forgetting targets: what the model should predict on the forget data instead of the truth.
+
+EraseDiff's forgetting loss steers the model away from the ground-truth denoising of the
+forget set by regressing its noise prediction onto another target:
+
+* ``noise``: uniform noise U(0, 1), the paper's choice; no structure to imitate.
+* ``remap`` to a class (``null``, a fixed class, or the ``nearest-class``: the retained class
+  whose mean image is closest, the smallest change that removes the class): the untouched
+  base model's prediction for the same noisy input under that condition.
+* ``remap`` to ``neighbours``: for deleting records rather than a class. Each forget image
+  is redirected toward its k nearest retained images (same label for record-level
+  deletions), so the model denoises it as a model that never saw it would: into something
+  like its neighbours, not into noise or another class (the idea of ReTrack, arXiv
+  2509.13007). The target is built from the base model's prediction on the neighbours
+  noised with the same noise, weighted by each neighbour's posterior given x_t.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.tensors import to_model_space
+from ..errors import ConfigError
+from ..models.objectives import ForwardProcess, predict_eps
+
+
+class ForgetTarget:
+    name: str = ""
+
+    def __call__(
+        self,
+        x0: torch.Tensor,
+        y_true: torch.Tensor,
+        y_in: torch.Tensor | None,
+        idx: torch.Tensor,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        x_t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (target, per-sample loss weight)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"target": self.name}
+
+
+class UniformNoiseTarget(ForgetTarget):
+    name = "noise"
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.gen = generator
+
+    def __call__(self, x0, y_true, y_in, idx, t, eps, x_t):  # noqa: ANN001
+        target = torch.rand(x0.shape, generator=self.gen, device=x0.device)
+        return target, torch.ones(x0.shape[0], device=x0.device)
+
+
+class ClassRemapTarget(ForgetTarget):
+    """The base model's prediction for the same noisy input under another condition.
+
+    ``mapping`` sends each forgotten label to one retained class (or the null class). A
+    fixed mapping matters: regressing onto a *random* class per sample converges to the
+    average over classes, i.e. roughly the unconditional prediction, which still draws
+    the forgotten class about 1/K of the time.
+    """
+
+    name = "remap"
+
+    def __init__(self, frozen_unet: torch.nn.Module, mapping: dict[int, int], mode: str) -> None:
+        self.unet, self.mapping, self.mode = frozen_unet, mapping, mode
+        size = max(mapping) + 1 if mapping else 1
+        self.table = torch.arange(max(size, max(mapping.values(), default=0) + 1), dtype=torch.long)
+        for src, dst in mapping.items():
+            self.table[src] = dst
+
+    @torch.no_grad()
+    def __call__(self, x0, y_true, y_in, idx, t, eps, x_t):  # noqa: ANN001
+        table = self.table.to(x0.device)
+        labels = table[y_true.clamp(min=0, max=len(table) - 1)]
+        target = predict_eps(self.unet, x_t, t, labels)
+        return target, torch.ones(x0.shape[0], device=x0.device)
+
+    def describe(self) -> dict:
+        return {"target": "remap", "remap_to": self.mode, "mapping": {str(k): v for k, v in self.mapping.items()}}
+
+
+def class_mapping(
+    mode: str,
+    forget_labels: list[int],
+    retained: list[int],
+    null_class: int,
+    class_means: dict[int, torch.Tensor] | None = None,
+) -> dict[int, int]:
+    """Where each forgotten label is sent: the null class, a fixed class, or the nearest class."""
+    if mode == "null":
+        return {c: null_class for c in forget_labels}
+    if mode.isdigit():
+        return {c: int(mode) for c in forget_labels}
+    if mode == "nearest-class":
+        if not retained:
+            raise ConfigError("remap_to=nearest-class needs at least one retained class")
+        assert class_means is not None
+        out = {}
+        for c in forget_labels:
+            dists = {r: float((class_means[c] - class_means[r]).pow(2).sum()) for r in retained if r in class_means}
+            out[c] = min(dists, key=dists.get) if dists else retained[0]
+        return out
+    raise ConfigError(f"unknown class remap mode {mode!r}")
+
+
+def class_means(images_u8: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
+    x = to_model_space(images_u8).flatten(1).cpu()
+    return {int(c): x[labels.cpu() == c].mean(0) for c in labels.unique().tolist() if c >= 0}
+
+
+def nearest_neighbours(
+    forget_u8: torch.Tensor,
+    forget_labels: torch.Tensor,
+    retain_u8: torch.Tensor,
+    retain_labels: torch.Tensor,
+    k: int,
+    same_label: bool,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Indices ``[N_forget, k]`` of each forget image's nearest retained images (pixel L2)."""
+    f = to_model_space(forget_u8).flatten(1).cpu()
+    r = to_model_space(retain_u8).flatten(1).cpu()
+    fl, rl = forget_labels.cpu(), retain_labels.cpu()
+    k = min(k, r.shape[0])
+    out = torch.empty((f.shape[0], k), dtype=torch.long)
+    for s in range(0, f.shape[0], chunk):
+        d = torch.cdist(f[s : s + chunk], r)
+        if same_label:
+            mismatch = fl[s : s + chunk, None] != rl[None, :]
+            # A label with no retained image falls back to all retained images.
+            has_peer = (~mismatch).any(1, keepdim=True)
+            d = torch.where(mismatch & has_peer, torch.full_like(d, float("inf")), d)
+        out[s : s + chunk] = d.topk(k, largest=False).indices
+    return out
+
+
+class NeighbourTarget(ForgetTarget):
+    name = "remap"
+
+    def __init__(
+        self,
+        frozen_unet: torch.nn.Module,
+        fp: ForwardProcess,
+        neighbours: torch.Tensor,
+        retain_u8: torch.Tensor,
+        retain_labels: torch.Tensor,
+        null_class: int | None,
+    ) -> None:
+        self.unet, self.fp, self.null = frozen_unet, fp, null_class
+        self.neighbours = neighbours.to(retain_u8.device)
+        self.retain_u8, self.retain_labels = retain_u8, retain_labels
+
+    @torch.no_grad()
+    def __call__(self, x0, y_true, y_in, idx, t, eps, x_t):  # noqa: ANN001
+        n, k = x0.shape[0], self.neighbours.shape[1]
+        nb = self.neighbours[idx]  # [n, k]
+        xn = to_model_space(self.retain_u8[nb.flatten()])  # [n*k, C, H, W]
+        t_rep = t.repeat_interleave(k)
+        eps_rep = eps.repeat_interleave(k, dim=0)
+        x_t_n = self.fp.add_noise(xn, eps_rep, t_rep)
+        if self.null is None:
+            labels = None
+        else:
+            labels = self.retain_labels[nb.flatten()].clamp(min=0)
+            # Where the forget sample is conditioned on the null class, so are its neighbours.
+            dropped = (y_in == self.null).repeat_interleave(k)
+            labels = torch.where(dropped, torch.full_like(labels, self.null), labels)
+        eps_n = predict_eps(self.unet, x_t_n, t_rep, labels)
+        a, s = self.fp.coeffs(t_rep)
+        # The noise that would make x_t denoise into the model's estimate of neighbour j.
+        redirect = eps_n + (x_t.repeat_interleave(k, dim=0) - x_t_n) / s
+        redirect = redirect.view(n, k, *x0.shape[1:])
+        # Posterior of neighbour j given x_t is a Gaussian likelihood of its implied noise.
+        logw = -0.5 * redirect.flatten(2).pow(2).sum(-1)
+        w = logw.softmax(dim=1).view(n, k, *([1] * (x0.dim() - 1)))
+        target = (w * redirect).sum(1)
+        # Compare in image space where noise is small and in noise space where it is large:
+        # weight min(1, 1/SNR) keeps the huge low-t redirections from dominating.
+        ab = self.fp.sqrt_ab[t].pow(2)
+        weight = ((1 - ab) / ab).clamp(max=1.0)
+        return target, weight
+
+    def describe(self) -> dict:
+        return {"target": "remap", "remap_to": "neighbours", "k": int(self.neighbours.shape[1])}
