@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/unlearn demo --workspace workspace
+	$(BIN)/unlearn pipeline demo --workspace workspace
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from unlearn_lib.audit import class_figures, generate_class_samples, train_evaluator
+from unlearn_lib.audit import AuditParams, class_figures, generate_class_samples, run_audit, train_evaluator
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, select
-from unlearn_lib.models import TrainConfig, train_base
-from unlearn_lib.unlearning import make_unlearner, task_from_selection
+from unlearn_lib.models import TrainConfig, class_grid_labels, sample, train_base
+from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
 
 PER_CLASS = 100
 FORGET = 3
@@ -74,6 +74,37 @@ def main() -> None:
         generate_class_samples(rec.model, evaluator, PER_CLASS, seed=123, classes=[7]), []
     ).accuracy[7]
 
+    # The audit's cost: guided DDIM sampling dominates it.
+    labels = class_grid_labels(base, 100)
+    t0 = time.perf_counter()
+    sample(base, labels, steps=25, seed=0)
+    per_1000 = (time.perf_counter() - t0) * 1000 / len(labels)
+    evaluator.save(work / "evaluator", overwrite=True)
+    audits = {}
+    for name, targets in (
+        ("class", ForgetTargets.build(labels=[FORGET])),
+        ("canary", ForgetTargets.build(subject_ids=["subject-canary"])),
+    ):
+        erase(
+            work / "base", work / "data", targets, "erasediff", work / f"erased-{name}", overwrite=True, progress=False
+        )
+        t0 = time.perf_counter()
+        res = run_audit(
+            work / "base",
+            work / f"erased-{name}",
+            work / "data",
+            targets,
+            work / f"audit-{name}",
+            params=AuditParams(),
+            evaluator_dir=work / "evaluator",
+            overwrite=True,
+        )
+        audits[name] = {
+            "seconds": time.perf_counter() - t0,
+            "verdict": res.record["verdict"],
+            "gates": {g["metric"]: g["passed"] for g in res.record["gates"]},
+        }
+
     out = {
         "machine": machine(),
         "torch": torch.__version__,
@@ -99,6 +130,7 @@ def main() -> None:
             "class7_accuracy_before": acc7_before,
             "class7_accuracy_after": acc7_after,
         },
+        "audit": {"seconds_per_1000_guided_samples_25_steps": per_1000, "full_audit_default_params": audits},
     }
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(__file__).parent / "results" / f"digits-{dev}.json"
@@ -119,6 +151,9 @@ def main() -> None:
         f"| EraseDiff, delete the canary subject | {rec.steps} steps | {rec.seconds:.1f} s | "
         f"class 7 accuracy {acc7_before:.2f} -> {acc7_after:.2f} | stop {rec.stop and rec.stop['reason']} |"
     )
+    print(f"| sampling for the audit, 25 DDIM steps with guidance | {per_1000:.1f} s per 1,000 samples | |")
+    for name, a in audits.items():
+        print(f"| full audit, {name} deletion, default parameters | | {a['seconds']:.0f} s | verdict {a['verdict']} |")
     print(f"wrote {path}")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import ConfigError, UnlearnError
 
 EXIT_USAGE = 2
+EXIT_AUDIT_FAILED = 1
 
 
 def _int_list(text: str) -> list[int]:
@@ -215,6 +216,61 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .audit import AuditParams, run_audit
+    from .unlearning.base import build_config
+
+    overrides: dict[str, Any] = {}
+    if args.params:
+        overrides.update(_read_options_file(args.params))
+    overrides.update(dict(args.set or []))
+    params = build_config(AuditParams, overrides, where="the audit")
+    result = run_audit(
+        args.base,
+        args.model,
+        args.dataset,
+        _targets(args),
+        args.out,
+        params=params,
+        evaluator_dir=args.evaluator,
+        retrain_dir=args.retrain,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        strict=not args.allow_unknown,
+        device=args.device,
+    )
+    rec = result.record
+    console = Console()
+    table = Table(
+        title=f"audit of {args.model} ({rec['selection']['scope']} scope, {rec['selection']['forget']} forget records)"
+    )
+    for col in ("metric", "unlearned", "base", *(("retrain",) if args.retrain else ()), "gate", "result"):
+        table.add_column(col, justify="left" if col in ("metric", "gate") else "right")
+    for m in result.metrics:
+        th = m.threshold
+        rule = (
+            ""
+            if th is None
+            else (
+                f"|x-{th['center']}| <= {th['value']:.3g}" if th["op"] == "within" else f"{th['op']} {th['value']:.3g}"
+            )
+        )
+        status = "" if m.passed is None else ("[green]PASS" if m.passed else "[red]FAIL")
+        cells = [m.name, _num(m.value), _num(m.base), *((_num(m.retrain),) if args.retrain else ()), rule, status]
+        table.add_row(*cells)
+    console.print(table)
+    verdict = "[bold green]PASS" if result.passed else "[bold red]FAIL"
+    console.print(f"verdict: {verdict}[/]  report: {Path(args.out) / 'report.html'}  ({rec['seconds']:.0f}s)")
+    return 0 if result.passed else EXIT_AUDIT_FAILED
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4g}"
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -279,7 +335,9 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="unlearn", description="Erase training data from diffusion models, audit it, record it."
+    )
     parser.add_argument("--version", action="version", version=f"unlearn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -355,6 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_erase)
 
+    p = sub.add_parser("audit", help="audit an unlearned model: forgetting, memorization, utility; exit 1 on FAIL")
+    p.add_argument("--base", required=True, help="the model before unlearning")
+    p.add_argument("--model", required=True, help="the unlearned model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="folder for audit.json, report.md/html and pictures")
+    _add_targets(p)
+    p.add_argument("--evaluator", help="evaluator folder (default: train one on the dataset)")
+    p.add_argument("--retrain", help="a model retrained without the forget set, reported as the reference")
+    p.add_argument(
+        "--set",
+        type=_key_value,
+        action="append",
+        metavar="NAME=VALUE",
+        help="audit parameter or gate threshold (repeatable), e.g. --set samples_per_class=50",
+    )
+    p.add_argument("--params", metavar="FILE", help="YAML/JSON mapping of audit parameters (--set wins)")
+    p.add_argument("--device", default="auto", help="auto: CUDA when present (sampling in bf16), else CPU")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("sample", help="generate a PNG grid of samples")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="PNG file")
@@ -376,7 +455,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-steps", type=int, default=2000)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("workspace", help="the git + DVC workspace where dataset versions live")
+    ws_sub = p.add_subparsers(dest="workspace_command", required=True, metavar="ACTION")
+    w = ws_sub.add_parser("init", help="create a workspace: git, DVC, dvc.yaml, params.yaml (optionally dvc repro)")
+    w.add_argument("path")
+    w.add_argument("--repro", action="store_true", help="also run the DVC stages (data, base model)")
+    w.add_argument("--dvc-cache", help="use a shared DVC cache folder")
+    w.set_defaults(func=cmd_workspace_init)
+
+    p = ds_sub.add_parser("purge", help="write a dataset version without the records a deletion ledger names")
+    p.add_argument("--source", required=True)
+    p.add_argument("--ledger", required=True, help="deletions.jsonl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_dataset_purge)
+
+    p = sub.add_parser("registry", help="the MLflow model registry")
+    reg_sub = p.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    r = reg_sub.add_parser("register-base", help="register a workspace's base model as production")
+    r.add_argument("--workspace", default="workspace")
+    r.add_argument("--settings")
+    r.set_defaults(func=cmd_register_base)
+
+    _load_plugins(sub)
     return parser
+
+
+def _load_plugins(sub: Any) -> None:
+    """Commands contributed by other packages (the kfp pipeline) via the ``unlearn.commands`` entry point."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="unlearn.commands"):
+        try:
+            ep.load()(sub)
+        except ImportError as err:  # a plugin whose dependencies are missing must not break the core CLI
+            print(f"unlearn: warning: commands {ep.name!r} unavailable ({err})", file=sys.stderr)
+
+
+def cmd_workspace_init(args: argparse.Namespace) -> int:
+    from .workspace import Workspace
+
+    ws = Workspace.init(args.path)
+    if args.dvc_cache:
+        Path(args.dvc_cache).mkdir(parents=True, exist_ok=True)
+        ws.dvc("cache", "dir", str(Path(args.dvc_cache).resolve()))
+        ws.git("add", "-A")
+        ws.git("commit", "-q", "-m", "use the shared DVC cache")
+    if args.repro:
+        ws.repro()
+    print(f"workspace {ws.root} at {ws.head()[:12]}")
+    return 0
+
+
+def cmd_dataset_purge(args: argparse.Namespace) -> int:
+    from .data.purge import purge_dataset
+
+    ds, removed = purge_dataset(args.source, args.ledger, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {len(ds)} records ({removed} deleted)")
+    return 0
+
+
+def cmd_register_base(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .settings import Settings
+    from .tracking import register_base_model
+    from .workspace import Workspace
+
+    settings = Settings.load(args.settings, workspace=args.workspace)
+    ws = Workspace(settings.workspace, settings.dataset_path)
+    ws.check()
+    ds = load_dataset(ws.root / settings.dataset_path)
+    mv = register_base_model(settings, ws.root / "models" / "base", ws.head(), ds.digest(), len(ds), str(ws.root))
+    print(f"registered {settings.model_name} version {mv.version} (alias production)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

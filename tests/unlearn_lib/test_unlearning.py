@@ -13,13 +13,13 @@ from unlearn_lib.errors import ConfigError, UnlearnError
 from unlearn_lib.models import DiffusionModel, ForwardProcess, per_sample_denoising_error
 from unlearn_lib.unlearning import (
     REGISTRY,
-    EraseDiffConfig,
     erase,
     get_algorithm,
     make_unlearner,
     task_from_selection,
 )
 from unlearn_lib.unlearning.baselines import Retrain, RetrainConfig
+from unlearn_lib.unlearning.erasediff import SCOPE_DEFAULTS
 
 FORGET = 3
 PER_CLASS = 50  # samples per class for the evaluator's verdicts
@@ -80,7 +80,7 @@ def test_erasediff_forgets_the_class_and_keeps_the_others(erasediff_class_result
     # 5-point tolerance separates real damage from sampling noise.
     assert after.retained_accuracy >= base_figures.retained_accuracy - 0.05
     hist = erasediff_class_result.history
-    assert len(hist["loss_f"]) == erasediff_class_result.steps == EraseDiffConfig().steps
+    assert len(hist["loss_f"]) == erasediff_class_result.steps == SCOPE_DEFAULTS["class"]["steps"]
     assert all(v == 1.0 for v in hist["lam"])  # fixed lambda by default
     assert hist["loss_f"][-1] < hist["loss_f"][0]  # the constraint's loss was driven down
 

@@ -73,6 +73,16 @@ class Evaluator:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    def fingerprint(self) -> str:
+        """Hash of the weights: two evaluators with the same fingerprint judge alike."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
         x = to_model_space(images) if images.dtype == torch.uint8 else images.float()
         return x.to(self.device)

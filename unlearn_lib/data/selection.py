@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -126,16 +126,8 @@ def forget_set_sha256(records: Sequence[Record]) -> str:
     return h.hexdigest()
 
 
-def select(dataset: Dataset, targets: ForgetTargets, strict: bool = True) -> Selection:
-    """Split ``dataset`` by ``targets``.
-
-    ``strict`` refuses targets that match nothing (a typo in a deletion request must not
-    pass as done); otherwise they are listed in ``Selection.unknown``.
-    """
-    if targets.is_empty():
-        raise SelectionError(
-            "the deletion targets are empty: name record IDs, subject IDs, labels or a caption pattern"
-        )
+def target_matcher(targets: ForgetTargets) -> Callable[[Record], bool]:
+    """A predicate: does a record fall under any of ``targets``?"""
     pattern = None
     if targets.caption_pattern:
         try:
@@ -156,6 +148,20 @@ def select(dataset: Dataset, targets: ForgetTargets, strict: bool = True) -> Sel
             or (pattern is not None and rec.caption is not None and pattern.search(rec.caption) is not None)
         )
 
+    return matches
+
+
+def select(dataset: Dataset, targets: ForgetTargets, strict: bool = True) -> Selection:
+    """Split ``dataset`` by ``targets``.
+
+    ``strict`` refuses targets that match nothing (a typo in a deletion request must not
+    pass as done); otherwise they are listed in ``Selection.unknown``.
+    """
+    if targets.is_empty():
+        raise SelectionError(
+            "the deletion targets are empty: name record IDs, subject IDs, labels or a caption pattern"
+        )
+    matches = target_matcher(targets)
     forget, retain, holdout, purged = [], [], [], []
     for rec in dataset.records:
         hit = matches(rec)
@@ -164,6 +170,10 @@ def select(dataset: Dataset, targets: ForgetTargets, strict: bool = True) -> Sel
         else:
             (purged if hit else holdout).append(rec)
 
+    ids = set(targets.record_ids)
+    subjects = set(targets.subject_ids)
+    labels = set(targets.labels)
+    pattern = re.compile(targets.caption_pattern, re.IGNORECASE) if targets.caption_pattern else None
     known_ids = {r.record_id for r in dataset.records}
     known_subjects = {r.subject_id for r in dataset.records if r.subject_id is not None}
     known_labels = set(dataset.labels)

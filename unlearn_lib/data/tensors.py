@@ -57,5 +57,13 @@ class TensorSet:
             sha256=[self.sha256[i] for i in index],
         )
 
+    def concat(self, other: TensorSet) -> TensorSet:
+        return TensorSet(
+            images=torch.cat([self.images, other.images.to(self.images.device)]),
+            labels=torch.cat([self.labels, other.labels.to(self.labels.device)]),
+            record_ids=self.record_ids + other.record_ids,
+            sha256=self.sha256 + other.sha256,
+        )
+
     def to(self, device: torch.device) -> TensorSet:
         return TensorSet(self.images.to(device), self.labels.to(device), self.record_ids, self.sha256)

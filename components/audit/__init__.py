@@ -1,0 +1,3 @@
+from .component import audit
+
+__all__ = ["audit"]

@@ -1,0 +1,60 @@
+"""extract_forget_set: its interface, and a standalone kfp.local run on a real workspace."""
+
+from __future__ import annotations
+
+import json
+
+from kfp import compiler, local
+
+from components import IMAGE
+from components.extract_forget_set import extract_forget_set
+
+
+def test_interface(tmp_path):
+    spec = extract_forget_set.component_spec
+    assert set(spec.inputs) == {"settings_json", "batch_json", "lineage_run_id", "dataset_rev"}
+    assert {k: v.type for k, v in spec.outputs.items() if v.type.startswith("system.")} == {
+        k: "system.Dataset@0.0.1" for k in ("forget", "retain", "holdout", "purged")
+    }
+    assert {"dataset_rev", "purged_rev", "forget_set_sha256", "scope"} <= set(spec.outputs)
+    assert spec.implementation.container.image == IMAGE
+    compiler.Compiler().compile(extract_forget_set, str(tmp_path / "c.yaml"))
+
+
+def test_local_run_selects_and_purges(workspace):
+    from pipelines.run import ensure_base_registered
+    from unlearn_lib.requests import DeletionBatch, parse_request
+    from unlearn_lib.settings import Settings
+    from unlearn_lib.tracking import start_pipeline_run
+    from unlearn_lib.workspace import Workspace
+
+    settings = Settings(workspace=str(workspace))
+    ws = Workspace(workspace)
+    ensure_base_registered(settings, ws)
+    before = ws.head()
+    batch = DeletionBatch(
+        (
+            parse_request(
+                {
+                    "request_id": "REQ-E",
+                    "received_at": "2026-11-27",
+                    "basis": "ccpa",
+                    "model": "digits-diffusion",
+                    "targets": {"subject_ids": ["subject-canary"]},
+                }
+            ),
+        )
+    )
+    lineage = start_pipeline_run(settings, "test", {}, {})
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "runs" / "kfp"))
+    task = extract_forget_set(
+        settings_json=json.dumps(settings.public()),
+        batch_json=batch.to_json(),
+        lineage_run_id=lineage,
+        dataset_rev="HEAD",
+    )
+    assert task.outputs["dataset_rev"] == before and task.outputs["purged_rev"] == ws.head() != before
+    forget = json.loads((__import__("pathlib").Path(task.outputs["forget"].path) / "selection.json").read_text())
+    assert forget["records"] == 120 and forget["forget_set_sha256"] == task.outputs["forget_set_sha256"]
+    assert all(rid.startswith("canary-") for rid in forget["record_ids"])
+    assert task.outputs["scope"] == "records"

@@ -1,0 +1,3 @@
+from .component import record_outcome
+
+__all__ = ["record_outcome"]

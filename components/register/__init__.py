@@ -1,0 +1,3 @@
+from .component import register
+
+__all__ = ["register"]

@@ -1,0 +1,3 @@
+from .component import unlearn
+
+__all__ = ["unlearn"]

@@ -1,0 +1,41 @@
+"""unlearn: the production model minus the forget set's influence (runs on a GPU when one is given)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def unlearn(
+    settings_json: str,
+    batch_json: str,
+    lineage_run_id: str,
+    dataset_rev: str,
+    forget_set_sha256: str,
+    algorithm: str,
+    options_json: str,
+    forget: Input[Dataset],
+    retain: Input[Dataset],
+    model: Output[Model],
+) -> NamedTuple("UnlearnOutputs", [("parent_version", str), ("steps", int)]):
+    """Unlearn the forget set from ``models:/NAME@production``; checkpoints let a restarted pod resume."""
+    import json
+    from collections import namedtuple
+
+    from unlearn_lib.compliance import StepContext, unlearn_step
+
+    ctx = StepContext.parse(settings_json, batch_json, lineage_run_id)
+    out = unlearn_step(ctx, dataset_rev, forget_set_sha256, algorithm, json.loads(options_json), model.path)
+    model.metadata.update(
+        {
+            "algorithm": algorithm,
+            "parent_version": out["parent_version"],
+            "steps": out["steps"],
+            "framework": "diffusers",
+        }
+    )
+    result = namedtuple("UnlearnOutputs", ["parent_version", "steps"])
+    return result(out["parent_version"], int(out["steps"]))

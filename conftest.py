@@ -1,0 +1,239 @@
+"""Shared fixtures: one digits dataset, one base model and one evaluator per test session.
+
+The base model takes about two minutes to train on 2 CPU cores; it is cached under
+``.cache/tests`` (or ``$UNLEARN_TEST_CACHE``) keyed by its configuration and the dataset
+digest, so local re-runs skip training. CI starts from a clean clone and trains it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearn_lib.audit import Evaluator, train_evaluator
+from unlearn_lib.data import DigitsConfig, build_digits, load_dataset
+from unlearn_lib.models import DiffusionModel, TrainConfig, train_base
+
+REPO = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("UNLEARN_TEST_CACHE", REPO / ".cache" / "tests"))
+BASE_CONFIG = TrainConfig(preset="digits", steps=2000, batch_size=64, lr=2e-3, seed=0)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "digits"
+    build_digits(out, DigitsConfig())
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits(digits_dir: Path):
+    return load_dataset(digits_dir)
+
+
+def _cache_key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(digits) -> Path:
+    """The session's base model: trained with planted canaries, so it has memorized them."""
+    key = _cache_key("base", asdict(BASE_CONFIG), digits.digest())
+    out = CACHE / f"base-{key}"
+    if not (out / "unlearn_model.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        train_base(digits, out, BASE_CONFIG, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_model(base_model_dir: Path) -> DiffusionModel:
+    return DiffusionModel.load(base_model_dir)
+
+
+@pytest.fixture(scope="session")
+def evaluator(digits) -> Evaluator:
+    key = _cache_key("evaluator", digits.digest())
+    out = CACHE / f"evaluator-{key}"
+    if (out / "evaluator.json").is_file():
+        return Evaluator.load(out)
+    ev = train_evaluator(digits, progress=False)
+    shutil.rmtree(out, ignore_errors=True)
+    ev.save(out)
+    return ev
+
+
+# ---- real services on 127.0.0.1 -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service behind {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"service behind {url} did not come up in {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_env(tmp_path_factory) -> dict:
+    """An S3 endpoint: moto in server mode over HTTP, with a bucket, and fake credentials."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(url + "/moto-api/", proc)
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket="unlearn-test")
+    yield {"endpoint": url, "bucket": "unlearn-test", "env": env}
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_env) -> str:
+    """A real `mlflow server` with a SQLite backend and its artifacts on the S3 endpoint."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, **s3_env["env"], "MLFLOW_S3_ENDPOINT_URL": s3_env["endpoint"]}
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            f"s3://{s3_env['bucket']}/mlartifacts",
+            "--serve-artifacts",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(url + "/health", proc, timeout=120)
+    yield url
+    _stop(proc)
+
+
+# ---- a git + DVC workspace with data and the base model ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def workspace_template(tmp_path_factory, base_model_dir, digits) -> Path:
+    """A workspace after `dvc repro`: dataset versions in DVC, the session's base model as train_base's output.
+
+    The base model is the one trained above with the same configuration on a dataset of the same
+    digest; `dvc commit` records it as the stage's output instead of training it a second time.
+    """
+    from unlearn_lib.data import load_dataset
+    from unlearn_lib.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("workspace-template") / "ws"
+    ws = Workspace.init(root)
+    ws.dvc("repro", "prepare", "purge")
+    assert load_dataset(root / "data" / "digits").digest() == digits.digest()
+    shutil.copytree(base_model_dir, root / "models" / "base")
+    ws.dvc("commit", "-f", "train_base")
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "base model")
+    return root
+
+
+@pytest.fixture()
+def workspace(workspace_template, tmp_path) -> Path:
+    """A private copy of the template workspace (git history and DVC cache included)."""
+    dst = tmp_path / "ws"
+    shutil.copytree(workspace_template, dst, symlinks=True)
+    return dst
+
+
+WEAK_REQUEST = {
+    "request_id": "REQ-WEAK",
+    "received_at": "2026-11-27T10:00:00Z",
+    "basis": "gdpr-art17",
+    "model": "digits-diffusion",
+    "targets": {"subject_ids": ["subject-canary"]},
+}
+
+
+@pytest.fixture(scope="session")
+def weak_pipeline_run(workspace_template, tmp_path_factory) -> dict:
+    """One kfp.local run of the whole DAG that under-forgets on purpose (2 steps, no stop).
+
+    Fast, and its audit must fail: the pipeline tests check that production stays put, the
+    component tests read each task's outputs from the run's pipeline root.
+    """
+    from pipelines.run import ensure_base_registered, run_local
+    from unlearn_lib.requests import DeletionBatch, parse_request
+    from unlearn_lib.settings import Settings
+    from unlearn_lib.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("weak-run") / "ws"
+    shutil.copytree(workspace_template, root, symlinks=True)
+    settings = Settings(workspace=str(root))
+    ws = Workspace(root)
+    rev_before = ws.head()
+    ensure_base_registered(settings, ws)
+    outcome = run_local(
+        settings,
+        DeletionBatch((parse_request(WEAK_REQUEST),)),
+        options={"steps": 2, "stop": "none"},
+        audit_params={"samples_per_class": 10, "extraction_samples": 200},
+    )
+    runs = sorted((root / "runs" / "kfp").glob("unlearn-compliance-*"))
+    return {"settings": settings, "outcome": outcome, "rev_before": rev_before, "run_dir": runs[-1], "ws": ws}

@@ -1,0 +1,259 @@
+"""The compliance pipeline end to end under kfp.local, against real MLflow, S3 (moto), git and DVC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipelines.compliance import GOLDEN, compile_pipeline
+from pipelines.run import ensure_base_registered, run_local
+from unlearn_lib.data import ForgetTargets, load_dataset, select
+from unlearn_lib.errors import UnlearnError
+from unlearn_lib.requests import DeletionBatch, RequestQueue, parse_request
+from unlearn_lib.settings import Settings
+from unlearn_lib.storage import S3Store
+from unlearn_lib.tracking import client_for
+from unlearn_lib.workspace import Workspace
+
+CANARY_REQUEST = {
+    "request_id": "REQ-CANARY",
+    "received_at": "2026-11-27T10:00:00Z",
+    "basis": "gdpr-art17",
+    "model": "digits-diffusion",
+    "targets": {"subject_ids": ["subject-canary"]},
+}
+FAST_AUDIT = {"samples_per_class": 30, "extraction_samples": 300}
+
+
+def batch_of(**changes) -> DeletionBatch:
+    return DeletionBatch((parse_request(CANARY_REQUEST | changes),))
+
+
+def test_compiled_ir_matches_the_committed_golden_copy(tmp_path):
+    fresh = compile_pipeline(tmp_path / "compliance.yaml").read_text()
+    assert fresh == GOLDEN.read_text(), "the DAG changed: run `unlearn pipeline compile` and review the diff"
+
+
+def test_dag_shape():
+    spec = yaml.safe_load(GOLDEN.read_text())
+    outer = spec["root"]["dag"]["tasks"]
+    assert outer["record-outcome"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert set(inner) == {"extract-forget-set", "unlearn", "audit", "register"}
+    assert inner["audit"]["dependentTasks"] == ["unlearn"] or "unlearn" in inner["audit"]["dependentTasks"]
+    assert all(task.get("cachingOptions", {}).get("enableCache") is not True for task in inner.values())
+    assert inner["unlearn"]["retryPolicy"]["maxRetryCount"] == 2
+    resources = spec["deploymentSpec"]["executors"]["exec-unlearn"]["container"]["resources"]
+    assert resources["accelerator"]["resourceCount"] == "1"
+
+
+@pytest.fixture(scope="module")
+def server_run(workspace_template, tmp_path_factory, mlflow_server, s3_env):
+    """One full run: `mlflow server` with S3 artifacts on moto, git + DVC workspace, the canary request."""
+    import shutil
+
+    ws_root = tmp_path_factory.mktemp("e2e") / "ws"
+    shutil.copytree(workspace_template, ws_root, symlinks=True)
+    env = {**s3_env["env"], "MLFLOW_S3_ENDPOINT_URL": s3_env["endpoint"]}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    settings = Settings(
+        workspace=str(ws_root),
+        mlflow_tracking_uri=mlflow_server,
+        s3_bucket=s3_env["bucket"],
+        s3_endpoint_url=s3_env["endpoint"],
+        s3_prefix="e2e",
+    )
+    ws = Workspace(ws_root)
+    rev_before = ws.head()
+    assert ensure_base_registered(settings, ws) == "1"
+    outcome = run_local(settings, batch_of(), audit_params=FAST_AUDIT)
+    yield {"settings": settings, "outcome": outcome, "rev_before": rev_before, "ws": ws, "s3": s3_env}
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_server_run_registers_an_audited_version_with_lineage(server_run):
+    out, settings = server_run["outcome"], server_run["settings"]
+    assert out.status == "succeeded", out
+    assert (out.verdict, out.version, out.alias) == ("pass", "2", "production")
+    client = client_for(settings)
+    mv = client.get_model_version(settings.model_name, "2")
+    ws = server_run["ws"]
+    before = load_dataset(ws.dataset(server_run["rev_before"]).root)
+    expected_hash = select(before, ForgetTargets.build(subject_ids=["subject-canary"])).forget_set_sha256()
+    tags = mv.tags
+    assert tags["unlearn.request_ids"] == "REQ-CANARY"
+    assert tags["unlearn.forget_set_sha256"] == expected_hash
+    assert tags["unlearn.parent_version"] == "1"
+    assert tags["unlearn.dataset_rev_before"] == server_run["rev_before"]
+    assert tags["unlearn.dataset_rev_after"] == ws.head() != server_run["rev_before"]
+    assert tags["unlearn.audit_verdict"] == "pass" and tags["unlearn.algorithm"] == "erasediff"
+    assert tags["unlearn.pipeline_run_id"] == out.lineage_run_id
+    assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "2"
+    # The version's run lists the dataset versions it came from, as inputs with revision and digest.
+    inputs = client.get_run(mv.run_id).inputs.dataset_inputs
+    revs = {t.value for d in inputs for t in d.tags if t.key == "dvc_rev"}
+    assert {server_run["rev_before"], ws.head()} <= revs
+    # One parent run with a nested run per step, all finished.
+    parent = client.get_run(out.lineage_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["unlearn.status"] == "succeeded"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{out.lineage_run_id}'"
+    )
+    assert {c.data.tags["unlearn.step"] for c in children} == {"extract_forget_set", "unlearn", "audit", "register"}
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_artifacts_live_on_s3_and_hold_no_forgotten_images(server_run):
+    settings, s3 = server_run["settings"], server_run["s3"]
+    store = S3Store(s3["bucket"], prefix="e2e", endpoint_url=s3["endpoint"])
+    assert store.exists(f"models/{settings.model_name}/v2")
+    import boto3
+
+    keys = [
+        o["Key"]
+        for page in boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=s3["bucket"])
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.startswith("mlartifacts/") and k.endswith("diffusion_pytorch_model.safetensors") for k in keys)
+    assert not any("canary-" in k for k in keys)
+    client = client_for(settings)
+    audit_run = client.search_runs(
+        [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
+        filter_string="tags.`unlearn.step` = 'audit'",
+    )[0]
+    local = client.download_artifacts(audit_run.info.run_id, "audit/audit.json")
+    assert json.load(open(local))["params"]["redact_forget_images"] is True
+
+
+def test_credentials_never_reach_mlflow(server_run):
+    settings, secret = server_run["settings"], server_run["s3"]["env"]["AWS_SECRET_ACCESS_KEY"]
+    client = client_for(settings)
+    exp = client.get_experiment_by_name(settings.mlflow_experiment)
+    for run in client.search_runs([exp.experiment_id]):
+        blob = json.dumps({"params": run.data.params, "tags": run.data.tags})
+        assert secret not in blob and server_run["s3"]["env"]["AWS_ACCESS_KEY_ID"] not in blob
+
+
+def test_request_is_marked_done_and_a_rerun_creates_no_second_version(server_run):
+    settings = server_run["settings"]
+    queue = RequestQueue(settings.workspace_path / "requests")
+    assert queue.is_done("REQ-CANARY") and queue.done_evidence("REQ-CANARY")["evidence"]["version"] == "2"
+    again = run_local(settings, batch_of(), audit_params=FAST_AUDIT)
+    assert again.status == "already-done" and "already fulfilled by version 2" in again.message
+    versions = client_for(settings).search_model_versions(f"name='{settings.model_name}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+
+
+def test_failed_audit_registers_a_candidate_and_production_stays(weak_pipeline_run):
+    out, settings = weak_pipeline_run["outcome"], weak_pipeline_run["settings"]
+    # Under-forgetting (two steps, no calibrated stop) leaves the canaries extractable.
+    assert out.status == "succeeded" and out.verdict == "fail", out
+    assert (out.version, out.alias) == ("2", "candidate")
+    client = client_for(settings)
+    assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "1"
+    assert str(client.get_model_version_by_alias(settings.model_name, "candidate").version) == "2"
+    assert client.get_model_version(settings.model_name, "2").tags["unlearn.audit_verdict"] == "fail"
+    queue = RequestQueue(settings.workspace_path / "requests")
+    assert not queue.is_done("REQ-WEAK") and list((queue.root / "attempts").glob("REQ-WEAK-*.json"))
+
+
+def test_exit_handler_records_the_failing_step(workspace):
+    settings = Settings(workspace=str(workspace))
+    ws = Workspace(workspace)
+    ensure_base_registered(settings, ws)
+    dvc_yaml = workspace / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("unlearn dataset purge", "unlearn dataset no-such-command"))
+    ws.git("commit", "-q", "-am", "break the purge stage")
+    head = ws.head()
+    out = run_local(settings, batch_of(request_id="REQ-BROKEN"))
+    assert out.status == "failed" and out.failed_step == "extract_forget_set"
+    assert "dvc repro failed" in (out.error or "")
+    client = client_for(settings)
+    assert client.get_run(out.lineage_run_id).info.status == "FAILED"
+    assert [str(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'")] == ["1"]
+    assert ws.head() == head
+
+
+@pytest.mark.parametrize(
+    ("make_settings", "batch_changes", "rev", "message"),
+    [
+        (
+            lambda ws, free: Settings(workspace=ws),
+            {"model": "no-such-model"},
+            "HEAD",
+            "registered model 'no-such-model' does not exist",
+        ),
+        (lambda ws, free: Settings(workspace=ws), {}, "0123abcd", "dataset revision '0123abcd' does not exist"),
+        (
+            lambda ws, free: Settings(workspace=ws),
+            {"targets": {"subject_ids": ["ghost"]}},
+            "HEAD",
+            "unknown deletion targets",
+        ),
+        (
+            lambda ws, free: Settings(workspace=ws, mlflow_tracking_uri=f"http://127.0.0.1:{free}"),
+            {},
+            "HEAD",
+            "MLflow tracking server http://127.0.0.1:\\d+ is not reachable",
+        ),
+        (
+            lambda ws, free: Settings(workspace=ws, s3_bucket="b", s3_endpoint_url=f"http://127.0.0.1:{free}"),
+            {},
+            "HEAD",
+            "S3 at http://127.0.0.1:\\d+ is not reachable",
+        ),
+    ],
+)
+def test_bad_inputs_end_with_one_message_and_nothing_registered(
+    workspace, make_settings, batch_changes, rev, message, monkeypatch
+):
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    local = Settings(workspace=str(workspace))
+    ensure_base_registered(local, Workspace(workspace))
+    settings = make_settings(str(workspace), free_port())
+    with pytest.raises(UnlearnError, match=message):
+        run_local(settings, batch_of(**batch_changes), dataset_rev=rev)
+    client = client_for(local)
+    assert [str(v.version) for v in client.search_model_versions("name='digits-diffusion'")] == ["1"]
+    exp = client.get_experiment_by_name(local.mlflow_experiment)
+    assert all(r.data.tags.get("unlearn.pipeline") is None for r in client.search_runs([exp.experiment_id]))
+
+
+def test_cli_refuses_a_malformed_request_in_one_line(workspace, tmp_path):
+    bad = tmp_path / "req.json"
+    bad.write_text(json.dumps(CANARY_REQUEST | {"basis": "whim"}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearn_lib.cli",
+            "pipeline",
+            "run",
+            "--workspace",
+            str(workspace),
+            "--request",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"unlearn: error: {bad}: basis must be one of gdpr-art17, ccpa, copyright, safety, contract, other, got 'whim'"
+    ]

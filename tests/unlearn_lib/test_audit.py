@@ -1,0 +1,317 @@
+"""The audit must tell a good deletion from a bad one, and the untouched base model must fail it."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unlearn_lib.audit import (
+    AuditParams,
+    TorchScriptFeatures,
+    audit_schema,
+    extraction_test,
+    frechet_distance,
+    kernel_inception_distance,
+    run_audit,
+    validate_record,
+)
+from unlearn_lib.audit.memorization import auc_null_std
+from unlearn_lib.data import ForgetTargets, TensorSet
+from unlearn_lib.errors import ConfigError, UnlearnError
+from unlearn_lib.unlearning import erase
+
+CANARY = ForgetTargets.build(subject_ids=["subject-canary"])
+CLASS3 = ForgetTargets.build(labels=[3])
+# Fewer samples than the defaults keep the suite fast; the gates keep their default thresholds.
+PARAMS = dict(samples_per_class=50, extraction_samples=300)
+
+
+def params(**kw) -> AuditParams:
+    return AuditParams(**{**PARAMS, **kw})
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(evaluator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ev") / "evaluator"
+    evaluator.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(base_model_dir, digits_dir, tmp_path_factory):
+    """Unlearned models for both scenarios, and two bad deletions the audit must catch."""
+    root = tmp_path_factory.mktemp("unlearned")
+    out = {}
+    erase(base_model_dir, digits_dir, CANARY, "erasediff", root / "canary", progress=False)
+    out["canary"] = root / "canary"
+    # Over-forgetting: no calibrated stop and class-sized steps; the canaries end up far worse
+    # denoised than records never trained on.
+    erase(
+        base_model_dir,
+        digits_dir,
+        CANARY,
+        "erasediff",
+        root / "overforget",
+        overrides={"stop": "none", "steps": 60, "lr": 1e-3, "lam": 1.0},
+        progress=False,
+    )
+    out["overforget"] = root / "overforget"
+    erase(base_model_dir, digits_dir, CLASS3, "erasediff", root / "class3", progress=False)
+    out["class3"] = root / "class3"
+    return out
+
+
+def audit(base_model_dir, model_dir, digits_dir, targets, out, evaluator_dir, **kw):
+    return run_audit(
+        base_model_dir, model_dir, digits_dir, targets, out, params=params(**kw), evaluator_dir=evaluator_dir
+    )
+
+
+# ---- canary (record-level) scenario ------------------------------------------------------------
+
+
+def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluator_dir, tmp_path):
+    res = audit(base_model_dir, base_model_dir, digits_dir, CANARY, tmp_path / "a", evaluator_dir)
+    m = {x.name: x for x in res.metrics}
+    assert not res.passed
+    assert m["extracted_records"].value == 3 and m["extracted_records"].passed is False
+    assert m["mia_auc"].value > 0.9 and m["mia_auc"].passed is False
+
+
+def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    res = audit(base_model_dir, models["canary"], digits_dir, CANARY, tmp_path / "a", evaluator_dir)
+    m = {x.name: x for x in res.metrics}
+    assert m["extracted_records"].base == 3 and m["extracted_records"].value == 0
+    tol = m["mia_auc"].threshold["value"]
+    assert abs(m["mia_auc"].value - 0.5) <= tol, m["mia_auc"].to_dict()
+    # The canaries' class is still generated: within the gate's 15 points of the base model
+    # (50 samples: a binomial standard error of about 5 points).
+    assert m["forget_class_accuracy_drop"].passed
+    assert res.passed, {x.name: (x.value, x.passed) for x in res.metrics if x.passed is not None}
+
+
+def test_over_forgetting_fails_the_membership_gate(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    res = audit(base_model_dir, models["overforget"], digits_dir, CANARY, tmp_path / "a", evaluator_dir)
+    m = {x.name: x for x in res.metrics}
+    assert m["mia_auc"].value < 0.5 - m["mia_auc"].threshold["value"]
+    assert not res.passed
+
+
+def test_erasing_the_class_fails_a_record_deletion(base_model_dir, digits_dir, evaluator_dir, tmp_path):
+    erase(
+        base_model_dir,
+        digits_dir,
+        ForgetTargets.build(labels=[7]),
+        "erasediff",
+        tmp_path / "no7",
+        overrides={"steps": 80},
+        progress=False,
+    )
+    res = audit(base_model_dir, tmp_path / "no7", digits_dir, CANARY, tmp_path / "a", evaluator_dir)
+    m = {x.name: x for x in res.metrics}
+    assert m["forget_class_accuracy_drop"].passed is False
+    assert not res.passed
+
+
+# ---- class scenario ----------------------------------------------------------------------------
+
+
+def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    base = audit(base_model_dir, base_model_dir, digits_dir, CLASS3, tmp_path / "base", evaluator_dir)
+    mb = {x.name: x for x in base.metrics}
+    assert not base.passed and mb["forgotten_probability"].passed is False
+    good = audit(base_model_dir, models["class3"], digits_dir, CLASS3, tmp_path / "good", evaluator_dir)
+    mg = {x.name: x for x in good.metrics}
+    assert mg["forgotten_probability"].passed and mg["forgotten_probability"].value < 0.05
+    assert mg["retained_accuracy_drop"].passed and mg["fid_ratio"].passed and mg["retain_loss_ratio"].passed
+    assert good.passed
+    assert "extracted_records" not in mg  # memorization gates are for record-level deletions
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def test_report_files_open_and_audit_json_validates(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    out = tmp_path / "report"
+    audit(base_model_dir, models["canary"], digits_dir, CANARY, out, evaluator_dir)
+    record = json.loads((out / "audit.json").read_text())
+    validate_record(record)
+    for name in record["pictures"].values():
+        with Image.open(out / name) as im:
+            im.verify()
+    assert set(record["pictures"]) >= {"samples", "class_accuracy", "mia_roc", "loss_histograms", "extraction_pairs"}
+    assert "mia_roc.png" in (out / "report.md").read_text()
+    assert "<table>" in (out / "report.html").read_text()
+    for metric in record["metrics"].values():
+        assert metric["seed"] is not None
+    assert record["metrics"]["extracted_records"]["samples"] == 300
+    assert record["models"]["base"]["unet_sha256"] != record["models"]["unlearned"]["unet_sha256"]
+    broken = dict(record, verdict="maybe")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_record(broken)
+
+
+def test_retrain_reference_is_reported_with_gaps(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    from unlearn_lib.unlearning.run import erase as erase_fn
+
+    erase_fn(
+        base_model_dir, digits_dir, CANARY, "retrain", tmp_path / "retrain", overrides={"steps": 100}, progress=False
+    )
+    res = run_audit(
+        base_model_dir,
+        models["canary"],
+        digits_dir,
+        CANARY,
+        tmp_path / "a",
+        params=params(samples_per_class=20, extraction_samples=100),
+        evaluator_dir=evaluator_dir,
+        retrain_dir=tmp_path / "retrain",
+    )
+    m = {x.name: x for x in res.metrics}
+    assert m["mia_auc"].retrain is not None
+    assert m["mia_auc"].gap_to_retrain == pytest.approx(m["mia_auc"].value - m["mia_auc"].retrain)
+    assert "retrain" in res.record["models"]
+
+
+def test_audit_refuses_bad_input_and_writes_nothing(base_model_dir, digits_dir, evaluator_dir, tmp_path):
+    with pytest.raises(UnlearnError, match="unknown deletion targets"):
+        audit(
+            base_model_dir,
+            base_model_dir,
+            digits_dir,
+            ForgetTargets.build(subject_ids=["ghost"]),
+            tmp_path / "x",
+            evaluator_dir,
+        )
+    with pytest.raises(ConfigError, match="samples_per_class must be >= 1"):
+        audit(base_model_dir, base_model_dir, digits_dir, CANARY, tmp_path / "x", evaluator_dir, samples_per_class=0)
+    with pytest.raises(UnlearnError, match="does not exist"):
+        audit(base_model_dir, tmp_path / "nope", digits_dir, CANARY, tmp_path / "x", evaluator_dir)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exit_code_tells_pass_or_fail(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    common = [
+        "--base",
+        str(base_model_dir),
+        "--dataset",
+        str(digits_dir),
+        "--evaluator",
+        str(evaluator_dir),
+        "--forget-subjects",
+        "subject-canary",
+        "--set",
+        "samples_per_class=20",
+        "--set",
+        "extraction_samples=200",
+        "--quiet",
+    ]
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearn_lib.cli",
+            "audit",
+            "--model",
+            str(models["canary"]),
+            "--out",
+            str(tmp_path / "ok"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verdict: PASS" in ok.stdout and "mia_auc" in ok.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearn_lib.cli",
+            "audit",
+            "--model",
+            str(base_model_dir),
+            "--out",
+            str(tmp_path / "bad"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode == 1 and "verdict: FAIL" in bad.stdout
+    usage = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearn_lib.cli",
+            "audit",
+            "--model",
+            str(base_model_dir),
+            "--out",
+            str(tmp_path / "u"),
+            *common,
+            "--set",
+            "max_fid_ratio=high",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert usage.returncode == 2 and usage.stderr.strip().startswith("unlearn: error: option max_fid_ratio")
+
+
+# ---- metric units ------------------------------------------------------------------------------
+
+
+def test_frechet_and_kernel_distances_behave():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2000, 8, generator=g), torch.randn(2000, 8, generator=g)
+    assert frechet_distance(a, b) < 0.05
+    shifted = b + torch.tensor([2.0] + [0.0] * 7)
+    assert frechet_distance(a, shifted) == pytest.approx(4.0, rel=0.1)
+    assert abs(kernel_inception_distance(a, b)[0]) < 0.01 < kernel_inception_distance(a, shifted)[0]
+
+
+def test_extraction_ratio_counts_near_copies_only():
+    forget = TensorSet(
+        images=torch.tensor([[[[0, 255], [255, 0]]], [[[255, 255], [0, 0]]]], dtype=torch.uint8),
+        labels=torch.tensor([0, 0]),
+        record_ids=["a", "b"],
+        sha256=["x", "y"],
+    )
+    # The first record is regenerated exactly; the second only loosely (distance 0.6, neighbourhood 1).
+    generated = torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]]], [[[1.0, -0.2], [-1.0, -1.0]]]])
+    res = extraction_test(forget, neighbourhood=torch.tensor([1.0, 1.0]), generated=generated, alpha=0.5, k=1)
+    assert res.ratios[0] == pytest.approx(0.0) and res.ratios[1] == pytest.approx(1.2, abs=0.01)
+    assert res.extracted == 1
+
+
+def test_auc_null_std_matches_simulation():
+    rng = np.random.default_rng(0)
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(np.r_[np.ones(3), np.zeros(30)], rng.normal(size=33)) for _ in range(3000)]
+    assert np.std(aucs) == pytest.approx(auc_null_std(3, 30), rel=0.1)
+
+
+def test_torchscript_features_are_pluggable(tmp_path):
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1)))
+    net.save(str(tmp_path / "features.pt"))
+    feats = TorchScriptFeatures(tmp_path / "features.pt", size=32).features(torch.zeros(5, 1, 8, 8, dtype=torch.uint8))
+    assert feats.shape == (5, 4) and math.isfinite(float(feats.sum()))
+    with pytest.raises(UnlearnError, match="cannot load TorchScript"):
+        TorchScriptFeatures(tmp_path / "missing.pt")
+
+
+def test_schema_is_shipped_with_the_package():
+    assert audit_schema()["properties"]["schema_version"]["const"] == 1

@@ -1,0 +1,123 @@
+"""Audit parameters, metrics and gates: each gate is a metric with a threshold; the verdict is their conjunction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass
+class AuditParams:
+    seed: int = 0
+    sampling_steps: int = 25
+    guidance_scale: float | None = None  # None: each model's own
+    samples_per_class: int = 100
+    extraction_samples: int = 500  # per forgotten label (in total for unconditional models)
+    extraction_alpha: float = 0.5
+    extraction_k: int = 50
+    mia_timesteps: list[int] = field(default_factory=lambda: [50, 100, 200])
+    mia_noise_draws: int = 4
+    reference_min: int = 16
+    feature_extractor: str = "evaluator"  # evaluator | torchscript:<path>
+    # Leave the forget records' own images out of the report (pipelines store reports for
+    # years; the deleted images must not live on in them). Generated samples are still shown.
+    redact_forget_images: bool = False
+    # Gates. Defaults pass a good EraseDiff run on the digits preset and fail the base model.
+    max_forgotten_probability: float = 0.05
+    max_retained_accuracy_drop: float = 0.05
+    max_fid_ratio: float = 1.5
+    # Record deletions on digits measured 1.08-1.11 (accuracy and FID unchanged), class erasures
+    # 1.02-1.05; a damaged model (NegGrad) lands above 2.
+    max_retain_loss_ratio: float = 1.15
+    max_extracted: int = 0
+    mia_auc_tolerance: float | None = None  # None: mia_z standard deviations of the null AUC, at least 0.1
+    mia_z: float = 2.0
+    max_forget_class_accuracy_drop: float = 0.15
+
+    def validate(self) -> None:
+        positive = ("sampling_steps", "samples_per_class", "extraction_samples", "extraction_k", "mia_noise_draws")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"audit parameter {name} must be >= 1, got {getattr(self, name)}")
+        if not self.mia_timesteps:
+            raise ConfigError("audit parameter mia_timesteps must not be empty")
+        if self.extraction_alpha <= 0:
+            raise ConfigError("audit parameter extraction_alpha must be > 0")
+        if self.feature_extractor != "evaluator" and not self.feature_extractor.startswith("torchscript:"):
+            raise ConfigError("feature_extractor must be 'evaluator' or 'torchscript:<path>'")
+        if self.mia_auc_tolerance is not None and not 0 < self.mia_auc_tolerance <= 0.5:
+            raise ConfigError("mia_auc_tolerance must be in (0, 0.5]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Metric:
+    name: str
+    group: str  # efficacy | memorization | utility
+    value: float | None
+    description: str
+    samples: int | None = None
+    seed: int | None = None
+    base: float | None = None
+    retrain: float | None = None
+    threshold: dict[str, Any] | None = None  # {"op": "<=" | ">=" | "within", "value": ...}
+    passed: bool | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gap_to_retrain(self) -> float | None:
+        if self.value is None or self.retrain is None:
+            return None
+        return self.value - self.retrain
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["gap_to_retrain"] = self.gap_to_retrain
+        for k in ("value", "base", "retrain", "gap_to_retrain"):
+            if isinstance(d[k], float) and not math.isfinite(d[k]):
+                d[k] = None
+        return d
+
+
+def gate(metric: Metric, op: str, limit: float, center: float | None = None) -> Metric:
+    """Attach a threshold to ``metric`` and decide it. ``within``: |value - center| <= limit."""
+    v = metric.value
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        passed = False
+    elif op == "<=":
+        passed = v <= limit
+    elif op == ">=":
+        passed = v >= limit
+    elif op == "within":
+        assert center is not None
+        passed = abs(v - center) <= limit
+    else:
+        raise ValueError(op)
+    metric.threshold = {"op": op, "value": limit, **({"center": center} if center is not None else {})}
+    metric.passed = bool(passed)
+    return metric
+
+
+def verdict(metrics: list[Metric]) -> bool:
+    gated = [m for m in metrics if m.passed is not None]
+    return bool(gated) and all(m.passed for m in gated)
+
+
+def audit_schema() -> dict:
+    """The JSON Schema that ``audit.json`` validates against."""
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("unlearn_lib.audit").joinpath("audit.schema.json").read_text())
+
+
+def validate_record(record: dict) -> None:
+    """Raise ``jsonschema.ValidationError`` if ``record`` does not follow the audit schema."""
+    import jsonschema
+
+    jsonschema.validate(record, audit_schema())

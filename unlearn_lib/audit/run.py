@@ -1,0 +1,491 @@
+"""The audit: evidence that the data's influence is gone and that the model still works.
+
+``run_audit`` measures the unlearned model (and the base model it came from, and a
+``retrain`` reference when one exists) and decides every gate. It must be able to fail:
+auditing the untouched base model as if it were unlearned fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..data.manifest import Dataset, load_dataset
+from ..data.selection import ForgetTargets, Selection, select
+from ..data.tensors import TensorSet
+from ..errors import ConfigError, ModelError
+from ..models.diffusion import DiffusionModel
+from ..models.sampling import sample
+from ..unlearning.run import model_digest
+from ..utils import atomic_output_dir, pick_device, write_json
+from .efficacy import ClassSamples, class_figures, generate_class_samples
+from .evaluator import Evaluator, train_evaluator
+from .gates import AuditParams, Metric, gate, verdict
+from .memorization import (
+    ExtractionResult,
+    MembershipResult,
+    extraction_test,
+    loss_attack,
+    neighbourhood_distance,
+)
+from .utility import (
+    EvaluatorFeatures,
+    FeatureExtractor,
+    TorchScriptFeatures,
+    denoising_loss,
+    frechet_distance,
+    kernel_inception_distance,
+)
+
+AUDIT_SCHEMA_VERSION = 1
+ROLES = ("base", "unlearned", "retrain")
+
+
+@dataclass
+class ModelMeasurements:
+    """Everything measured on one model; the same measurements for base, unlearned and retrain."""
+
+    role: str
+    path: str
+    sha256: str
+    class_samples: ClassSamples | None = None
+    uncond_samples: torch.Tensor | None = None
+    uncond_probs: torch.Tensor | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    extraction: ExtractionResult | None = None
+    membership: MembershipResult | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class AuditResult:
+    passed: bool
+    metrics: list[Metric]
+    record: dict
+    measurements: dict[str, ModelMeasurements]
+    out: Path | None = None
+
+
+def _feature_extractor(params: AuditParams, evaluator: Evaluator) -> FeatureExtractor:
+    if params.feature_extractor == "evaluator":
+        return EvaluatorFeatures(evaluator)
+    return TorchScriptFeatures(params.feature_extractor.split(":", 1)[1])
+
+
+def _retained_classes(model: DiffusionModel, selection: Selection) -> list[int]:
+    if not model.conditional:
+        return []
+    gone = set(selection.forget_labels) if selection.scope == "class" else set()
+    return [c for c in range(model.meta.num_classes) if c not in gone]
+
+
+def measure_model(
+    role: str,
+    path: str | os.PathLike[str],
+    model: DiffusionModel,
+    dataset: Dataset,
+    selection: Selection,
+    evaluator: Evaluator,
+    params: AuditParams,
+    reference: TensorSet | None,
+    neighbourhood: torch.Tensor | None,
+    forget_distinct: TensorSet,
+    features: FeatureExtractor,
+    retain_real_features: torch.Tensor,
+    holdout_retain: TensorSet,
+    progress: bool,
+) -> ModelMeasurements:
+    t0 = time.perf_counter()
+    m = ModelMeasurements(role=role, path=str(path), sha256=model_digest(path))
+    scope = selection.scope
+    forget_labels = selection.forget_labels
+    if model.conditional:
+        m.class_samples = generate_class_samples(
+            model,
+            evaluator,
+            params.samples_per_class,
+            steps=params.sampling_steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed,
+            progress=progress,
+        )
+        figs = class_figures(m.class_samples, forget_labels if scope == "class" else [])
+        m.figures["class_accuracy"] = figs.accuracy
+        m.figures["retained_accuracy"] = (
+            figs.retained_accuracy if scope == "class" else (sum(figs.accuracy.values()) / len(figs.accuracy))
+        )
+        if scope == "class":
+            m.figures["forgotten_probability"] = figs.mean_forgotten_probability
+            m.figures["forgotten_rate"] = sum(figs.forgotten_rate.values()) / len(figs.forgotten_rate)
+            m.figures["forgotten_entropy"] = sum(figs.forgotten_entropy.values()) / len(figs.forgotten_entropy)
+        else:
+            m.figures["forget_class_accuracy"] = sum(figs.accuracy[c] for c in forget_labels) / len(forget_labels)
+        retained = _retained_classes(model, selection)
+        keep = torch.tensor([c in retained for c in m.class_samples.classes]).repeat_interleave(
+            m.class_samples.per_class
+        )
+        gen_retained = m.class_samples.images[keep]
+    else:
+        n = params.samples_per_class * max(1, dataset.num_classes)
+        m.uncond_samples = sample(
+            model, None, num_samples=n, steps=params.sampling_steps, seed=params.seed, progress=progress
+        )
+        m.uncond_probs = evaluator.predict_proba(m.uncond_samples)
+        pred = m.uncond_probs.argmax(-1)
+        if scope == "class":
+            m.figures["forgotten_probability"] = float(torch.isin(pred, torch.tensor(forget_labels)).float().mean())
+            gen_retained = m.uncond_samples[~torch.isin(pred, torch.tensor(forget_labels))]
+        else:
+            gen_retained = m.uncond_samples
+    gen_feats = features.features(gen_retained)
+    m.figures["fid"] = frechet_distance(gen_feats, retain_real_features)
+    m.figures["kid"], m.figures["kid_std"] = kernel_inception_distance(
+        gen_feats, retain_real_features, seed=params.seed
+    )
+    m.figures["retain_loss"] = denoising_loss(model, holdout_retain, seed=params.seed)
+    if scope != "class":
+        labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
+        if model.conditional and labels:
+            y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)])
+            generated = sample(
+                model,
+                y,
+                steps=params.sampling_steps,
+                guidance_scale=params.guidance_scale,
+                seed=params.seed + 1,
+                progress=progress,
+            )
+        else:
+            generated = sample(
+                model,
+                None,
+                num_samples=params.extraction_samples,
+                steps=params.sampling_steps,
+                seed=params.seed + 1,
+                progress=progress,
+            )
+        assert neighbourhood is not None
+        m.extraction = extraction_test(
+            forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k
+        )
+        if reference is not None and len(reference):
+            m.membership = loss_attack(
+                model, forget_distinct, reference, params.mia_timesteps, params.mia_noise_draws, params.seed
+            )
+    m.seconds = time.perf_counter() - t0
+    return m
+
+
+def _metrics(
+    meas: dict[str, ModelMeasurements], selection: Selection, params: AuditParams, conditional: bool
+) -> list[Metric]:
+    u, b, r = meas["unlearned"], meas["base"], meas.get("retrain")
+    seed = params.seed
+    per_class = params.samples_per_class
+
+    def fig(mm: ModelMeasurements | None, key: str) -> float | None:
+        if mm is None:
+            return None
+        v = mm.figures.get(key)
+        return None if v is None else float(v)
+
+    def metric(name: str, group: str, key: str, description: str, samples: int | None) -> Metric:
+        return Metric(
+            name=name,
+            group=group,
+            value=fig(u, key),
+            base=fig(b, key),
+            retrain=fig(r, key),
+            description=description,
+            samples=samples,
+            seed=seed,
+        )
+
+    out: list[Metric] = []
+    scope = selection.scope
+    n_classes = len(b.class_samples.classes) if b.class_samples is not None else 0
+    if scope == "class":
+        desc = (
+            "mean evaluator probability of the forgotten class on samples conditioned on it"
+            if conditional
+            else "share of unconditional samples the evaluator assigns to the forgotten class"
+        )
+        m = metric(
+            "forgotten_probability",
+            "efficacy",
+            "forgotten_probability",
+            desc,
+            per_class * len(selection.forget_labels) if conditional else per_class * 10,
+        )
+        out.append(gate(m, "<=", params.max_forgotten_probability))
+        if conditional:
+            out.append(
+                metric(
+                    "forgotten_rate",
+                    "efficacy",
+                    "forgotten_rate",
+                    "share of samples conditioned on the forgotten class classified as it",
+                    per_class,
+                )
+            )
+            out.append(
+                metric(
+                    "forgotten_entropy",
+                    "efficacy",
+                    "forgotten_entropy",
+                    "entropy (nats) of the evaluator's prediction on those samples",
+                    per_class,
+                )
+            )
+    if conditional:
+        acc = metric(
+            "retained_accuracy",
+            "utility",
+            "retained_accuracy",
+            "evaluator accuracy on samples conditioned on each retained class",
+            per_class * (n_classes - (len(selection.forget_labels) if scope == "class" else 0)),
+        )
+        out.append(acc)
+        drop = Metric(
+            name="retained_accuracy_drop",
+            group="utility",
+            value=None if acc.value is None or acc.base is None else acc.base - acc.value,
+            description="base model's retained-class accuracy minus the unlearned model's",
+            samples=acc.samples,
+            seed=seed,
+            retrain=None if acc.retrain is None or acc.base is None else acc.base - acc.retrain,
+        )
+        out.append(gate(drop, "<=", params.max_retained_accuracy_drop))
+    fid = metric(
+        "fid",
+        "utility",
+        "fid",
+        f"Frechet distance to the retained real data ({params.feature_extractor} features)",
+        None,
+    )
+    out.append(fid)
+    fid_ratio = Metric(
+        name="fid_ratio",
+        group="utility",
+        value=None if not fid.base else (fid.value or 0.0) / fid.base,
+        retrain=None if not fid.base or fid.retrain is None else fid.retrain / fid.base,
+        description="FID of the unlearned model over FID of the base model",
+        seed=seed,
+    )
+    out.append(gate(fid_ratio, "<=", params.max_fid_ratio))
+    out.append(metric("kid", "utility", "kid", "kernel (MMD^2, cubic kernel) distance to the retained real data", None))
+    loss = metric(
+        "retain_loss",
+        "utility",
+        "retain_loss",
+        "denoising loss on held-out records of the retained data (timesteps across the schedule)",
+        None,
+    )
+    out.append(loss)
+    ratio = Metric(
+        name="retain_loss_ratio",
+        group="utility",
+        value=None if not loss.base else (loss.value or 0.0) / loss.base,
+        retrain=None if not loss.base or loss.retrain is None else loss.retrain / loss.base,
+        description="retain_loss of the unlearned model over the base model's",
+        seed=seed,
+    )
+    out.append(gate(ratio, "<=", params.max_retain_loss_ratio))
+    if scope != "class":
+        if conditional:
+            fca = metric(
+                "forget_class_accuracy",
+                "utility",
+                "forget_class_accuracy",
+                "evaluator accuracy on samples conditioned on the forget records' classes",
+                per_class,
+            )
+            out.append(fca)
+            drop = Metric(
+                name="forget_class_accuracy_drop",
+                group="utility",
+                value=None if fca.value is None or fca.base is None else fca.base - fca.value,
+                retrain=None if fca.retrain is None or fca.base is None else fca.base - fca.retrain,
+                description="deleting records must not erase their class: base accuracy on it minus "
+                "the unlearned model's",
+                samples=per_class,
+                seed=seed,
+            )
+            out.append(gate(drop, "<=", params.max_forget_class_accuracy_drop))
+        ex = Metric(
+            name="extracted_records",
+            group="memorization",
+            value=float(u.extraction.extracted),
+            base=float(b.extraction.extracted),
+            retrain=float(r.extraction.extracted) if r is not None and r.extraction else None,
+            description=f"forget images whose nearest generated sample lies within alpha="
+            f"{params.extraction_alpha} of their {params.extraction_k}-NN training distance",
+            samples=u.extraction.samples,
+            seed=seed + 1,
+            details={"unlearned": u.extraction.to_dict(), "base": b.extraction.to_dict()},
+        )
+        out.append(gate(ex, "<=", params.max_extracted))
+        if u.membership is not None and b.membership is not None:
+            tol = params.mia_auc_tolerance or max(0.1, params.mia_z * u.membership.null_std)
+            mia = Metric(
+                name="mia_auc",
+                group="memorization",
+                value=u.membership.auc,
+                base=b.membership.auc,
+                retrain=r.membership.auc if r is not None and r.membership else None,
+                description="ROC AUC of the denoising-error attack, forget records vs. hold-out records "
+                "never trained on (0.5: indistinguishable; far below: over-forgotten, stands out)",
+                samples=len(u.membership.member_errors) + len(u.membership.nonmember_errors),
+                seed=seed,
+                details={"unlearned": u.membership.to_dict(), "base": b.membership.to_dict()},
+            )
+            out.append(gate(mia, "within", tol, center=0.5))
+            out.append(
+                Metric(
+                    name="mia_tpr_at_low_fpr",
+                    group="memorization",
+                    value=u.membership.tpr_at_low_fpr,
+                    base=b.membership.tpr_at_low_fpr,
+                    retrain=r.membership.tpr_at_low_fpr if r is not None and r.membership else None,
+                    description=f"attack TPR at FPR {u.membership.low_fpr:.3f} (1%, or one hold-out "
+                    "record when fewer than 100)",
+                    seed=seed,
+                )
+            )
+    return out
+
+
+def run_audit(
+    base_dir: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    dataset_dir: str | os.PathLike[str],
+    targets: ForgetTargets,
+    out: str | os.PathLike[str],
+    params: AuditParams | None = None,
+    evaluator_dir: str | os.PathLike[str] | None = None,
+    retrain_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    strict: bool = True,
+    device: str = "auto",
+) -> AuditResult:
+    """Audit ``model_dir`` (unlearned from ``base_dir``) for ``targets``; write audit.json and the report."""
+    from .report import write_report
+
+    params = params or AuditParams()
+    params.validate()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    t_start = time.perf_counter()
+    dataset = load_dataset(dataset_dir)
+    selection = select(dataset, targets, strict=strict)
+    dev = pick_device(device)
+    models = {
+        "base": (base_dir, DiffusionModel.load(base_dir, device=dev)),
+        "unlearned": (model_dir, DiffusionModel.load(model_dir, device=dev)),
+    }
+    if retrain_dir is not None:
+        models["retrain"] = (retrain_dir, DiffusionModel.load(retrain_dir, device=dev))
+    for role, (_, mdl) in models.items():
+        if tuple(mdl.meta.image_shape) != tuple(dataset.image_shape):
+            raise ModelError(
+                f"the {role} model generates {mdl.meta.image_shape} images, the dataset holds {dataset.image_shape}"
+            )
+        if mdl.conditional != models["base"][1].conditional:
+            raise ModelError(f"the {role} model and the base model differ in class conditioning")
+    if evaluator_dir is not None:
+        evaluator = Evaluator.load(evaluator_dir, device=dev)
+        if evaluator.meta.num_classes != dataset.num_classes:
+            raise ModelError(
+                f"evaluator {evaluator_dir} knows {evaluator.meta.num_classes} classes, the dataset "
+                f"{dataset.num_classes}"
+            )
+    else:
+        evaluator = train_evaluator(dataset, seed=params.seed, progress=progress, device=dev)
+    features = _feature_extractor(params, evaluator)
+    conditional = models["base"][1].conditional
+
+    retained = set(_retained_classes(models["base"][1], selection)) if conditional else None
+    real = [r for r in selection.retain if retained is None or r.label in retained]
+    retain_real = TensorSet.from_records(dataset, real).distinct()
+    retain_real_features = features.features(retain_real.images)
+    holdout_retain = TensorSet.from_records(
+        dataset, [r for r in selection.holdout if retained is None or r.label in retained]
+    )
+    forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
+    ref_records = selection.reference(params.reference_min)
+    reference = TensorSet.from_records(dataset, ref_records).distinct() if ref_records else None
+    neighbourhood = None
+    if selection.scope != "class":
+        train_pool = TensorSet.from_records(dataset, dataset.train)
+        neighbourhood = neighbourhood_distance(forget_distinct, train_pool, params.extraction_k)
+
+    meas = {
+        role: measure_model(
+            role,
+            path,
+            mdl,
+            dataset,
+            selection,
+            evaluator,
+            params,
+            reference,
+            neighbourhood,
+            forget_distinct,
+            features,
+            retain_real_features,
+            holdout_retain,
+            progress,
+        )
+        for role, (path, mdl) in models.items()
+    }
+    metrics = _metrics(meas, selection, params, conditional)
+    passed = verdict(metrics)
+    record = {
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "kind": "unlearn-audit",
+        "verdict": "pass" if passed else "fail",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "models": {
+            role: {"path": mm.path, "unet_sha256": mm.sha256, "seconds": round(mm.seconds, 2)}
+            for role, mm in meas.items()
+        },
+        # An evaluator trained for this audit is saved with it, so the judge stays inspectable.
+        "evaluator": {
+            "path": str(evaluator_dir) if evaluator_dir is not None else "evaluator",
+            "sha256": evaluator.fingerprint(),
+            "holdout_accuracy": evaluator.meta.holdout_accuracy,
+            "dataset_digest": evaluator.meta.dataset_digest,
+            "features": features.name,
+        },
+        "dataset": {"path": str(dataset_dir), "digest": dataset.digest()},
+        "selection": {k: v for k, v in selection.summary().items()},
+        "reference": {"records": len(reference) if reference is not None else 0},
+        "params": params.to_dict(),
+        "metrics": {m.name: m.to_dict() for m in metrics},
+        "gates": [
+            {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}
+            for m in metrics
+            if m.passed is not None
+        ],
+        "seconds": round(time.perf_counter() - t_start, 2),
+        "environment": {
+            "unlearn_lib": __version__,
+            "torch": torch.__version__,
+            "device": str(models["unlearned"][1].device),
+        },
+    }
+    with atomic_output_dir(out, overwrite=overwrite) as stage:
+        if evaluator_dir is None:
+            evaluator.save(stage / "evaluator")
+        record["pictures"] = write_report(stage, record, meas, selection, dataset)
+        write_json(stage / "audit.json", record)
+    return AuditResult(passed=passed, metrics=metrics, record=record, measurements=meas, out=out)

@@ -1,0 +1,69 @@
+"""A file-backed queue of deletion requests: pending, done (with evidence), and attempts.
+
+Lives in the workspace (``requests/``). A request moves to ``done`` only once a model
+version without its data is in production; a failed attempt is recorded beside it and the
+request stays pending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from ..utils import write_json
+from .schema import DeletionBatch, DeletionRequest, RequestError, load_request
+
+
+class RequestQueue:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        for sub in ("pending", "done", "attempts"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def submit(self, request: DeletionRequest) -> Path:
+        if (self.root / "done" / f"{request.request_id}.json").exists():
+            raise RequestError(f"request {request.request_id} was already fulfilled")
+        path = self.root / "pending" / f"{request.request_id}.json"
+        if path.exists():
+            raise RequestError(f"request {request.request_id} is already pending")
+        write_json(path, request.to_dict())
+        return path
+
+    def pending(self) -> list[DeletionRequest]:
+        return [load_request(p) for p in sorted((self.root / "pending").glob("*.json"))]
+
+    def is_done(self, request_id: str) -> bool:
+        return (self.root / "done" / f"{request_id}.json").exists()
+
+    def done_evidence(self, request_id: str) -> dict | None:
+        p = self.root / "done" / f"{request_id}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def mark_done(self, request: DeletionRequest, evidence: dict) -> None:
+        write_json(
+            self.root / "done" / f"{request.request_id}.json",
+            {
+                "request": request.to_dict(),
+                "evidence": evidence,
+                "completed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+        (self.root / "pending" / f"{request.request_id}.json").unlink(missing_ok=True)
+
+    def record_attempt(self, request_id: str, evidence: dict) -> None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        write_json(self.root / "attempts" / f"{request_id}-{stamp}.json", evidence)
+
+    def batches(self, max_requests: int = 50) -> list[DeletionBatch]:
+        """Group pending requests by model and kind (class erasures apart from record deletions)."""
+        groups: dict[tuple[str, bool], list[DeletionRequest]] = defaultdict(list)
+        for r in self.pending():
+            groups[(r.model, r.targets.scope == "class")].append(r)
+        out = []
+        for _, reqs in sorted(groups.items()):
+            for i in range(0, len(reqs), max_requests):
+                out.append(DeletionBatch(tuple(reqs[i : i + max_requests])))
+        return out

@@ -1,0 +1,134 @@
+"""Model registry helpers around ``models:/NAME@alias``.
+
+``production`` is what serves; ``candidate`` is an audited version that did not (or not
+yet) pass. The production alias moves only when every audit gate passes; the previous
+version stays registered, so rolling back is moving the alias back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from .lineage import TAG_PREFIX
+
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+MODEL_ARTIFACT = "model"
+
+
+def production_version(client: Any, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise ModelError(f"registered model {name!r} does not exist in the MLflow registry") from None
+    try:
+        return client.get_model_version_by_alias(name, PRODUCTION)
+    except MlflowException:
+        raise ModelError(f"registered model {name!r} has no version with alias {PRODUCTION!r}") from None
+
+
+def download_version(client: Any, name: str, version: str | int, dest: str | os.PathLike[str]) -> Path:
+    """Download a model version's diffusers folder into ``dest`` (replaced if present)."""
+    import mlflow
+
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    uri = client.get_model_version_download_uri(name, str(version))
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+    os.replace(path, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def versions_for_request(client: Any, name: str, request_id: str) -> list[Any]:
+    """Versions whose lineage names ``request_id`` (the registry is the record of what was done)."""
+    out = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        ids = (mv.tags or {}).get(f"{TAG_PREFIX}request_ids", "")
+        if request_id in ids.split(","):
+            out.append(mv)
+    return sorted(out, key=lambda mv: int(mv.version))
+
+
+def register_version(client: Any, name: str, run_id: str, tags: dict[str, str], description: str = "") -> Any:
+    """A new version from the run's ``model`` artifact folder, with ``unlearn.*`` lineage tags."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Diffusion model with audited data deletions")
+    return client.create_model_version(
+        name,
+        source=f"runs:/{run_id}/{MODEL_ARTIFACT}",
+        run_id=run_id,
+        tags={f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()},
+        description=description,
+    )
+
+
+def promote(client: Any, name: str, version: str | int, passed: bool) -> str:
+    """Move ``production`` to ``version`` if the audit passed, else point ``candidate`` at it."""
+    alias = PRODUCTION if passed else CANDIDATE
+    client.set_registered_model_alias(name, alias, str(version))
+    if passed:
+        try:
+            cand = client.get_model_version_by_alias(name, CANDIDATE)
+            if str(cand.version) == str(version):
+                client.delete_registered_model_alias(name, CANDIDATE)
+        except Exception:
+            pass
+    return alias
+
+
+def register_base_model(
+    settings: Any,
+    model_dir: str | os.PathLike[str],
+    dataset_rev: str,
+    dataset_digest: str,
+    records: int,
+    workspace: str,
+) -> Any:
+    """Register a trained base model as a new version and make it production (no audit: nothing was deleted)."""
+    import mlflow
+
+    from ..unlearning.run import model_digest
+    from .lineage import configure, log_dataset
+
+    client = configure(settings)
+    with mlflow.start_run(run_name="register-base-model", tags={f"{TAG_PREFIX}step": "register-base-model"}) as run:
+        mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_ARTIFACT)
+        log_dataset(
+            f"{Path(settings.dataset_path).name}@{dataset_rev[:8]}",
+            workspace,
+            settings.dataset_path,
+            dataset_rev,
+            dataset_digest,
+            context="training",
+            records=records,
+        )
+        mv = register_version(
+            client,
+            settings.model_name,
+            run.info.run_id,
+            {
+                "kind": "base",
+                "dataset_rev": dataset_rev,
+                "dataset_digest": dataset_digest,
+                "unet_sha256": model_digest(model_dir),
+                "request_ids": "",
+            },
+            description="base model, trained on the served dataset",
+        )
+    client.set_registered_model_alias(settings.model_name, PRODUCTION, str(mv.version))
+    return mv
