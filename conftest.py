@@ -237,3 +237,35 @@ def weak_pipeline_run(workspace_template, tmp_path_factory) -> dict:
     )
     runs = sorted((root / "runs" / "kfp").glob("unlearn-compliance-*"))
     return {"settings": settings, "outcome": outcome, "rev_before": rev_before, "run_dir": runs[-1], "ws": ws}
+
+
+# ---- unlearned models shared by the unlearning and audit tests -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def class3_model_dir(base_model_dir, digits_dir, tmp_path_factory) -> Path:
+    """EraseDiff with its defaults, erasing class 3 from the session's base model."""
+    from unlearn_lib.data import ForgetTargets
+    from unlearn_lib.unlearning import erase
+
+    out = tmp_path_factory.mktemp("erased") / "class3"
+    erase(base_model_dir, digits_dir, ForgetTargets.build(labels=[3]), "erasediff", out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def canary_model_dir(base_model_dir, digits_dir, tmp_path_factory) -> Path:
+    """EraseDiff with its defaults, deleting every record of the canaries' owner."""
+    from unlearn_lib.data import ForgetTargets
+    from unlearn_lib.unlearning import erase
+
+    out = tmp_path_factory.mktemp("erased") / "canary"
+    erase(
+        base_model_dir,
+        digits_dir,
+        ForgetTargets.build(subject_ids=["subject-canary"]),
+        "erasediff",
+        out,
+        progress=False,
+    )
+    return out

@@ -77,6 +77,76 @@ def preflight(settings: Settings, batch: DeletionBatch, dataset_rev: str) -> str
     return rev
 
 
+@dataclass
+class Launch:
+    """A validated run about to start: its settings, dataset revision and MLflow parent run."""
+
+    settings: Settings
+    arguments: dict[str, str]
+
+    @property
+    def lineage_run_id(self) -> str:
+        return self.arguments["lineage_run_id"]
+
+
+def launch(
+    settings: Settings,
+    batch: DeletionBatch,
+    dataset_rev: str,
+    algorithm: str,
+    options: dict | None,
+    audit_params: dict | None,
+    runner: str,
+) -> Launch | RunOutcome:
+    """Everything before the DAG: fulfilled-request check, validation, preflight, the parent run.
+
+    Returns the outcome instead when the batch was already fulfilled.
+    """
+    from unlearn_lib.audit import AuditParams
+    from unlearn_lib.tracking import start_pipeline_run
+    from unlearn_lib.unlearning import make_unlearner
+    from unlearn_lib.unlearning.base import build_config
+
+    settings = for_batch(settings, batch)
+    options, audit_params = dict(options or {}), dict(audit_params or {})
+    done = already_fulfilled(settings, batch)
+    if done is not None:
+        return done
+    # Refuse bad options before anything is created.
+    make_unlearner(algorithm, options)
+    build_config(AuditParams, audit_params, where="the audit").validate()
+    rev = preflight(settings, batch, dataset_rev)
+    lineage = start_pipeline_run(
+        settings,
+        run_name=f"compliance {batch.batch_id}",
+        tags={
+            "request_ids": ",".join(batch.request_ids),
+            "batch_id": batch.batch_id,
+            "pipeline": "compliance",
+            "runner": runner,
+            "status": "running",
+        },
+        params={
+            "dataset_rev": rev,
+            "algorithm": algorithm,
+            "options": json.dumps(options, sort_keys=True),
+            "audit_params": json.dumps(audit_params, sort_keys=True),
+            "model": batch.model,
+            "settings": json.dumps(settings.public(), sort_keys=True),
+        },
+    )
+    arguments = {
+        "settings_json": json.dumps(settings.public()),
+        "batch_json": batch.to_json(),
+        "lineage_run_id": lineage,
+        "dataset_rev": rev,
+        "algorithm": algorithm,
+        "options_json": json.dumps(options),
+        "audit_params_json": json.dumps(audit_params),
+    }
+    return Launch(settings=settings, arguments=arguments)
+
+
 def run_local(
     settings: Settings,
     batch: DeletionBatch,
@@ -89,52 +159,20 @@ def run_local(
     from kfp import local
 
     from pipelines.compliance import compliance_pipeline
-    from unlearn_lib.tracking import start_pipeline_run
-    from unlearn_lib.unlearning import make_unlearner
 
-    settings = for_batch(settings, batch)
-    options, audit_params = dict(options or {}), dict(audit_params or {})
-    done = already_fulfilled(settings, batch)
-    if done is not None:
-        return done
-    make_unlearner(algorithm, options)  # refuse bad options before anything is created
-    rev = preflight(settings, batch, dataset_rev)
-    lineage = start_pipeline_run(
-        settings,
-        run_name=f"compliance {batch.batch_id}",
-        tags={
-            "request_ids": ",".join(batch.request_ids),
-            "batch_id": batch.batch_id,
-            "pipeline": "compliance",
-            "runner": "kfp.local",
-            "status": "running",
-        },
-        params={
-            "dataset_rev": rev,
-            "algorithm": algorithm,
-            "options": json.dumps(options, sort_keys=True),
-            "audit_params": json.dumps(audit_params, sort_keys=True),
-            "model": batch.model,
-            "settings": json.dumps(settings.public(), sort_keys=True),
-        },
-    )
+    started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, runner="kfp.local")
+    if isinstance(started, RunOutcome):
+        return started
+    settings = started.settings
     root = settings.workspace_path / "runs" / "kfp"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False)
     # The steps' own output (executor inputs, library logs) goes to a log file beside the run;
     # the console keeps kfp's one line per task.
-    log_path = settings.workspace_path / "runs" / f"{lineage}.log"
+    log_path = settings.workspace_path / "runs" / f"{started.lineage_run_id}.log"
     with open(log_path, "w") as log, contextlib.redirect_stdout(log):
-        compliance_pipeline(
-            settings_json=json.dumps(settings.public()),
-            batch_json=batch.to_json(),
-            lineage_run_id=lineage,
-            dataset_rev=rev,
-            algorithm=algorithm,
-            options_json=json.dumps(options),
-            audit_params_json=json.dumps(audit_params),
-        )
-    outcome = outcome_of(settings, lineage)
+        compliance_pipeline(**started.arguments)
+    outcome = outcome_of(settings, started.lineage_run_id)
     outcome.message = f"step logs: {log_path}"
     return outcome
 
@@ -185,37 +223,14 @@ def submit(
     import kfp
 
     from pipelines.compliance import GOLDEN
-    from unlearn_lib.tracking import start_pipeline_run
 
-    settings = for_batch(settings, batch)
-    done = already_fulfilled(settings, batch)
-    if done is not None:
-        raise UnlearnError(done.message)
-    rev = preflight(settings, batch, dataset_rev)
-    lineage = start_pipeline_run(
-        settings,
-        run_name=f"compliance {batch.batch_id}",
-        tags={
-            "request_ids": ",".join(batch.request_ids),
-            "batch_id": batch.batch_id,
-            "pipeline": "compliance",
-            "runner": "kfp",
-            "status": "running",
-        },
-        params={"dataset_rev": rev, "algorithm": algorithm, "model": batch.model},
-    )
+    started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, runner="kfp")
+    if isinstance(started, RunOutcome):
+        raise UnlearnError(started.message)
     client = client or kfp.Client(host=host)
     run = client.create_run_from_pipeline_package(
         str(package or GOLDEN),
-        arguments={
-            "settings_json": json.dumps(settings.public()),
-            "batch_json": batch.to_json(),
-            "lineage_run_id": lineage,
-            "dataset_rev": rev,
-            "algorithm": algorithm,
-            "options_json": json.dumps(options or {}),
-            "audit_params_json": json.dumps(audit_params or {}),
-        },
+        arguments=started.arguments,
         run_name=f"compliance-{batch.batch_id}",
         enable_caching=False,
     )

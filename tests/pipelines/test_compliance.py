@@ -27,7 +27,7 @@ CANARY_REQUEST = {
     "model": "digits-diffusion",
     "targets": {"subject_ids": ["subject-canary"]},
 }
-FAST_AUDIT = {"samples_per_class": 30, "extraction_samples": 300}
+FAST_AUDIT = {"samples_per_class": 20, "extraction_samples": 200}
 
 
 def batch_of(**changes) -> DeletionBatch:
@@ -257,3 +257,35 @@ def test_cli_refuses_a_malformed_request_in_one_line(workspace, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"unlearn: error: {bad}: basis must be one of gdpr-art17, ccpa, copyright, safety, contract, other, got 'whim'"
     ]
+
+
+def test_submit_sends_the_compiled_package_to_kfp(workspace, monkeypatch):
+    """A Kubernetes cluster cannot exist here: the KFP client is the one thing replaced."""
+    from pipelines.run import submit
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-in-arguments")
+    settings = Settings(workspace=str(workspace))
+    ensure_base_registered(settings, Workspace(workspace))
+    calls = []
+
+    class FakeClient:
+        def create_run_from_pipeline_package(self, package, arguments, run_name, enable_caching):
+            calls.append((package, arguments, run_name, enable_caching))
+            return type("Run", (), {"run_id": "kfp-run-1"})()
+
+    run_id = submit(settings, batch_of(request_id="REQ-KFP"), host="http://kfp.invalid", client=FakeClient())
+    ((package, arguments, run_name, caching),) = calls
+    assert run_id == "kfp-run-1" and package == str(GOLDEN) and caching is False
+    assert set(arguments) == {
+        "settings_json",
+        "batch_json",
+        "lineage_run_id",
+        "dataset_rev",
+        "algorithm",
+        "options_json",
+        "audit_params_json",
+    }
+    assert "never-in-arguments" not in json.dumps(arguments)
+    assert arguments["dataset_rev"] == Workspace(workspace).head()
+    parent = client_for(settings).get_run(arguments["lineage_run_id"])
+    assert parent.data.tags["unlearn.runner"] == "kfp" and run_name == "compliance-REQ-KFP"

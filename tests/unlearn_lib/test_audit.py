@@ -31,7 +31,7 @@ from unlearn_lib.unlearning import erase
 CANARY = ForgetTargets.build(subject_ids=["subject-canary"])
 CLASS3 = ForgetTargets.build(labels=[3])
 # Fewer samples than the defaults keep the suite fast; the gates keep their default thresholds.
-PARAMS = dict(samples_per_class=50, extraction_samples=300)
+PARAMS = dict(samples_per_class=40, extraction_samples=250, sampling_steps=15)
 
 
 def params(**kw) -> AuditParams:
@@ -46,12 +46,10 @@ def evaluator_dir(evaluator, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(base_model_dir, digits_dir, tmp_path_factory):
-    """Unlearned models for both scenarios, and two bad deletions the audit must catch."""
+def models(base_model_dir, digits_dir, tmp_path_factory, canary_model_dir, class3_model_dir):
+    """Unlearned models for both scenarios (EraseDiff's defaults), and a bad deletion the audit must catch."""
     root = tmp_path_factory.mktemp("unlearned")
-    out = {}
-    erase(base_model_dir, digits_dir, CANARY, "erasediff", root / "canary", progress=False)
-    out["canary"] = root / "canary"
+    out = {"canary": canary_model_dir, "class3": class3_model_dir}
     # Over-forgetting: no calibrated stop and class-sized steps; the canaries end up far worse
     # denoised than records never trained on.
     erase(
@@ -64,8 +62,6 @@ def models(base_model_dir, digits_dir, tmp_path_factory):
         progress=False,
     )
     out["overforget"] = root / "overforget"
-    erase(base_model_dir, digits_dir, CLASS3, "erasediff", root / "class3", progress=False)
-    out["class3"] = root / "class3"
     return out
 
 
@@ -93,7 +89,7 @@ def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, model
     tol = m["mia_auc"].threshold["value"]
     assert abs(m["mia_auc"].value - 0.5) <= tol, m["mia_auc"].to_dict()
     # The canaries' class is still generated: within the gate's 15 points of the base model
-    # (50 samples: a binomial standard error of about 5 points).
+    # (40 samples: a binomial standard error of about 5 points).
     assert m["forget_class_accuracy_drop"].passed
     assert res.passed, {x.name: (x.value, x.passed) for x in res.metrics if x.passed is not None}
 
@@ -112,7 +108,7 @@ def test_erasing_the_class_fails_a_record_deletion(base_model_dir, digits_dir, e
         ForgetTargets.build(labels=[7]),
         "erasediff",
         tmp_path / "no7",
-        overrides={"steps": 80},
+        overrides={"steps": 50},
         progress=False,
     )
     res = audit(base_model_dir, tmp_path / "no7", digits_dir, CANARY, tmp_path / "a", evaluator_dir)
@@ -152,7 +148,7 @@ def test_report_files_open_and_audit_json_validates(base_model_dir, digits_dir, 
     assert "<table>" in (out / "report.html").read_text()
     for metric in record["metrics"].values():
         assert metric["seed"] is not None
-    assert record["metrics"]["extracted_records"]["samples"] == 300
+    assert record["metrics"]["extracted_records"]["samples"] == 250
     assert record["models"]["base"]["unet_sha256"] != record["models"]["unlearned"]["unet_sha256"]
     broken = dict(record, verdict="maybe")
     with pytest.raises(jsonschema.ValidationError):
@@ -211,7 +207,7 @@ def test_cli_exit_code_tells_pass_or_fail(base_model_dir, digits_dir, evaluator_
         "--set",
         "samples_per_class=20",
         "--set",
-        "extraction_samples=200",
+        "extraction_samples=100",
         "--quiet",
     ]
     ok = subprocess.run(

@@ -19,7 +19,7 @@ from unlearn_lib.unlearning import (
     task_from_selection,
 )
 from unlearn_lib.unlearning.baselines import Retrain, RetrainConfig
-from unlearn_lib.unlearning.erasediff import SCOPE_DEFAULTS
+from unlearn_lib.unlearning.erasediff import SCOPE_DEFAULTS, EraseDiffConfig
 
 FORGET = 3
 PER_CLASS = 50  # samples per class for the evaluator's verdicts
@@ -42,8 +42,10 @@ def base_figures(base_model, evaluator):
 
 
 @pytest.fixture(scope="module")
-def erasediff_class_result(class_task):
-    return make_unlearner("erasediff").run(class_task, progress=False)
+def erasediff_class_result(class3_model_dir):
+    """The defaults' class-3 erasure (shared with the audit tests), as model and record."""
+    record = json.loads((class3_model_dir / "unlearning.json").read_text())
+    return DiffusionModel.load(class3_model_dir), record
 
 
 def _mean_error(model: DiffusionModel, images: torch.Tensor, labels: torch.Tensor, seed: int = 7) -> float:
@@ -69,9 +71,8 @@ def test_registry_holds_erasediff_and_the_baselines():
 
 
 def test_erasediff_forgets_the_class_and_keeps_the_others(erasediff_class_result, base_figures, evaluator):
-    after = class_figures(
-        generate_class_samples(erasediff_class_result.model, evaluator, PER_CLASS, seed=SEED), [FORGET]
-    )
+    model, record = erasediff_class_result
+    after = class_figures(generate_class_samples(model, evaluator, PER_CLASS, seed=SEED), [FORGET])
     # The base model draws its 3s as 3s almost always; after EraseDiff it must almost never.
     assert base_figures.mean_forgotten_probability > 0.8
     assert after.mean_forgotten_probability < 0.1
@@ -79,43 +80,44 @@ def test_erasediff_forgets_the_class_and_keeps_the_others(erasediff_class_result
     # 450 retained-class samples: a binomial standard error of about 1 point per model, so a
     # 5-point tolerance separates real damage from sampling noise.
     assert after.retained_accuracy >= base_figures.retained_accuracy - 0.05
-    hist = erasediff_class_result.history
-    assert len(hist["loss_f"]) == erasediff_class_result.steps == SCOPE_DEFAULTS["class"]["steps"]
+    hist = record["history"]
+    assert len(hist["loss_f"]) == record["steps"] == SCOPE_DEFAULTS["class"]["steps"]
     assert all(v == 1.0 for v in hist["lam"])  # fixed lambda by default
     assert hist["loss_f"][-1] < hist["loss_f"][0]  # the constraint's loss was driven down
 
 
-def test_erasediff_leaves_the_base_model_untouched(class_task, erasediff_class_result, base_model_dir):
+def test_erasediff_leaves_the_base_model_untouched(class_task, base_model_dir):
+    result = make_unlearner("erasediff", {"steps": 3}).run(class_task, progress=False)
     pristine = DiffusionModel.load(base_model_dir)
     for (k, v), (_, w) in zip(
         class_task.base.unet.state_dict().items(), pristine.unet.state_dict().items(), strict=True
     ):
         assert torch.equal(v, w), k
-    changed = any(
-        not torch.equal(v, erasediff_class_result.model.unet.state_dict()[k])
-        for k, v in pristine.unet.state_dict().items()
-    )
+    changed = any(not torch.equal(v, result.model.unet.state_dict()[k]) for k, v in pristine.unet.state_dict().items())
     assert changed
 
 
-def test_record_deletion_stops_when_forget_records_look_unseen(canary_task, base_model, evaluator):
+def test_record_deletion_stops_when_forget_records_look_unseen(canary_task, base_model, evaluator, canary_model_dir):
     forget = canary_task.forget.distinct()
     ref = canary_task.reference
     before_f = _mean_error(base_model, forget.images, forget.labels)
     before_r = _mean_error(base_model, ref.images, ref.labels)
     assert before_f < 0.3 * before_r  # the base model memorized its canaries
 
-    result = make_unlearner("erasediff").run(canary_task, progress=False)
-    assert result.stop is not None and result.stop["reason"] == "calibrated"
-    assert result.config["resolved_target"]["remap_to"] == "neighbours"
-    after_f = _mean_error(result.model, forget.images, forget.labels)
-    after_r = _mean_error(result.model, ref.images, ref.labels)
+    record = json.loads((canary_model_dir / "unlearning.json").read_text())
+    model = DiffusionModel.load(canary_model_dir)
+    assert record["stop"] is not None and record["stop"]["reason"] == "calibrated"
+    assert record["config"]["resolved_target"]["remap_to"] == "neighbours"
+    # The stop also required that no canary can be regenerated any more.
+    assert record["stop"]["min_extraction_ratio"] >= EraseDiffConfig().stop_extraction_min_ratio
+    after_f = _mean_error(model, forget.images, forget.labels)
+    after_r = _mean_error(model, ref.images, ref.labels)
     # Neither memorized (far below the hold-out level) nor over-forgotten (far above it).
     assert 0.8 * after_r < after_f < 1.25 * after_r
 
     # Deleting three records must not drag their whole class (7) along.
     b = generate_class_samples(base_model, evaluator, PER_CLASS, seed=SEED, classes=[7])
-    a = generate_class_samples(result.model, evaluator, PER_CLASS, seed=SEED, classes=[7])
+    a = generate_class_samples(model, evaluator, PER_CLASS, seed=SEED, classes=[7])
     acc_b, acc_a = class_figures(b, []).accuracy[7], class_figures(a, []).accuracy[7]
     assert acc_a >= acc_b - 0.1, (acc_b, acc_a)
 

@@ -24,6 +24,17 @@ GRID_PER_CLASS = 8
 ROLE_TITLES = {"base": "base model", "unlearned": "unlearned model", "retrain": "retrained (reference)"}
 
 
+def _save(fig: plt.Figure, stage: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(stage / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _membership(meas: dict[str, ModelMeasurements]) -> dict:
+    return {role: mm.membership for role, mm in meas.items() if mm.membership is not None}
+
+
 def _sample_grids(stage: Path, meas: dict[str, ModelMeasurements], dataset: Dataset) -> str | None:
     panels = {}
     for role, mm in meas.items():
@@ -62,14 +73,11 @@ def _class_accuracy(stage: Path, meas: dict[str, ModelMeasurements], selection: 
             ax.axvspan(classes.index(c) - 0.2, classes.index(c) + 0.8, color="red", alpha=0.08)
     ax.legend(fontsize=8)
     ax.set_title("is each class still drawn? (forget-set classes shaded)")
-    fig.tight_layout()
-    fig.savefig(stage / "class_accuracy.png", dpi=110)
-    plt.close(fig)
-    return "class_accuracy.png"
+    return _save(fig, stage, "class_accuracy.png")
 
 
 def _roc(stage: Path, meas: dict[str, ModelMeasurements]) -> str | None:
-    curves = {role: mm.membership for role, mm in meas.items() if mm.membership is not None}
+    curves = _membership(meas)
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
@@ -80,14 +88,11 @@ def _roc(stage: Path, meas: dict[str, ModelMeasurements]) -> str | None:
     ax.set_ylabel("true positive rate (forget records)")
     ax.set_title("membership attack (denoising error)")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(stage / "mia_roc.png", dpi=110)
-    plt.close(fig)
-    return "mia_roc.png"
+    return _save(fig, stage, "mia_roc.png")
 
 
 def _histograms(stage: Path, meas: dict[str, ModelMeasurements]) -> str | None:
-    curves = {role: mm.membership for role, mm in meas.items() if mm.membership is not None}
+    curves = _membership(meas)
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
@@ -100,10 +105,7 @@ def _histograms(stage: Path, meas: dict[str, ModelMeasurements]) -> str | None:
         ax.set_title(ROLE_TITLES[role], fontsize=10)
         ax.set_xlabel("denoising error")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(stage / "loss_histograms.png", dpi=110)
-    plt.close(fig)
-    return "loss_histograms.png"
+    return _save(fig, stage, "loss_histograms.png")
 
 
 def _extraction_pairs(
@@ -134,10 +136,7 @@ def _extraction_pairs(
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle("forget record | nearest generated sample (ratio < 1: extracted)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(stage / "extraction_pairs.png", dpi=110)
-    plt.close(fig)
-    return "extraction_pairs.png"
+    return _save(fig, stage, "extraction_pairs.png")
 
 
 def _record_images(dataset: Dataset, record_ids: list[str]) -> np.ndarray:

@@ -183,6 +183,32 @@ def measure_model(
     return m
 
 
+def _ratio_to_base(m: Metric, name: str, description: str) -> Metric:
+    """``m`` of the unlearned (and retrained) model over the base model's."""
+    return Metric(
+        name=name,
+        group=m.group,
+        description=description,
+        seed=m.seed,
+        samples=m.samples,
+        value=None if not m.base or m.value is None else m.value / m.base,
+        retrain=None if not m.base or m.retrain is None else m.retrain / m.base,
+    )
+
+
+def _drop_from_base(m: Metric, name: str, description: str) -> Metric:
+    """The base model's ``m`` minus the unlearned (and retrained) model's."""
+    return Metric(
+        name=name,
+        group=m.group,
+        description=description,
+        seed=m.seed,
+        samples=m.samples,
+        value=None if m.value is None or m.base is None else m.base - m.value,
+        retrain=None if m.retrain is None or m.base is None else m.base - m.retrain,
+    )
+
+
 def _metrics(
     meas: dict[str, ModelMeasurements], selection: Selection, params: AuditParams, conditional: bool
 ) -> list[Metric]:
@@ -253,14 +279,8 @@ def _metrics(
             per_class * (n_classes - (len(selection.forget_labels) if scope == "class" else 0)),
         )
         out.append(acc)
-        drop = Metric(
-            name="retained_accuracy_drop",
-            group="utility",
-            value=None if acc.value is None or acc.base is None else acc.base - acc.value,
-            description="base model's retained-class accuracy minus the unlearned model's",
-            samples=acc.samples,
-            seed=seed,
-            retrain=None if acc.retrain is None or acc.base is None else acc.base - acc.retrain,
+        drop = _drop_from_base(
+            acc, "retained_accuracy_drop", "base model's retained-class accuracy minus the unlearned model's"
         )
         out.append(gate(drop, "<=", params.max_retained_accuracy_drop))
     fid = metric(
@@ -271,14 +291,7 @@ def _metrics(
         None,
     )
     out.append(fid)
-    fid_ratio = Metric(
-        name="fid_ratio",
-        group="utility",
-        value=None if not fid.base else (fid.value or 0.0) / fid.base,
-        retrain=None if not fid.base or fid.retrain is None else fid.retrain / fid.base,
-        description="FID of the unlearned model over FID of the base model",
-        seed=seed,
-    )
+    fid_ratio = _ratio_to_base(fid, "fid_ratio", "FID of the unlearned model over FID of the base model")
     out.append(gate(fid_ratio, "<=", params.max_fid_ratio))
     out.append(metric("kid", "utility", "kid", "kernel (MMD^2, cubic kernel) distance to the retained real data", None))
     loss = metric(
@@ -289,14 +302,7 @@ def _metrics(
         None,
     )
     out.append(loss)
-    ratio = Metric(
-        name="retain_loss_ratio",
-        group="utility",
-        value=None if not loss.base else (loss.value or 0.0) / loss.base,
-        retrain=None if not loss.base or loss.retrain is None else loss.retrain / loss.base,
-        description="retain_loss of the unlearned model over the base model's",
-        seed=seed,
-    )
+    ratio = _ratio_to_base(loss, "retain_loss_ratio", "retain_loss of the unlearned model over the base model's")
     out.append(gate(ratio, "<=", params.max_retain_loss_ratio))
     if scope != "class":
         if conditional:
@@ -308,15 +314,10 @@ def _metrics(
                 per_class,
             )
             out.append(fca)
-            drop = Metric(
-                name="forget_class_accuracy_drop",
-                group="utility",
-                value=None if fca.value is None or fca.base is None else fca.base - fca.value,
-                retrain=None if fca.retrain is None or fca.base is None else fca.base - fca.retrain,
-                description="deleting records must not erase their class: base accuracy on it minus "
-                "the unlearned model's",
-                samples=per_class,
-                seed=seed,
+            drop = _drop_from_base(
+                fca,
+                "forget_class_accuracy_drop",
+                "deleting records must not erase their class: base accuracy on it minus the unlearned model's",
             )
             out.append(gate(drop, "<=", params.max_forget_class_accuracy_drop))
         ex = Metric(
