@@ -25,17 +25,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _options(args: argparse.Namespace) -> tuple[dict, dict]:
-    from unlearn_lib.cli import _read_options_file
+    from unlearn_lib.cli import overrides_from
 
-    options: dict[str, Any] = {}
-    if args.options:
-        options.update(_read_options_file(args.options))
-    options.update(dict(args.set or []))
-    audit: dict[str, Any] = {}
-    if args.audit_params:
-        audit.update(_read_options_file(args.audit_params))
-    audit.update(dict(args.audit_set or []))
-    return options, audit
+    return overrides_from(args.options, args.set), overrides_from(args.audit_params, args.audit_set)
 
 
 def _print_outcome(outcome: Any, settings: Settings) -> int:

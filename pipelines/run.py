@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from unlearn_lib.data.selection import select
 from unlearn_lib.errors import UnlearnError
@@ -147,6 +149,35 @@ def launch(
     return Launch(settings=settings, arguments=arguments)
 
 
+class _ProgressTee(io.TextIOBase):
+    """Stdout for the local run: everything goes to the log file, kfp's task lines also to the console.
+
+    kfp.local replaces the root logger's handlers with one bound to ``sys.stdout`` for each task,
+    so filtering has to happen on the stream rather than with a logging handler.
+    """
+
+    _PROGRESS = ("Executing task", " finished with status ")
+
+    def __init__(self, log: TextIO, console: TextIO) -> None:
+        self._log, self._console, self._pending = log, console, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if any(mark in line for mark in self._PROGRESS):
+                self._console.write(f"  {line.strip()}\n")
+                self._console.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+
+
 def run_local(
     settings: Settings,
     batch: DeletionBatch,
@@ -170,7 +201,7 @@ def run_local(
     # The steps' own output (executor inputs, library logs) goes to a log file beside the run;
     # the console keeps kfp's one line per task.
     log_path = settings.workspace_path / "runs" / f"{started.lineage_run_id}.log"
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+    with open(log_path, "w") as log, contextlib.redirect_stdout(_ProgressTee(log, sys.stdout)):
         compliance_pipeline(**started.arguments)
     outcome = outcome_of(settings, started.lineage_run_id)
     outcome.message = f"step logs: {log_path}"
@@ -249,7 +280,7 @@ def ensure_workspace(settings: Settings, dvc_cache: Path | None = None) -> Works
         ws.dvc("cache", "dir", str(dvc_cache.resolve()))
         ws.git("add", "-A")
         ws.git("commit", "-q", "-m", "use the shared DVC cache")
-    ws.repro()
+    ws.repro(stream=True)
     return ws
 
 

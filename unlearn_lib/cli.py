@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,13 @@ def _key_value(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
+
+
+def overrides_from(path: str | None, pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
+    """Options from a YAML/JSON file, then ``--set NAME=VALUE`` pairs on top."""
+    out: dict[str, Any] = _read_options_file(path) if path else {}
+    out.update(dict(pairs or []))
+    return out
 
 
 def _read_options_file(path: str) -> dict[str, Any]:
@@ -190,10 +196,7 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
 def cmd_erase(args: argparse.Namespace) -> int:
     from .unlearning import erase
 
-    overrides: dict[str, Any] = {}
-    if args.options:
-        overrides.update(_read_options_file(args.options))
-    overrides.update(dict(args.set or []))
+    overrides = overrides_from(args.options, args.set)
     targets = _targets(args)
     result, record = erase(
         args.model,
@@ -223,10 +226,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import AuditParams, run_audit
     from .unlearning.base import build_config
 
-    overrides: dict[str, Any] = {}
-    if args.params:
-        overrides.update(_read_options_file(args.params))
-    overrides.update(dict(args.set or []))
+    overrides = overrides_from(args.params, args.set)
     params = build_config(AuditParams, overrides, where="the audit")
     result = run_audit(
         args.base,
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("demo", help="the digits story: data, base model, erase a class, before/after")
-    p.add_argument("--workspace", default=os.environ.get("UNLEARN_WORKSPACE", "workspace"))
+    p.add_argument("--workspace", default="demo-cli", help="folder for the data, models and pictures")
     p.add_argument("--forget-label", type=int, default=3)
     p.add_argument("--base-steps", type=int, default=2000)
     p.add_argument("--quiet", action="store_true")
@@ -503,7 +503,7 @@ def cmd_workspace_init(args: argparse.Namespace) -> int:
         ws.git("add", "-A")
         ws.git("commit", "-q", "-m", "use the shared DVC cache")
     if args.repro:
-        ws.repro()
+        ws.repro(stream=True)
     print(f"workspace {ws.root} at {ws.head()[:12]}")
     return 0
 

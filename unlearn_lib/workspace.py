@@ -57,7 +57,13 @@ class Workspace:
         env.setdefault("DVC_NO_ANALYTICS", "1")
         return env
 
-    def _run(self, args: list[str], what: str) -> str:
+    def _run(self, args: list[str], what: str, stream: bool = False) -> str:
+        if stream:
+            # Long stages (training the base model) show their progress on the console.
+            proc = subprocess.run(args, cwd=self.root, env=self._env(), text=True)
+            if proc.returncode != 0:
+                raise WorkspaceError(f"{what} failed in {self.root} (exit status {proc.returncode}; output above)")
+            return ""
         proc = subprocess.run(args, cwd=self.root, env=self._env(), capture_output=True, text=True)
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
@@ -68,8 +74,8 @@ class Workspace:
     def git(self, *args: str) -> str:
         return self._run(["git", *_GIT_ID, *args], f"git {args[0]}")
 
-    def dvc(self, *args: str) -> str:
-        return self._run([sys.executable, "-m", "dvc", *args], f"dvc {args[0]}")
+    def dvc(self, *args: str, stream: bool = False) -> str:
+        return self._run([sys.executable, "-m", "dvc", *args], f"dvc {args[0]}", stream=stream)
 
     # ---- set-up --------------------------------------------------------------------------------
     def check(self) -> None:
@@ -97,9 +103,9 @@ class Workspace:
         ws.git("commit", "-q", "-m", "workspace: dvc.yaml, params.yaml, empty deletion ledger")
         return ws
 
-    def repro(self, *stages: str) -> str:
+    def repro(self, *stages: str, stream: bool = False) -> str:
         """Run DVC stages and commit the result; returns the new revision."""
-        self.dvc("repro", *stages)
+        self.dvc("repro", *stages, stream=stream)
         self.git("add", "-A")
         if self.git("status", "--porcelain").strip():
             self.git("commit", "-q", "-m", f"dvc repro {' '.join(stages) or '(all)'}")

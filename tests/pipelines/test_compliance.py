@@ -169,7 +169,7 @@ def test_failed_audit_registers_a_candidate_and_production_stays(weak_pipeline_r
     assert not queue.is_done("REQ-WEAK") and list((queue.root / "attempts").glob("REQ-WEAK-*.json"))
 
 
-def test_exit_handler_records_the_failing_step(workspace):
+def test_exit_handler_records_the_failing_step(workspace, capsys):
     settings = Settings(workspace=str(workspace))
     ws = Workspace(workspace)
     ensure_base_registered(settings, ws)
@@ -184,6 +184,11 @@ def test_exit_handler_records_the_failing_step(workspace):
     assert client.get_run(out.lineage_run_id).info.status == "FAILED"
     assert [str(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'")] == ["1"]
     assert ws.head() == head
+    # The console shows one line per task start/end; the step's own output stays in the run log.
+    console = capsys.readouterr().out
+    assert "Executing task" in console and "extract-forget-set" in console and "FAILURE" in console
+    assert "dvc repro failed" not in console
+    assert "dvc repro failed" in (workspace / "runs" / f"{out.lineage_run_id}.log").read_text()
 
 
 @pytest.mark.parametrize(

@@ -311,3 +311,25 @@ def test_torchscript_features_are_pluggable(tmp_path):
 
 def test_schema_is_shipped_with_the_package():
     assert audit_schema()["properties"]["schema_version"]["const"] == 1
+
+
+def test_unconditional_models_are_judged_by_the_share_of_forgotten_samples(digits, digits_dir, evaluator_dir, tmp_path):
+    from unlearn_lib.models import TrainConfig, train_base
+
+    train_base(
+        digits, tmp_path / "uncond", TrainConfig(conditional=False, steps=40, checkpoint_every=0), progress=False
+    )
+    res = run_audit(
+        tmp_path / "uncond",
+        tmp_path / "uncond",
+        digits_dir,
+        CLASS3,
+        tmp_path / "a",
+        params=AuditParams(samples_per_class=5, sampling_steps=5),
+        evaluator_dir=evaluator_dir,
+    )
+    m = {x.name: x for x in res.metrics}
+    share = m["forgotten_probability"]
+    assert 0.0 <= share.value <= 1.0 and share.value == share.base and share.samples == 50
+    assert "retained_accuracy" not in m  # no class to ask for
+    assert "unconditional" in share.description

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..data.manifest import Dataset
 from ..data.selection import Selection, select
-from ..errors import ModelError, UnlearnError
+from ..errors import UnlearnError
 from ..requests.queue import RequestQueue
 from ..requests.schema import DeletionBatch
 from ..settings import Settings
@@ -396,8 +396,4 @@ def check_model_registered(settings: Settings) -> str:
     """Preflight: the model exists and has a production version; returns it."""
     from ..tracking import configure, production_version
 
-    client = configure(settings)
-    try:
-        return str(production_version(client, settings.model_name).version)
-    except ModelError:
-        raise
+    return str(production_version(configure(settings), settings.model_name).version)

@@ -1,0 +1,53 @@
+"""MLflow lineage helpers on a real (SQLite-backed) tracking store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from unlearn_lib.errors import ModelError
+from unlearn_lib.settings import Settings
+from unlearn_lib.tracking import client_for, configure, production_version, start_pipeline_run, step_run
+
+
+def test_step_runs_nest_under_the_parent_and_fail_with_the_error(tmp_path):
+    settings = Settings(workspace=str(tmp_path))
+    parent = start_pipeline_run(settings, "p", {"request_ids": "R1"}, {"k": "v"})
+    with step_run(settings, parent, "extract_forget_set"):
+        mlflow.log_metric("m", 1.0)
+    with pytest.raises(ValueError), step_run(settings, parent, "unlearn"):
+        raise ValueError("boom")
+    client = client_for(settings)
+    exp = client.get_experiment_by_name(settings.mlflow_experiment)
+    kids = {
+        r.data.tags["unlearn.step"]: r
+        for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    }
+    assert kids["extract_forget_set"].info.status == "FINISHED"
+    assert kids["unlearn"].info.status == "FAILED" and kids["unlearn"].data.tags["unlearn.error"] == "ValueError: boom"
+    assert client.get_run(parent).data.tags["unlearn.request_ids"] == "R1"
+
+
+def test_an_injected_mlflow_run_id_is_honoured(tmp_path, monkeypatch):
+    settings = Settings(workspace=str(tmp_path))
+    configure(settings)
+    injected = (
+        client_for(settings)
+        .create_run(client_for(settings).get_experiment_by_name(settings.mlflow_experiment).experiment_id)
+        .info.run_id
+    )
+    monkeypatch.setenv("MLFLOW_RUN_ID", injected)
+    with step_run(settings, "ignored-parent", "audit"):
+        mlflow.log_metric("audit.passed", 1.0)
+    run = client_for(settings).get_run(injected)
+    assert run.data.metrics["audit.passed"] == 1.0 and run.data.tags["unlearn.step"] == "audit"
+
+
+def test_production_version_refuses_unknown_models(tmp_path):
+    settings = Settings(workspace=str(tmp_path))
+    client = configure(settings)
+    with pytest.raises(ModelError, match="registered model 'nope' does not exist"):
+        production_version(client, "nope")
+    client.create_registered_model("empty")
+    with pytest.raises(ModelError, match="has no version with alias 'production'"):
+        production_version(client, "empty")
