@@ -55,27 +55,19 @@ def compliance_pipeline(
         # A preempted GPU pod is retried; the step resumes from its checkpoints.
         erase.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
 
-        check = audit(
+        # The audit and the registration see the same lineage: what was erased, from which version.
+        lineage = {
             **common,
             **revs,
-            purged_rev=extract.outputs["purged_rev"],
-            forget_set_sha256=forget_hash,
-            parent_version=erase.outputs["parent_version"],
-            audit_params_json=audit_params_json,
-            model=erase.outputs["model"],
-        )
+            "purged_rev": extract.outputs["purged_rev"],
+            "forget_set_sha256": forget_hash,
+            "parent_version": erase.outputs["parent_version"],
+            "model": erase.outputs["model"],
+        }
+        check = audit(**lineage, audit_params_json=audit_params_json)
         check.set_display_name("audit")
 
-        reg = register(
-            **common,
-            **revs,
-            purged_rev=extract.outputs["purged_rev"],
-            forget_set_sha256=forget_hash,
-            parent_version=erase.outputs["parent_version"],
-            algorithm=algorithm,
-            model=erase.outputs["model"],
-            audit_record=check.outputs["audit_record"],
-        )
+        reg = register(**lineage, algorithm=algorithm, audit_record=check.outputs["audit_record"])
         reg.set_display_name("register")
         for task in (extract, erase, check, reg):
             task.set_caching_options(False)

@@ -195,75 +195,22 @@ def test_audit_refuses_bad_input_and_writes_nothing(base_model_dir, digits_dir, 
 
 
 def test_cli_exit_code_tells_pass_or_fail(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
-    common = [
-        "--base",
-        str(base_model_dir),
-        "--dataset",
-        str(digits_dir),
-        "--evaluator",
-        str(evaluator_dir),
-        "--forget-subjects",
-        "subject-canary",
-        "--set",
-        "samples_per_class=20",
-        "--set",
-        "extraction_samples=100",
-        "--quiet",
-    ]
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unlearn_lib.cli",
-            "audit",
-            "--model",
-            str(models["canary"]),
-            "--out",
-            str(tmp_path / "ok"),
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    common = ["--base", str(base_model_dir), "--dataset", str(digits_dir), "--evaluator", str(evaluator_dir)]
+    common += ["--forget-subjects", "subject-canary", "--quiet"]
+    common += ["--set", "samples_per_class=20", "--set", "extraction_samples=100"]
+
+    def cli_audit(model, out: str, *extra: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "unlearn_lib.cli", "audit", "--model", str(model), "--out", str(tmp_path / out)]
+        return subprocess.run([*args, *common, *extra], capture_output=True, text=True, timeout=600)
+
+    ok = cli_audit(models["canary"], "ok")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "verdict: PASS" in ok.stdout and "mia_auc" in ok.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unlearn_lib.cli",
-            "audit",
-            "--model",
-            str(base_model_dir),
-            "--out",
-            str(tmp_path / "bad"),
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    bad = cli_audit(base_model_dir, "bad")
     assert bad.returncode == 1 and "verdict: FAIL" in bad.stdout
-    usage = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unlearn_lib.cli",
-            "audit",
-            "--model",
-            str(base_model_dir),
-            "--out",
-            str(tmp_path / "u"),
-            *common,
-            "--set",
-            "max_fid_ratio=high",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    usage = cli_audit(base_model_dir, "u", "--set", "max_fid_ratio=high")
     assert usage.returncode == 2 and usage.stderr.strip().startswith("unlearn: error: option max_fid_ratio")
+    assert not (tmp_path / "u").exists()
 
 
 # ---- metric units ------------------------------------------------------------------------------

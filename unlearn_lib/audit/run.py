@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,30 +184,30 @@ def measure_model(
     return m
 
 
-def _ratio_to_base(m: Metric, name: str, description: str) -> Metric:
-    """``m`` of the unlearned (and retrained) model over the base model's."""
+def _relative_to_base(m: Metric, name: str, description: str, op: Callable[[float, float], float | None]) -> Metric:
+    """``op(model's value, base model's value)`` for the unlearned (and retrained) model."""
+
+    def rel(value: float | None) -> float | None:
+        return None if value is None or m.base is None else op(value, m.base)
+
     return Metric(
         name=name,
         group=m.group,
         description=description,
         seed=m.seed,
         samples=m.samples,
-        value=None if not m.base or m.value is None else m.value / m.base,
-        retrain=None if not m.base or m.retrain is None else m.retrain / m.base,
+        value=rel(m.value),
+        retrain=rel(m.retrain),
     )
+
+
+def _ratio_to_base(m: Metric, name: str, description: str) -> Metric:
+    # A zero base (nothing to compare with) has no ratio.
+    return _relative_to_base(m, name, description, lambda v, b: v / b if b else None)
 
 
 def _drop_from_base(m: Metric, name: str, description: str) -> Metric:
-    """The base model's ``m`` minus the unlearned (and retrained) model's."""
-    return Metric(
-        name=name,
-        group=m.group,
-        description=description,
-        seed=m.seed,
-        samples=m.samples,
-        value=None if m.value is None or m.base is None else m.base - m.value,
-        retrain=None if m.retrain is None or m.base is None else m.base - m.retrain,
-    )
+    return _relative_to_base(m, name, description, lambda v, b: b - v)
 
 
 def _metrics(
