@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -201,7 +202,15 @@ def run_local(
     # The steps' own output (executor inputs, library logs) goes to a log file beside the run;
     # the console keeps kfp's one line per task.
     log_path = settings.workspace_path / "runs" / f"{started.lineage_run_id}.log"
-    with open(log_path, "w") as log, contextlib.redirect_stdout(_ProgressTee(log, sys.stdout)):
+    with (
+        open(log_path, "w") as log,
+        contextlib.redirect_stdout(_ProgressTee(log, sys.stdout)),
+        warnings.catch_warnings(),
+    ):
+        # Known and harmless locally: the cluster-only task settings (GPU, limits, display names)
+        # and the project image, whose code the local runner imports from this environment.
+        warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
+        warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
         compliance_pipeline(**started.arguments)
     outcome = outcome_of(settings, started.lineage_run_id)
     outcome.message = f"step logs: {log_path}"
