@@ -131,11 +131,18 @@ def build_model(
     class_names: list[str] | None = None,
     guidance_scale: float = 2.0,
     cond_drop_prob: float = 0.1,
+    seed: int | None = None,
 ) -> DiffusionModel:
-    """A freshly initialised model; ``num_classes=0`` makes it unconditional."""
+    """A freshly initialised model; ``num_classes=0`` makes it unconditional.
+
+    With ``seed`` the initial weights are reproducible (and the global RNG is left as it was).
+    """
     p = get_preset(preset) if isinstance(preset, str) else preset
-    # One extra embedding row is the null class that classifier-free guidance conditions on.
-    unet = UNet2DModel(**p.unet_kwargs(num_classes + 1 if num_classes > 0 else None))
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        # One extra embedding row is the null class that classifier-free guidance conditions on.
+        unet = UNet2DModel(**p.unet_kwargs(num_classes + 1 if num_classes > 0 else None))
     scheduler = DDPMScheduler(
         num_train_timesteps=p.num_train_timesteps, beta_schedule=p.beta_schedule, prediction_type="epsilon"
     )

@@ -210,7 +210,9 @@ def train_base(
             f"the dataset holds {'x'.join(map(str, dataset.image_shape))}"
         )
     num_classes = dataset.num_classes if cfg.conditional else 0
-    model = build_model(preset, num_classes, dataset.info.get("class_names"), cfg.guidance_scale, cfg.cond_drop_prob)
+    model = build_model(
+        preset, num_classes, dataset.info.get("class_names"), cfg.guidance_scale, cfg.cond_drop_prob, seed=cfg.seed
+    )
     data = TensorSet.from_records(dataset, dataset.train)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else Path(f"{out}.checkpoints")
     result = train_denoiser(

@@ -139,7 +139,7 @@ class Retrain(Unlearner):
         )
         meta = task.base.meta
         model = build_model(
-            meta.preset, meta.num_classes, meta.class_names, meta.guidance_scale, train_cfg.cond_drop_prob
+            meta.preset, meta.num_classes, meta.class_names, meta.guidance_scale, train_cfg.cond_drop_prob, cfg.seed
         )
         result = train_denoiser(
             model,
