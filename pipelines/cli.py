@@ -144,15 +144,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, targets: bool = True) -> None:
-    from unlearn_lib.cli import _key_value
+    from unlearn_lib.cli import add_override_flags
 
     p.add_argument("--settings", help="settings file (YAML); default $UNLEARN_SETTINGS")
     p.add_argument("--workspace", help="workspace folder (default: settings, then ./workspace)")
     p.add_argument("--algorithm", default="erasediff")
-    p.add_argument("--set", type=_key_value, action="append", metavar="NAME=VALUE", help="algorithm option")
-    p.add_argument("--options", metavar="FILE", help="YAML/JSON algorithm options")
-    p.add_argument("--audit-set", type=_key_value, action="append", metavar="NAME=VALUE", help="audit parameter")
-    p.add_argument("--audit-params", metavar="FILE", help="YAML/JSON audit parameters")
+    add_override_flags(p, "algorithm option")
+    add_override_flags(p, "audit parameter", set_flag="--audit-set", file_flag="--audit-params")
     if targets:
         p.add_argument(
             "--request",

@@ -220,7 +220,8 @@ def run_local(
 def outcome_of(settings: Settings, lineage_run_id: str) -> RunOutcome:
     from unlearn_lib.tracking import client_for
 
-    run = client_for(settings).get_run(lineage_run_id)
+    client = client_for(settings)
+    run = client.get_run(lineage_run_id)
     tags = run.data.tags
     status = tags.get("unlearn.status", "failed")
     if run.info.status == "RUNNING":
@@ -230,20 +231,17 @@ def outcome_of(settings: Settings, lineage_run_id: str) -> RunOutcome:
         lineage_run_id=lineage_run_id,
         version=tags.get("unlearn.version"),
         alias=tags.get("unlearn.alias"),
-        verdict=_verdict(settings, lineage_run_id),
+        verdict=_verdict(client, run),
         failed_step=tags.get("unlearn.failed_step"),
         error=tags.get("unlearn.error"),
     )
 
 
-def _verdict(settings: Settings, lineage_run_id: str) -> str | None:
-    from unlearn_lib.tracking import client_for
-
-    client = client_for(settings)
-    parent = client.get_run(lineage_run_id)
+def _verdict(client: Any, parent: Any) -> str | None:
+    """The audit step's verdict, from the nested run it logged under ``parent``."""
     runs = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{lineage_run_id}' and tags.`unlearn.step` = 'audit'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`unlearn.step` = 'audit'",
     )
     return runs[0].data.tags.get("unlearn.audit_verdict") if runs else None
 

@@ -37,6 +37,20 @@ def _key_value(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
+def add_override_flags(
+    p: argparse.ArgumentParser, what: str, set_flag: str = "--set", file_flag: str = "--options", example: str = ""
+) -> None:
+    """``--set NAME=VALUE`` (repeatable) and a YAML/JSON file of the same; read them with :func:`overrides_from`."""
+    p.add_argument(
+        set_flag,
+        type=_key_value,
+        action="append",
+        metavar="NAME=VALUE",
+        help=f"{what} (repeatable){', e.g. ' + example if example else ''}",
+    )
+    p.add_argument(file_flag, metavar="FILE", help=f"YAML/JSON mapping of {what}s ({set_flag} wins)")
+
+
 def overrides_from(path: str | None, pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
     """Options from a YAML/JSON file, then ``--set NAME=VALUE`` pairs on top."""
     out: dict[str, Any] = _read_options_file(path) if path else {}
@@ -400,14 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="the dataset the model was trained on")
     p.add_argument("--out", required=True, help="folder for the unlearned model")
     _add_targets(p)
-    p.add_argument(
-        "--set",
-        type=_key_value,
-        action="append",
-        metavar="NAME=VALUE",
-        help="algorithm option (repeatable), e.g. --set steps=200 --set lam=0.5",
-    )
-    p.add_argument("--options", metavar="FILE", help="YAML/JSON mapping of algorithm options (--set wins)")
+    add_override_flags(p, "algorithm option", example="--set steps=200 --set lam=0.5")
     p.add_argument("--checkpoint-dir", help="default: OUT.checkpoints; a restarted run resumes from it")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -421,14 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_targets(p)
     p.add_argument("--evaluator", help="evaluator folder (default: train one on the dataset)")
     p.add_argument("--retrain", help="a model retrained without the forget set, reported as the reference")
-    p.add_argument(
-        "--set",
-        type=_key_value,
-        action="append",
-        metavar="NAME=VALUE",
-        help="audit parameter or gate threshold (repeatable), e.g. --set samples_per_class=50",
-    )
-    p.add_argument("--params", metavar="FILE", help="YAML/JSON mapping of audit parameters (--set wins)")
+    add_override_flags(p, "audit parameter", file_flag="--params", example="--set samples_per_class=50")
     p.add_argument("--device", default="auto", help="auto: CUDA when present (sampling in bf16), else CPU")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -7,6 +7,7 @@ records, and both are committed. Any revision of the dataset can be materialized
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -128,19 +129,20 @@ class Workspace:
             raise WorkspaceError(f"dataset revision {rev!r} does not exist in workspace {self.root}")
         return proc.stdout.strip()
 
-    def materialize(self, rev: str, dest: str | os.PathLike[str]) -> Dataset:
-        """Copy ``dataset_path`` as of ``rev`` into ``dest`` (from the DVC cache) and load it."""
+    def _export(self, sha: str, dest: Path, rev: str) -> None:
         from dvc.api import DVCFileSystem
 
-        sha = self.resolve(rev)
-        dest = Path(dest)
         if dest.exists():
             shutil.rmtree(dest)
         try:
-            fs = DVCFileSystem(str(self.root), rev=sha)
-            fs.get(self.dataset_path, str(dest), recursive=True)
+            DVCFileSystem(str(self.root), rev=sha).get(self.dataset_path, str(dest), recursive=True)
         except FileNotFoundError:
             raise WorkspaceError(f"{self.dataset_path} does not exist at revision {rev}") from None
+
+    def materialize(self, rev: str, dest: str | os.PathLike[str]) -> Dataset:
+        """Copy ``dataset_path`` as of ``rev`` into ``dest`` (from the DVC cache) and load it."""
+        dest = Path(dest)
+        self._export(self.resolve(rev), dest, rev)
         return load_dataset(dest)
 
     def dataset(self, rev: str, cache_root: str | os.PathLike[str] | None = None) -> Dataset:
@@ -150,14 +152,16 @@ class Workspace:
         dest = root / sha
         if (dest / "manifest.jsonl").is_file():
             return load_dataset(dest)
+        # Export and validate beside the cache entry, then rename: a reader never sees a partial
+        # or invalid copy.
         tmp = root / f".{sha}.partial-{os.getpid()}"
-        ds_tmp = self.materialize(sha, tmp)
-        del ds_tmp
+        self._export(sha, tmp, rev)
+        ds = load_dataset(tmp)
         if dest.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-        return load_dataset(dest)
+            return load_dataset(dest)
+        os.replace(tmp, dest)
+        return dataclasses.replace(ds, root=dest)
 
     # ---- deletions -----------------------------------------------------------------------------
     def ledger(self) -> list[dict]:
