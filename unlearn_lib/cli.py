@@ -53,24 +53,13 @@ def add_override_flags(
 
 def overrides_from(path: str | None, pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
     """Options from a YAML/JSON file, then ``--set NAME=VALUE`` pairs on top."""
-    out: dict[str, Any] = _read_options_file(path) if path else {}
+    from .settings import read_mapping_file
+
+    out: dict[str, Any] = {}
+    if path:
+        out = read_mapping_file(path, "options file", "YAML/JSON", "a mapping of option names to values")
     out.update(dict(pairs or []))
     return out
-
-
-def _read_options_file(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"options file {path} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"options file {path} is not valid YAML/JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"options file {path} must hold a mapping of option names to values")
-    return data
 
 
 # ---- commands ------------------------------------------------------------------------------

@@ -76,17 +76,26 @@ class Settings:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_mapping_file(
+    path: str | os.PathLike[str], what: str, syntax: str = "YAML", mapping: str = "a mapping"
+) -> dict[str, Any]:
+    """A YAML (or JSON) file holding a mapping; ``what`` names the file in the one-line errors."""
     import yaml
 
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"settings file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"settings file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{what} {path} is not valid {syntax} ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"settings file {path} must hold a mapping")
+        raise ConfigError(f"{what} {path} must hold {mapping}")
+    return data
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    data = read_mapping_file(path, "settings file")
     for key in data:
         if any(h in str(key).lower() for h in _SECRET_HINTS):
             raise ConfigError(
