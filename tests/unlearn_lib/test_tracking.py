@@ -7,7 +7,15 @@ import pytest
 
 from unlearn_lib.errors import ModelError
 from unlearn_lib.settings import Settings
-from unlearn_lib.tracking import client_for, configure, production_version, start_pipeline_run, step_run
+from unlearn_lib.tracking import (
+    client_for,
+    configure,
+    production_version,
+    promote,
+    register_version,
+    start_pipeline_run,
+    step_run,
+)
 
 
 def test_step_runs_nest_under_the_parent_and_fail_with_the_error(tmp_path):
@@ -51,3 +59,17 @@ def test_production_version_refuses_unknown_models(tmp_path):
     client.create_registered_model("empty")
     with pytest.raises(ModelError, match="has no version with alias 'production'"):
         production_version(client, "empty")
+
+
+def test_promotion_moves_production_only_on_pass_and_clears_a_stale_candidate(tmp_path):
+    settings = Settings(workspace=str(tmp_path))
+    client = configure(settings)
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "model/unet.txt")
+    v1, v2 = (register_version(client, "m", run.info.run_id, {"request_ids": ""}).version for _ in range(2))
+    assert promote(client, "m", v1, passed=True) == "production"  # no candidate alias yet
+    assert promote(client, "m", v2, passed=False) == "candidate"
+    assert production_version(client, "m").version == v1
+    assert promote(client, "m", v2, passed=True) == "production"  # a re-audit that passes
+    assert production_version(client, "m").version == v2
+    assert "candidate" not in client.get_registered_model("m").aliases

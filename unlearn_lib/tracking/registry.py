@@ -79,15 +79,17 @@ def register_version(client: Any, name: str, run_id: str, tags: dict[str, str], 
 
 def promote(client: Any, name: str, version: str | int, passed: bool) -> str:
     """Move ``production`` to ``version`` if the audit passed, else point ``candidate`` at it."""
+    from mlflow.exceptions import MlflowException
+
     alias = PRODUCTION if passed else CANDIDATE
     client.set_registered_model_alias(name, alias, str(version))
     if passed:
         try:
             cand = client.get_model_version_by_alias(name, CANDIDATE)
-            if str(cand.version) == str(version):
-                client.delete_registered_model_alias(name, CANDIDATE)
-        except Exception:
-            pass
+        except MlflowException:
+            return alias  # no candidate alias to clear
+        if str(cand.version) == str(version):
+            client.delete_registered_model_alias(name, CANDIDATE)
     return alias
 
 
