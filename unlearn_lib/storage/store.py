@@ -8,7 +8,6 @@ every file against the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from typing import Protocol
 
 from ..errors import UnlearnError
 from ..settings import Settings
+from ..utils import sha256_file
 
 MARKER = "_COMPLETE.json"
 
@@ -29,9 +29,12 @@ def _manifest(local: Path) -> dict:
     files = {}
     for p in sorted(local.rglob("*")):
         if p.is_file():
-            h = hashlib.sha256(p.read_bytes()).hexdigest()
-            files[p.relative_to(local).as_posix()] = {"size": p.stat().st_size, "sha256": h}
+            files[p.relative_to(local).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return {"files": files}
+
+
+def _not_found(err: Exception) -> bool:
+    return getattr(err, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 class ArtifactStore(Protocol):
@@ -116,7 +119,7 @@ class S3Store:
             self.s3.head_object(Bucket=self.bucket, Key=f"{self._key(key)}/{MARKER}")
             return True
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _not_found(err):
                 return False
             raise self._fail("head_object", err) from None
         except BotoCoreError as err:
@@ -154,7 +157,7 @@ class S3Store:
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=f"{self._key(key)}/{MARKER}")["Body"].read()
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _not_found(err):
                 raise StorageError(f"{self.uri(key)} is absent or incomplete") from None
             raise self._fail("download", err) from None
         except BotoCoreError as err:
@@ -165,7 +168,7 @@ class S3Store:
                 target = dst / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.s3.download_file(self.bucket, f"{self._key(key)}/{rel}", str(target))
-                if hashlib.sha256(target.read_bytes()).hexdigest() != meta["sha256"]:
+                if sha256_file(target) != meta["sha256"]:
                     raise StorageError(f"{self.uri(key)}/{rel} does not match its manifest")
         except (BotoCoreError, ClientError) as err:
             raise self._fail("download", err) from None
