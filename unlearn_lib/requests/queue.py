@@ -23,10 +23,13 @@ class RequestQueue:
         for sub in ("pending", "done", "attempts"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
+    def _path(self, state: str, request_id: str) -> Path:
+        return self.root / state / f"{request_id}.json"
+
     def submit(self, request: DeletionRequest) -> Path:
-        if (self.root / "done" / f"{request.request_id}.json").exists():
+        if self.is_done(request.request_id):
             raise RequestError(f"request {request.request_id} was already fulfilled")
-        path = self.root / "pending" / f"{request.request_id}.json"
+        path = self._path("pending", request.request_id)
         if path.exists():
             raise RequestError(f"request {request.request_id} is already pending")
         write_json(path, request.to_dict())
@@ -36,22 +39,22 @@ class RequestQueue:
         return [load_request(p) for p in sorted((self.root / "pending").glob("*.json"))]
 
     def is_done(self, request_id: str) -> bool:
-        return (self.root / "done" / f"{request_id}.json").exists()
+        return self._path("done", request_id).exists()
 
     def done_evidence(self, request_id: str) -> dict | None:
-        p = self.root / "done" / f"{request_id}.json"
+        p = self._path("done", request_id)
         return json.loads(p.read_text()) if p.exists() else None
 
     def mark_done(self, request: DeletionRequest, evidence: dict) -> None:
         write_json(
-            self.root / "done" / f"{request.request_id}.json",
+            self._path("done", request.request_id),
             {
                 "request": request.to_dict(),
                 "evidence": evidence,
                 "completed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },
         )
-        (self.root / "pending" / f"{request.request_id}.json").unlink(missing_ok=True)
+        self._path("pending", request.request_id).unlink(missing_ok=True)
 
     def record_attempt(self, request_id: str, evidence: dict) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
