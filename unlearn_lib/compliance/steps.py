@@ -91,7 +91,7 @@ def extract_step(
         import mlflow
 
         ds, sel = ctx.selection(rev)
-        summary = sel.summary()
+        summary, forget_sha = sel.summary(), sel.forget_set_sha256()
         mlflow.log_params(
             {
                 "dataset_rev": rev,
@@ -100,7 +100,7 @@ def extract_step(
                 "retain_records": len(sel.retain),
                 "holdout_records": len(sel.holdout),
                 "purged_holdout_records": len(sel.purged_holdout),
-                "forget_set_sha256": sel.forget_set_sha256(),
+                "forget_set_sha256": forget_sha,
             }
         )
         name = Path(ctx.settings.dataset_path).name
@@ -109,29 +109,22 @@ def extract_step(
             forget_dir,
             rev,
             sel.forget,
-            {"forget_set_sha256": sel.forget_set_sha256(), "scope": sel.scope, "targets": summary["targets"]},
+            {"forget_set_sha256": forget_sha, "scope": sel.scope, "targets": summary["targets"]},
         )
         _write_ids(retain_dir, rev, sel.retain)
         _write_ids(holdout_dir, rev, sel.holdout, {"purged": [r.record_id for r in sel.purged_holdout]})
-        purged_rev = ws.purge(summary["targets"], ctx.batch.request_ids, sel.forget_set_sha256())
+        purged_rev = ws.purge(summary["targets"], ctx.batch.request_ids, forget_sha)
         purged = ws.dataset(purged_rev)
+        purged_digest = purged.digest()
         log_dataset(
-            f"{name}@{purged_rev[:8]}",
-            str(ws.root),
-            ws.dataset_path,
-            purged_rev,
-            purged.digest(),
-            "purged",
-            len(purged),
+            f"{name}@{purged_rev[:8]}", str(ws.root), ws.dataset_path, purged_rev, purged_digest, "purged", len(purged)
         )
         mlflow.log_param("dataset_rev_after", purged_rev)
-        _write_ids(
-            purged_dir, purged_rev, purged.records, {"digest": purged.digest(), "removed": len(ds) - len(purged)}
-        )
+        _write_ids(purged_dir, purged_rev, purged.records, {"digest": purged_digest, "removed": len(ds) - len(purged)})
     return {
         "dataset_rev": rev,
         "purged_rev": purged_rev,
-        "forget_set_sha256": sel.forget_set_sha256(),
+        "forget_set_sha256": forget_sha,
         "scope": sel.scope,
         "forget": len(sel.forget),
     }
