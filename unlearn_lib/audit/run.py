@@ -152,26 +152,18 @@ def measure_model(
     )
     m.figures["retain_loss"] = denoising_loss(model, holdout_retain, seed=params.seed)
     if scope != "class":
+        # Conditional models are asked for the forget records' classes, extraction_samples each.
         labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
-        if model.conditional and labels:
-            y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)])
-            generated = sample(
-                model,
-                y,
-                steps=params.sampling_steps,
-                guidance_scale=params.guidance_scale,
-                seed=params.seed + 1,
-                progress=progress,
-            )
-        else:
-            generated = sample(
-                model,
-                None,
-                num_samples=params.extraction_samples,
-                steps=params.sampling_steps,
-                seed=params.seed + 1,
-                progress=progress,
-            )
+        y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)]) if labels else None
+        generated = sample(
+            model,
+            y if model.conditional else None,
+            num_samples=params.extraction_samples,
+            steps=params.sampling_steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed + 1,
+            progress=progress,
+        )
         assert neighbourhood is not None
         m.extraction = extraction_test(
             forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k
