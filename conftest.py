@@ -235,7 +235,7 @@ def weak_pipeline_run(workspace_template, tmp_path_factory) -> dict:
         options={"steps": 2, "stop": "none"},
         audit_params={"samples_per_class": 10, "extraction_samples": 200},
     )
-    runs = sorted((root / "runs" / "kfp").glob("unlearn-compliance-*"))
+    runs = sorted((root / "runs" / "kfp" / outcome.run_id).glob("unlearn-compliance-*"))
     return {"settings": settings, "outcome": outcome, "rev_before": rev_before, "run_dir": runs[-1], "ws": ws}
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from unlearn_lib.errors import ConfigError, UnlearnError
-from unlearn_lib.requests import DeletionBatch, RequestQueue, load_request, parse_request
+from unlearn_lib.requests import DeletionBatch, load_request, parse_request
 from unlearn_lib.settings import Settings
+from unlearn_lib.state import REQUEST_STATES
 
 EXIT_FAILED = 1
 
@@ -31,21 +32,39 @@ def _options(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def _print_outcome(outcome: Any, settings: Settings) -> int:
+    """One line per outcome; 0 only when the requests are fulfilled (by this run or an earlier one)."""
     from rich.console import Console
+    from rich.markup import escape
 
     c = Console()
     if outcome.status == "already-done":
-        c.print(f"[yellow]{outcome.message}")
+        c.print(f"[yellow]{escape(outcome.message)}")
         return 0
-    color = "green" if outcome.status == "succeeded" and outcome.verdict == "pass" else "red"
+    if outcome.status == "busy":
+        c.print(f"[yellow]not run: {escape(outcome.message)}")
+        return EXIT_FAILED
+    color = "green" if outcome.status == "succeeded" else "red"
     c.print(
-        f"[bold {color}]{outcome.status}[/]: verdict {outcome.verdict or '-'}, version {outcome.version or '-'} "
-        f"(alias {outcome.alias or '-'}), MLflow run {outcome.lineage_run_id}"
+        f"[bold {color}]{outcome.status}[/]: {', '.join(outcome.request_ids)}: verdict {outcome.verdict or '-'}, "
+        f"version {outcome.version or '-'} (alias {outcome.alias or '-'}), run {outcome.run_id}, "
+        f"MLflow run {outcome.lineage_run_id}"
     )
-    if outcome.failed_step:
-        c.print(f"[red]failed step: {outcome.failed_step}: {outcome.error or ''}")
-    c.print(f"open the lineage: mlflow ui --backend-store-uri {settings.tracking_uri}")
-    return 0 if outcome.status == "succeeded" else EXIT_FAILED
+    if outcome.status != "succeeded":
+        where = f"failed at step {outcome.failed_step}: " if outcome.failed_step else ""
+        then = (
+            "the requests stay queued and the next `unlearn requests run-pending` resumes this run"
+            if outcome.retryable
+            else "the requests are marked failed; fix the cause, then `unlearn requests retry REQ-ID`"
+        )
+        c.print(f"[red]{escape(where + (outcome.error or 'no error recorded'))}[/]\n{then}")
+    c.print(f"open the lineage: mlflow ui --backend-store-uri {escape(_redacted(settings.tracking_uri))}")
+    return 0 if outcome.ok else EXIT_FAILED
+
+
+def _redacted(text: str) -> str:
+    from unlearn_lib.redact import redact_text
+
+    return redact_text(text)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -81,21 +100,64 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run_pending(args: argparse.Namespace) -> int:
-    from pipelines.run import run_local
+def run_pending(settings: Settings, algorithm: str, options: dict, audit: dict, max_batch: int = 50) -> int:
+    """Recover dead runs, re-check every queued request, run the batches by deadline; report each."""
+    from rich.console import Console
+    from rich.markup import escape
 
-    settings = _settings(args)
-    options, audit = _options(args)
-    queue = RequestQueue(settings.workspace_path / "requests")
-    batches = queue.batches(args.max_batch)
-    if not batches:
-        print("no pending deletion requests")
-        return 0
+    from pipelines.run import recover, run_local
+    from unlearn_lib.requests.intake import DONE, REJECTED, assess, batches_of
+    from unlearn_lib.state import StateStore
+
+    c = Console()
+    store = StateStore.open(settings)
     worst = 0
+    for outcome in recover(settings, echo=lambda line: c.print(escape(line))):
+        worst = max(worst, _print_outcome(outcome, settings))
+    runnable = []
+    for row in store.runnable_requests(settings.max_attempts):
+        req = row.request
+        # Valid when submitted is not valid forever: another request may have erased the records.
+        verdict = assess(settings, req, store)
+        if verdict.state == DONE:
+            store.transition(
+                [req.request_id],
+                "done",
+                reason=verdict.reason,
+                version=verdict.version,
+                evidence_json=json.dumps(verdict.evidence or {}, sort_keys=True),
+            )
+            c.print(f"[yellow]{req.request_id}: {escape(verdict.reason or 'already fulfilled')}")
+        elif verdict.state == REJECTED:
+            store.fail_requests([req.request_id], None, f"no longer valid: {verdict.reason}", retryable=False)
+            c.print(f"[red]{req.request_id}: no longer valid: {escape(verdict.reason or '')}")
+            worst = max(worst, EXIT_FAILED)
+        else:
+            runnable.append(req)
+    batches = batches_of(runnable, max_batch)
+    if not batches:
+        c.print("no pending deletion requests")
+        return worst
     for batch in batches:
-        print(f"batch {batch.batch_id}: {', '.join(batch.request_ids)}")
-        worst = max(worst, _print_outcome(run_local(settings, batch, "HEAD", args.algorithm, options, audit), settings))
+        c.print(f"batch {batch.batch_id}: {', '.join(batch.request_ids)}")
+        try:
+            outcome = run_local(settings, batch, "HEAD", algorithm, options, audit, explicit=False)
+        except UnlearnError as err:
+            # One bad batch must not stop the others: record it and go on.
+            c.print(f"[red]batch {batch.batch_id} not run: {escape(_redacted(str(err)))}")
+            worst = max(worst, EXIT_FAILED)
+            continue
+        if outcome.status == "busy":
+            # Another process holds the model: it runs these requests; they are not lost.
+            c.print(f"[yellow]skipped: {escape(outcome.message)}")
+            continue
+        worst = max(worst, _print_outcome(outcome, settings))
     return worst
+
+
+def cmd_run_pending(args: argparse.Namespace) -> int:
+    options, audit = _options(args)
+    return run_pending(_settings(args), args.algorithm, options, audit, args.max_batch)
 
 
 DEMO_REQUESTS = [
@@ -114,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: workspace, base model (cached), version 1 in production, two deletions."""
     from rich.console import Console
 
-    from pipelines.run import ensure_base_registered, ensure_workspace, run_local
+    from pipelines.run import ensure_base_registered, ensure_workspace
 
     c = Console()
     t0 = time.perf_counter()
@@ -127,17 +189,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     c.print(f"{ws.root} at {ws.head()[:12]} ({time.perf_counter() - t0:.0f}s)")
     version = ensure_base_registered(settings, ws)
     c.print(f"registered model {settings.model_name!r}: version {version} is production")
-    queue = RequestQueue(settings.workspace_path / "requests")
+    from unlearn_lib.requests.intake import submit as submit_request
+    from unlearn_lib.state import StateStore
+
+    store = StateStore.open(settings)
     for raw in DEMO_REQUESTS:
         req = parse_request(raw | {"model": settings.model_name})
-        if not queue.is_done(req.request_id) and not (queue.root / "pending" / f"{req.request_id}.json").exists():
-            queue.submit(req)
-            c.print(f"filed {req.request_id} ({req.basis}): {json.dumps(raw['targets'])}")
-    worst = 0
+        if store.get_request(req.request_id) is None:
+            row, _ = submit_request(settings, req)
+            c.print(f"filed {req.request_id} ({req.basis}): {json.dumps(raw['targets'])} -> {row.state}")
     options, audit = _options(args)
-    for batch in queue.batches():
-        c.rule(f"compliance run: {', '.join(batch.request_ids)}")
-        worst = max(worst, _print_outcome(run_local(settings, batch, "HEAD", "erasediff", options, audit), settings))
+    c.rule("compliance runs (oldest deadline first)")
+    worst = run_pending(settings, "erasediff", options, audit)
     c.rule("done")
     c.print(f"total {time.perf_counter() - t0:.0f}s; reports under {settings.workspace_path / 'exports' / 'reports'}")
     return worst
@@ -184,15 +247,22 @@ def register(sub: Any) -> None:
 
     q = sub.add_parser("requests", help="deletion requests: submit, list, run the pending ones")
     qs = q.add_subparsers(dest="requests_command", required=True, metavar="ACTION")
-    a = qs.add_parser("submit", help="queue a deletion request (validated)")
+    a = qs.add_parser("submit", help="validate a deletion request against the model and data, then queue it")
     a.add_argument("file")
-    a.add_argument("--settings")
-    a.add_argument("--workspace")
     a.set_defaults(func=cmd_submit_request)
-    li = qs.add_parser("list", help="pending and done requests")
-    li.add_argument("--settings")
-    li.add_argument("--workspace")
+    li = qs.add_parser("list", help="requests, overdue first, then by deadline")
+    li.add_argument("--state", action="append", choices=list(REQUEST_STATES), help="only these states (repeatable)")
+    li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_list_requests)
+    sh = qs.add_parser("show", help="one request: state, attempts, errors, evidence, its history")
+    sh.add_argument("request_id")
+    sh.set_defaults(func=cmd_show_request)
+    rt = qs.add_parser("retry", help="queue a failed request again")
+    rt.add_argument("request_id")
+    rt.set_defaults(func=cmd_retry_request)
+    for cmd in (a, li, sh, rt):
+        cmd.add_argument("--settings")
+        cmd.add_argument("--workspace")
     rp = qs.add_parser("run-pending", help="run one pipeline per batch of pending requests (for schedules)")
     _common(rp, targets=False)
     rp.add_argument("--max-batch", type=int, default=50)
@@ -200,20 +270,81 @@ def register(sub: Any) -> None:
 
 
 def cmd_submit_request(args: argparse.Namespace) -> int:
+    from unlearn_lib.requests.intake import submit
+
     settings = _settings(args)
-    path = RequestQueue(settings.workspace_path / "requests").submit(load_request(args.file))
-    print(f"queued {path}")
+    row, verdict = submit(settings, load_request(args.file))
+    if row.state == "rejected":
+        raise UnlearnError(f"request {row.request_id} refused: {verdict.reason}")
+    note = f" ({verdict.reason})" if verdict.reason else ""
+    print(f"{row.request_id}: {row.state}{note}")
     return 0
 
 
+def _row_dict(row: Any) -> dict:
+    return {
+        "request_id": row.request_id,
+        "state": row.state,
+        "model": row.model,
+        "basis": row.basis,
+        "scope": row.scope,
+        "received_at": row.received_at.isoformat(),
+        "deadline": row.deadline_at.isoformat() if row.deadline_at else None,
+        "overdue": row.overdue(),
+        "attempts": row.attempts,
+        "retryable": row.retryable,
+        "last_error": row.last_error,
+        "reason": row.reason,
+        "run_id": row.run_id,
+        "version": row.version,
+        "done_at": row.done_at.isoformat() if row.done_at else None,
+    }
+
+
 def cmd_list_requests(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    queue = RequestQueue(settings.workspace_path / "requests")
-    for req in queue.pending():
-        print(f"pending  {req.request_id}  {req.basis}  {json.dumps(req.targets.to_dict())}")
-    for p in sorted((queue.root / "done").glob("*.json")):
-        ev = json.loads(p.read_text())["evidence"]
-        print(f"done     {p.stem}  version {ev['version']}  {ev['verdict']}")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from unlearn_lib.state import StateStore
+
+    rows = StateStore.open(_settings(args)).list_requests(args.state or None)
+    if args.json:
+        print(json.dumps([_row_dict(r) for r in rows], indent=1))
+        return 0
+    table = Table("request", "state", "basis", "deadline", "attempts", "version / error")
+    for r in rows:
+        deadline = f"{r.deadline_at:%Y-%m-%d %H:%M}" if r.deadline_at else "-"
+        if r.overdue():
+            deadline = f"[bold red]{deadline} OVERDUE[/]"
+        detail = r.version or r.last_error or r.reason or ""
+        table.add_row(r.request_id, r.state, r.basis, deadline, str(r.attempts), escape(detail[:80]))
+    Console().print(table)
+    return 0
+
+
+def cmd_show_request(args: argparse.Namespace) -> int:
+    from unlearn_lib.state import StateStore
+
+    store = StateStore.open(_settings(args))
+    row = store.get_request(args.request_id)
+    if row is None:
+        raise UnlearnError(f"no request {args.request_id!r} in the state database")
+    out = _row_dict(row) | {"request": json.loads(row.request_json), "evidence": row.evidence}
+    out["events"] = [
+        {"at": e["at"].isoformat(), "kind": e["kind"], "run_id": e["run_id"], "detail": e["detail"]}
+        for e in store.events(request_id=row.request_id)
+    ]
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def cmd_retry_request(args: argparse.Namespace) -> int:
+    from unlearn_lib.state import PENDING, StateStore
+
+    store = StateStore.open(_settings(args))
+    store.transition([args.request_id], PENDING, retryable=None)
+    print(f"{args.request_id}: pending")
     return 0
 
 

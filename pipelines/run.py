@@ -1,9 +1,11 @@
-"""Run the compliance pipeline: checks first, then the DAG (locally with kfp.local, or on KFP).
+"""Run the compliance pipeline as a transaction over the state database.
 
-Preflight refuses bad input before anything is created: a malformed request, an unknown
-model or one without a production version, a dataset revision that does not exist,
-targets that match nothing, an unreachable MLflow or S3. Nothing is registered then.
-A request already fulfilled is reported and not run again.
+Before the DAG: the request is admitted (validated against the world and recorded), a run
+that died holding it is resumed or rolled back, the model's lease is taken (one run per model
+at a time), the requests are claimed for a new run row, and the MLflow parent run is opened.
+Bad input is refused before any of that with one line; nothing is registered then. After the
+DAG, the outcome is read from the run row, which the steps and the exit handler keep, so it
+is known even when MLflow is down.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 import dataclasses
 import io
 import json
+import shutil
 import sys
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +25,32 @@ from typing import Any, TextIO
 from unlearn_lib.data.selection import select
 from unlearn_lib.errors import UnlearnError
 from unlearn_lib.requests import DeletionBatch
+from unlearn_lib.requests.schema import RequestError
 from unlearn_lib.settings import Settings
-from unlearn_lib.workspace import Workspace
+from unlearn_lib.state import (
+    DONE,
+    FAILED,
+    PENDING,
+    REJECTED,
+    RUN_INTERRUPTED,
+    RUN_ROLLED_BACK,
+    RUN_RUNNING,
+    RUN_SUCCEEDED,
+    RUNNING,
+    Heartbeat,
+    LeaseBusy,
+    RunRow,
+    StateStore,
+    holder_is_dead,
+    model_lease,
+)
+from unlearn_lib.state.schema import utcnow
+from unlearn_lib.workspace import Workspace, sweep_partials
 
 
 @dataclass
 class RunOutcome:
-    status: str  # succeeded | failed | already-done
+    status: str  # succeeded | failed | interrupted | already-done | busy
     lineage_run_id: str | None
     version: str | None = None
     alias: str | None = None
@@ -35,32 +58,22 @@ class RunOutcome:
     failed_step: str | None = None
     error: str | None = None
     message: str = ""
+    run_id: str | None = None
+    request_ids: list[str] = dataclasses.field(default_factory=list)
+    retryable: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def ok(self) -> bool:
+        """The requests are fulfilled: by this run, or by an earlier one."""
+        return self.status in ("succeeded", "already-done")
+
 
 def for_batch(settings: Settings, batch: DeletionBatch) -> Settings:
     """The request names the model; everything else comes from the settings."""
-    return dataclasses.replace(settings, model_name=batch.model)
-
-
-def already_fulfilled(settings: Settings, batch: DeletionBatch) -> RunOutcome | None:
-    """If every request of the batch has a production lineage already, say so instead of running."""
-    from unlearn_lib.requests import RequestQueue
-
-    queue = RequestQueue(settings.workspace_path / "requests")
-    evidence = [queue.done_evidence(rid) for rid in batch.request_ids]
-    if all(e is not None for e in evidence):
-        versions = sorted({e["evidence"]["version"] for e in evidence})  # type: ignore[index]
-        return RunOutcome(
-            status="already-done",
-            lineage_run_id=None,
-            version=",".join(versions),
-            message=f"{', '.join(batch.request_ids)} already fulfilled by version {', '.join(versions)} "
-            f"of {batch.model}; nothing to do",
-        )
-    return None
+    return settings.replace(model_name=batch.model)
 
 
 def preflight(settings: Settings, batch: DeletionBatch, dataset_rev: str) -> str:
@@ -71,7 +84,7 @@ def preflight(settings: Settings, batch: DeletionBatch, dataset_rev: str) -> str
 
     ws = Workspace(settings.workspace, settings.dataset_path)
     ws.check()
-    rev = ws.resolve(dataset_rev)
+    rev = ws.served() if dataset_rev == "HEAD" else ws.resolve(dataset_rev)
     check_reachable(settings)
     if settings.s3_bucket:
         store_from_settings(settings).check()
@@ -80,16 +93,103 @@ def preflight(settings: Settings, batch: DeletionBatch, dataset_rev: str) -> str
     return rev
 
 
+def _already_done(store: StateStore, batch: DeletionBatch) -> RunOutcome | None:
+    rows = [store.get_request(rid) for rid in batch.request_ids]
+    if rows and all(r is not None and r.state == DONE for r in rows):
+        versions = sorted({r.version or "-" for r in rows})  # type: ignore[union-attr]
+        reasons = sorted({r.reason for r in rows if r and r.reason})  # type: ignore[union-attr]
+        return RunOutcome(
+            status="already-done",
+            lineage_run_id=None,
+            version=",".join(versions),
+            request_ids=batch.request_ids,
+            message=f"{', '.join(batch.request_ids)} already fulfilled by version {', '.join(versions)} "
+            f"of {batch.model}{' (' + '; '.join(reasons) + ')' if reasons else ''}; nothing to do",
+        )
+    return None
+
+
+def admit(settings: Settings, store: StateStore, batch: DeletionBatch) -> None:
+    """Record requests this database has not seen (validated against the world), all or none.
+
+    A request refused here is stored as ``rejected`` with its reason and the run stops with one line.
+    A stored request must be the same request: an ID names one request.
+    """
+    from unlearn_lib.requests.intake import assess
+
+    new = []
+    for req in batch.requests:
+        row = store.get_request(req.request_id)
+        if row is not None and row.state != REJECTED:
+            if row.request_json != req.to_json():
+                raise RequestError(
+                    f"request {req.request_id} is already recorded ({row.state}) with other content; "
+                    "a request ID names one request"
+                )
+            continue
+        verdict = assess(settings, req, store)
+        if verdict.state == REJECTED:
+            store.add_request(req, REJECTED, verdict.reason)
+            raise RequestError(f"request {req.request_id} refused: {verdict.reason}")
+        new.append((req, verdict))
+    for req, verdict in new:
+        store.add_request(req, verdict.state, verdict.reason, verdict.version, verdict.evidence)
+
+
 @dataclass
 class Launch:
-    """A validated run about to start: its settings, dataset revision and MLflow parent run."""
+    """A run about to execute: its settings, row in the state database and DAG arguments."""
 
     settings: Settings
+    run_id: str
     arguments: dict[str, str]
 
     @property
     def lineage_run_id(self) -> str:
         return self.arguments["lineage_run_id"]
+
+
+def _arguments(settings: Settings, batch: DeletionBatch, lineage: str, config: dict) -> dict[str, str]:
+    return {
+        "settings_json": json.dumps(settings.for_steps()),
+        "batch_json": batch.to_json(),
+        "lineage_run_id": lineage,
+        "dataset_rev": config["dataset_rev"],
+        "algorithm": config["algorithm"],
+        "options_json": json.dumps(config["options"]),
+        "audit_params_json": json.dumps(config["audit_params"]),
+    }
+
+
+def _open_lineage(settings: Settings, batch: DeletionBatch, run_id: str, config: dict, runner: str, **tags: str) -> str:
+    from unlearn_lib.tracking import start_pipeline_run
+
+    return start_pipeline_run(
+        settings,
+        run_name=f"compliance {batch.batch_id}",
+        tags={
+            "request_ids": ",".join(batch.request_ids),
+            "batch_id": batch.batch_id,
+            "run_id": run_id,
+            "pipeline": "compliance",
+            "runner": runner,
+            "status": "running",
+            **tags,
+        },
+        params={
+            "dataset_rev": config["dataset_rev"],
+            "algorithm": config["algorithm"],
+            "options": json.dumps(config["options"], sort_keys=True),
+            "audit_params": json.dumps(config["audit_params"], sort_keys=True),
+            "model": batch.model,
+            "settings": json.dumps(settings.public(), sort_keys=True),
+        },
+    )
+
+
+def _holder(runner: str, run_id: str) -> str | None:
+    """Local runs are held by this process (dead with it); cluster runs by the run, renewed by its steps."""
+    return None if runner == "kfp.local" else f"kfp:{run_id}"
 
 
 def launch(
@@ -100,54 +200,229 @@ def launch(
     options: dict | None,
     audit_params: dict | None,
     runner: str,
+    explicit: bool = True,
 ) -> Launch | RunOutcome:
-    """Everything before the DAG: fulfilled-request check, validation, preflight, the parent run.
+    """Everything before the DAG. Returns an outcome instead when there is nothing to run or the model is busy.
 
-    Returns the outcome instead when the batch was already fulfilled.
+    ``explicit`` (a person named these requests) also re-runs failed requests that are not
+    retried automatically (an audit that failed, with other options this time).
     """
     from unlearn_lib.audit import AuditParams
-    from unlearn_lib.tracking import start_pipeline_run
     from unlearn_lib.unlearning import make_unlearner
     from unlearn_lib.unlearning.base import build_config
 
     settings = for_batch(settings, batch)
     options, audit_params = dict(options or {}), dict(audit_params or {})
-    done = already_fulfilled(settings, batch)
-    if done is not None:
-        return done
     # Refuse bad options before anything is created.
     make_unlearner(algorithm, options)
     build_config(AuditParams, audit_params, where="the audit").validate()
-    rev = preflight(settings, batch, dataset_rev)
-    lineage = start_pipeline_run(
-        settings,
-        run_name=f"compliance {batch.batch_id}",
-        tags={
-            "request_ids": ",".join(batch.request_ids),
-            "batch_id": batch.batch_id,
-            "pipeline": "compliance",
-            "runner": runner,
-            "status": "running",
-        },
-        params={
-            "dataset_rev": rev,
-            "algorithm": algorithm,
-            "options": json.dumps(options, sort_keys=True),
-            "audit_params": json.dumps(audit_params, sort_keys=True),
-            "model": batch.model,
-            "settings": json.dumps(settings.public(), sort_keys=True),
-        },
+    store = StateStore.open(settings)
+    admit(settings, store, batch)
+    done = _already_done(store, batch)
+    if done is not None:
+        return done
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    lease = model_lease(batch.model)
+    try:
+        store.acquire_lease(lease, run_id, settings.lease_ttl_seconds, _holder(runner, run_id))
+    except LeaseBusy as err:
+        return RunOutcome(status="busy", lineage_run_id=None, request_ids=batch.request_ids, message=str(err))
+    try:
+        rows = [store.get_request(rid) for rid in batch.request_ids]
+        runnable = [
+            r
+            for r in rows
+            if r is not None
+            and (
+                r.state == PENDING
+                or (r.state == FAILED and (explicit or (r.retryable and r.attempts < settings.max_attempts)))
+            )
+        ]
+        if not runnable:
+            store.release_lease(lease, run_id)
+            states = ", ".join(f"{r.request_id} {r.state}" for r in rows if r)
+            return RunOutcome(
+                status="already-done" if all(r and r.state == DONE for r in rows) else "busy",
+                lineage_run_id=None,
+                request_ids=batch.request_ids,
+                message=f"nothing to run: {states}",
+            )
+        if len(runnable) != len(rows):
+            batch = DeletionBatch(tuple(r.request for r in runnable))
+        rev = preflight(settings, batch, dataset_rev)
+        parent = _production(settings)
+        config = {"dataset_rev": rev, "algorithm": algorithm, "options": options, "audit_params": audit_params}
+        store.start_run(run_id, batch.model, batch.batch_id, batch.request_ids, runner, config, parent, rev)
+    except BaseException:
+        store.release_lease(lease, run_id)
+        raise
+    try:
+        lineage = _open_lineage(settings, batch, run_id, config, runner)
+        store.update_run(run_id, lineage_run_id=lineage)
+    except BaseException as err:
+        _abandon(settings, store, store.get_run(run_id), f"could not start: {_line(err)}")  # type: ignore[arg-type]
+        raise
+    return Launch(settings=settings, run_id=run_id, arguments=_arguments(settings, batch, lineage, config))
+
+
+def _line(err: BaseException) -> str:
+    from unlearn_lib.compliance.steps import error_line
+
+    return error_line(err)
+
+
+def _production(settings: Settings) -> str:
+    from unlearn_lib.compliance.steps import check_model_registered
+
+    return check_model_registered(settings)
+
+
+# ---- recovery: runs that died or were interrupted ------------------------------------------------------
+
+
+def _batch_of(store: StateStore, run: RunRow) -> DeletionBatch:
+    return DeletionBatch(tuple(store.get_request(rid).request for rid in run.ids))  # type: ignore[union-attr]
+
+
+def _is_live(store: StateStore, run: RunRow) -> bool:
+    lease = store.lease(model_lease(run.model))
+    return (
+        run.state == RUN_RUNNING
+        and lease is not None
+        and lease.run_id == run.run_id
+        and lease.expires_at > utcnow()
+        and not holder_is_dead(lease.holder)
     )
-    arguments = {
-        "settings_json": json.dumps(settings.public()),
-        "batch_json": batch.to_json(),
-        "lineage_run_id": lineage,
-        "dataset_rev": rev,
-        "algorithm": algorithm,
-        "options_json": json.dumps(options),
-        "audit_params_json": json.dumps(audit_params),
-    }
-    return Launch(settings=settings, arguments=arguments)
+
+
+def _resumable(settings: Settings, store: StateStore, run: RunRow) -> str | None:
+    """Why ``run`` cannot be resumed, or None when it can (its inputs are still the world's state)."""
+    from unlearn_lib.tracking import PRODUCTION, alias_version, configure
+
+    if run.attempt >= settings.max_attempts and not run.committing:
+        return f"it was attempted {run.attempt} times"
+    if not run.dataset_rev or not run.parent_version:
+        return "it never got past its start"
+    ws = Workspace(settings.workspace, settings.dataset_path)
+    served = ws.served()
+    if served != run.dataset_rev and not (run.committing and served == run.purged_rev):
+        return f"the served dataset moved from {run.dataset_rev[:12]} to {served[:12]}"
+    production = alias_version(configure(settings), run.model, PRODUCTION)
+    if production != run.parent_version and not (run.committing and production == run.version):
+        return f"production moved from v{run.parent_version} to v{production}"
+    for rid in run.ids:
+        row = store.get_request(rid)
+        if row is None or row.run_id != run.run_id or row.state not in (RUNNING, FAILED):
+            return f"request {rid} is no longer held by it"
+    return None
+
+
+def _close_lineage(settings: Settings, lineage_run_id: str | None, **tags: str) -> None:
+    """Mark an abandoned attempt's MLflow parent run failed (best effort: MLflow may be what failed)."""
+    if not lineage_run_id:
+        return
+    with contextlib.suppress(Exception):
+        from unlearn_lib.tracking import client_for
+
+        client = client_for(settings)
+        if client.get_run(lineage_run_id).info.status == "RUNNING":
+            for k, v in tags.items():
+                client.set_tag(lineage_run_id, f"unlearn.{k}", v)
+            client.set_terminated(lineage_run_id, status="FAILED")
+
+
+def _abandon(settings: Settings, store: StateStore, run: RunRow, why: str) -> None:
+    """Roll a run back: nothing it prepared stays; its requests wait again."""
+    from unlearn_lib.tracking import PRODUCTION, TAG_PREFIX, alias_version, configure
+
+    ws = Workspace(settings.workspace, settings.dataset_path)
+    ws.drop_run_ref(run.run_id)
+    client = configure(settings)
+    production = alias_version(client, run.model, PRODUCTION)
+    for mv in client.search_model_versions(f"name='{run.model}'"):
+        if (mv.tags or {}).get(f"{TAG_PREFIX}run_id") == run.run_id and str(mv.version) != production:
+            client.delete_model_version(run.model, mv.version)
+    shutil.rmtree(settings.workspace_path / "checkpoints" / run.run_id, ignore_errors=True)
+    _close_lineage(settings, run.lineage_run_id, status="failed", run_state=RUN_ROLLED_BACK, error=why[:500])
+    held = [rid for rid in run.ids if (r := store.get_request(rid)) and r.run_id == run.run_id and r.state != DONE]
+    if held:
+        store.requeue(held, run.run_id, f"run {run.run_id} was rolled back: {why}")
+    store.update_run(run.run_id, state=RUN_ROLLED_BACK, error=why[:2000])
+    store.release_lease(model_lease(run.model), run.run_id)
+
+
+def recover(
+    settings: Settings, request_ids: list[str] | None = None, model: str | None = None, echo: Any = None
+) -> list[RunOutcome]:
+    """Resume, or roll back, every run that died (its lease lapsed) or was interrupted.
+
+    A run resumes from its last finished step when the world it started from is still there
+    (production on its parent version, the served dataset on its source revision); otherwise
+    it is rolled back and its requests wait for a fresh run.
+    """
+    store = StateStore.open(settings)
+    outcomes = []
+    for run in store.runs([RUN_RUNNING, RUN_INTERRUPTED], model=model):
+        if request_ids is not None and not set(run.ids) & set(request_ids):
+            continue
+        if _is_live(store, run):
+            continue
+        run_settings = settings.replace(model_name=run.model)
+        try:
+            store.acquire_lease(model_lease(run.model), run.run_id, settings.lease_ttl_seconds)
+        except LeaseBusy:
+            continue  # another process is on this model; it recovers the run, or this one will later
+        # What the dead attempt was writing when it died goes first.
+        sweep_partials(settings.workspace_path, settings.workspace_path / "runs" / "kfp" / run.run_id)
+        try:
+            why = _resumable(run_settings, store, run)
+            if why is not None:
+                if echo:
+                    echo(f"rolling back run {run.run_id} ({', '.join(run.ids)}): {why}")
+                _abandon(run_settings, store, run, why)
+                continue
+        except Exception as err:
+            store.release_lease(model_lease(run.model), run.run_id)
+            if echo:
+                echo(f"cannot recover run {run.run_id} now ({_line(err)}); it is left as it is")
+            continue
+        if echo:
+            echo(f"resuming run {run.run_id} ({', '.join(run.ids)}) after {run.failed_step or 'its last step'}")
+        outcomes.append(_execute_local(_resume(run_settings, store, run)))
+    return outcomes
+
+
+def _resume(settings: Settings, store: StateStore, run: RunRow) -> Launch:
+    batch = _batch_of(store, run)
+    store.transition(run.ids, RUNNING, run_id=run.run_id)
+    _close_lineage(settings, run.lineage_run_id, status="failed", run_state="resumed")
+    lineage = _open_lineage(settings, batch, run.run_id, run.config, run.runner, resumes=run.lineage_run_id or "")
+    store.update_run(
+        run.run_id, state=RUN_RUNNING, attempt=run.attempt + 1, lineage_run_id=lineage, failed_step=None, error=None
+    )
+    return Launch(settings=settings, run_id=run.run_id, arguments=_arguments(settings, batch, lineage, run.config))
+
+
+def outcome_of(settings: Settings, run_id: str) -> RunOutcome:
+    """What a run came to, from its row (MLflow holds the lineage; the state database the truth)."""
+    store = StateStore.open(settings)
+    run = store.get_run(run_id)
+    if run is None:
+        raise UnlearnError(f"no run {run_id} in the state database")
+    status = {RUN_SUCCEEDED: "succeeded", RUN_INTERRUPTED: "interrupted"}.get(run.state, "failed")
+    alias = {"pass": "production", "fail": "candidate"}.get(run.verdict or "") if run.version else None
+    return RunOutcome(
+        status=status,
+        lineage_run_id=run.lineage_run_id,
+        version=run.version,
+        alias=alias,
+        verdict=run.verdict,
+        failed_step=None if status == "succeeded" else run.failed_step,
+        error=run.error,
+        run_id=run.run_id,
+        request_ids=run.ids,
+        retryable=run.state == RUN_INTERRUPTED,
+    )
 
 
 class _ProgressTee(io.TextIOBase):
@@ -186,64 +461,63 @@ def run_local(
     algorithm: str = "erasediff",
     options: dict | None = None,
     audit_params: dict | None = None,
+    explicit: bool = True,
 ) -> RunOutcome:
-    """Run the compliance DAG on this machine with ``kfp.local`` (subprocesses, this environment)."""
+    """Run the compliance DAG on this machine with ``kfp.local`` (subprocesses, this environment).
+
+    A run of the same requests that died earlier is resumed first (or rolled back).
+    """
+    settings = for_batch(settings, batch)
+    store = StateStore.open(settings)
+    admit(settings, store, batch)
+    for outcome in recover(settings, request_ids=batch.request_ids):
+        if set(batch.request_ids) <= set(outcome.request_ids):
+            return outcome
+    started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, "kfp.local", explicit)
+    if isinstance(started, RunOutcome):
+        return started
+    return _execute_local(started)
+
+
+def _execute_local(started: Launch) -> RunOutcome:
     from kfp import local
 
     from pipelines.compliance import compliance_pipeline
 
-    started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, runner="kfp.local")
-    if isinstance(started, RunOutcome):
-        return started
     settings = started.settings
-    root = settings.workspace_path / "runs" / "kfp"
+    store = StateStore.open(settings)
+    # One pipeline root per run: a resumed attempt's leftovers are found (and swept) by run.
+    root = settings.workspace_path / "runs" / "kfp" / started.run_id
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False)
     # The steps' own output (executor inputs, library logs) goes to a log file beside the run;
     # the console keeps kfp's one line per task.
     log_path = settings.workspace_path / "runs" / f"{started.lineage_run_id}.log"
+    lease = model_lease(settings.model_name)
     with (
         open(log_path, "w") as log,
         contextlib.redirect_stdout(_ProgressTee(log, sys.stdout)),
         warnings.catch_warnings(),
+        Heartbeat(store, lease, started.run_id, settings.lease_ttl_seconds),
     ):
         # Known and harmless locally: the cluster-only task settings (GPU, limits, display names)
         # and the project image, whose code the local runner imports from this environment.
         warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
         warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
         compliance_pipeline(**started.arguments)
-    outcome = outcome_of(settings, started.lineage_run_id)
+    run = store.get_run(started.run_id)
+    if run is not None and run.state == RUN_RUNNING:
+        # The exit handler itself did not finish: the run is interrupted, to be resumed.
+        from unlearn_lib.compliance.steps import StepContext, fail_run
+
+        ctx = StepContext.parse(
+            started.arguments["settings_json"], started.arguments["batch_json"], started.lineage_run_id
+        )
+        fail_run(ctx, run, None, "the pipeline ended without recording an outcome", True)
+    store.release_lease(lease, started.run_id)
+    outcome = outcome_of(settings, started.run_id)
     outcome.message = f"step logs: {log_path}"
     return outcome
-
-
-def outcome_of(settings: Settings, lineage_run_id: str) -> RunOutcome:
-    from unlearn_lib.tracking import client_for
-
-    client = client_for(settings)
-    run = client.get_run(lineage_run_id)
-    tags = run.data.tags
-    status = tags.get("unlearn.status", "failed")
-    if run.info.status == "RUNNING":
-        status = "failed"  # the exit handler never ran
-    return RunOutcome(
-        status=status,
-        lineage_run_id=lineage_run_id,
-        version=tags.get("unlearn.version"),
-        alias=tags.get("unlearn.alias"),
-        verdict=_verdict(client, run),
-        failed_step=tags.get("unlearn.failed_step"),
-        error=tags.get("unlearn.error"),
-    )
-
-
-def _verdict(client: Any, parent: Any) -> str | None:
-    """The audit step's verdict, from the nested run it logged under ``parent``."""
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`unlearn.step` = 'audit'",
-    )
-    return runs[0].data.tags.get("unlearn.audit_verdict") if runs else None
 
 
 def submit(
@@ -265,6 +539,7 @@ def submit(
     started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, runner="kfp")
     if isinstance(started, RunOutcome):
         raise UnlearnError(started.message)
+    # The cluster's steps renew the lease and its exit handler releases it.
     client = client or kfp.Client(host=host)
     run = client.create_run_from_pipeline_package(
         str(package or GOLDEN),

@@ -19,6 +19,13 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .utils import sha256_file
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 _FINGERPRINT = "fingerprint.json"
@@ -48,10 +55,18 @@ class CheckpointManager:
         return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _NAME.match(p.name)))
 
     def latest(self) -> dict | None:
-        steps = self._steps()
-        if not steps:
-            return None
-        return torch.load(self.folder / f"step-{steps[-1]:08d}.pt", map_location="cpu", weights_only=False)
+        """The newest checkpoint that verifies; a torn or tampered file is skipped, never loaded."""
+        for step in reversed(self._steps()):
+            path = self.folder / f"step-{step:08d}.pt"
+            digest = path.with_name(path.name + ".sha256")
+            if not digest.is_file() or digest.read_text().strip() != sha256_file(path):
+                continue
+            try:
+                # weights_only: a checkpoint is data, never code to run.
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # an unreadable checkpoint is as good as none
+                continue
+        return None
 
     def save(self, step: int, state: dict) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -59,9 +74,12 @@ class CheckpointManager:
         final = self.folder / f"step-{step:08d}.pt"
         tmp = final.with_suffix(".pt.tmp")
         torch.save(state, tmp)
+        # The digest is written before the file takes its name: a checkpoint is never trusted unverified.
+        write_text_atomic(final.with_name(final.name + ".sha256"), sha256_file(tmp))
         os.replace(tmp, final)
         for old in self._steps()[: -self.keep]:
             (self.folder / f"step-{old:08d}.pt").unlink(missing_ok=True)
+            (self.folder / f"step-{old:08d}.pt.sha256").unlink(missing_ok=True)
         return final
 
     def clear(self) -> None:

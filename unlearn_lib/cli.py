@@ -521,12 +521,16 @@ def cmd_register_base(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .redact import install_log_redaction, redact_text
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Credentials in a URI (MLflow, the state database, S3) never reach the console or a log file.
+    install_log_redaction()
     try:
         return int(args.func(args) or 0)
     except UnlearnError as err:
-        print(f"unlearn: error: {err}", file=sys.stderr)
+        print(f"unlearn: error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("unlearn: interrupted", file=sys.stderr)

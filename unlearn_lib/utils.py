@@ -88,7 +88,7 @@ def atomic_output_dir(final: str | os.PathLike[str], overwrite: bool = False) ->
 
         raise UnlearnError(f"output folder {final} already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
         yield staging
     except BaseException:

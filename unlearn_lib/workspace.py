@@ -2,18 +2,23 @@
 
 Every deletion is a git revision: the request's targets are appended to the ledger
 (``deletions.jsonl``), ``dvc repro purge`` writes the new ``data/digits`` without the
-records, and both are committed. Any revision of the dataset can be materialized.
+records, and both are committed -- first on a run's own ref (``refs/unlearn/runs/<run>``),
+and on ``main`` (the served revision) only when the run's audit passed. Any revision of the
+dataset can be materialized.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .data.manifest import Dataset, load_dataset
@@ -163,36 +168,162 @@ class Workspace:
         os.replace(tmp, dest)
         return dataclasses.replace(ds, root=dest)
 
-    # ---- deletions -----------------------------------------------------------------------------
-    def ledger(self) -> list[dict]:
-        path = self.root / LEDGER
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    # ---- deletions: prepared on a run ref, published by compare-and-set --------------------------
+    def ledger(self, rev: str = "HEAD") -> list[dict]:
+        """The deletion ledger as of ``rev``: what every deletion published up to there removed."""
+        sha = self.resolve(rev)
+        proc = subprocess.run(
+            ["git", "show", f"{sha}:{LEDGER}"], cwd=self.root, capture_output=True, text=True, env=self._env()
+        )
+        if proc.returncode != 0:
+            return []
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
-    def purge(self, targets: dict, request_ids: list[str], forget_set_sha256: str) -> str:
-        """Append a deletion to the ledger, rebuild the served dataset without it, commit. Returns the revision.
+    def ref_sha(self, ref: str) -> str | None:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", ref], cwd=self.root, capture_output=True, text=True
+        )
+        return proc.stdout.strip() if proc.returncode == 0 else None
 
-        A deletion already in the ledger (same requests, same forget set) is not applied twice.
+    def served(self) -> str:
+        """The served dataset revision: the tip of the workspace's main branch."""
+        sha = self.ref_sha(SERVED_REF)
+        if sha is None:
+            raise WorkspaceError(f"workspace {self.root} has no {SERVED_REF}")
+        return sha
+
+    def _worktree(self, run_id: str) -> Path:
+        return self.root / "runs" / "worktrees" / run_id
+
+    def drop_worktree(self, run_id: str) -> None:
+        path = self._worktree(run_id)
+        if path.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=self.root, capture_output=True)
+            shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=self.root, capture_output=True)
+
+    def prepare_purge(
+        self, base_rev: str, targets: dict, request_ids: list[str], forget_set_sha256: str, run_id: str
+    ) -> str:
+        """The purged dataset version as a commit on ``refs/unlearn/runs/<run_id>``; nothing served changes.
+
+        The ledger line and ``dvc repro purge`` happen in a git worktree of their own (sharing the
+        DVC cache), so the served branch, the working tree and other runs never see a half-made
+        deletion; publishing it is :meth:`publish`'s job, after the audit. Idempotent per run.
         """
-        if any(
-            e.get("forget_set_sha256") == forget_set_sha256 and e.get("request_ids") == request_ids
-            for e in self.ledger()
-        ):
-            return self.head()
-        entry = {
-            "request_ids": request_ids,
-            "targets": targets,
-            "forget_set_sha256": forget_set_sha256,
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        with open(self.root / LEDGER, "a") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+        base = self.resolve(base_rev)
+        ref = run_ref(run_id)
+        done = self.ref_sha(ref)
+        if done is not None and self.git("rev-parse", f"{done}^").strip() == base:
+            return done
+        cache = self.dvc("cache", "dir").strip()
+        wt = self._worktree(run_id)
+        self.drop_worktree(run_id)
+        wt.parent.mkdir(parents=True, exist_ok=True)
+        self.git("worktree", "add", "--detach", "-f", str(wt), base)
         try:
-            self.dvc("repro", "--single-item", "purge")
-            self.git("add", "-A")
-            self.git("commit", "-q", "-m", f"purge {', '.join(request_ids)}: {forget_set_sha256[:12]}")
-        except WorkspaceError:
-            # Leave the repository as it was: the deletion is not recorded unless it is committed.
-            self.git("checkout", "--", LEDGER, "dvc.lock")
+            tree = Workspace(wt, self.dataset_path)
+            tree.dvc("cache", "dir", "--local", cache)
+            source = str(Path(self.dataset_path).parent / "source")
+            tree.dvc("checkout", source)
+            entry = {
+                "request_ids": request_ids,
+                "targets": targets,
+                "forget_set_sha256": forget_set_sha256,
+                "run_id": run_id,
+                "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            with open(wt / LEDGER, "a") as f:
+                f.write(json.dumps(entry, sort_keys=True) + "\n")
+            tree.dvc("repro", "--single-item", "purge")
+            tree.git("add", "-A")
+            tree.git("commit", "-q", "-m", f"purge {', '.join(request_ids)}: {forget_set_sha256[:12]} (run {run_id})")
+            sha = tree.head()
+            self.git("update-ref", ref, sha)
+        finally:
+            self.drop_worktree(run_id)
+        return sha
+
+    def drop_run_ref(self, run_id: str) -> None:
+        """Forget a run's prepared (never published) dataset version."""
+        if self.ref_sha(run_ref(run_id)) is not None:
+            self.git("update-ref", "-d", run_ref(run_id))
+        self.drop_worktree(run_id)
+
+    def publish(self, purged_rev: str, expected_rev: str) -> str:
+        """Serve ``purged_rev``: main moves from ``expected_rev`` to it, or nothing changes.
+
+        Compare-and-set under a lock on the workspace: if main no longer points at the revision
+        the run started from (another deletion was published meanwhile), this refuses with one
+        line and the run must be redone on the new revision. Publishing twice is a no-op.
+        """
+        purged, expected = self.resolve(purged_rev), self.resolve(expected_rev)
+        with _file_lock(self.root / ".git" / "unlearn-publish.lock"):
+            head = self.served()
+            if head not in (expected, purged):
+                raise WorkspaceError(
+                    f"the served dataset moved from {expected[:12]} to {head[:12]} during the run; rerun the request"
+                )
+            if head == expected:
+                self.git("update-ref", SERVED_REF, purged, expected)
+            # The working tree follows the served revision (readers of data/ see the purged files).
+            self.git("reset", "-q", "--hard", purged)
             self.dvc("checkout", "--force", self.dataset_path)
-            raise
-        return self.head()
+        return purged
+
+
+SERVED_REF = "refs/heads/main"
+_PARTIAL = re.compile(r"\.partial-(\d+)(?=-|$)|\.partial$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_partials(root: Path, everything_under: Path | None = None) -> list[Path]:
+    """Remove half-written outputs (``*.partial-<pid>``) whose writer died; returns what went.
+
+    Under ``everything_under`` (a dead run's own folder) every partial goes, whoever wrote it.
+    """
+    gone = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if ".git" in dirnames:
+            dirnames.remove(".git")
+        for name in [*dirnames, *filenames]:
+            m = _PARTIAL.search(name)
+            if not m:
+                continue
+            path = Path(dirpath) / name
+            owned = everything_under is not None and everything_under in path.parents
+            if owned or (m.group(1) and not _pid_alive(int(m.group(1)))):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirnames.remove(name) if name in dirnames else None
+                else:
+                    path.unlink(missing_ok=True)
+                gone.append(path)
+    return gone
+
+
+def run_ref(run_id: str) -> str:
+    return f"refs/unlearn/runs/{run_id}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on this machine (released if the holder dies)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -14,11 +14,12 @@ from pipelines.compliance import GOLDEN, compile_pipeline
 from pipelines.run import ensure_base_registered, run_local
 from unlearn_lib.data import ForgetTargets, load_dataset, select
 from unlearn_lib.errors import UnlearnError
-from unlearn_lib.requests import DeletionBatch, RequestQueue, parse_request
+from unlearn_lib.requests import DeletionBatch, parse_request
 from unlearn_lib.settings import Settings
+from unlearn_lib.state import StateStore
 from unlearn_lib.storage import S3Store
 from unlearn_lib.tracking import client_for
-from unlearn_lib.workspace import Workspace
+from unlearn_lib.workspace import Workspace, run_ref
 
 CANARY_REQUEST = {
     "request_id": "REQ-CANARY",
@@ -97,7 +98,7 @@ def test_server_run_registers_an_audited_version_with_lineage(server_run):
     assert tags["unlearn.dataset_rev_before"] == server_run["rev_before"]
     assert tags["unlearn.dataset_rev_after"] == ws.head() != server_run["rev_before"]
     assert tags["unlearn.audit_verdict"] == "pass" and tags["unlearn.algorithm"] == "erasediff"
-    assert tags["unlearn.pipeline_run_id"] == out.lineage_run_id
+    assert tags["unlearn.pipeline_run_id"] == out.lineage_run_id and tags["unlearn.run_id"] == out.run_id
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "2"
     # The version's run lists the dataset versions it came from, as inputs with revision and digest.
     inputs = client.get_run(mv.run_id).inputs.dataset_inputs
@@ -148,25 +149,30 @@ def test_credentials_never_reach_mlflow(server_run):
 
 def test_request_is_marked_done_and_a_rerun_creates_no_second_version(server_run):
     settings = server_run["settings"]
-    queue = RequestQueue(settings.workspace_path / "requests")
-    assert queue.is_done("REQ-CANARY") and queue.done_evidence("REQ-CANARY")["evidence"]["version"] == "2"
+    row = StateStore.open(settings).get_request("REQ-CANARY")
+    assert row.state == "done" and row.version == "2" and row.evidence["version"] == "2"
+    assert row.evidence["run_id"] == server_run["outcome"].run_id
     again = run_local(settings, batch_of(), audit_params=FAST_AUDIT)
     assert again.status == "already-done" and "already fulfilled by version 2" in again.message
     versions = client_for(settings).search_model_versions(f"name='{settings.model_name}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
 
 
-def test_failed_audit_registers_a_candidate_and_production_stays(weak_pipeline_run):
+def test_failed_audit_registers_a_candidate_and_nothing_is_served(weak_pipeline_run):
     out, settings = weak_pipeline_run["outcome"], weak_pipeline_run["settings"]
     # Under-forgetting (two steps, no calibrated stop) leaves the canaries extractable.
-    assert out.status == "succeeded" and out.verdict == "fail", out
-    assert (out.version, out.alias) == ("2", "candidate")
+    assert out.status == "failed" and out.verdict == "fail" and out.failed_step == "audit", out
+    assert (out.version, out.alias) == ("2", "candidate") and "audit failed" in out.error
     client = client_for(settings)
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "1"
     assert str(client.get_model_version_by_alias(settings.model_name, "candidate").version) == "2"
     assert client.get_model_version(settings.model_name, "2").tags["unlearn.audit_verdict"] == "fail"
-    queue = RequestQueue(settings.workspace_path / "requests")
-    assert not queue.is_done("REQ-WEAK") and list((queue.root / "attempts").glob("REQ-WEAK-*.json"))
+    # The purged revision was prepared on the run's ref and never served; the ref is gone too.
+    ws = weak_pipeline_run["ws"]
+    assert ws.head() == ws.served() == weak_pipeline_run["rev_before"]
+    assert ws.ref_sha(run_ref(out.run_id)) is None
+    row = StateStore.open(settings).get_request("REQ-WEAK")
+    assert (row.state, row.retryable, row.attempts) == ("failed", False, 1) and "audit failed" in row.last_error
 
 
 def test_exit_handler_records_the_failing_step(workspace, capsys):
@@ -178,8 +184,11 @@ def test_exit_handler_records_the_failing_step(workspace, capsys):
     ws.git("commit", "-q", "-am", "break the purge stage")
     head = ws.head()
     out = run_local(settings, batch_of(request_id="REQ-BROKEN"))
-    assert out.status == "failed" and out.failed_step == "extract_forget_set"
+    # A broken repository may be mended: the run is interrupted, its request waits for a retry.
+    assert out.status == "interrupted" and out.retryable and out.failed_step == "extract_forget_set"
     assert "dvc repro failed" in (out.error or "")
+    row = StateStore.open(settings).get_request("REQ-BROKEN")
+    assert (row.state, row.retryable, row.run_id) == ("failed", True, out.run_id)
     client = client_for(settings)
     assert client.get_run(out.lineage_run_id).info.status == "FAILED"
     assert [str(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'")] == ["1"]
@@ -189,6 +198,7 @@ def test_exit_handler_records_the_failing_step(workspace, capsys):
     assert "Executing task" in console and "extract-forget-set" in console and "FAILURE" in console
     assert "dvc repro failed" not in console
     assert "dvc repro failed" in (workspace / "runs" / f"{out.lineage_run_id}.log").read_text()
+    assert not list(workspace.glob("runs/worktrees/*")) and ws.ref_sha(run_ref(out.run_id)) is None
 
 
 @pytest.mark.parametrize(

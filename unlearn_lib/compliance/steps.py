@@ -1,30 +1,74 @@
 """The four steps of a compliance run, and the exit handler, as library functions.
 
-Each step reads the dataset from the workspace at a DVC revision, does its work with
-``unlearn_lib``, records a nested MLflow run under the pipeline's parent run, and writes
-its outputs to the folders it is given (the kfp artifacts). Artifacts carry record IDs and
-hashes, never the forgotten images; every step re-materializes data from the workspace.
+A run is one row of the state database (``runs``), created before the DAG starts and found
+by each step through its MLflow parent run ID. Every step
+
+- checks that its run still holds the model's lease (a run that lost it to another stops),
+  and keeps the lease alive while it works;
+- reuses what an earlier attempt of the same run finished (a killed run resumes from its last
+  finished step: the purged revision on the run's ref, the unlearned model and the audit kept
+  under ``checkpoints/<run>/``, the unlearning checkpoints themselves);
+- records its outputs, or its error, in the run row.
+
+Nothing a user sees changes before the register step: the purged dataset version lives on
+``refs/unlearn/runs/<run>``, the model is a kfp artifact. Register is the commit: a version,
+then (audit passed, production still on the run's parent, the served dataset still the run's
+source) the served dataset and ``production`` move and the requests are marked done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.manifest import Dataset
 from ..data.selection import Selection, select
-from ..errors import UnlearnError
-from ..requests.queue import RequestQueue
+from ..errors import ConfigError, DatasetError, ModelError, SelectionError, UnlearnError
+from ..faults import failpoint
 from ..requests.schema import DeletionBatch
 from ..settings import Settings
+from ..state import (
+    DONE,
+    FAILED,
+    RUN_FAILED,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+    RUN_SUCCEEDED,
+    Heartbeat,
+    RunRow,
+    StateError,
+    StateStore,
+    model_lease,
+)
 from ..utils import write_json
 from ..workspace import Workspace
 
 STEPS = ("extract_forget_set", "unlearn", "audit", "register")
+
+
+class RunConflict(UnlearnError):
+    """Production or the served dataset moved while the run worked: it must be redone on the new state."""
+
+
+# Errors that a retry of the same run cannot fix: the request or the options are wrong.
+_PERMANENT = (SelectionError, ConfigError, DatasetError, ModelError)
+
+
+def redact(text: str) -> str:
+    from ..redact import redact_text
+
+    return redact_text(text)
+
+
+def error_line(err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return redact(f"{type(err).__name__}: {first}" if not isinstance(err, UnlearnError) else first)[:1000]
 
 
 @dataclass
@@ -41,6 +85,17 @@ class StepContext:
     def workspace(self) -> Workspace:
         return Workspace(self.settings.workspace, self.settings.dataset_path)
 
+    @property
+    def store(self) -> StateStore:
+        return StateStore.open(self.settings)
+
+    def run(self) -> RunRow:
+        return self.store.run_by_lineage(self.lineage_run_id)
+
+    def run_dir(self, run_id: str) -> Path:
+        """What a run keeps between attempts: unlearning checkpoints, the finished model and audit."""
+        return self.settings.workspace_path / "checkpoints" / run_id
+
     def dataset(self, rev: str) -> Dataset:
         return self.workspace.dataset(rev)
 
@@ -54,12 +109,53 @@ class StepContext:
             )
         return ds, sel
 
-    def tags(self) -> dict[str, str]:
+    def tags(self, run_id: str) -> dict[str, str]:
         return {
             "request_ids": ",".join(self.batch.request_ids),
             "batch_id": self.batch.batch_id,
             "pipeline_run_id": self.lineage_run_id,
+            "run_id": run_id,
         }
+
+
+@contextlib.contextmanager
+def guarded(ctx: StepContext, step: str) -> Iterator[RunRow]:
+    """Fence, heartbeat and bookkeeping around one step of a run."""
+    from ..tracking import check_reachable
+
+    store = ctx.store
+    run = ctx.run()
+    lease = model_lease(run.model)
+    ttl = ctx.settings.lease_ttl_seconds
+    if run.state != RUN_RUNNING:
+        raise StateError(f"run {run.run_id} is {run.state}; step {step} does not start")
+    if not store.renew_lease(lease, run.run_id, ttl):
+        raise StateError(f"run {run.run_id} no longer holds {lease} (another run took it over); stopping")
+    beat = Heartbeat(store, lease, run.run_id, ttl)
+    try:
+        with beat:
+            check_reachable(ctx.settings)
+            yield run
+        if beat.lost:
+            raise StateError(f"run {run.run_id} lost {lease} while {step} ran; its result is not used")
+    except BaseException as err:
+        retryable = not isinstance(err, _PERMANENT)
+        with contextlib.suppress(StateError):
+            fail_run(ctx, store.get_run(run.run_id) or run, step, error_line(err), retryable)
+        raise
+
+
+def fail_run(ctx: StepContext, run: RunRow, step: str | None, error: str, retryable: bool) -> None:
+    """A failed step: the run stops; its requests wait for a retry (resuming this run) or a person."""
+    store = ctx.store
+    if run.state != RUN_RUNNING:
+        return
+    store.update_run(
+        run.run_id, state=RUN_INTERRUPTED if retryable else RUN_FAILED, failed_step=step, error=error[:2000]
+    )
+    held = [r.request_id for r in store.list_requests() if r.run_id == run.run_id and r.state != DONE]
+    if held:
+        store.fail_requests(held, run.run_id, f"{step or 'run'}: {error}", retryable)
 
 
 def _write_ids(folder: str | os.PathLike[str], rev: str, records: list, extra: dict | None = None) -> None:
@@ -77,6 +173,20 @@ def _write_ids(folder: str | os.PathLike[str], rev: str, records: list, extra: d
     )
 
 
+def _keep(src: str | os.PathLike[str], dest: Path) -> None:
+    """Copy a finished output into the run's folder, complete or absent."""
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def _restore(kept: Path, dest: str | os.PathLike[str]) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(kept, dest)
+
+
 # ---- 1. extract_forget_set ----------------------------------------------------------------------
 
 
@@ -85,66 +195,79 @@ def extract_step(
 ) -> dict[str, Any]:
     from ..tracking import log_dataset, step_run
 
-    ws = ctx.workspace
-    rev = ws.resolve(dataset_rev)
-    with step_run(ctx.settings, ctx.lineage_run_id, "extract_forget_set", ctx.tags()):
-        import mlflow
+    with guarded(ctx, "extract_forget_set") as run:
+        ws = ctx.workspace
+        rev = ws.resolve(run.dataset_rev or dataset_rev)
+        with step_run(ctx.settings, ctx.lineage_run_id, "extract_forget_set", ctx.tags(run.run_id)):
+            import mlflow
 
-        ds, sel = ctx.selection(rev)
-        summary, forget_sha = sel.summary(), sel.forget_set_sha256()
-        mlflow.log_params(
-            {
-                "dataset_rev": rev,
-                "scope": sel.scope,
-                "forget_records": len(sel.forget),
-                "retain_records": len(sel.retain),
-                "holdout_records": len(sel.holdout),
-                "purged_holdout_records": len(sel.purged_holdout),
-                "forget_set_sha256": forget_sha,
-            }
+            ds, sel = ctx.selection(rev)
+            summary, forget_sha = sel.summary(), sel.forget_set_sha256()
+            mlflow.log_params(
+                {
+                    "dataset_rev": rev,
+                    "scope": sel.scope,
+                    "forget_records": len(sel.forget),
+                    "retain_records": len(sel.retain),
+                    "holdout_records": len(sel.holdout),
+                    "purged_holdout_records": len(sel.purged_holdout),
+                    "forget_set_sha256": forget_sha,
+                }
+            )
+            name = Path(ctx.settings.dataset_path).name
+            log_dataset(f"{name}@{rev[:8]}", str(ws.root), ws.dataset_path, rev, ds.digest(), "source", len(ds))
+            _write_ids(
+                forget_dir,
+                rev,
+                sel.forget,
+                {"forget_set_sha256": forget_sha, "scope": sel.scope, "targets": summary["targets"]},
+            )
+            _write_ids(retain_dir, rev, sel.retain)
+            _write_ids(holdout_dir, rev, sel.holdout, {"purged": [r.record_id for r in sel.purged_holdout]})
+            failpoint("extract")
+            # Prepared on the run's own ref; served only when register publishes it.
+            purged_rev = ws.prepare_purge(rev, summary["targets"], ctx.batch.request_ids, forget_sha, run.run_id)
+            purged = ws.dataset(purged_rev)
+            purged_digest = purged.digest()
+            log_dataset(
+                f"{name}@{purged_rev[:8]}",
+                str(ws.root),
+                ws.dataset_path,
+                purged_rev,
+                purged_digest,
+                "purged",
+                len(purged),
+            )
+            mlflow.log_param("dataset_rev_after", purged_rev)
+            _write_ids(
+                purged_dir, purged_rev, purged.records, {"digest": purged_digest, "removed": len(ds) - len(purged)}
+            )
+        out = {
+            "dataset_rev": rev,
+            "purged_rev": purged_rev,
+            "forget_set_sha256": forget_sha,
+            "scope": sel.scope,
+            "forget": len(sel.forget),
+        }
+        ctx.store.finish_step(
+            run.run_id, "extract_forget_set", out, purged_rev=purged_rev, forget_set_sha256=forget_sha
         )
-        name = Path(ctx.settings.dataset_path).name
-        log_dataset(f"{name}@{rev[:8]}", str(ws.root), ws.dataset_path, rev, ds.digest(), "source", len(ds))
-        _write_ids(
-            forget_dir,
-            rev,
-            sel.forget,
-            {"forget_set_sha256": forget_sha, "scope": sel.scope, "targets": summary["targets"]},
-        )
-        _write_ids(retain_dir, rev, sel.retain)
-        _write_ids(holdout_dir, rev, sel.holdout, {"purged": [r.record_id for r in sel.purged_holdout]})
-        purged_rev = ws.purge(summary["targets"], ctx.batch.request_ids, forget_sha)
-        purged = ws.dataset(purged_rev)
-        purged_digest = purged.digest()
-        log_dataset(
-            f"{name}@{purged_rev[:8]}", str(ws.root), ws.dataset_path, purged_rev, purged_digest, "purged", len(purged)
-        )
-        mlflow.log_param("dataset_rev_after", purged_rev)
-        _write_ids(purged_dir, purged_rev, purged.records, {"digest": purged_digest, "removed": len(ds) - len(purged)})
-    return {
-        "dataset_rev": rev,
-        "purged_rev": purged_rev,
-        "forget_set_sha256": forget_sha,
-        "scope": sel.scope,
-        "forget": len(sel.forget),
-    }
+    return out
 
 
 # ---- 2. unlearn -----------------------------------------------------------------------------------
 
 
-def _registry_model(ctx: StepContext, version: str | None = None) -> tuple[str, Path]:
-    """The model version (production unless given) downloaded once into the workspace's cache."""
-    from ..tracking import configure, download_version, production_version
+def _registry_model(ctx: StepContext, version: str) -> Path:
+    """A model version's folder, downloaded once into the workspace's cache."""
+    from ..tracking import configure, download_version
 
     client = configure(ctx.settings)
     name = ctx.settings.model_name
-    if version is None:
-        version = str(production_version(client, name).version)
     dest = ctx.settings.workspace_path / "registry-cache" / name / f"v{version}"
     if not (dest / "unlearn_model.json").is_file():
         download_version(client, name, version, dest)
-    return version, dest
+    return dest
 
 
 def unlearn_step(
@@ -154,51 +277,68 @@ def unlearn_step(
 
     from ..tracking import log_dataset, step_run
     from ..unlearning import erase
+    from ..unlearning.run import model_digest
 
-    with step_run(ctx.settings, ctx.lineage_run_id, "unlearn", ctx.tags()):
-        parent_version, base_dir = _registry_model(ctx)
-        ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
-        mlflow.log_params(
-            {"algorithm": algorithm, "parent_version": parent_version, **{f"option.{k}": v for k, v in options.items()}}
-        )
-        name = Path(ctx.settings.dataset_path).name
-        log_dataset(
-            f"{name}-retain@{dataset_rev[:8]}",
-            str(ctx.workspace.root),
-            ctx.workspace.dataset_path,
-            dataset_rev,
-            sel.forget_set_sha256(),
-            "retain",
-            len(sel.retain),
-        )
-        # Checkpoints outlive a preempted pod: a restarted step with the same request resumes.
-        ckpt = ctx.settings.workspace_path / "checkpoints" / f"{ctx.batch.batch_id}-{forget_set_sha256[:12]}"
-        result, record = erase(
-            base_dir,
-            ds.root,
-            ctx.batch.targets,
-            algorithm,
-            model_dir,
-            overrides=options,
-            overwrite=True,
-            progress=False,
-            checkpoint_dir=ckpt,
-        )
-        mlflow.log_metrics({"unlearning_steps": result.steps, "unlearning_seconds": result.seconds})
-        for key in ("loss_r", "loss_f", "lam"):
-            values = result.history.get(key, [])
-            if values:
-                mlflow.log_metric(f"final_{key}", values[-1])
-        mlflow.log_dict(record | {"history": {}}, "unlearning.json")
-        curves = Path(model_dir) / "unlearning_curves.png"
-        if curves.is_file():
-            mlflow.log_artifact(str(curves))
-    return {
-        "parent_version": parent_version,
-        "steps": result.steps,
-        "seconds": result.seconds,
-        "stop": (result.stop or {}).get("reason", ""),
-    }
+    with guarded(ctx, "unlearn") as run:
+        parent_version = str(run.parent_version)
+        kept = ctx.run_dir(run.run_id) / "model"
+        done = run.steps.get("unlearn")
+        with step_run(ctx.settings, ctx.lineage_run_id, "unlearn", ctx.tags(run.run_id)):
+            if done and (kept / "unlearn_model.json").is_file() and model_digest(kept) == done["model_sha256"]:
+                # An earlier attempt of this run finished unlearning: reuse its model.
+                _restore(kept, model_dir)
+                mlflow.set_tag("unlearn.reused_from_attempt", "true")
+                out = {k: done[k] for k in ("parent_version", "steps", "seconds", "stop")}
+            else:
+                base_dir = _registry_model(ctx, parent_version)
+                ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
+                mlflow.log_params(
+                    {
+                        "algorithm": algorithm,
+                        "parent_version": parent_version,
+                        **{f"option.{k}": v for k, v in options.items()},
+                    }
+                )
+                name = Path(ctx.settings.dataset_path).name
+                log_dataset(
+                    f"{name}-retain@{dataset_rev[:8]}",
+                    str(ctx.workspace.root),
+                    ctx.workspace.dataset_path,
+                    dataset_rev,
+                    sel.forget_set_sha256(),
+                    "retain",
+                    len(sel.retain),
+                )
+                # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
+                result, record = erase(
+                    base_dir,
+                    ds.root,
+                    ctx.batch.targets,
+                    algorithm,
+                    model_dir,
+                    overrides=options,
+                    overwrite=True,
+                    progress=False,
+                    checkpoint_dir=ctx.run_dir(run.run_id) / "unlearn-checkpoints",
+                )
+                mlflow.log_metrics({"unlearning_steps": result.steps, "unlearning_seconds": result.seconds})
+                for key in ("loss_r", "loss_f", "lam"):
+                    values = result.history.get(key, [])
+                    if values:
+                        mlflow.log_metric(f"final_{key}", values[-1])
+                mlflow.log_dict(record | {"history": {}}, "unlearning.json")
+                curves = Path(model_dir) / "unlearning_curves.png"
+                if curves.is_file():
+                    mlflow.log_artifact(str(curves))
+                out = {
+                    "parent_version": parent_version,
+                    "steps": result.steps,
+                    "seconds": result.seconds,
+                    "stop": (result.stop or {}).get("reason", ""),
+                }
+                _keep(model_dir, kept)
+        ctx.store.finish_step(run.run_id, "unlearn", out | {"model_sha256": model_digest(model_dir)})
+    return out
 
 
 # ---- 3. audit -------------------------------------------------------------------------------------
@@ -210,8 +350,11 @@ def _evaluator(ctx: StepContext, ds: Dataset) -> Path:
 
     dest = ctx.settings.workspace_path / "registry-cache" / "evaluators" / ds.digest()[:16]
     if not (dest / "evaluator.json").is_file():
+        tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        train_evaluator(ds, progress=False).save(tmp)
         shutil.rmtree(dest, ignore_errors=True)
-        train_evaluator(ds, progress=False).save(dest)
+        os.replace(tmp, dest)
     return dest
 
 
@@ -230,32 +373,64 @@ def audit_step(
     from ..audit import AuditParams, run_audit
     from ..tracking import step_run
     from ..unlearning.base import build_config
+    from ..unlearning.run import model_digest
 
-    with step_run(ctx.settings, ctx.lineage_run_id, "audit", ctx.tags()):
-        params = build_config(AuditParams, {"redact_forget_images": True, **audit_params}, where="the audit")
-        _, base_dir = _registry_model(ctx, parent_version)
-        ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
-        # The judge of a class erasure must know the class; for record deletions it is trained
-        # on the purged version, so no model kept after the run was fitted on deleted records.
-        judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
-        result = run_audit(
-            base_dir,
-            model_dir,
-            ds.root,
-            ctx.batch.targets,
-            audit_dir,
-            params=params,
-            evaluator_dir=_evaluator(ctx, judge_ds),
-            overwrite=True,
+    with guarded(ctx, "audit") as run:
+        kept = ctx.run_dir(run.run_id) / "audit"
+        done = run.steps.get("audit")
+        digest = model_digest(model_dir)
+        with step_run(ctx.settings, ctx.lineage_run_id, "audit", ctx.tags(run.run_id)):
+            if done and done.get("model_sha256") == digest and (kept / "audit.json").is_file():
+                _restore(kept, audit_dir)
+                record = json.loads((kept / "audit.json").read_text())
+                metrics = done["metrics"]
+                mlflow.set_tag("unlearn.reused_from_attempt", "true")
+            else:
+                params = build_config(AuditParams, {"redact_forget_images": True, **audit_params}, where="the audit")
+                base_dir = _registry_model(ctx, parent_version)
+                ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
+                # The judge of a class erasure must know the class; for record deletions it is trained
+                # on the purged version, so no model kept after the run was fitted on deleted records.
+                judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
+                result = run_audit(
+                    base_dir,
+                    model_dir,
+                    ds.root,
+                    ctx.batch.targets,
+                    audit_dir,
+                    params=params,
+                    evaluator_dir=_evaluator(ctx, judge_ds),
+                    overwrite=True,
+                )
+                record = result.record
+                metrics = {f"audit.{m.name}": m.value for m in result.metrics if m.value is not None}
+                _keep(audit_dir, kept)
+            passed = record["verdict"] == "pass"
+            mlflow.log_metrics(metrics | {"audit.passed": float(passed)})
+            mlflow.set_tag("unlearn.audit_verdict", record["verdict"])
+            mlflow.log_artifacts(audit_dir, artifact_path="audit")
+        ctx.store.finish_step(
+            run.run_id, "audit", {"verdict": record["verdict"], "metrics": metrics, "model_sha256": digest}
         )
-        metrics = {f"audit.{m.name}": m.value for m in result.metrics if m.value is not None}
-        mlflow.log_metrics(metrics | {"audit.passed": float(result.passed)})
-        mlflow.set_tag("unlearn.audit_verdict", result.record["verdict"])
-        mlflow.log_artifacts(audit_dir, artifact_path="audit")
-    return {"verdict": result.record["verdict"], "passed": result.passed, "metrics": metrics}
+    return {"verdict": record["verdict"], "passed": passed, "metrics": metrics}
 
 
-# ---- 4. register ----------------------------------------------------------------------------------
+# ---- 4. register: the commit ----------------------------------------------------------------------
+
+
+def _failed_gates(audit: dict) -> str:
+    failed = [g["metric"] for g in audit.get("gates", []) if g.get("passed") is False]
+    return ", ".join(failed) or "see the report"
+
+
+def _run_version(client: Any, name: str, run_id: str) -> Any | None:
+    """The version an earlier attempt of this run registered, if any (registering is idempotent)."""
+    from ..tracking import TAG_PREFIX
+
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if (mv.tags or {}).get(f"{TAG_PREFIX}run_id") == run_id:
+            return mv
+    return None
 
 
 def register_step(
@@ -271,118 +446,156 @@ def register_step(
     import mlflow
 
     from ..storage import store_from_settings
-    from ..tracking import configure, log_dataset, promote, register_version, step_run, versions_for_request
+    from ..tracking import (
+        CANDIDATE,
+        PRODUCTION,
+        alias_version,
+        configure,
+        log_dataset,
+        register_version,
+        set_alias,
+        step_run,
+    )
 
-    client = configure(ctx.settings)
-    name = ctx.settings.model_name
-    audit = json.loads((Path(audit_dir) / "audit.json").read_text())
-    passed = audit["verdict"] == "pass"
-    existing = [
-        mv
-        for rid in ctx.batch.request_ids
-        for mv in versions_for_request(client, name, rid)
-        if (mv.tags or {}).get("unlearn.forget_set_sha256") == forget_set_sha256
-    ]
-    with step_run(ctx.settings, ctx.lineage_run_id, "register", ctx.tags()):
-        if existing:
-            mv = existing[0]
-            mlflow.set_tag("unlearn.reused_version", mv.version)
-            return {"version": str(mv.version), "alias": "", "verdict": audit["verdict"], "reused": True}
-        mlflow.log_artifacts(model_dir, artifact_path="model")
-        # The version's own run names the dataset versions it stands between.
-        ws, name_ds = ctx.workspace, Path(ctx.settings.dataset_path).name
-        for rev, context in ((dataset_rev, "source"), (purged_rev, "purged")):
-            ds = ws.dataset(rev)
-            log_dataset(f"{name_ds}@{rev[:8]}", str(ws.root), ws.dataset_path, rev, ds.digest(), context, len(ds))
-        tags = {
-            "request_ids": ",".join(ctx.batch.request_ids),
-            "batch_id": ctx.batch.batch_id,
-            "forget_set_sha256": forget_set_sha256,
-            "parent_version": parent_version,
-            "dataset_rev_before": dataset_rev,
-            "dataset_rev_after": purged_rev,
-            "algorithm": algorithm,
-            "audit_verdict": audit["verdict"],
-            "pipeline_run_id": ctx.lineage_run_id,
-            "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
-        }
-        mv = register_version(
-            client,
-            name,
-            mlflow.active_run().info.run_id,
-            tags,
-            description=f"unlearned {', '.join(ctx.batch.request_ids)} from v{parent_version}",
-        )
-        alias = promote(client, name, mv.version, passed)
-        store = store_from_settings(ctx.settings)
-        model_uri = store.upload_dir(model_dir, f"models/{name}/v{mv.version}")
-        report_uri = store.upload_dir(audit_dir, f"reports/{ctx.batch.batch_id}/v{mv.version}")
-        client.set_model_version_tag(name, mv.version, "unlearn.export_uri", model_uri)
-        client.set_model_version_tag(name, mv.version, "unlearn.report_uri", report_uri)
-        mlflow.set_tags({"unlearn.version": mv.version, "unlearn.alias": alias})
-        queue = RequestQueue(ctx.settings.workspace_path / "requests")
-        evidence = {
-            "model": name,
-            "version": str(mv.version),
-            "alias": alias,
-            "verdict": audit["verdict"],
-            "forget_set_sha256": forget_set_sha256,
-            "dataset_rev_after": purged_rev,
-            "pipeline_run_id": ctx.lineage_run_id,
-            "report_uri": report_uri,
-        }
-        for req in ctx.batch.requests:
-            if passed:
-                queue.mark_done(req, evidence)
-            else:
-                queue.record_attempt(req.request_id, evidence)
-    return {"version": str(mv.version), "alias": alias, "verdict": audit["verdict"], "reused": False}
+    with guarded(ctx, "register") as run:
+        store, ws = ctx.store, ctx.workspace
+        client = configure(ctx.settings)
+        name = ctx.settings.model_name
+        audit = json.loads((Path(audit_dir) / "audit.json").read_text())
+        passed = audit["verdict"] == "pass"
+        with step_run(ctx.settings, ctx.lineage_run_id, "register", ctx.tags(run.run_id)):
+            failpoint("register.before")
+            mv = _run_version(client, name, run.run_id)
+            if mv is None:
+                mlflow.log_artifacts(model_dir, artifact_path="model")
+                name_ds = Path(ctx.settings.dataset_path).name
+                for rev, context in ((dataset_rev, "source"), (purged_rev, "purged")):
+                    ds = ws.dataset(rev)
+                    log_dataset(
+                        f"{name_ds}@{rev[:8]}", str(ws.root), ws.dataset_path, rev, ds.digest(), context, len(ds)
+                    )
+                tags = {
+                    "request_ids": ",".join(ctx.batch.request_ids),
+                    "batch_id": ctx.batch.batch_id,
+                    "run_id": run.run_id,
+                    "forget_set_sha256": forget_set_sha256,
+                    "parent_version": parent_version,
+                    "dataset_rev_before": dataset_rev,
+                    "dataset_rev_after": purged_rev,
+                    "algorithm": algorithm,
+                    "audit_verdict": audit["verdict"],
+                    "pipeline_run_id": ctx.lineage_run_id,
+                    "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
+                }
+                mv = register_version(
+                    client,
+                    name,
+                    mlflow.active_run().info.run_id,
+                    tags,
+                    description=f"unlearned {', '.join(ctx.batch.request_ids)} from v{parent_version}",
+                )
+            version = str(mv.version)
+            failpoint("register.after_version")
+            exports = store_from_settings(ctx.settings)
+            model_uri = exports.upload_dir(model_dir, f"models/{name}/v{version}")
+            report_uri = exports.upload_dir(audit_dir, f"reports/{ctx.batch.batch_id}/v{version}")
+            client.set_model_version_tag(name, version, "unlearn.export_uri", model_uri)
+            client.set_model_version_tag(name, version, "unlearn.report_uri", report_uri)
+            evidence = {
+                "model": name,
+                "version": version,
+                "verdict": audit["verdict"],
+                "forget_set_sha256": forget_set_sha256,
+                "dataset_rev_before": dataset_rev,
+                "dataset_rev_after": purged_rev,
+                "parent_version": parent_version,
+                "run_id": run.run_id,
+                "pipeline_run_id": ctx.lineage_run_id,
+                "report_uri": report_uri,
+            }
+            if not passed:
+                set_alias(client, name, CANDIDATE, version)
+                mlflow.set_tags({"unlearn.version": version, "unlearn.alias": CANDIDATE})
+                # The purged revision was never served; the run's prepared state goes with it.
+                ws.drop_run_ref(run.run_id)
+                fail_run(
+                    ctx,
+                    run,
+                    "audit",
+                    f"audit failed ({_failed_gates(audit)}): version {version} is a candidate; production "
+                    f"stays on v{parent_version}",
+                    retryable=False,
+                )
+                store.update_run(run.run_id, version=version, verdict="fail")
+                return {"version": version, "alias": CANDIDATE, "verdict": audit["verdict"], "reused": False}
+            # ---- the commit point: every check first, then the effects, in an order a resumed
+            # attempt can finish from wherever a crash left it.
+            current = str(alias_version(client, name, PRODUCTION))
+            if current not in (parent_version, version):
+                raise RunConflict(
+                    f"production moved from v{parent_version} to v{current} during the run; rerun the request"
+                )
+            served = ws.served()
+            if served not in (dataset_rev, purged_rev):
+                raise RunConflict(
+                    f"the served dataset moved from {dataset_rev[:12]} to {served[:12]} during the run; "
+                    "rerun the request"
+                )
+            if not store.renew_lease(model_lease(run.model), run.run_id, ctx.settings.lease_ttl_seconds):
+                raise StateError(f"run {run.run_id} lost its lease before publishing; nothing was published")
+            store.update_run(run.run_id, committing=True, version=version, verdict="pass")
+            ws.publish(purged_rev, dataset_rev)
+            failpoint("register.after_publish")
+            set_alias(client, name, PRODUCTION, version)
+            with contextlib.suppress(Exception):
+                if str(alias_version(client, name, CANDIDATE)) == version:
+                    client.delete_registered_model_alias(name, CANDIDATE)
+            mlflow.set_tags({"unlearn.version": version, "unlearn.alias": PRODUCTION})
+            store.complete(run.run_id, ctx.batch.request_ids, version, evidence)
+        ws.drop_run_ref(run.run_id)
+        shutil.rmtree(ctx.run_dir(run.run_id), ignore_errors=True)
+    return {"version": version, "alias": PRODUCTION, "verdict": audit["verdict"], "reused": False}
 
 
 # ---- exit handler ---------------------------------------------------------------------------------
 
 
 def finalize_step(ctx: StepContext, state: str, error_message: str = "") -> dict[str, Any]:
-    """Close the parent run; on failure name the failing step and keep the requests pending."""
-    from ..tracking import client_for, configure
+    """Close the run: its row first (the record of truth), then the MLflow parent run, then the lease.
 
-    configure(ctx.settings)
-    client = client_for(ctx.settings)
-    parent = client.get_run(ctx.lineage_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{ctx.lineage_run_id}'"
-    )
-    status = {c.data.tags.get("unlearn.step"): c.info.status for c in children}
-    failed_step = next((s for s in STEPS if status.get(s) in ("FAILED", "RUNNING")), None)
-    if failed_step is None and state != "SUCCEEDED":
-        failed_step = next((s for s in STEPS if status.get(s) != "FINISHED"), "unknown")
-    ok = state == "SUCCEEDED" and failed_step is None
-    register = next((c for c in children if c.data.tags.get("unlearn.step") == "register"), None)
-    tags = {"unlearn.status": "succeeded" if ok else "failed", "unlearn.kfp_state": state}
-    if register is not None:
-        for key in ("unlearn.version", "unlearn.alias"):
-            if key in register.data.tags:
-                tags[key] = register.data.tags[key]
+    A step that died without recording its failure (killed, out of memory) leaves the run
+    ``running``: it is marked interrupted here, and its requests wait for a retry that resumes it.
+    """
+    store = ctx.store
+    run = ctx.run()
+    if run.state == RUN_RUNNING:
+        step = next((s for s in STEPS if s not in run.steps), "unknown")
+        fail_run(ctx, run, step, redact(error_message or f"step {step} ended without a result ({state})"), True)
+        run = ctx.run()
+    ok = run.state == RUN_SUCCEEDED
+    tags = {
+        "unlearn.status": "succeeded" if ok else "failed",
+        "unlearn.kfp_state": state,
+        "unlearn.run_state": run.state,
+    }
+    if run.version:
+        tags["unlearn.version"] = run.version
     if not ok:
-        tags["unlearn.failed_step"] = failed_step or "unknown"
-        child = next((c for c in children if c.data.tags.get("unlearn.step") == failed_step), None)
-        err = (child.data.tags.get("unlearn.error") if child else None) or error_message
-        if err:
-            tags["unlearn.error"] = err[:500]
-        queue = RequestQueue(ctx.settings.workspace_path / "requests")
-        for rid in ctx.batch.request_ids:
-            queue.record_attempt(
-                rid,
-                {
-                    "pipeline_run_id": ctx.lineage_run_id,
-                    "failed_step": failed_step,
-                    "error": tags.get("unlearn.error", ""),
-                },
-            )
-    for k, v in tags.items():
-        client.set_tag(ctx.lineage_run_id, k, v)
-    client.set_terminated(ctx.lineage_run_id, status="FINISHED" if ok else "FAILED")
-    return {"ok": ok, "failed_step": failed_step, **tags}
+        tags["unlearn.failed_step"] = run.failed_step or "unknown"
+        if run.error:
+            tags["unlearn.error"] = run.error[:500]
+    try:
+        from ..tracking import client_for, configure
+
+        configure(ctx.settings)
+        client = client_for(ctx.settings)
+        for k, v in tags.items():
+            client.set_tag(ctx.lineage_run_id, k, v)
+        client.set_terminated(ctx.lineage_run_id, status="FINISHED" if ok else "FAILED")
+    except Exception as err:
+        tags["unlearn.mlflow_error"] = error_line(err)
+    store.release_lease(model_lease(run.model), run.run_id)
+    return {"ok": ok, "failed_step": run.failed_step, **tags}
 
 
 def check_model_registered(settings: Settings) -> str:
@@ -390,3 +603,16 @@ def check_model_registered(settings: Settings) -> str:
     from ..tracking import configure, production_version
 
     return str(production_version(configure(settings), settings.model_name).version)
+
+
+__all__ = [
+    "FAILED",
+    "STEPS",
+    "RunConflict",
+    "StepContext",
+    "audit_step",
+    "extract_step",
+    "finalize_step",
+    "register_step",
+    "unlearn_step",
+]

@@ -1,6 +1,8 @@
-"""Deletion requests: the schema, a file-backed queue, and batching of pending requests."""
+"""Deletion requests: the schema, intake checks against the world, and batching.
 
-from .queue import RequestQueue
+The requests themselves, with their states, live in the state database (``unlearn_lib.state``).
+"""
+
 from .schema import BASES, DeletionBatch, DeletionRequest, load_request, parse_request
 
-__all__ = ["BASES", "DeletionBatch", "DeletionRequest", "RequestQueue", "load_request", "parse_request"]
+__all__ = ["BASES", "DeletionBatch", "DeletionRequest", "load_request", "parse_request"]

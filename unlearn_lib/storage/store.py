@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import UnlearnError
+from ..faults import failpoint
 from ..settings import Settings
 from ..utils import sha256_file
 
@@ -63,6 +64,7 @@ class LocalStore:
         stage = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
         shutil.rmtree(stage, ignore_errors=True)
         shutil.copytree(src, stage)
+        failpoint("upload.after_first_file")
         (stage / MARKER).write_text(json.dumps(_manifest(src), indent=1))
         if dst.exists():
             shutil.rmtree(dst)
@@ -138,6 +140,8 @@ class S3Store:
                 k = f"{self._key(key)}/{rel}"
                 self.s3.upload_file(str(src / rel), self.bucket, k)
                 written.append(k)
+                if len(written) == 1:
+                    failpoint("upload.after_first_file")
             self.s3.put_object(
                 Bucket=self.bucket, Key=f"{self._key(key)}/{MARKER}", Body=json.dumps(manifest, indent=1).encode()
             )

@@ -13,11 +13,13 @@ from .lineage import (
 from .registry import (
     CANDIDATE,
     PRODUCTION,
+    alias_version,
     download_version,
     production_version,
     promote,
     register_base_model,
     register_version,
+    set_alias,
     versions_for_request,
 )
 
@@ -26,6 +28,7 @@ __all__ = [
     "PRODUCTION",
     "TAG_PREFIX",
     "DVCDatasetSource",
+    "alias_version",
     "check_reachable",
     "client_for",
     "configure",
@@ -35,6 +38,7 @@ __all__ = [
     "promote",
     "register_base_model",
     "register_version",
+    "set_alias",
     "start_pipeline_run",
     "step_run",
     "versions_for_request",

@@ -48,23 +48,26 @@ def client_for(settings: Settings) -> Any:
 
 def check_reachable(settings: Settings, timeout: float = 5.0) -> None:
     """Fail fast, with one line, when the tracking server cannot be reached."""
+    from ..redact import redact_url
+
     uri = settings.tracking_uri
     parsed = urlparse(uri)
+    shown = redact_url(uri)
     if parsed.scheme in ("http", "https"):
         import requests
 
         try:
             resp = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
         except requests.RequestException as err:
-            raise UnlearnError(f"MLflow tracking server {uri} is not reachable ({type(err).__name__})") from None
+            raise UnlearnError(f"MLflow tracking server {shown} is not reachable ({type(err).__name__})") from None
         if resp.status_code != 200:
-            raise UnlearnError(f"MLflow tracking server {uri} answered {resp.status_code} on /health")
+            raise UnlearnError(f"MLflow tracking server {shown} answered {resp.status_code} on /health")
     elif parsed.scheme == "sqlite":
         parent = Path(uri[len("sqlite:///") :]).parent
         if not parent.is_dir():
-            raise UnlearnError(f"MLflow SQLite store {uri}: folder {parent} does not exist")
+            raise UnlearnError(f"MLflow SQLite store {shown}: folder {parent} does not exist")
     elif parsed.scheme not in ("file", ""):
-        raise ConfigError(f"unsupported MLflow tracking URI scheme {parsed.scheme!r} in {uri}")
+        raise ConfigError(f"unsupported MLflow tracking URI scheme {parsed.scheme!r} in {shown}")
 
 
 def start_pipeline_run(settings: Settings, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
@@ -75,8 +78,10 @@ def start_pipeline_run(settings: Settings, run_name: str, tags: dict[str, str], 
     run = client.create_run(
         exp.experiment_id, run_name=run_name, tags={f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()}
     )
+    from ..redact import redact_text
+
     for k, v in params.items():
-        client.log_param(run.info.run_id, k, str(v)[:6000])
+        client.log_param(run.info.run_id, k, redact_text(str(v))[:6000])
     return run.info.run_id
 
 
@@ -96,9 +101,10 @@ def step_run(settings: Settings, parent_run_id: str, step: str, tags: dict[str, 
     try:
         yield run
     except BaseException as err:
-        mlflow.set_tag(
-            f"{TAG_PREFIX}error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
-        )
+        from ..redact import redact_text
+
+        first = str(err).splitlines()[0] if str(err) else ""
+        mlflow.set_tag(f"{TAG_PREFIX}error", redact_text(f"{type(err).__name__}: {first}")[:500])
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")

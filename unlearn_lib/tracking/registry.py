@@ -77,6 +77,25 @@ def register_version(client: Any, name: str, run_id: str, tags: dict[str, str], 
     )
 
 
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as err:
+        if getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def set_alias(client: Any, name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` at ``version`` and read it back: the registry must say what we think it says."""
+    client.set_registered_model_alias(name, alias, str(version))
+    if alias_version(client, name, alias) != str(version):
+        raise ModelError(f"alias {alias!r} of {name!r} did not move to version {version}")
+
+
 def promote(client: Any, name: str, version: str | int, passed: bool) -> str:
     """Move ``production`` to ``version`` if the audit passed, else point ``candidate`` at it."""
     from mlflow.exceptions import MlflowException

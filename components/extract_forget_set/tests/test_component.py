@@ -21,12 +21,12 @@ def test_interface(tmp_path):
     compiler.Compiler().compile(extract_forget_set, str(tmp_path / "c.yaml"))
 
 
-def test_local_run_selects_and_purges(workspace):
-    from pipelines.run import ensure_base_registered
+def test_local_run_selects_and_prepares_the_purge_on_the_run_ref(workspace):
+    from pipelines.run import ensure_base_registered, launch
     from unlearn_lib.requests import DeletionBatch, parse_request
     from unlearn_lib.settings import Settings
-    from unlearn_lib.tracking import start_pipeline_run
-    from unlearn_lib.workspace import Workspace
+    from unlearn_lib.state import StateStore
+    from unlearn_lib.workspace import Workspace, run_ref
 
     settings = Settings(workspace=str(workspace))
     ws = Workspace(workspace)
@@ -45,16 +45,23 @@ def test_local_run_selects_and_purges(workspace):
             ),
         )
     )
-    lineage = start_pipeline_run(settings, "test", {}, {})
+    # The run row, the lease and the MLflow parent run a pipeline run would start with.
+    started = launch(settings, batch, "HEAD", "erasediff", {}, {}, runner="kfp.local")
+    args = started.arguments
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "runs" / "kfp"))
     task = extract_forget_set(
-        settings_json=json.dumps(settings.public()),
-        batch_json=batch.to_json(),
-        lineage_run_id=lineage,
+        settings_json=args["settings_json"],
+        batch_json=args["batch_json"],
+        lineage_run_id=args["lineage_run_id"],
         dataset_rev="HEAD",
     )
-    assert task.outputs["dataset_rev"] == before and task.outputs["purged_rev"] == ws.head() != before
+    purged = task.outputs["purged_rev"]
+    assert task.outputs["dataset_rev"] == before and purged != before
+    # Prepared, not served: main and the working tree stay where they were until register publishes.
+    assert ws.head() == ws.served() == before and ws.ref_sha(run_ref(started.run_id)) == purged
     forget = json.loads((__import__("pathlib").Path(task.outputs["forget"].path) / "selection.json").read_text())
     assert forget["records"] == 120 and forget["forget_set_sha256"] == task.outputs["forget_set_sha256"]
     assert all(rid.startswith("canary-") for rid in forget["record_ids"])
     assert task.outputs["scope"] == "records"
+    run = StateStore.open(settings).get_run(started.run_id)
+    assert run.purged_rev == purged and "extract_forget_set" in run.steps
