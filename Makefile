@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-faults lint bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The slower fault-injection scenarios (each kill point on its own, S3 down, rollback): ~12 min.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults tests/pipelines/test_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -269,3 +269,107 @@ def canary_model_dir(base_model_dir, digits_dir, tmp_path_factory) -> Path:
         progress=False,
     )
     return out
+
+
+# ---- a real PostgreSQL server for the state database ---------------------------------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    import glob
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """PostgreSQL on 127.0.0.1 with password authentication, started from the machine's server binaries.
+
+    As root (CI, these machines), the server runs as the ``postgres`` system user, which Debian's
+    ``postgresql`` package creates; `.ci/run` installs the package when the binaries are missing.
+    """
+    import secrets
+    import tempfile
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    root = Path(tempfile.mkdtemp(prefix="unlearn-pg-"))
+    os.chmod(root, 0o755)
+    password = "pw" + secrets.token_hex(12)
+    (root / "pw").write_text(password)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        for p in (root, root / "pw"):
+            os.chown(p, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    subprocess.run(
+        [
+            *prefix,
+            initdb,
+            "-D",
+            str(data),
+            "-U",
+            "unlearn",
+            f"--pwfile={root / 'pw'}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *prefix,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield {"host": "127.0.0.1", "port": port, "user": "unlearn", "password": password, "root": root}
+    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> str:
+    """A fresh database on the session's server; the URL carries the password (as users configure it)."""
+    import uuid
+
+    import psycopg
+
+    s = postgres_server
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(
+        host=s["host"], port=s["port"], user=s["user"], password=s["password"], dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://{s['user']}:{s['password']}@{s['host']}:{s['port']}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request, tmp_path) -> str:
+    """The same suite against both state-database backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -36,7 +36,7 @@ def _print_outcome(outcome: Any, settings: Settings) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    c = Console()
+    c = Console(soft_wrap=True)
     if outcome.status == "already-done":
         c.print(f"[yellow]{escape(outcome.message)}")
         return 0
@@ -109,7 +109,7 @@ def run_pending(settings: Settings, algorithm: str, options: dict, audit: dict, 
     from unlearn_lib.requests.intake import DONE, REJECTED, assess, batches_of
     from unlearn_lib.state import StateStore
 
-    c = Console()
+    c = Console(soft_wrap=True)
     store = StateStore.open(settings)
     worst = 0
     for outcome in recover(settings, echo=lambda line: c.print(escape(line))):
@@ -178,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from pipelines.run import ensure_base_registered, ensure_workspace
 
-    c = Console()
+    c = Console(soft_wrap=True)
     t0 = time.perf_counter()
     settings = Settings.load(args.settings, workspace=args.workspace)
     if settings.workspace_path.exists() and not args.keep:
@@ -319,7 +319,7 @@ def cmd_list_requests(args: argparse.Namespace) -> int:
             deadline = f"[bold red]{deadline} OVERDUE[/]"
         detail = r.version or r.last_error or r.reason or ""
         table.add_row(r.request_id, r.state, r.basis, deadline, str(r.attempts), escape(detail[:80]))
-    Console().print(table)
+    Console(soft_wrap=True).print(table)
     return 0
 
 
@@ -340,10 +340,11 @@ def cmd_show_request(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_request(args: argparse.Namespace) -> int:
-    from unlearn_lib.state import PENDING, StateStore
+    from unlearn_lib.state import FAILED, PENDING, StateStore
 
     store = StateStore.open(_settings(args))
-    store.transition([args.request_id], PENDING, retryable=None)
+    # Only a failed request: a rejected one never passed intake, a running one belongs to its run.
+    store.transition([args.request_id], PENDING, only_from=(FAILED,), retryable=None)
     print(f"{args.request_id}: pending")
     return 0
 

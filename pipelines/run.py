@@ -470,13 +470,30 @@ def run_local(
     settings = for_batch(settings, batch)
     store = StateStore.open(settings)
     admit(settings, store, batch)
-    for outcome in recover(settings, request_ids=batch.request_ids):
+    for outcome in recover(settings, request_ids=batch.request_ids, echo=lambda line: print(line, flush=True)):
         if set(batch.request_ids) <= set(outcome.request_ids):
             return outcome
     started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, "kfp.local", explicit)
     if isinstance(started, RunOutcome):
         return started
     return _execute_local(started)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Any:
+    """Credentials for the step processes kfp.local starts (they inherit this environment)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _execute_local(started: Launch) -> RunOutcome:
@@ -495,6 +512,7 @@ def _execute_local(started: Launch) -> RunOutcome:
     log_path = settings.workspace_path / "runs" / f"{started.lineage_run_id}.log"
     lease = model_lease(settings.model_name)
     with (
+        _environment(settings.step_environment()),
         open(log_path, "w") as log,
         contextlib.redirect_stdout(_ProgressTee(log, sys.stdout)),
         warnings.catch_warnings(),

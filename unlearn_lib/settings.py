@@ -35,7 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -243,8 +243,30 @@ class Settings(BaseSettings):
         settings = cls(**values)
         return settings._with_state_db_password(os.environ if env is None else env)
 
+    def step_environment(self) -> dict[str, str]:
+        """Environment variables that carry the credentials ``for_steps()`` leaves out of the URLs.
+
+        A local runner sets them for its step processes; on a cluster they come from a Secret.
+        """
+        env: dict[str, str] = {}
+        if self.state_db_url:
+            password = split_url_password(self.state_db_url)[1]
+            if password:
+                env[STATE_DB_PASSWORD_ENV] = password
+        if self.mlflow_tracking_uri:
+            parts = urlsplit(self.mlflow_tracking_uri)
+            if parts.password:
+                env["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+                env["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+        return env
+
     def _with_state_db_password(self, env: Mapping[str, str]) -> Settings:
         password = env.get(STATE_DB_PASSWORD_ENV)
+        if not password and env.get("UNLEARN_STATE_DB_URL") and self.state_db_url:
+            # The full URL in the environment (as a step process inherits it) is the same database.
+            stripped, given = split_url_password(env["UNLEARN_STATE_DB_URL"])
+            if given and stripped == self.state_db_url:
+                password = given
         if not (self.state_db_url and password):
             return self
         m = _USER_NO_PASSWORD.match(self.state_db_url)

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from .data.manifest import Dataset, load_dataset
 from .errors import UnlearnError
+from .faults import failpoint
 
 LEDGER = "deletions.jsonl"
 _GIT_ID = ["-c", "user.name=unlearn", "-c", "user.email=unlearn@localhost"]
 _IGNORED = [
     "/mlflow.db",
+    "/state.db*",
     "/mlartifacts/",
     "/runs/",
     "/requests/",
@@ -235,6 +237,7 @@ class Workspace:
             }
             with open(wt / LEDGER, "a") as f:
                 f.write(json.dumps(entry, sort_keys=True) + "\n")
+            failpoint("purge.worktree_ready")
             tree.dvc("repro", "--single-item", "purge")
             tree.git("add", "-A")
             tree.git("commit", "-q", "-m", f"purge {', '.join(request_ids)}: {forget_set_sha256[:12]} (run {run_id})")

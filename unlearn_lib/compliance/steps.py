@@ -392,6 +392,7 @@ def audit_step(
                 # The judge of a class erasure must know the class; for record deletions it is trained
                 # on the purged version, so no model kept after the run was fitted on deleted records.
                 judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
+                failpoint("audit.running")
                 result = run_audit(
                     base_dir,
                     model_dir,
@@ -450,6 +451,7 @@ def register_step(
         CANDIDATE,
         PRODUCTION,
         alias_version,
+        check_reachable,
         configure,
         log_dataset,
         register_version,
@@ -465,7 +467,9 @@ def register_step(
         passed = audit["verdict"] == "pass"
         with step_run(ctx.settings, ctx.lineage_run_id, "register", ctx.tags(run.run_id)):
             failpoint("register.before")
+            check_reachable(ctx.settings)
             mv = _run_version(client, name, run.run_id)
+            created = mv is None
             if mv is None:
                 mlflow.log_artifacts(model_dir, artifact_path="model")
                 name_ds = Path(ctx.settings.dataset_path).name
@@ -496,11 +500,19 @@ def register_step(
                 )
             version = str(mv.version)
             failpoint("register.after_version")
-            exports = store_from_settings(ctx.settings)
-            model_uri = exports.upload_dir(model_dir, f"models/{name}/v{version}")
-            report_uri = exports.upload_dir(audit_dir, f"reports/{ctx.batch.batch_id}/v{version}")
-            client.set_model_version_tag(name, version, "unlearn.export_uri", model_uri)
-            client.set_model_version_tag(name, version, "unlearn.report_uri", report_uri)
+            try:
+                exports = store_from_settings(ctx.settings)
+                model_uri = exports.upload_dir(model_dir, f"models/{name}/v{version}")
+                report_uri = exports.upload_dir(audit_dir, f"reports/{ctx.batch.batch_id}/v{version}")
+                client.set_model_version_tag(name, version, "unlearn.export_uri", model_uri)
+                client.set_model_version_tag(name, version, "unlearn.report_uri", report_uri)
+            except Exception:
+                # No version without its exports: the retry registers afresh. (A crash here instead
+                # leaves it for the resumed attempt, which finds it by its run_id tag.)
+                if created:
+                    with contextlib.suppress(Exception):
+                        client.delete_model_version(name, version)
+                raise
             evidence = {
                 "model": name,
                 "version": version,

@@ -310,7 +310,10 @@ class StateStore:
         if run_id:
             q = q.where(t.events.c.run_id == run_id)
         with self._tx() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        for row in rows:
+            row["at"] = aware(row["at"])  # SQLite hands it back without its zone, like every timestamp here
+        return rows
 
     # ---- requests --------------------------------------------------------------------------------
     def get_request(self, request_id: str) -> RequestRow | None:
@@ -388,13 +391,23 @@ class StateStore:
         return [r for r in rows if r.state == PENDING or (r.retryable and r.attempts < max_attempts)]
 
     def transition(
-        self, request_ids: Sequence[str], state: str, conn: Any = None, run_id: str | None = None, **values: Any
+        self,
+        request_ids: Sequence[str],
+        state: str,
+        conn: Any = None,
+        run_id: str | None = None,
+        only_from: Sequence[str] | None = None,
+        **values: Any,
     ) -> None:
-        """Move every request to ``state``, all or none; refuses a move the state machine does not allow."""
+        """Move every request to ``state``, all or none; refuses a move the state machine does not allow.
+
+        ``only_from`` narrows the allowed starting states further, in the same conditional UPDATE
+        (``unlearn requests retry`` moves only failed requests back to pending).
+        """
         if conn is None:
             with self._tx() as c:
-                return self.transition(request_ids, state, c, run_id=run_id, **values)
-        allowed = _FROM[state]
+                return self.transition(request_ids, state, c, run_id=run_id, only_from=only_from, **values)
+        allowed = _FROM[state] if only_from is None else tuple(s for s in _FROM[state] if s in only_from)
         cond = [t.requests.c.request_id.in_(list(request_ids)), t.requests.c.state.in_(allowed)]
         if run_id is not None and RUNNING in allowed:
             # Only the run that holds a request may move it on (or resume it).
@@ -621,7 +634,8 @@ class Heartbeat:
     _thread: threading.Thread | None = None
 
     def _loop(self) -> None:
-        interval = max(0.5, self.ttl / 4)
+        # Four beats per TTL, however short: a floor above the TTL would let the lease lapse between beats.
+        interval = self.ttl / 4
         while not self._stop.wait(interval):
             try:
                 if not self.store.renew_lease(self.name, self.run_id, self.ttl, self.holder):

@@ -104,8 +104,11 @@ def step_run(settings: Settings, parent_run_id: str, step: str, tags: dict[str, 
         from ..redact import redact_text
 
         first = str(err).splitlines()[0] if str(err) else ""
-        mlflow.set_tag(f"{TAG_PREFIX}error", redact_text(f"{type(err).__name__}: {first}")[:500])
-        mlflow.end_run(status="FAILED")
+        # MLflow itself may be what failed: its bookkeeping must not replace the step's error.
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(f"{TAG_PREFIX}error", redact_text(f"{type(err).__name__}: {first}")[:500])
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
 
