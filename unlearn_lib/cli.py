@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -527,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Credentials in a URI (MLflow, the state database, S3) never reach the console or a log file.
     install_log_redaction()
+    # MLflow's INFO lines (creating tables, waiting for a version) would break the one-line errors.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return int(args.func(args) or 0)
     except UnlearnError as err:

@@ -1,4 +1,8 @@
-"""Small shared helpers: atomic outputs, hashing, seeding, device choice."""
+"""Small shared helpers: atomic outputs, hashing, seeding, device choice.
+
+torch is imported where it is used: the pipeline's bookkeeping steps and the request commands
+import this module and should not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -30,6 +36,8 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -37,6 +45,8 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(device: str | None = None) -> torch.device:
     """``None``/``"auto"`` means CUDA when present, else CPU."""
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -70,7 +80,7 @@ def _json_default(obj: Any) -> Any:
         return float(obj)
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    if type(obj).__module__.startswith("torch") and hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
