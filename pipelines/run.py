@@ -558,13 +558,19 @@ def submit(
     if isinstance(started, RunOutcome):
         raise UnlearnError(started.message)
     # The cluster's steps renew the lease and its exit handler releases it.
-    client = client or kfp.Client(host=host)
-    run = client.create_run_from_pipeline_package(
-        str(package or GOLDEN),
-        arguments=started.arguments,
-        run_name=f"compliance-{batch.batch_id}",
-        enable_caching=False,
-    )
+    try:
+        client = client or kfp.Client(host=host)
+        run = client.create_run_from_pipeline_package(
+            str(package or GOLDEN),
+            arguments=started.arguments,
+            run_name=f"compliance-{batch.batch_id}",
+            enable_caching=False,
+        )
+    except Exception as err:
+        # Nothing runs: the requests must not stay claimed by a run that never started.
+        store = StateStore.open(started.settings)
+        _abandon(started.settings, store, store.get_run(started.run_id), f"KFP refused the run: {_line(err)}")  # type: ignore[arg-type]
+        raise UnlearnError(f"KFP at {host} did not accept the run: {_line(err)}") from None
     return str(run.run_id)
 
 

@@ -279,21 +279,13 @@ SERVED_REF = "refs/heads/main"
 _PARTIAL = re.compile(r"\.partial-(\d+)(?=-|$)|\.partial$")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_partials(root: Path, everything_under: Path | None = None) -> list[Path]:
     """Remove half-written outputs (``*.partial-<pid>``) whose writer died; returns what went.
 
     Under ``everything_under`` (a dead run's own folder) every partial goes, whoever wrote it.
     """
+    from .state.store import pid_alive
+
     gone = []
     for dirpath, dirnames, filenames in os.walk(root):
         if ".git" in dirnames:
@@ -304,7 +296,7 @@ def sweep_partials(root: Path, everything_under: Path | None = None) -> list[Pat
                 continue
             path = Path(dirpath) / name
             owned = everything_under is not None and everything_under in path.parents
-            if owned or (m.group(1) and not _pid_alive(int(m.group(1)))):
+            if owned or (m.group(1) and not pid_alive(int(m.group(1)))):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
                     dirnames.remove(name) if name in dirnames else None

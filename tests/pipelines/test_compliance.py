@@ -274,12 +274,14 @@ def test_cli_refuses_a_malformed_request_in_one_line(workspace, tmp_path):
     ]
 
 
-def test_submit_sends_the_compiled_package_to_kfp(workspace, monkeypatch):
+def test_submit_sends_the_compiled_package_to_kfp(workspace, monkeypatch, postgres_url):
     """A Kubernetes cluster cannot exist here: the KFP client is the one thing replaced."""
     from pipelines.run import submit
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-in-arguments")
-    settings = Settings(workspace=str(workspace))
+    # The state database on PostgreSQL, its password in the URL as an operator would write it.
+    settings = Settings(workspace=str(workspace), state_db_url=postgres_url)
+    password = postgres_url.split(":")[2].split("@")[0]
     ensure_base_registered(settings, Workspace(workspace))
     calls = []
 
@@ -300,7 +302,33 @@ def test_submit_sends_the_compiled_package_to_kfp(workspace, monkeypatch):
         "options_json",
         "audit_params_json",
     }
-    assert "never-in-arguments" not in json.dumps(arguments)
+    assert "never-in-arguments" not in json.dumps(arguments) and password not in json.dumps(arguments)
+    assert json.loads(arguments["settings_json"])["state_db_url"] == postgres_url.replace(f":{password}@", "@")
     assert arguments["dataset_rev"] == Workspace(workspace).head()
-    parent = client_for(settings).get_run(arguments["lineage_run_id"])
+    client = client_for(settings)
+    parent = client.get_run(arguments["lineage_run_id"])
     assert parent.data.tags["unlearn.runner"] == "kfp" and run_name == "compliance-REQ-KFP"
+    assert password not in json.dumps(parent.data.params) and "***@" in parent.data.params["settings"]
+    # The run is recorded and holds the model's lease for the cluster's steps (they renew it).
+    store = StateStore.open(settings)
+    assert store.get_request("REQ-KFP").state == "running"
+    assert store.lease("model:digits-diffusion").holder.startswith("kfp:")
+
+
+def test_a_refused_submission_leaves_nothing_claimed(workspace):
+    from pipelines.run import submit
+
+    settings = Settings(workspace=str(workspace))
+    ensure_base_registered(settings, Workspace(workspace))
+
+    class DownClient:
+        def create_run_from_pipeline_package(self, *args, **kwargs):
+            raise ConnectionError("connection refused")
+
+    with pytest.raises(UnlearnError, match="KFP at http://kfp.invalid did not accept the run"):
+        submit(settings, batch_of(request_id="REQ-KFP2"), host="http://kfp.invalid", client=DownClient())
+    store = StateStore.open(settings)
+    row = store.get_request("REQ-KFP2")
+    assert row.state == "pending" and "KFP refused the run" in row.last_error
+    assert store.lease("model:digits-diffusion") is None
+    assert [r.state for r in store.runs()] == ["rolled_back"]

@@ -192,6 +192,20 @@ def local_holder() -> str:
     return f"pid:{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
 
 
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a running process? A zombie (killed, not yet reaped by its parent) is dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def holder_is_dead(holder: str) -> bool:
     """A process lease held on this host by a process that no longer exists: break it now.
 
@@ -201,12 +215,8 @@ def holder_is_dead(holder: str) -> bool:
     if len(parts) != 4 or parts[0] != "pid" or parts[1] != socket.gethostname():
         return False
     pid = int(parts[2])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return True
-    except PermissionError:
-        return False
     return parts[3] != "?" and _start_ticks(pid) != parts[3]
 
 
