@@ -32,6 +32,7 @@ from unlearn_lib.state import (
     FAILED,
     PENDING,
     REJECTED,
+    RUN_FAILED,
     RUN_INTERRUPTED,
     RUN_ROLLED_BACK,
     RUN_RUNNING,
@@ -351,6 +352,15 @@ def _abandon(settings: Settings, store: StateStore, run: RunRow, why: str) -> No
     store.release_lease(model_lease(run.model), run.run_id)
 
 
+def _stuck(settings: Settings, store: StateStore, run: RunRow, why: str) -> None:
+    error = f"run {run.run_id} died while committing (version {run.version}) and {why}: resolve by hand"
+    held = [rid for rid in run.ids if (r := store.get_request(rid)) and r.run_id == run.run_id and r.state != DONE]
+    if held:
+        store.fail_requests(held, run.run_id, error, retryable=False)
+    store.update_run(run.run_id, state=RUN_FAILED, error=error)
+    store.release_lease(model_lease(run.model), run.run_id)
+
+
 def recover(
     settings: Settings, request_ids: list[str] | None = None, model: str | None = None, echo: Any = None
 ) -> list[RunOutcome]:
@@ -376,6 +386,14 @@ def recover(
         sweep_partials(settings.workspace_path, settings.workspace_path / "runs" / "kfp" / run.run_id)
         try:
             why = _resumable(run_settings, store, run)
+            if why is not None and run.committing:
+                # The purged dataset may already be served: undoing that would put deleted records
+                # back, and redoing the run would find them "already erased". A person decides.
+                _stuck(run_settings, store, run, why)
+                if echo:
+                    echo(f"run {run.run_id} ({', '.join(run.ids)}) died while committing and {why}; needs a person")
+                outcomes.append(outcome_of(run_settings, run.run_id))
+                continue
             if why is not None:
                 if echo:
                     echo(f"rolling back run {run.run_id} ({', '.join(run.ids)}): {why}")

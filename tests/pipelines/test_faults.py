@@ -282,6 +282,44 @@ def test_a_dead_run_whose_world_moved_is_rolled_back_not_resumed(ready_workspace
     assert ws.ref_sha(run_ref(dead.run_id)) is None and not (ws.root / "checkpoints" / dead.run_id).exists()
 
 
+@pytest.mark.faults
+def test_killed_after_publishing_the_dataset_the_rerun_rolls_forward(ready_workspace, tmp_path):
+    """The commit had begun (the purged revision served, production not yet moved): finish it, never undo it."""
+    ctx = ready_workspace
+    pipe = Pipeline(ctx["ws"].root, tmp_path)
+    proc = pipe.start(pipe.run_request(ctx["request"]), "register.after_publish")
+    pipe.wait_for(proc, lambda: pipe.reached("register.after_publish"), "the publication")
+    pipe.kill(proc)
+    dead = _dead_run(ctx)
+    assert dead.committing and ctx["ws"].served() == dead.purged_rev != ctx["rev"]
+    assert _production(ctx["settings"]) == "1"
+    again = pipe.finish(pipe.run_request(ctx["request"]))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_fulfilled_exactly_once(ctx, run_id=dead.run_id)
+
+
+@pytest.mark.faults
+def test_a_run_killed_while_committing_is_not_undone_when_production_moved(ready_workspace, tmp_path):
+    ctx = ready_workspace
+    pipe = Pipeline(ctx["ws"].root, tmp_path)
+    proc = pipe.start(pipe.run_request(ctx["request"]), "register.after_publish")
+    pipe.wait_for(proc, lambda: pipe.reached("register.after_publish"), "the publication")
+    pipe.kill(proc)
+    dead = _dead_run(ctx)
+    from unlearn_lib.tracking import register_base_model
+
+    ws = ctx["ws"]
+    ds = load_dataset(ws.root / "data" / "digits")
+    register_base_model(ctx["settings"], ws.root / "models" / "base", ws.head(), ds.digest(), len(ds), str(ws.root))
+    again = pipe.finish(pipe.args("requests", "run-pending", *CHEAP, *LOOSE_AUDIT))
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert f"run {dead.run_id} (REQ-FAULT) died while committing" in again.stdout and "needs a person" in again.stdout
+    row = StateStore.open(ctx["settings"]).get_request("REQ-FAULT")
+    assert (row.state, row.retryable) == ("failed", False) and "resolve by hand" in row.last_error
+    # The deletion stays published; nothing put the records back.
+    assert ws.served() == dead.purged_rev and _production(ctx["settings"]) == "3"
+
+
 # ---- servers that stop ------------------------------------------------------------------------------
 
 
