@@ -116,17 +116,13 @@ def admit(settings: Settings, store: StateStore, batch: DeletionBatch) -> None:
     A request refused here is stored as ``rejected`` with its reason and the run stops with one line.
     A stored request must be the same request: an ID names one request.
     """
-    from unlearn_lib.requests.intake import assess
+    from unlearn_lib.requests.intake import assess, check_same_request
 
     new = []
     for req in batch.requests:
         row = store.get_request(req.request_id)
         if row is not None and row.state != REJECTED:
-            if row.request_json != req.to_json():
-                raise RequestError(
-                    f"request {req.request_id} is already recorded ({row.state}) with other content; "
-                    "a request ID names one request"
-                )
+            check_same_request(row, req)
             continue
         verdict = assess(settings, req, store)
         if verdict.state == REJECTED:

@@ -169,6 +169,23 @@ def assert_fulfilled_exactly_once(ctx: dict, run_id: str | None = None) -> None:
     assert store.lease("model:digits-diffusion") is None
 
 
+def _kill_at(ctx: dict, pipe: Pipeline, failpoint: str, what: str) -> object:
+    """Run the request until it reaches ``failpoint``, SIGKILL the group there; returns the dead run."""
+    proc = pipe.start(pipe.run_request(ctx["request"]), failpoint)
+    pipe.wait_for(proc, lambda: pipe.reached(failpoint), what)
+    pipe.kill(proc)
+    return _dead_run(ctx)
+
+
+def _operator_moves_production(ctx: dict) -> None:
+    """Someone promotes another version meanwhile (here: the base model registered again)."""
+    from unlearn_lib.tracking import register_base_model
+
+    ws = ctx["ws"]
+    ds = load_dataset(ws.root / "data" / "digits")
+    register_base_model(ctx["settings"], ws.root / "models" / "base", ws.head(), ds.digest(), len(ds), str(ws.root))
+
+
 def _dead_run(ctx: dict) -> object:
     store = StateStore.open(ctx["settings"])
     row = store.get_request("REQ-FAULT")
@@ -256,18 +273,10 @@ def test_sigkill_then_rerun_fulfils_the_request_exactly_once(point, ready_worksp
 @pytest.mark.faults
 def test_a_dead_run_whose_world_moved_is_rolled_back_not_resumed(ready_workspace, tmp_path):
     """Killed mid-audit; meanwhile production moved: resuming would publish onto the wrong parent."""
-    ctx = ready_workspace
-    pipe = Pipeline(ctx["ws"].root, tmp_path)
-    proc = pipe.start(pipe.run_request(ctx["request"]), "audit.running")
-    pipe.wait_for(proc, lambda: pipe.reached("audit.running"), "the audit")
-    pipe.kill(proc)
-    dead = _dead_run(ctx)
-    # An operator rolls production to a new version (here: the base model registered again).
-    from unlearn_lib.tracking import register_base_model
-
-    ws = ctx["ws"]
-    ds = load_dataset(ws.root / "data" / "digits")
-    register_base_model(ctx["settings"], ws.root / "models" / "base", ws.head(), ds.digest(), len(ds), str(ws.root))
+    ctx, ws = ready_workspace, ready_workspace["ws"]
+    pipe = Pipeline(ws.root, tmp_path)
+    dead = _kill_at(ctx, pipe, "audit.running", "the audit")
+    _operator_moves_production(ctx)
     assert _production(ctx["settings"]) == "2"
 
     again = pipe.finish(pipe.args("requests", "run-pending", *CHEAP, *LOOSE_AUDIT))
@@ -287,10 +296,7 @@ def test_killed_after_publishing_the_dataset_the_rerun_rolls_forward(ready_works
     """The commit had begun (the purged revision served, production not yet moved): finish it, never undo it."""
     ctx = ready_workspace
     pipe = Pipeline(ctx["ws"].root, tmp_path)
-    proc = pipe.start(pipe.run_request(ctx["request"]), "register.after_publish")
-    pipe.wait_for(proc, lambda: pipe.reached("register.after_publish"), "the publication")
-    pipe.kill(proc)
-    dead = _dead_run(ctx)
+    dead = _kill_at(ctx, pipe, "register.after_publish", "the publication")
     assert dead.committing and ctx["ws"].served() == dead.purged_rev != ctx["rev"]
     assert _production(ctx["settings"]) == "1"
     again = pipe.finish(pipe.run_request(ctx["request"]))
@@ -300,17 +306,10 @@ def test_killed_after_publishing_the_dataset_the_rerun_rolls_forward(ready_works
 
 @pytest.mark.faults
 def test_a_run_killed_while_committing_is_not_undone_when_production_moved(ready_workspace, tmp_path):
-    ctx = ready_workspace
-    pipe = Pipeline(ctx["ws"].root, tmp_path)
-    proc = pipe.start(pipe.run_request(ctx["request"]), "register.after_publish")
-    pipe.wait_for(proc, lambda: pipe.reached("register.after_publish"), "the publication")
-    pipe.kill(proc)
-    dead = _dead_run(ctx)
-    from unlearn_lib.tracking import register_base_model
-
-    ws = ctx["ws"]
-    ds = load_dataset(ws.root / "data" / "digits")
-    register_base_model(ctx["settings"], ws.root / "models" / "base", ws.head(), ds.digest(), len(ds), str(ws.root))
+    ctx, ws = ready_workspace, ready_workspace["ws"]
+    pipe = Pipeline(ws.root, tmp_path)
+    dead = _kill_at(ctx, pipe, "register.after_publish", "the publication")
+    _operator_moves_production(ctx)
     again = pipe.finish(pipe.args("requests", "run-pending", *CHEAP, *LOOSE_AUDIT))
     assert again.returncode == 1, again.stdout + again.stderr
     assert f"run {dead.run_id} (REQ-FAULT) died while committing" in again.stdout and "needs a person" in again.stdout

@@ -152,6 +152,14 @@ def test_intake_queues_a_valid_request_and_stores_refused_ones_rejected(register
     assert shown["request"]["targets"]["subject_ids"] == ["subject-001", "subject-999"]
     assert [e["kind"] for e in shown["events"]] == ["request.rejected"]
 
+    # The same ID again: refused, whether it is the same request or another one under its name.
+    other = write(tmp_path / "REQ-1-other.json", request("REQ-1", targets={"subject_ids": ["subject-002"]}))
+    same, changed = unlearn_all(registered, ("submit", str(files[0])), ("submit", str(other)))
+    assert refused(same) == "request REQ-1 is already pending"
+    assert refused(changed) == (
+        "request REQ-1 already exists (pending) with other content; a request ID names one request"
+    )
+
 
 def test_malformed_input_is_refused_in_one_line_and_nothing_is_stored(registered, tmp_path):
     big = write(

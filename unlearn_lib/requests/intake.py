@@ -89,6 +89,17 @@ def assess(settings: Settings, request: DeletionRequest, store: Any = None) -> A
     return Assessment(PENDING)
 
 
+def check_same_request(existing: Any, request: DeletionRequest) -> None:
+    """A request ID names one request: the same ID with other content is refused, never merged."""
+    from .schema import RequestError
+
+    if existing.request_json != request.to_json():
+        raise RequestError(
+            f"request {request.request_id} already exists ({existing.state}) with other content; "
+            "a request ID names one request"
+        )
+
+
 def submit(settings: Settings, request: DeletionRequest) -> tuple[Any, Assessment]:
     """Validate ``request`` against the world and record it: pending, rejected (with the reason) or done."""
     from ..state import StateStore
@@ -96,11 +107,7 @@ def submit(settings: Settings, request: DeletionRequest) -> tuple[Any, Assessmen
     store = StateStore.open(settings)
     existing = store.get_request(request.request_id)
     if existing is not None and existing.state != REJECTED:
-        if existing.request_json != request.to_json():
-            raise UnlearnError(
-                f"request {request.request_id} already exists ({existing.state}) with other content; "
-                "a request ID names one request"
-            )
+        check_same_request(existing, request)
         what = {"done": "was already fulfilled", "running": "is being processed"}.get(
             existing.state, f"is already {existing.state}"
         )
