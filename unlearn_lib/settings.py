@@ -54,7 +54,18 @@ from .redact import MASK, redact_text, redact_url, split_url_password
 _SECRET_HINTS = ("secret", "password", "token", "access_key", "credential")
 ENV_PREFIX = "UNLEARN_"
 STATE_DB_PASSWORD_ENV = "UNLEARN_STATE_DB_PASSWORD"
-_URL_FIELDS = ("mlflow_tracking_uri", "s3_endpoint_url", "kfp_host", "state_db_url")
+_URL_FIELDS = ("mlflow_tracking_uri", "s3_endpoint_url", "kfp_host", "state_db_url", "git_remote")
+IMAGE_REPOSITORY = "ghcr.io/unlearn/unlearn"
+
+
+def default_image() -> str:
+    """The project image of this package version (``infra/Dockerfile``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{IMAGE_REPOSITORY}:{version('unlearn-lib')}"
+    except PackageNotFoundError:
+        return f"{IMAGE_REPOSITORY}:latest"
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _USER_NO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]]+)@")
 
@@ -121,7 +132,12 @@ class Settings(BaseSettings):
     s3_prefix: str = "unlearn"
     s3_region: str = "us-east-1"
     kfp_host: str | None = None
-    pipeline_image: str = "ghcr.io/unlearn/unlearn:0.1.0"
+    pipeline_image: str = Field(default_factory=lambda: default_image())
+    # Stateless steps (containers, a cluster): the workspace repository is cloned from this git
+    # URL and its data pulled from the DVC remote instead of opening the `workspace` folder.
+    git_remote: str | None = None
+    dvc_remote_url: str | None = None  # default with git_remote and s3_bucket: s3://BUCKET/PREFIX/dvc
+    scratch_dir: str | None = None  # a stateless step's clones and caches (default: a temporary folder)
     state_db_url: str | None = None  # default: SQLite file in the workspace
     lease_ttl_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
     max_attempts: int = Field(3, ge=1)
@@ -173,6 +189,19 @@ class Settings(BaseSettings):
     @property
     def workspace_path(self) -> Path:
         return Path(self.workspace).resolve()
+
+    @property
+    def stateless(self) -> bool:
+        """Steps reach every piece of state over the network (git remote, DVC remote, S3, servers)."""
+        return self.git_remote is not None
+
+    @property
+    def dvc_remote(self) -> str | None:
+        if self.dvc_remote_url:
+            return self.dvc_remote_url
+        if self.git_remote and self.s3_bucket:
+            return f"s3://{self.s3_bucket}/{self.s3_prefix.strip('/')}/dvc"
+        return None
 
     @property
     def tracking_uri(self) -> str:
