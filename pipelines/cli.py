@@ -83,24 +83,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     options, audit = _options(args)
-    outcome = run_local(settings, _batch(args), args.dataset_rev, args.algorithm, options, audit)
+    outcome = run_local(
+        settings, _batch(args), args.dataset_rev, args.algorithm, options, audit, runner=args.runner
+    )
     return _print_outcome(outcome, settings)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.cluster import connect, quiet, run_link, wait_and_report
     from pipelines.run import submit
 
     settings = _settings(args)
     host = args.host or settings.kfp_host
     if not host:
         raise ConfigError("no KFP host: pass --host or set UNLEARN_KFP_HOST")
+    if args.timeout is not None and not args.wait:
+        raise ConfigError("--timeout needs --wait")
     options, audit = _options(args)
-    run_id = submit(settings, _batch(args), host, args.dataset_rev, args.algorithm, options, audit)
-    print(f"submitted KFP run {run_id}")
-    return 0
+    batch = _batch(args)
+    client = connect(host)  # before anything is claimed: an unreachable cluster leaves no run behind
+    with quiet():  # kfp prints its own links; this command prints one
+        run_id = submit(settings, batch, host, args.dataset_rev, args.algorithm, options, audit, client=client)
+    print(f"submitted KFP run {run_id}: {run_link(host, run_id)}", flush=True)
+    if not args.wait:
+        return 0
+    return wait_and_report(client, settings, host, run_id, args.timeout, args.poll_interval, _print_outcome)
 
 
-def run_pending(settings: Settings, algorithm: str, options: dict, audit: dict, max_batch: int = 50) -> int:
+def run_pending(
+    settings: Settings, algorithm: str, options: dict, audit: dict, max_batch: int = 50, runner: str = "subprocess"
+) -> int:
     """Recover dead runs, re-check every queued request, run the batches by deadline; report each."""
     from rich.console import Console
     from rich.markup import escape
@@ -141,7 +153,7 @@ def run_pending(settings: Settings, algorithm: str, options: dict, audit: dict, 
     for batch in batches:
         c.print(f"batch {batch.batch_id}: {', '.join(batch.request_ids)}")
         try:
-            outcome = run_local(settings, batch, "HEAD", algorithm, options, audit, explicit=False)
+            outcome = run_local(settings, batch, "HEAD", algorithm, options, audit, explicit=False, runner=runner)
         except UnlearnError as err:
             # One bad batch must not stop the others: record it and go on.
             c.print(f"[red]batch {batch.batch_id} not run: {escape(_redacted(str(err)))}")
@@ -157,7 +169,7 @@ def run_pending(settings: Settings, algorithm: str, options: dict, audit: dict, 
 
 def cmd_run_pending(args: argparse.Namespace) -> int:
     options, audit = _options(args)
-    return run_pending(_settings(args), args.algorithm, options, audit, args.max_batch)
+    return run_pending(_settings(args), args.algorithm, options, audit, args.max_batch, args.runner)
 
 
 DEMO_REQUESTS = [
@@ -225,6 +237,17 @@ def _common(p: argparse.ArgumentParser, targets: bool = True) -> None:
         p.add_argument("--dataset-rev", default="HEAD", help="workspace revision of the dataset (default HEAD)")
 
 
+def _runner_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runner",
+        choices=["subprocess", "container"],
+        default="subprocess",
+        help="subprocess: steps as processes of this environment (default); container: each step in its "
+        "own container from the project image (`make image`), state reached through the stack "
+        "(`unlearn stack up`)",
+    )
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("pipeline", help="the Kubeflow compliance pipeline: compile, run locally, submit, demo")
     ps = p.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
@@ -233,10 +256,14 @@ def register(sub: Any) -> None:
     c.set_defaults(func=cmd_compile)
     r = ps.add_parser("run", help="run the DAG on this machine (kfp.local)")
     _common(r)
+    _runner_flag(r)
     r.set_defaults(func=cmd_run)
     s = ps.add_parser("submit", help="submit the compiled pipeline to a KFP cluster")
     _common(s)
     s.add_argument("--host", help="KFP API host (default: settings kfp_host)")
+    s.add_argument("--wait", action="store_true", help="follow the run to its end; report its verdict (exit 1: failed)")
+    s.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds (exit 1)")
+    s.add_argument("--poll-interval", type=float, default=10.0, metavar="S", help="with --wait: seconds between polls")
     s.set_defaults(func=cmd_submit)
     d = ps.add_parser("demo", help="the main job: workspace, base model, two deletion requests, audits")
     _common(d, targets=False)
@@ -265,6 +292,7 @@ def register(sub: Any) -> None:
         cmd.add_argument("--workspace")
     rp = qs.add_parser("run-pending", help="run one pipeline per batch of pending requests (for schedules)")
     _common(rp, targets=False)
+    _runner_flag(rp)
     rp.add_argument("--max-batch", type=int, default=50)
     rp.set_defaults(func=cmd_run_pending)
 

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import io
 import json
-import shutil
+import os
 import sys
 import uuid
 import warnings
@@ -46,7 +46,12 @@ from unlearn_lib.state import (
     model_lease,
 )
 from unlearn_lib.state.schema import utcnow
-from unlearn_lib.workspace import Workspace, sweep_partials
+from unlearn_lib.workspace import Workspace, open_workspace, sweep_partials
+
+# kfp.local runners: steps as processes of this environment, or each step in its own container.
+SUBPROCESS, CONTAINER = "kfp.local", "kfp.local-container"
+LOCAL_RUNNERS = (SUBPROCESS, CONTAINER)
+RUNNER_NAMES = {"subprocess": SUBPROCESS, "container": CONTAINER}
 
 
 @dataclass
@@ -83,7 +88,7 @@ def preflight(settings: Settings, batch: DeletionBatch, dataset_rev: str) -> str
     from unlearn_lib.storage import store_from_settings
     from unlearn_lib.tracking import check_reachable
 
-    ws = Workspace(settings.workspace, settings.dataset_path)
+    ws = open_workspace(settings)
     ws.check()
     rev = ws.served() if dataset_rev == "HEAD" else ws.resolve(dataset_rev)
     check_reachable(settings)
@@ -139,22 +144,27 @@ class Launch:
 
     settings: Settings
     run_id: str
-    arguments: dict[str, str]
-
-    @property
-    def lineage_run_id(self) -> str:
-        return self.arguments["lineage_run_id"]
+    arguments: dict[str, Any]
+    runner: str = SUBPROCESS
 
 
-def _arguments(settings: Settings, batch: DeletionBatch, lineage: str, config: dict) -> dict[str, str]:
+def _arguments(settings: Settings, run_id: str, batch: DeletionBatch, config: dict, runner: str) -> dict[str, Any]:
+    """The compliance pipeline's parameters for one run (see ``pipelines.compliance``)."""
+    if runner in LOCAL_RUNNERS:
+        # Exactly this process's settings, minus passwords (the runner injects those as environment).
+        step_settings = settings.for_steps()
+        if runner == CONTAINER:
+            step_settings["scratch_dir"] = None  # a host path means nothing inside the container
+    else:
+        step_settings = {}  # a cluster's steps read the unlearn-settings ConfigMap
     return {
-        "settings_json": json.dumps(settings.for_steps()),
-        "batch_json": batch.to_json(),
-        "lineage_run_id": lineage,
+        "run_id": run_id,
+        "request_ids": list(batch.request_ids),
         "dataset_rev": config["dataset_rev"],
         "algorithm": config["algorithm"],
-        "options_json": json.dumps(config["options"]),
-        "audit_params_json": json.dumps(config["audit_params"]),
+        "options": dict(config["options"]),
+        "audit_params": dict(config["audit_params"]),
+        "settings": step_settings,
     }
 
 
@@ -186,7 +196,7 @@ def _open_lineage(settings: Settings, batch: DeletionBatch, run_id: str, config:
 
 def _holder(runner: str, run_id: str) -> str | None:
     """Local runs are held by this process (dead with it); cluster runs by the run, renewed by its steps."""
-    return None if runner == "kfp.local" else f"kfp:{run_id}"
+    return None if runner in LOCAL_RUNNERS else f"kfp:{run_id}"
 
 
 def launch(
@@ -259,7 +269,9 @@ def launch(
     except BaseException as err:
         _abandon(settings, store, store.get_run(run_id), f"could not start: {_line(err)}")  # type: ignore[arg-type]
         raise
-    return Launch(settings=settings, run_id=run_id, arguments=_arguments(settings, batch, lineage, config))
+    return Launch(
+        settings=settings, run_id=run_id, arguments=_arguments(settings, run_id, batch, config, runner), runner=runner
+    )
 
 
 def _line(err: BaseException) -> str:
@@ -300,7 +312,7 @@ def _resumable(settings: Settings, store: StateStore, run: RunRow) -> str | None
         return f"it was attempted {run.attempt} times"
     if not run.dataset_rev or not run.parent_version:
         return "it never got past its start"
-    ws = Workspace(settings.workspace, settings.dataset_path)
+    ws = open_workspace(settings)
     served = ws.served()
     if served != run.dataset_rev and not (run.committing and served == run.purged_rev):
         return f"the served dataset moved from {run.dataset_rev[:12]} to {served[:12]}"
@@ -330,16 +342,17 @@ def _close_lineage(settings: Settings, lineage_run_id: str | None, **tags: str) 
 
 def _abandon(settings: Settings, store: StateStore, run: RunRow, why: str) -> None:
     """Roll a run back: nothing it prepared stays; its requests wait again."""
+    from unlearn_lib.compliance.runfiles import RunFiles
     from unlearn_lib.tracking import PRODUCTION, TAG_PREFIX, alias_version, configure
 
-    ws = Workspace(settings.workspace, settings.dataset_path)
+    ws = open_workspace(settings)
     ws.drop_run_ref(run.run_id)
     client = configure(settings)
     production = alias_version(client, run.model, PRODUCTION)
     for mv in client.search_model_versions(f"name='{run.model}'"):
         if (mv.tags or {}).get(f"{TAG_PREFIX}run_id") == run.run_id and str(mv.version) != production:
             client.delete_model_version(run.model, mv.version)
-    shutil.rmtree(settings.workspace_path / "checkpoints" / run.run_id, ignore_errors=True)
+    RunFiles(settings, run.run_id).drop()
     _close_lineage(settings, run.lineage_run_id, status="failed", run_state=RUN_ROLLED_BACK, error=why[:500])
     held = [rid for rid in run.ids if (r := store.get_request(rid)) and r.run_id == run.run_id and r.state != DONE]
     if held:
@@ -402,7 +415,8 @@ def recover(
             continue
         if echo:
             echo(f"resuming run {run.run_id} ({', '.join(run.ids)}) after {run.failed_step or 'its last step'}")
-        outcomes.append(_execute_local(_resume(run_settings, store, run)))
+        started = _resume(run_settings, store, run)
+        outcomes.append(_execute_local(started, started.runner))
     return outcomes
 
 
@@ -414,7 +428,13 @@ def _resume(settings: Settings, store: StateStore, run: RunRow) -> Launch:
     store.update_run(
         run.run_id, state=RUN_RUNNING, attempt=run.attempt + 1, lineage_run_id=lineage, failed_step=None, error=None
     )
-    return Launch(settings=settings, run_id=run.run_id, arguments=_arguments(settings, batch, lineage, run.config))
+    runner = run.runner if run.runner in LOCAL_RUNNERS else SUBPROCESS
+    return Launch(
+        settings=settings,
+        run_id=run.run_id,
+        arguments=_arguments(settings, run.run_id, batch, run.config, runner),
+        runner=runner,
+    )
 
 
 def outcome_of(settings: Settings, run_id: str) -> RunOutcome:
@@ -476,21 +496,76 @@ def run_local(
     options: dict | None = None,
     audit_params: dict | None = None,
     explicit: bool = True,
+    runner: str = "subprocess",
 ) -> RunOutcome:
-    """Run the compliance DAG on this machine with ``kfp.local`` (subprocesses, this environment).
+    """Run the compliance DAG on this machine with ``kfp.local``.
 
-    A run of the same requests that died earlier is resumed first (or rolled back).
+    ``runner``: ``subprocess`` (each step a process of this environment) or ``container`` (each
+    step in its own container from the project image, reaching state only over the network:
+    needs the stack, see ``unlearn stack up``). A run of the same requests that died earlier is
+    resumed first (or rolled back).
     """
+    if runner not in RUNNER_NAMES:
+        raise UnlearnError(f"unknown runner {runner!r} (known: {', '.join(RUNNER_NAMES)})")
+    runner = RUNNER_NAMES[runner]
+    if runner == CONTAINER:
+        check_container_ready(settings)
     settings = for_batch(settings, batch)
     store = StateStore.open(settings)
     admit(settings, store, batch)
     for outcome in recover(settings, request_ids=batch.request_ids, echo=lambda line: print(line, flush=True)):
         if set(batch.request_ids) <= set(outcome.request_ids):
             return outcome
-    started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, "kfp.local", explicit)
+    started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, runner, explicit)
     if isinstance(started, RunOutcome):
         return started
-    return _execute_local(started)
+    return _execute_local(started, runner)
+
+
+def check_container_ready(settings: Settings) -> None:
+    """Containers share no folder with this machine: every piece of state must be a service."""
+    problems = []
+    if not settings.stateless:
+        problems.append("no git_remote (the workspace repository's URL)")
+    if not settings.dvc_remote:
+        problems.append("no DVC remote (s3_bucket or dvc_remote_url)")
+    if not (settings.mlflow_tracking_uri or "").startswith(("http://", "https://")):
+        problems.append("MLflow is not a tracking server (mlflow_tracking_uri http://...)")
+    if not settings.state_db_url or settings.state_db_url.startswith("sqlite"):
+        problems.append("the state database is not a server (state_db_url postgresql://...)")
+    if problems:
+        raise UnlearnError(
+            "the container runner needs the stack's services: "
+            + "; ".join(problems)
+            + " -- start them with `unlearn stack up` and `source .stack/env`"
+        )
+
+
+def _container_runner(settings: Settings, env: dict[str, str]) -> Any:
+    from kfp import local
+    from unlearn_lib.containers import image_info, podman_socket
+
+    os.environ["DOCKER_HOST"] = podman_socket()
+    info = image_info()
+    passed = {k: v for k in _CONTAINER_ENV if (v := os.environ.get(k))}
+    passed |= env | {"UNLEARN_IMAGE_DIGEST": info.get("digest", ""), "UNLEARN_IMAGE": info.get("image", "")}
+    # Host networking: the stack listens on 127.0.0.1; nothing of this machine's disk is mounted
+    # except kfp's pipeline root (the DAG's artifacts).
+    return local.DockerRunner(network_mode="host", environment=passed), info
+
+
+# What a container step gets from this process's environment (a cluster's pods get it from Secrets).
+_CONTAINER_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "UNLEARN_FAILPOINTS",
+    "UNLEARN_FAILPOINT_DIR",
+)
 
 
 @contextlib.contextmanager
@@ -510,23 +585,35 @@ def _environment(values: dict[str, str]) -> Any:
                 os.environ[k] = v
 
 
-def _execute_local(started: Launch) -> RunOutcome:
+def _execute_local(started: Launch, runner: str = SUBPROCESS) -> RunOutcome:
     from kfp import local
 
-    from pipelines.compliance import compliance_pipeline
+    from pipelines.compliance import compliance_pipeline, using_image
 
     settings = started.settings
     store = StateStore.open(settings)
+    run = store.get_run(started.run_id)
+    lineage_run_id = run.lineage_run_id if run else started.run_id
     # One pipeline root per run: a resumed attempt's leftovers are found (and swept) by run.
     root = settings.workspace_path / "runs" / "kfp" / started.run_id
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False)
+    image, umask = None, None
+    if runner == CONTAINER:
+        kfp_runner, info = _container_runner(settings, settings.step_environment())
+        image = info["ref"]
+        # The steps run as the image's non-root user and write their outputs under the root.
+        root.chmod(0o777)
+        umask = os.umask(0)
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=False)
     # The steps' own output (executor inputs, library logs) goes to a log file beside the run;
     # the console keeps kfp's one line per task.
-    log_path = settings.workspace_path / "runs" / f"{started.lineage_run_id}.log"
+    log_path = settings.workspace_path / "runs" / f"{lineage_run_id}.log"
     lease = model_lease(settings.model_name)
     with (
-        _environment(settings.step_environment()),
+        using_image(compliance_pipeline, image),
+        _environment(settings.step_environment() if runner == SUBPROCESS else {}),
         open(log_path, "w") as log,
         contextlib.redirect_stdout(_ProgressTee(log, sys.stdout)),
         warnings.catch_warnings(),
@@ -536,15 +623,17 @@ def _execute_local(started: Launch) -> RunOutcome:
         # and the project image, whose code the local runner imports from this environment.
         warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
         warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
-        compliance_pipeline(**started.arguments)
+        try:
+            compliance_pipeline(**started.arguments)
+        finally:
+            if umask is not None:
+                os.umask(umask)
     run = store.get_run(started.run_id)
     if run is not None and run.state == RUN_RUNNING:
         # The exit handler itself did not finish: the run is interrupted, to be resumed.
         from unlearn_lib.compliance.steps import StepContext, fail_run
 
-        ctx = StepContext.parse(
-            started.arguments["settings_json"], started.arguments["batch_json"], started.lineage_run_id
-        )
+        ctx = StepContext.parse(settings.for_steps(), started.run_id)
         fail_run(ctx, run, None, "the pipeline ended without recording an outcome", True)
     store.release_lease(lease, started.run_id)
     outcome = outcome_of(settings, started.run_id)

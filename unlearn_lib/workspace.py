@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .data.manifest import Dataset, load_dataset
 from .errors import UnlearnError
@@ -45,11 +46,16 @@ class WorkspaceError(UnlearnError):
 
 
 def project_file(name: str) -> Path:
-    """``dvc.yaml`` and ``params.yaml`` at the project root are the workspace's templates."""
-    path = Path(__file__).resolve().parents[1] / name
-    if not path.is_file():
-        raise WorkspaceError(f"template {name} not found beside the unlearn_lib package ({path})")
-    return path
+    """``dvc.yaml`` and ``params.yaml`` at the project root are the workspace's templates.
+
+    The root's are the source of truth; an installed package (the image) carries copies of them
+    made at build time (``infra/Dockerfile``), found inside the package.
+    """
+    package = Path(__file__).resolve().parent
+    for path in (package.parent / name, package / name):
+        if path.is_file():
+            return path
+    raise WorkspaceError(f"template {name} found neither beside the unlearn_lib package nor in it ({package})")
 
 
 class Workspace:
@@ -227,7 +233,7 @@ class Workspace:
             tree = Workspace(wt, self.dataset_path)
             tree.dvc("cache", "dir", "--local", cache)
             source = str(Path(self.dataset_path).parent / "source")
-            tree.dvc("checkout", source)
+            self._bring(tree, source)
             entry = {
                 "request_ids": request_ids,
                 "targets": targets,
@@ -242,10 +248,22 @@ class Workspace:
             tree.git("add", "-A")
             tree.git("commit", "-q", "-m", f"purge {', '.join(request_ids)}: {forget_set_sha256[:12]} (run {run_id})")
             sha = tree.head()
+            self._share(tree, sha, ref)
             self.git("update-ref", ref, sha)
         finally:
             self.drop_worktree(run_id)
         return sha
+
+    def _bring(self, tree: Workspace, target: str) -> None:
+        """Put ``target``'s data in the worktree (here: from the shared local DVC cache)."""
+        tree.dvc("checkout", target)
+
+    def _share(self, tree: Workspace, sha: str, ref: str) -> None:
+        """Make a prepared revision visible to the run's other steps (here they share the repository)."""
+
+    def run_ref_sha(self, run_id: str) -> str | None:
+        """The revision a run prepared, if it is still there."""
+        return self.ref_sha(run_ref(run_id))
 
     def drop_run_ref(self, run_id: str) -> None:
         """Forget a run's prepared (never published) dataset version."""
@@ -276,6 +294,168 @@ class Workspace:
 
 
 SERVED_REF = "refs/heads/main"
+_REMOTE_MAIN = "refs/remotes/origin/main"
+DVC_REMOTE_NAME = "unlearn"
+
+
+class RemoteWorkspace(Workspace):
+    """The workspace repository reached over the network: a clone of ``git_remote`` with the DVC
+    remote on S3, for steps that share no folder with anyone (containers, pods).
+
+    The clone lives in a scratch folder and is only a cache: every read of the served revision
+    asks the remote, a prepared purge is pushed to the run's ref on the remote (its new DVC
+    objects first), and publishing is a compare-and-set push of ``main``
+    (``--force-with-lease=main:<expected>``: receive-pack updates the ref only if it still
+    holds the expected revision, so two publishers cannot both win).
+    """
+
+    def __init__(
+        self,
+        remote: str,
+        root: str | os.PathLike[str],
+        dataset_path: str = "data/digits",
+        dvc_remote: str | None = None,
+        s3_endpoint_url: str | None = None,
+    ) -> None:
+        super().__init__(root, dataset_path)
+        self.remote, self.dvc_remote, self.s3_endpoint_url = remote, dvc_remote, s3_endpoint_url
+        self._fetched = False
+
+    @classmethod
+    def open(cls, settings: Any) -> RemoteWorkspace:
+        import hashlib
+        import tempfile
+
+        if not settings.git_remote:
+            raise WorkspaceError("no git_remote is configured for a stateless step")
+        if not settings.dvc_remote:
+            raise WorkspaceError("no DVC remote: set dvc_remote_url (or s3_bucket) with git_remote")
+        scratch = Path(settings.scratch_dir or Path(tempfile.gettempdir()) / "unlearn-scratch")
+        key = hashlib.sha256(settings.git_remote.encode()).hexdigest()[:12]
+        ws = cls(
+            settings.git_remote,
+            scratch / "workspaces" / key,
+            settings.dataset_path,
+            settings.dvc_remote,
+            settings.s3_endpoint_url,
+        )
+        ws.ensure_clone()
+        return ws
+
+    def _remote_error(self, what: str, err: WorkspaceError) -> WorkspaceError:
+        from .redact import redact_url
+
+        return WorkspaceError(f"{what} on the workspace remote {redact_url(self.remote)} failed: {err}")
+
+    def ensure_clone(self) -> None:
+        if not (self.root / ".git").exists():
+            partial = self.root.with_name(f".{self.root.name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run(
+                ["git", "clone", "-q", "--branch", "main", self.remote, str(partial)], capture_output=True, text=True, env=self._env()
+            )
+            if proc.returncode != 0:
+                from .redact import redact_text
+
+                shutil.rmtree(partial, ignore_errors=True)
+                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
+                raise WorkspaceError(f"cannot clone the workspace repository: {redact_text(lines[-1])}")
+            shutil.rmtree(self.root, ignore_errors=True)
+            os.replace(partial, self.root)
+        self._configure_dvc(self)
+
+    def _configure_dvc(self, tree: Workspace) -> None:
+        # config.local, never committed: where the data is and how to reach it belong to the
+        # deployment (the endpoint differs between a laptop and a cluster), not to the dataset.
+        tree.dvc("remote", "add", "--local", "-f", "-d", DVC_REMOTE_NAME, self.dvc_remote or "")
+        if self.s3_endpoint_url:
+            tree.dvc("remote", "modify", "--local", DVC_REMOTE_NAME, "endpointurl", self.s3_endpoint_url)
+
+    def fetch(self) -> None:
+        try:
+            self.git("fetch", "-q", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*",
+                     "+refs/unlearn/*:refs/unlearn/*")
+        except WorkspaceError as err:
+            raise self._remote_error("git fetch", err) from None
+        self._fetched = True
+
+    def resolve(self, rev: str) -> str:
+        # HEAD of a clone is whatever was checked out when it was made; the remote's main is served.
+        name = _REMOTE_MAIN if rev in ("HEAD", "main", SERVED_REF) else rev
+        if not self._fetched or name == _REMOTE_MAIN:
+            self.fetch()
+        try:
+            return super().resolve(name)
+        except WorkspaceError:
+            self.fetch()  # another step pushed it since this clone last looked
+            return super().resolve(name)
+
+    def head(self) -> str:
+        return self.resolve("HEAD")
+
+    def served(self) -> str:
+        try:
+            out = self.git("ls-remote", "origin", SERVED_REF)
+        except WorkspaceError as err:
+            raise self._remote_error("git ls-remote", err) from None
+        if not out.strip():
+            raise WorkspaceError(f"the workspace remote has no {SERVED_REF}")
+        return out.split()[0]
+
+    def _bring(self, tree: Workspace, target: str) -> None:
+        self._configure_dvc(tree)
+        tree.dvc("pull", "-q", target)
+
+    def _share(self, tree: Workspace, sha: str, ref: str) -> None:
+        tree.dvc("push", "-q", "purge")
+        try:
+            tree.git("push", "-q", "-f", "origin", f"{sha}:{ref}")
+        except WorkspaceError as err:
+            raise self._remote_error("git push", err) from None
+
+    def run_ref_sha(self, run_id: str) -> str | None:
+        self.fetch()
+        return super().run_ref_sha(run_id)
+
+    def drop_run_ref(self, run_id: str) -> None:
+        ref = run_ref(run_id)
+        if self.git("ls-remote", "origin", ref).strip():
+            try:
+                self.git("push", "-q", "origin", f":{ref}")
+            except WorkspaceError as err:
+                raise self._remote_error("git push --delete", err) from None
+        super().drop_run_ref(run_id)
+
+    def publish(self, purged_rev: str, expected_rev: str) -> str:
+        purged, expected = self.resolve(purged_rev), self.resolve(expected_rev)
+        head = self.served()
+        if head == purged:
+            return purged
+        if head != expected:
+            raise WorkspaceError(
+                f"the served dataset moved from {expected[:12]} to {head[:12]} during the run; rerun the request"
+            )
+        try:
+            self.git("push", "-q", f"--force-with-lease={SERVED_REF}:{expected}", "origin", f"{purged}:{SERVED_REF}")
+        except WorkspaceError:
+            head = self.served()
+            if head == purged:
+                return purged
+            raise WorkspaceError(
+                f"the served dataset moved from {expected[:12]} to {head[:12]} during the run; rerun the request"
+            ) from None
+        self.fetch()
+        return purged
+
+
+def open_workspace(settings: Any) -> Workspace:
+    """The workspace the settings name: the local folder, or the remote repository for stateless steps."""
+    if getattr(settings, "git_remote", None):
+        return RemoteWorkspace.open(settings)
+    return Workspace(settings.workspace, settings.dataset_path)
+
+
 _PARTIAL = re.compile(r"\.partial-(\d+)(?=-|$)|\.partial$")
 
 

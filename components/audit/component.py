@@ -8,30 +8,28 @@ from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output
 from components import IMAGE
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def audit(
-    settings_json: str,
-    batch_json: str,
-    lineage_run_id: str,
+    run_id: str,
+    settings: dict,
     dataset_rev: str,
     purged_rev: str,
     forget_set_sha256: str,
     parent_version: str,
-    audit_params_json: str,
+    audit_params: dict,
     model: Input[Model],
     report: Output[HTML],
     audit_record: Output[Artifact],
     metrics: Output[Metrics],
 ) -> NamedTuple("AuditOutputs", [("verdict", str)]):
     """Audit the unlearned model against its parent version; the report is self-contained HTML."""
-    import json
     import shutil
     from collections import namedtuple
     from pathlib import Path
 
     from unlearn_lib.compliance import StepContext, audit_step
 
-    ctx = StepContext.parse(settings_json, batch_json, lineage_run_id)
+    ctx = StepContext.parse(settings, run_id)
     out = audit_step(
         ctx,
         dataset_rev,
@@ -39,7 +37,7 @@ def audit(
         forget_set_sha256,
         model.path,
         parent_version,
-        json.loads(audit_params_json),
+        audit_params,
         audit_record.path,
     )
     shutil.copy(Path(audit_record.path) / "report_inline.html", report.path)

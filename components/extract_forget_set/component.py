@@ -8,12 +8,12 @@ from kfp.dsl import Dataset, Output
 from components import IMAGE
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def extract_forget_set(
-    settings_json: str,
-    batch_json: str,
-    lineage_run_id: str,
+    run_id: str,
+    settings: dict,
     dataset_rev: str,
+    kfp_run_id: str,
     forget: Output[Dataset],
     retain: Output[Dataset],
     holdout: Output[Dataset],
@@ -26,8 +26,8 @@ def extract_forget_set(
 
     from unlearn_lib.compliance import StepContext, extract_step
 
-    ctx = StepContext.parse(settings_json, batch_json, lineage_run_id)
-    out = extract_step(ctx, dataset_rev, forget.path, retain.path, holdout.path, purged.path)
+    ctx = StepContext.parse(settings, run_id)
+    out = extract_step(ctx, dataset_rev, forget.path, retain.path, holdout.path, purged.path, kfp_run_id)
     forget.metadata.update(
         {
             "records": out["forget"],

@@ -8,11 +8,10 @@ from kfp.dsl import Artifact, Input, Model
 from components import IMAGE
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
-    settings_json: str,
-    batch_json: str,
-    lineage_run_id: str,
+    run_id: str,
+    settings: dict,
     dataset_rev: str,
     purged_rev: str,
     forget_set_sha256: str,
@@ -26,7 +25,7 @@ def register(
 
     from unlearn_lib.compliance import StepContext, register_step
 
-    ctx = StepContext.parse(settings_json, batch_json, lineage_run_id)
+    ctx = StepContext.parse(settings, run_id)
     out = register_step(
         ctx, model.path, audit_record.path, parent_version, dataset_rev, purged_rev, forget_set_sha256, algorithm
     )

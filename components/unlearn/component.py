@@ -8,27 +8,25 @@ from kfp.dsl import Dataset, Input, Model, Output
 from components import IMAGE
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def unlearn(
-    settings_json: str,
-    batch_json: str,
-    lineage_run_id: str,
+    run_id: str,
+    settings: dict,
     dataset_rev: str,
     forget_set_sha256: str,
     algorithm: str,
-    options_json: str,
+    options: dict,
     forget: Input[Dataset],
     retain: Input[Dataset],
     model: Output[Model],
 ) -> NamedTuple("UnlearnOutputs", [("parent_version", str), ("steps", int)]):
     """Unlearn the forget set from ``models:/NAME@production``; checkpoints let a restarted pod resume."""
-    import json
     from collections import namedtuple
 
     from unlearn_lib.compliance import StepContext, unlearn_step
 
-    ctx = StepContext.parse(settings_json, batch_json, lineage_run_id)
-    out = unlearn_step(ctx, dataset_rev, forget_set_sha256, algorithm, json.loads(options_json), model.path)
+    ctx = StepContext.parse(settings, run_id)
+    out = unlearn_step(ctx, dataset_rev, forget_set_sha256, algorithm, options, model.path)
     model.metadata.update(
         {
             "algorithm": algorithm,

@@ -41,7 +41,7 @@ def test_compiled_ir_matches_the_committed_golden_copy(tmp_path):
 
 
 def test_dag_shape():
-    spec = yaml.safe_load(GOLDEN.read_text())
+    spec = next(yaml.safe_load_all(GOLDEN.read_text()))
     outer = spec["root"]["dag"]["tasks"]
     assert outer["record-outcome"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
@@ -51,6 +51,53 @@ def test_dag_shape():
     assert inner["unlearn"]["retryPolicy"]["maxRetryCount"] == 2
     resources = spec["deploymentSpec"]["executors"]["exec-unlearn"]["container"]["resources"]
     assert resources["accelerator"]["resourceCount"] == "1"
+
+
+def test_the_compiled_dag_is_for_a_cluster_typed_and_without_host_paths():
+    text = GOLDEN.read_text()
+    pipeline_spec, platform_spec = yaml.safe_load_all(text)
+    # Typed parameters make the Kubeflow UI's run form usable.
+    params = pipeline_spec["root"]["inputDefinitions"]["parameters"]
+    assert {k: v["parameterType"] for k, v in params.items()} == {
+        "run_id": "STRING",
+        "request_ids": "LIST",
+        "dataset_rev": "STRING",
+        "algorithm": "STRING",
+        "options": "STRUCT",
+        "audit_params": "STRUCT",
+        "settings": "STRUCT",
+    }
+    # Nothing of this machine: no folder, no user, no local settings.
+    for needle in ("/work/", "/tmp/", "/home/", "/root", "workspace/", "sqlite:", "127.0.0.1"):
+        assert needle not in text, needle
+    executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(pipeline_spec["deploymentSpec"]["executors"])
+    for name, ex in executors.items():
+        assert ex["configMapAsEnv"][0]["configMapName"] == "unlearn-settings", name
+        secrets = {s["secretName"]: s for s in ex["secretAsEnv"]}
+        assert set(secrets) == {"unlearn-s3", "unlearn-state-db", "unlearn-mlflow-auth"}, name
+        assert secrets["unlearn-mlflow-auth"]["optional"] is True and secrets["unlearn-s3"]["optional"] is False
+        assert int(ex["activeDeadlineSeconds"]) > 0 and ex["securityContext"]["runAsNonRoot"] is True
+    gpu = {name for name, ex in executors.items() if "nodeSelector" in ex}
+    assert gpu == {"exec-unlearn", "exec-audit"}
+    assert executors["exec-unlearn"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    audit_res = pipeline_spec["deploymentSpec"]["executors"]["exec-audit"]["container"]["resources"]
+    assert audit_res["accelerator"]["resourceCount"] == "1"
+    # The Kubeflow run's ID reaches the MLflow parent run.
+    assert "{{$.pipeline_job_uuid}}" in text
+
+
+def test_compile_for_an_image_digest_and_a_cluster_without_gpus(tmp_path):
+    from pipelines.compliance import ClusterOptions, compliance_pipeline, executor_images
+
+    image = "registry.example/unlearn@sha256:" + "a" * 64
+    before = executor_images(compliance_pipeline)
+    out = compile_pipeline(tmp_path / "c.yaml", image=image, opts=ClusterOptions(audit_on_gpu=False))
+    spec, platform = yaml.safe_load_all(out.read_text())
+    assert {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()} == {image}
+    assert executor_images(compliance_pipeline) == before  # the module's pipeline is left as it was
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "nodeSelector" not in executors["exec-audit"] and "nodeSelector" in executors["exec-unlearn"]
 
 
 @pytest.fixture(scope="module")
@@ -294,19 +341,20 @@ def test_submit_sends_the_compiled_package_to_kfp(workspace, monkeypatch, postgr
     ((package, arguments, run_name, caching),) = calls
     assert run_id == "kfp-run-1" and package == str(GOLDEN) and caching is False
     assert set(arguments) == {
-        "settings_json",
-        "batch_json",
-        "lineage_run_id",
+        "run_id",
+        "request_ids",
         "dataset_rev",
         "algorithm",
-        "options_json",
-        "audit_params_json",
+        "options",
+        "audit_params",
+        "settings",
     }
     assert "never-in-arguments" not in json.dumps(arguments) and password not in json.dumps(arguments)
-    assert json.loads(arguments["settings_json"])["state_db_url"] == postgres_url.replace(f":{password}@", "@")
+    # A cluster's steps read their settings from the ConfigMap and Secrets, not from the run's arguments.
+    assert arguments["settings"] == {} and arguments["request_ids"] == ["REQ-KFP"]
     assert arguments["dataset_rev"] == Workspace(workspace).head()
     client = client_for(settings)
-    parent = client.get_run(arguments["lineage_run_id"])
+    parent = client.get_run(StateStore.open(settings).get_run(arguments["run_id"]).lineage_run_id)
     assert parent.data.tags["unlearn.runner"] == "kfp" and run_name == "compliance-REQ-KFP"
     assert password not in json.dumps(parent.data.params) and "***@" in parent.data.params["settings"]
     # The run is recorded and holds the model's lease for the cluster's steps (they renew it).

@@ -1,13 +1,15 @@
 """The four steps of a compliance run, and the exit handler, as library functions.
 
-A run is one row of the state database (``runs``), created before the DAG starts and found
-by each step through its MLflow parent run ID. Every step
+A run is one row of the state database (``runs``), created before the DAG starts and passed
+to each step by its ID; the run's requests, model and MLflow parent run are read from there.
+Every step
 
 - checks that its run still holds the model's lease (a run that lost it to another stops),
   and keeps the lease alive while it works;
 - reuses what an earlier attempt of the same run finished (a killed run resumes from its last
   finished step: the purged revision on the run's ref, the unlearned model and the audit kept
-  under ``checkpoints/<run>/``, the unlearning checkpoints themselves);
+  under ``checkpoints/<run>/`` -- a workspace folder, or the object store for stateless steps --
+  and the unlearning checkpoints themselves);
 - records its outputs, or its error, in the run row.
 
 Nothing a user sees changes before the register step: the purged dataset version lives on
@@ -22,8 +24,8 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,8 @@ from ..state import (
     model_lease,
 )
 from ..utils import write_json
-from ..workspace import Workspace
+from ..workspace import Workspace, open_workspace
+from .runfiles import RunFiles, cache_root
 
 STEPS = ("extract_forget_set", "unlearn", "audit", "register")
 
@@ -71,30 +74,69 @@ def error_line(err: BaseException) -> str:
     return redact(f"{type(err).__name__}: {first}" if not isinstance(err, UnlearnError) else first)[:1000]
 
 
+def step_settings(settings: Mapping[str, Any] | str | None) -> Settings:
+    """A step's settings: exactly those given (a local run passes them), else the environment's.
+
+    On a cluster the pipeline passes none: the ``unlearn-settings`` ConfigMap and the Secrets
+    are the step's environment, read the way ``unlearn`` reads them anywhere.
+    """
+    if isinstance(settings, str):
+        settings = json.loads(settings or "{}")
+    return Settings.from_public(settings) if settings else Settings.load()
+
+
 @dataclass
 class StepContext:
     settings: Settings
+    run_id: str
     batch: DeletionBatch
     lineage_run_id: str
+    _workspace: Workspace | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, settings_json: str, batch_json: str, lineage_run_id: str) -> StepContext:
-        return cls(Settings.from_public(json.loads(settings_json)), DeletionBatch.from_json(batch_json), lineage_run_id)
+    def parse(cls, settings: Mapping[str, Any] | str | None, run_id: str) -> StepContext:
+        s = step_settings(settings)
+        store = StateStore.open(s)
+        run = store.get_run(run_id)
+        if run is None:
+            from ..redact import redact_url
+
+            raise StateError(f"no compliance run {run_id} in the state database {redact_url(store.url)}")
+        if not run.lineage_run_id:
+            raise StateError(f"run {run_id} has no MLflow parent run; it was not started by `unlearn`")
+        requests = [store.get_request(rid) for rid in run.ids]
+        missing = [rid for rid, row in zip(run.ids, requests, strict=True) if row is None]
+        if missing:
+            raise StateError(f"run {run_id} names unknown requests {', '.join(missing)}")
+        batch = DeletionBatch(tuple(row.request for row in requests))  # type: ignore[union-attr]
+        return cls(s, run_id, batch, run.lineage_run_id)
 
     @property
     def workspace(self) -> Workspace:
-        return Workspace(self.settings.workspace, self.settings.dataset_path)
+        if self._workspace is None:
+            self._workspace = open_workspace(self.settings)
+        return self._workspace
 
     @property
     def store(self) -> StateStore:
         return StateStore.open(self.settings)
 
     def run(self) -> RunRow:
-        return self.store.run_by_lineage(self.lineage_run_id)
+        run = self.store.get_run(self.run_id)
+        if run is None:
+            raise StateError(f"run {self.run_id} is gone from the state database")
+        return run
 
-    def run_dir(self, run_id: str) -> Path:
+    def files(self, run_id: str) -> RunFiles:
         """What a run keeps between attempts: unlearning checkpoints, the finished model and audit."""
-        return self.settings.workspace_path / "checkpoints" / run_id
+        return RunFiles(self.settings, run_id)
+
+    @property
+    def dataset_source(self) -> str:
+        """Where the dataset's versions live, as lineage names it (never with a password)."""
+        from ..redact import redact_url
+
+        return redact_url(self.settings.git_remote) if self.settings.git_remote else str(self.workspace.root)
 
     def dataset(self, rev: str) -> Dataset:
         return self.workspace.dataset(rev)
@@ -110,11 +152,16 @@ class StepContext:
         return ds, sel
 
     def tags(self, run_id: str) -> dict[str, str]:
+        from ..containers import container_identity
+
+        # In a container: which one ran the step (its ID and image digest), for the audit trail.
+        where = {f"container.{k}": v for k, v in container_identity().items() if v}
         return {
             "request_ids": ",".join(self.batch.request_ids),
             "batch_id": self.batch.batch_id,
             "pipeline_run_id": self.lineage_run_id,
             "run_id": run_id,
+            **where,
         }
 
 
@@ -173,31 +220,26 @@ def _write_ids(folder: str | os.PathLike[str], rev: str, records: list, extra: d
     )
 
 
-def _keep(src: str | os.PathLike[str], dest: Path) -> None:
-    """Copy a finished output into the run's folder, complete or absent."""
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-
-
-def _restore(kept: Path, dest: str | os.PathLike[str]) -> None:
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(kept, dest)
-
-
 # ---- 1. extract_forget_set ----------------------------------------------------------------------
 
 
 def extract_step(
-    ctx: StepContext, dataset_rev: str, forget_dir: str, retain_dir: str, holdout_dir: str, purged_dir: str
+    ctx: StepContext,
+    dataset_rev: str,
+    forget_dir: str,
+    retain_dir: str,
+    holdout_dir: str,
+    purged_dir: str,
+    kfp_run_id: str = "",
 ) -> dict[str, Any]:
-    from ..tracking import log_dataset, step_run
+    from ..tracking import client_for, log_dataset, step_run
 
     with guarded(ctx, "extract_forget_set") as run:
         ws = ctx.workspace
         rev = ws.resolve(run.dataset_rev or dataset_rev)
+        if kfp_run_id:
+            # The Kubeflow run that executes this compliance run, on its MLflow parent run.
+            client_for(ctx.settings).set_tag(ctx.lineage_run_id, "kfp.run_id", kfp_run_id)
         with step_run(ctx.settings, ctx.lineage_run_id, "extract_forget_set", ctx.tags(run.run_id)):
             import mlflow
 
@@ -215,7 +257,7 @@ def extract_step(
                 }
             )
             name = Path(ctx.settings.dataset_path).name
-            log_dataset(f"{name}@{rev[:8]}", str(ws.root), ws.dataset_path, rev, ds.digest(), "source", len(ds))
+            log_dataset(f"{name}@{rev[:8]}", ctx.dataset_source, ws.dataset_path, rev, ds.digest(), "source", len(ds))
             _write_ids(
                 forget_dir,
                 rev,
@@ -231,7 +273,7 @@ def extract_step(
             purged_digest = purged.digest()
             log_dataset(
                 f"{name}@{purged_rev[:8]}",
-                str(ws.root),
+                ctx.dataset_source,
                 ws.dataset_path,
                 purged_rev,
                 purged_digest,
@@ -264,7 +306,7 @@ def _registry_model(ctx: StepContext, version: str) -> Path:
 
     client = configure(ctx.settings)
     name = ctx.settings.model_name
-    dest = ctx.settings.workspace_path / "registry-cache" / name / f"v{version}"
+    dest = cache_root(ctx.settings) / name / f"v{version}"
     if not (dest / "unlearn_model.json").is_file():
         download_version(client, name, version, dest)
     return dest
@@ -281,12 +323,16 @@ def unlearn_step(
 
     with guarded(ctx, "unlearn") as run:
         parent_version = str(run.parent_version)
-        kept = ctx.run_dir(run.run_id) / "model"
+        files = ctx.files(run.run_id)
         done = run.steps.get("unlearn")
         with step_run(ctx.settings, ctx.lineage_run_id, "unlearn", ctx.tags(run.run_id)):
-            if done and (kept / "unlearn_model.json").is_file() and model_digest(kept) == done["model_sha256"]:
+            if (
+                done
+                and files.restore("model", model_dir)
+                and (Path(model_dir) / "unlearn_model.json").is_file()
+                and model_digest(model_dir) == done["model_sha256"]
+            ):
                 # An earlier attempt of this run finished unlearning: reuse its model.
-                _restore(kept, model_dir)
                 mlflow.set_tag("unlearn.reused_from_attempt", "true")
                 out = {k: done[k] for k in ("parent_version", "steps", "seconds", "stop")}
             else:
@@ -302,7 +348,7 @@ def unlearn_step(
                 name = Path(ctx.settings.dataset_path).name
                 log_dataset(
                     f"{name}-retain@{dataset_rev[:8]}",
-                    str(ctx.workspace.root),
+                    ctx.dataset_source,
                     ctx.workspace.dataset_path,
                     dataset_rev,
                     sel.forget_set_sha256(),
@@ -310,17 +356,18 @@ def unlearn_step(
                     len(sel.retain),
                 )
                 # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
-                result, record = erase(
-                    base_dir,
-                    ds.root,
-                    ctx.batch.targets,
-                    algorithm,
-                    model_dir,
-                    overrides=options,
-                    overwrite=True,
-                    progress=False,
-                    checkpoint_dir=ctx.run_dir(run.run_id) / "unlearn-checkpoints",
-                )
+                with files.checkpoints() as checkpoint_dir:
+                    result, record = erase(
+                        base_dir,
+                        ds.root,
+                        ctx.batch.targets,
+                        algorithm,
+                        model_dir,
+                        overrides=options,
+                        overwrite=True,
+                        progress=False,
+                        checkpoint_dir=checkpoint_dir,
+                    )
                 mlflow.log_metrics({"unlearning_steps": result.steps, "unlearning_seconds": result.seconds})
                 for key in ("loss_r", "loss_f", "lam"):
                     values = result.history.get(key, [])
@@ -336,7 +383,7 @@ def unlearn_step(
                     "seconds": result.seconds,
                     "stop": (result.stop or {}).get("reason", ""),
                 }
-                _keep(model_dir, kept)
+                files.keep("model", model_dir)
         ctx.store.finish_step(run.run_id, "unlearn", out | {"model_sha256": model_digest(model_dir)})
     return out
 
@@ -348,7 +395,7 @@ def _evaluator(ctx: StepContext, ds: Dataset) -> Path:
     """One evaluator per dataset version, kept in the workspace so re-audits share the judge."""
     from ..audit import train_evaluator
 
-    dest = ctx.settings.workspace_path / "registry-cache" / "evaluators" / ds.digest()[:16]
+    dest = cache_root(ctx.settings) / "evaluators" / ds.digest()[:16]
     if not (dest / "evaluator.json").is_file():
         tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -376,13 +423,17 @@ def audit_step(
     from ..unlearning.run import model_digest
 
     with guarded(ctx, "audit") as run:
-        kept = ctx.run_dir(run.run_id) / "audit"
+        files = ctx.files(run.run_id)
         done = run.steps.get("audit")
         digest = model_digest(model_dir)
         with step_run(ctx.settings, ctx.lineage_run_id, "audit", ctx.tags(run.run_id)):
-            if done and done.get("model_sha256") == digest and (kept / "audit.json").is_file():
-                _restore(kept, audit_dir)
-                record = json.loads((kept / "audit.json").read_text())
+            if (
+                done
+                and done.get("model_sha256") == digest
+                and files.restore("audit", audit_dir)
+                and (Path(audit_dir) / "audit.json").is_file()
+            ):
+                record = json.loads((Path(audit_dir) / "audit.json").read_text())
                 metrics = done["metrics"]
                 mlflow.set_tag("unlearn.reused_from_attempt", "true")
             else:
@@ -405,7 +456,7 @@ def audit_step(
                 )
                 record = result.record
                 metrics = {f"audit.{m.name}": m.value for m in result.metrics if m.value is not None}
-                _keep(audit_dir, kept)
+                files.keep("audit", audit_dir)
             passed = record["verdict"] == "pass"
             mlflow.log_metrics(metrics | {"audit.passed": float(passed)})
             mlflow.set_tag("unlearn.audit_verdict", record["verdict"])
@@ -471,12 +522,14 @@ def register_step(
             mv = _run_version(client, name, run.run_id)
             created = mv is None
             if mv is None:
-                mlflow.log_artifacts(model_dir, artifact_path="model")
+                from ..tracking.pyfunc import log_model_folder
+
+                log_model_folder(model_dir, artifact_path="model")
                 name_ds = Path(ctx.settings.dataset_path).name
                 for rev, context in ((dataset_rev, "source"), (purged_rev, "purged")):
                     ds = ws.dataset(rev)
                     log_dataset(
-                        f"{name_ds}@{rev[:8]}", str(ws.root), ws.dataset_path, rev, ds.digest(), context, len(ds)
+                        f"{name_ds}@{rev[:8]}", ctx.dataset_source, ws.dataset_path, rev, ds.digest(), context, len(ds)
                     )
                 tags = {
                     "request_ids": ",".join(ctx.batch.request_ids),
@@ -565,14 +618,14 @@ def register_step(
             mlflow.set_tags({"unlearn.version": version, "unlearn.alias": PRODUCTION})
             store.complete(run.run_id, ctx.batch.request_ids, version, evidence)
         ws.drop_run_ref(run.run_id)
-        shutil.rmtree(ctx.run_dir(run.run_id), ignore_errors=True)
+        ctx.files(run.run_id).drop()
     return {"version": version, "alias": PRODUCTION, "verdict": audit["verdict"], "reused": False}
 
 
 # ---- exit handler ---------------------------------------------------------------------------------
 
 
-def finalize_step(ctx: StepContext, state: str, error_message: str = "") -> dict[str, Any]:
+def finalize_step(ctx: StepContext, state: str, error_message: str = "", kfp_run_id: str = "") -> dict[str, Any]:
     """Close the run: its row first (the record of truth), then the MLflow parent run, then the lease.
 
     A step that died without recording its failure (killed, out of memory) leaves the run
@@ -592,6 +645,8 @@ def finalize_step(ctx: StepContext, state: str, error_message: str = "") -> dict
     }
     if run.version:
         tags["unlearn.version"] = run.version
+    if kfp_run_id:
+        tags["kfp.run_id"] = kfp_run_id
     if not ok:
         tags["unlearn.failed_step"] = run.failed_step or "unknown"
         if run.error:

@@ -44,6 +44,8 @@ class ArtifactStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def upload_dir(self, local: str | os.PathLike[str], key: str) -> str: ...
     def download_dir(self, key: str, local: str | os.PathLike[str]) -> Path: ...
+    def children(self, key: str) -> list[str]: ...
+    def delete(self, key: str) -> int: ...
 
 
 class LocalStore:
@@ -76,6 +78,22 @@ class LocalStore:
             raise StorageError(f"{self.uri(key)} is absent or incomplete")
         shutil.copytree(self.root / key, local, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
         return Path(local)
+
+    def children(self, key: str) -> list[str]:
+        """Names of the complete folders directly under ``key``."""
+        base = self.root / key
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / MARKER).is_file())
+
+    def delete(self, key: str) -> int:
+        """Remove everything under ``key``; returns how many files went."""
+        base = self.root / key
+        if not base.exists():
+            return 0
+        n = sum(1 for p in base.rglob("*") if p.is_file())
+        shutil.rmtree(base, ignore_errors=True)
+        return n
 
 
 class S3Store:
@@ -177,6 +195,36 @@ class S3Store:
         except (BotoCoreError, ClientError) as err:
             raise self._fail("download", err) from None
         return dst
+
+
+    def children(self, key: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = f"{self._key(key)}/"
+        names: list[str] = []
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                names += [c["Prefix"][len(prefix) :].rstrip("/") for c in page.get("CommonPrefixes", [])]
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("list", err) from None
+        return sorted(n for n in names if self.exists(f"{key.strip('/')}/{n}"))
+
+    def delete(self, key: str) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix, n = f"{self._key(key)}/", 0
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                    n += len(keys)
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("delete", err) from None
+        return n
 
 
 def store_from_settings(settings: Settings) -> ArtifactStore:

@@ -12,7 +12,8 @@ from components.extract_forget_set import extract_forget_set
 
 def test_interface(tmp_path):
     spec = extract_forget_set.component_spec
-    assert set(spec.inputs) == {"settings_json", "batch_json", "lineage_run_id", "dataset_rev"}
+    assert set(spec.inputs) == {"run_id", "settings", "dataset_rev", "kfp_run_id"}
+    assert spec.inputs["settings"].type == "Dict" and spec.inputs["run_id"].type == "String"
     assert {k: v.type for k, v in spec.outputs.items() if v.type.startswith("system.")} == {
         k: "system.Dataset@0.0.1" for k in ("forget", "retain", "holdout", "purged")
     }
@@ -50,10 +51,7 @@ def test_local_run_selects_and_prepares_the_purge_on_the_run_ref(workspace):
     args = started.arguments
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "runs" / "kfp"))
     task = extract_forget_set(
-        settings_json=args["settings_json"],
-        batch_json=args["batch_json"],
-        lineage_run_id=args["lineage_run_id"],
-        dataset_rev="HEAD",
+        run_id=args["run_id"], settings=args["settings"], dataset_rev="HEAD", kfp_run_id="kfp-local-1"
     )
     purged = task.outputs["purged_rev"]
     assert task.outputs["dataset_rev"] == before and purged != before
@@ -65,3 +63,7 @@ def test_local_run_selects_and_prepares_the_purge_on_the_run_ref(workspace):
     assert task.outputs["scope"] == "records"
     run = StateStore.open(settings).get_run(started.run_id)
     assert run.purged_rev == purged and "extract_forget_set" in run.steps
+    # The Kubeflow run is recorded on the MLflow parent run.
+    from unlearn_lib.tracking import client_for
+
+    assert client_for(settings).get_run(run.lineage_run_id).data.tags["kfp.run_id"] == "kfp-local-1"

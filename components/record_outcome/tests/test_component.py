@@ -10,7 +10,7 @@ from unlearn_lib.tracking import client_for
 
 def test_interface(tmp_path):
     spec = record_outcome.component_spec
-    assert set(spec.inputs) == {"settings_json", "batch_json", "lineage_run_id", "status"}
+    assert set(spec.inputs) == {"run_id", "settings", "kfp_run_id", "status"}
     assert spec.inputs["status"].type == "PipelineTaskFinalStatus"
     compiler.Compiler().compile(record_outcome, str(tmp_path / "c.yaml"))
 

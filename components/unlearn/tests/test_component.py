@@ -14,7 +14,8 @@ def test_interface(tmp_path):
     spec = unlearn.component_spec
     assert spec.inputs["forget"].type == "system.Dataset@0.0.1" and spec.inputs["retain"].type == "system.Dataset@0.0.1"
     assert spec.outputs["model"].type == "system.Model@0.0.1"
-    assert {"algorithm", "options_json", "forget_set_sha256", "dataset_rev"} <= set(spec.inputs)
+    assert {"algorithm", "options", "forget_set_sha256", "dataset_rev", "run_id", "settings"} <= set(spec.inputs)
+    assert spec.inputs["options"].type == "Dict"
     compiler.Compiler().compile(unlearn, str(tmp_path / "c.yaml"))
 
 

@@ -1,0 +1,185 @@
+"""Stateless steps' state: the workspace through a real `git daemon` + a DVC remote on moto S3, run files on S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import free_port
+from unlearn_lib.settings import Settings
+from unlearn_lib.workspace import RemoteWorkspace, WorkspaceError, run_ref
+
+
+@pytest.fixture()
+def remote(workspace, tmp_path, s3_env, monkeypatch):
+    """The workspace pushed to a bare repository behind `git daemon`, its data pushed to S3."""
+    for k, v in s3_env["env"].items():
+        monkeypatch.setenv(k, v)
+    base = tmp_path / "git"
+    bare = base / "workspace.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    subprocess.run(["git", "-C", str(bare), "config", "receive.denyDeletes", "false"], check=True)
+    subprocess.run(["git", "-C", str(workspace), "push", "-q", str(bare), "main:main"], check=True)
+    prefix = f"remote-ws-{os.urandom(4).hex()}"
+    dvc_url = f"s3://{s3_env['bucket']}/{prefix}/dvc"
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (
+        ["remote", "add", "--local", "-f", "-d", "seed", dvc_url],
+        ["remote", "modify", "--local", "seed", "endpointurl", s3_env["endpoint"]],
+        ["push", "-q"],
+    ):
+        subprocess.run([*dvc, *args], cwd=workspace, check=True, capture_output=True)
+    port = free_port()
+    daemon = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            f"--base-path={base}",
+            "--export-all",
+            "--enable=receive-pack",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base),
+        ],
+        start_new_session=True,
+    )
+    url = f"git://127.0.0.1:{port}/workspace.git"
+    deadline = time.time() + 20
+    while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
+        assert time.time() < deadline, "git daemon did not come up"
+        time.sleep(0.2)
+
+    def settings(pod: str) -> Settings:
+        return Settings(
+            workspace=str(tmp_path / "unused"),
+            git_remote=url,
+            s3_bucket=s3_env["bucket"],
+            s3_prefix=prefix,
+            s3_endpoint_url=s3_env["endpoint"],
+            scratch_dir=str(tmp_path / pod),
+        )
+
+    yield {"url": url, "settings": settings, "bare": bare, "head": _git(workspace, "rev-parse", "HEAD")}
+    daemon.terminate()
+    daemon.wait(timeout=10)
+
+
+def _git(root, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_step_reads_the_served_dataset_through_the_remotes_only(remote):
+    ws = RemoteWorkspace.open(remote["settings"]("pod-a"))
+    assert ws.served() == remote["head"] == ws.resolve("HEAD")
+    ds = ws.dataset("HEAD")
+    assert len(ds) > 1000 and (ds.root / "manifest.jsonl").is_file()
+    # Where the data is and how to reach it is the deployment's business, never committed.
+    assert "endpointurl" not in _git(ws.root, "show", "HEAD:.dvc/config")
+
+
+def test_a_prepared_purge_is_seen_by_the_next_pod_and_published_once(remote):
+    settings = remote["settings"]
+    extract = RemoteWorkspace.open(settings("pod-extract"))
+    base = extract.resolve("HEAD")
+    targets = {"subject_ids": ["subject-canary"]}
+    purged = extract.prepare_purge(base, targets, ["REQ-R"], "f" * 64, "run-remote1")
+    # The run's ref is on the remote; main is not: nothing is served before the commit.
+    assert _git(remote["bare"], "rev-parse", run_ref("run-remote1")) == purged
+    assert _git(remote["bare"], "rev-parse", "main") == base
+    # Another pod (a fresh clone, an empty DVC cache) materializes the purged version from S3.
+    audit = RemoteWorkspace.open(settings("pod-audit"))
+    assert audit.run_ref_sha("run-remote1") == purged
+    after, before = audit.dataset(purged), audit.dataset(base)
+    assert len(before) - len(after) == 120
+    assert not any(r.subject_id == "subject-canary" for r in after.records)
+    assert json.loads(_git(remote["bare"], "show", f"{purged}:deletions.jsonl"))["request_ids"] == ["REQ-R"]
+
+    # Compare-and-set: the first publisher wins, a stale one is refused, publishing twice is a no-op.
+    register = RemoteWorkspace.open(settings("pod-register"))
+    assert register.publish(purged, base) == purged
+    assert _git(remote["bare"], "rev-parse", "main") == purged == register.served()
+    assert register.publish(purged, base) == purged
+    other = RemoteWorkspace.open(settings("pod-other")).prepare_purge(
+        base, {"record_ids": ["canary-000"]}, ["REQ-S"], "e" * 64, "run-remote2"
+    )
+    with pytest.raises(WorkspaceError, match="the served dataset moved from .* during the run; rerun"):
+        register.publish(other, base)
+    assert _git(remote["bare"], "rev-parse", "main") == purged
+
+    register.drop_run_ref("run-remote2")
+    assert subprocess.run(
+        ["git", "-C", str(remote["bare"]), "rev-parse", "--verify", "-q", run_ref("run-remote2")], capture_output=True
+    ).returncode != 0
+
+
+def test_two_publishers_racing_on_the_same_base_one_wins(remote):
+    settings = remote["settings"]
+    a, b = RemoteWorkspace.open(settings("race-a")), RemoteWorkspace.open(settings("race-b"))
+    base = a.resolve("HEAD")
+    ra = a.prepare_purge(base, {"record_ids": ["canary-000"]}, ["REQ-A"], "a" * 64, "run-ra")
+    rb = b.prepare_purge(base, {"record_ids": ["canary-001"]}, ["REQ-B"], "b" * 64, "run-rb")
+    results: dict[str, object] = {}
+
+    def go(name: str, ws: RemoteWorkspace, rev: str) -> None:
+        try:
+            results[name] = ws.publish(rev, base)
+        except WorkspaceError as err:
+            results[name] = err
+
+    threads = [threading.Thread(target=go, args=a_) for a_ in (("a", a, ra), ("b", b, rb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [n for n, r in results.items() if isinstance(r, str)]
+    assert len(winners) == 1, results
+    assert _git(remote["bare"], "rev-parse", "main") == {"a": ra, "b": rb}[winners[0]]
+
+
+def test_an_unreachable_remote_is_one_clear_line(tmp_path, s3_env):
+    settings = Settings(
+        workspace=str(tmp_path),
+        git_remote=f"git://127.0.0.1:{free_port()}/workspace.git",
+        s3_bucket=s3_env["bucket"],
+        scratch_dir=str(tmp_path / "scratch"),
+    )
+    with pytest.raises(WorkspaceError, match="cannot clone the workspace repository"):
+        RemoteWorkspace.open(settings)
+    # Nothing half-cloned is left for the next attempt to trust.
+    assert not list((tmp_path / "scratch" / "workspaces").iterdir())
+
+
+def test_run_files_on_s3_survive_the_pod_and_checkpoints_sync(remote, tmp_path):
+    from unlearn_lib.compliance.runfiles import RunFiles
+
+    settings = remote["settings"]
+    first = RunFiles(settings("pod-1"), "run-files1")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(1024))
+    first.keep("model", model)
+    with first.checkpoints(interval=0.2) as ckpt:
+        (ckpt / "fingerprint.json").write_text("{}")
+        for step in (10, 20, 30):
+            data = os.urandom(256)
+            (ckpt / f"step-{step:08d}.pt").write_bytes(data)
+            import hashlib
+
+            (ckpt / f"step-{step:08d}.pt.sha256").write_text(hashlib.sha256(data).hexdigest())
+            time.sleep(0.6)
+    # The pod is gone; its replacement (another scratch folder) finds the model and the newest checkpoint.
+    second = RunFiles(settings("pod-2"), "run-files1")
+    restored = tmp_path / "restored"
+    assert second.restore("model", restored)
+    assert (restored / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
+    with second.checkpoints(interval=60) as ckpt:
+        assert sorted(p.name for p in ckpt.glob("step-*.pt")) == ["step-00000030.pt"]
+    second.drop()
+    assert not RunFiles(settings("pod-3"), "run-files1").restore("model", tmp_path / "again")
