@@ -192,14 +192,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     c = Console(soft_wrap=True)
     t0 = time.perf_counter()
-    settings = Settings.load(args.settings, workspace=args.workspace)
-    if settings.workspace_path.exists() and not args.keep:
-        c.print(f"resetting the demo workspace {settings.workspace_path} (the base model stays cached in DVC)")
-        shutil.rmtree(settings.workspace_path)
-    c.rule("workspace: git + DVC, data, base model")
-    ws = ensure_workspace(settings, dvc_cache=Path(args.dvc_cache))
-    c.print(f"{ws.root} at {ws.head()[:12]} ({time.perf_counter() - t0:.0f}s)")
-    version = ensure_base_registered(settings, ws)
+    if args.runner == "container":
+        # The stack holds the state (`unlearn stack up` seeded it from a workspace): the settings
+        # come from its file, and nothing local is reset.
+        from pipelines.run import check_container_ready
+        from unlearn_lib.workspace import open_workspace
+
+        settings = Settings.load(args.settings)
+        check_container_ready(settings)
+        c.rule("the stack: git remote, DVC on S3, MLflow, PostgreSQL")
+        ws = open_workspace(settings)
+        c.print(f"workspace remote {settings.public()['git_remote']} at {ws.served()[:12]}")
+        from unlearn_lib.compliance.steps import check_model_registered
+
+        version = check_model_registered(settings)
+    else:
+        settings = Settings.load(args.settings, workspace=args.workspace)
+        if settings.workspace_path.exists() and not args.keep:
+            c.print(f"resetting the demo workspace {settings.workspace_path} (the base model stays cached in DVC)")
+            shutil.rmtree(settings.workspace_path)
+        c.rule("workspace: git + DVC, data, base model")
+        ws = ensure_workspace(settings, dvc_cache=Path(args.dvc_cache))
+        c.print(f"{ws.root} at {ws.head()[:12]} ({time.perf_counter() - t0:.0f}s)")
+        version = ensure_base_registered(settings, ws)
     c.print(f"registered model {settings.model_name!r}: version {version} is production")
     from unlearn_lib.requests.intake import submit as submit_request
     from unlearn_lib.state import StateStore
@@ -212,9 +227,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             c.print(f"filed {req.request_id} ({req.basis}): {json.dumps(raw['targets'])} -> {row.state}")
     options, audit = _options(args)
     c.rule("compliance runs (oldest deadline first)")
-    worst = run_pending(settings, "erasediff", options, audit)
+    worst = run_pending(settings, "erasediff", options, audit, runner=args.runner)
     c.rule("done")
-    c.print(f"total {time.perf_counter() - t0:.0f}s; reports under {settings.workspace_path / 'exports' / 'reports'}")
+    from unlearn_lib.storage import store_from_settings
+
+    c.print(f"total {time.perf_counter() - t0:.0f}s; reports under {store_from_settings(settings).uri('reports')}")
     return worst
 
 
@@ -270,6 +287,7 @@ def register(sub: Any) -> None:
     d.set_defaults(workspace="workspace")
     d.add_argument("--dvc-cache", default=".cache/dvc", help="shared DVC cache (keeps the base model across runs)")
     d.add_argument("--keep", action="store_true", help="keep an existing demo workspace instead of resetting it")
+    _runner_flag(d)
     d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("requests", help="deletion requests: submit, list, run the pending ones")

@@ -368,6 +368,9 @@ class RemoteWorkspace(Workspace):
     def _configure_dvc(self, tree: Workspace) -> None:
         # config.local, never committed: where the data is and how to reach it belong to the
         # deployment (the endpoint differs between a laptop and a cluster), not to the dataset.
+        # A workspace made with a shared cache commits that folder's absolute path; it is the
+        # creator's machine, not this one's.
+        tree.dvc("cache", "dir", "--local", str(self.root / ".dvc" / "cache"))
         tree.dvc("remote", "add", "--local", "-f", "-d", DVC_REMOTE_NAME, self.dvc_remote or "")
         if self.s3_endpoint_url:
             tree.dvc("remote", "modify", "--local", DVC_REMOTE_NAME, "endpointurl", self.s3_endpoint_url)

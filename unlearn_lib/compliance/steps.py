@@ -154,8 +154,12 @@ class StepContext:
     def tags(self, run_id: str) -> dict[str, str]:
         from ..containers import container_identity
 
-        # In a container: which one ran the step (its ID and image digest), for the audit trail.
-        where = {f"container.{k}": v for k, v in container_identity().items() if v}
+        # In a container: which one ran the step (its ID and image digest), and what of the host's
+        # disk it could see, for the audit trail.
+        identity = container_identity()
+        where = {f"container.{k}": v for k, v in identity.items() if v}
+        if identity:
+            where["container.host_mounts"] = json.dumps(host_mounts())
         return {
             "request_ids": ",".join(self.batch.request_ids),
             "batch_id": self.batch.batch_id,
@@ -190,6 +194,31 @@ def guarded(ctx: StepContext, step: str) -> Iterator[RunRow]:
         with contextlib.suppress(StateError):
             fail_run(ctx, store.get_run(run.run_id) or run, step, error_line(err), retryable)
         raise
+
+
+# Files every container engine mounts into a container; they are not the host's data.
+_ENGINE_MOUNTS = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run/.containerenv", "/dev/termination-log")
+
+
+def host_mounts(mountinfo: str | None = None) -> list[str]:
+    """Mount points of the host folders bind-mounted into this container (``/proc/self/mountinfo``)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return []
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        root, point = fields[3], fields[4]
+        # A bind mount shows the host folder it exposes as its root; the container's own
+        # filesystems (its image, proc, sys, tmpfs) show "/".
+        if root == "/" or point in _ENGINE_MOUNTS or point.startswith(("/proc", "/sys", "/dev", "/run/secrets")):
+            continue
+        found.append(point)
+    return sorted(set(found))
 
 
 def fail_run(ctx: StepContext, run: RunRow, step: str | None, error: str, retryable: bool) -> None:
@@ -647,6 +676,9 @@ def finalize_step(ctx: StepContext, state: str, error_message: str = "", kfp_run
         tags["unlearn.version"] = run.version
     if kfp_run_id:
         tags["kfp.run_id"] = kfp_run_id
+    from ..containers import container_identity
+
+    tags.update({f"unlearn.exit_handler.{k}": v for k, v in container_identity().items() if v})
     if not ok:
         tags["unlearn.failed_step"] = run.failed_step or "unknown"
         if run.error:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ModelError, SelectionError, UnlearnError
 from ..settings import Settings
-from ..workspace import Workspace
+from ..workspace import open_workspace
 from .schema import DeletionRequest
 
 PENDING, REJECTED, DONE = "pending", "rejected", "done"
@@ -60,7 +60,7 @@ def assess(settings: Settings, request: DeletionRequest, store: Any = None) -> A
         check_model_registered(settings.replace(model_name=request.model))
     except ModelError as err:
         return Assessment(REJECTED, str(err))
-    ws = Workspace(settings.workspace, settings.dataset_path)
+    ws = open_workspace(settings)
     served = ws.served()
     ds = ws.dataset(served)
     try:
