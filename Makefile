@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-faults lint bench clean
+.PHONY: venv demo test test-faults lint bench clean image stack demo-containers test-containers
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,5 +39,25 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_digits.py
 
+# The project image with podman, offline (infra/image/build.sh; installs podman when root):
+# localhost/unlearn:<version>-cpu, recorded in .cache/image/image.json. TORCH_INDEX=<PyTorch CUDA
+# index> makes the CUDA variant where that index is reachable.
+image:
+	bash infra/image/build.sh
+
+# What a cluster provides, on 127.0.0.1: S3 (moto), mlflow server, git daemon, PostgreSQL; seeded
+# from ./workspace-containers (made if absent). `source .stack/env` to use it from a shell.
+stack: $(STAMP)
+	$(BIN)/unlearn stack up --dir .stack --workspace workspace-containers
+
+# The demo's two deletion requests with every step in its own container from the image.
+demo-containers: $(STAMP) image stack
+	. .stack/env && $(BIN)/unlearn pipeline demo --runner container
+
+# The image, the stack and one request through containers (also part of .ci/run).
+test-containers: $(STAMP)
+	$(BIN)/python -m pytest -m containers tests/infra/test_image.py tests/pipelines/test_containers.py
+
 clean:
-	rm -rf $(VENV) workspace .cache .pytest_cache
+	-test -d .stack && $(BIN)/unlearn stack down --dir .stack --purge
+	rm -rf $(VENV) workspace workspace-containers .cache .pytest_cache

@@ -99,6 +99,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("no KFP host: pass --host or set UNLEARN_KFP_HOST")
     if args.timeout is not None and not args.wait:
         raise ConfigError("--timeout needs --wait")
+    if args.poll_interval <= 0:
+        raise ConfigError(f"--poll-interval must be more than 0 seconds, got {args.poll_interval:g}")
     options, audit = _options(args)
     batch = _batch(args)
     client = connect(host)  # before anything is claimed: an unreachable cluster leaves no run behind

@@ -152,9 +152,10 @@ def _arguments(settings: Settings, run_id: str, batch: DeletionBatch, config: di
     """The compliance pipeline's parameters for one run (see ``pipelines.compliance``)."""
     if runner in LOCAL_RUNNERS:
         # Exactly this process's settings, minus passwords (the runner injects those as environment).
-        step_settings = settings.for_steps()
+        # (None is left out: kfp's struct parameters have no null; absent means the default.)
+        step_settings = {k: v for k, v in settings.for_steps().items() if v is not None}
         if runner == CONTAINER:
-            step_settings["scratch_dir"] = None  # a host path means nothing inside the container
+            step_settings.pop("scratch_dir", None)  # a host path means nothing inside the container
     else:
         step_settings = {}  # a cluster's steps read the unlearn-settings ConfigMap
     return {
@@ -543,6 +544,7 @@ def check_container_ready(settings: Settings) -> None:
 
 def _container_runner(settings: Settings, env: dict[str, str]) -> Any:
     from kfp import local
+
     from unlearn_lib.containers import image_info, podman_socket
 
     os.environ["DOCKER_HOST"] = podman_socket()

@@ -353,7 +353,10 @@ class RemoteWorkspace(Workspace):
             shutil.rmtree(partial, ignore_errors=True)
             partial.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run(
-                ["git", "clone", "-q", "--branch", "main", self.remote, str(partial)], capture_output=True, text=True, env=self._env()
+                ["git", "clone", "-q", "--branch", "main", self.remote, str(partial)],
+                capture_output=True,
+                text=True,
+                env=self._env(),
             )
             if proc.returncode != 0:
                 from .redact import redact_text

@@ -347,6 +347,7 @@ def _start_mlflow(root: Path, port: int) -> subprocess.Popen:
         stdout=open(root / "server.log", "a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     _wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=120)
     return proc

@@ -1,0 +1,3 @@
+from .component import claim_pending
+
+__all__ = ["claim_pending"]
