@@ -7,5 +7,9 @@ cluster and in the current environment under ``kfp.local``.
 
 import os
 
-# The image built from infra/Dockerfile; override at compile time for your registry.
-IMAGE = os.environ.get("UNLEARN_PIPELINE_IMAGE", "ghcr.io/unlearn/unlearn:0.1.0")
+from unlearn_lib.settings import default_image
+
+# The image built from infra/Dockerfile, tagged with the package version. A build's digest is
+# put in at compile time (`unlearn pipeline compile --image REPO@sha256:...`, setting
+# pipeline_image) or at run time by the container runner.
+IMAGE = os.environ.get("UNLEARN_PIPELINE_IMAGE") or default_image()

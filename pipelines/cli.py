@@ -68,9 +68,18 @@ def _redacted(text: str) -> str:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines import nightly
     from pipelines.compliance import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.out)}")
+    image = args.image or Settings.load().pipeline_image
+    if args.image_from_build:
+        from unlearn_lib.containers import image_info
+
+        image = image_info()["ref"]
+    print(f"wrote {compile_pipeline(args.out, image=image)}")
+    # The nightly pipeline embeds the compliance DAG: both change together.
+    nightly_out = Path(args.out).with_name(nightly.GOLDEN.name)
+    print(f"wrote {nightly.compile_pipeline(nightly_out, image=image)}")
     return 0
 
 
@@ -272,6 +281,10 @@ def register(sub: Any) -> None:
     ps = p.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     c = ps.add_parser("compile", help="write the pipeline IR YAML")
     c.add_argument("--out", default=str(Path(__file__).with_name("compliance.yaml")))
+    c.add_argument("--image", help="the steps' image, e.g. REGISTRY/unlearn@sha256:... (default: the package's tag)")
+    c.add_argument(
+        "--image-from-build", action="store_true", help="the image `make image` built, by digest (.cache/image)"
+    )
     c.set_defaults(func=cmd_compile)
     r = ps.add_parser("run", help="run the DAG on this machine (kfp.local)")
     _common(r)
