@@ -34,8 +34,14 @@ def production_version(client: Any, name: str) -> Any:
 
 
 def download_version(client: Any, name: str, version: str | int, dest: str | os.PathLike[str]) -> Path:
-    """Download a model version's diffusers folder into ``dest`` (replaced if present)."""
+    """Download a model version's diffusers folder into ``dest`` (replaced if present).
+
+    Two layouts are registered: versions logged as an MLflow Model (``log_model_folder``) hold the
+    folder as a pyfunc artifact, older ones are the plain folder. Either way ``dest`` is the folder.
+    """
     import mlflow
+
+    from .pyfunc import model_folder_in
 
     dest = Path(dest)
     if dest.exists():
@@ -45,7 +51,11 @@ def download_version(client: Any, name: str, version: str | int, dest: str | os.
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
-    os.replace(path, dest)
+    folder = model_folder_in(path)
+    if folder is None and (path / "MLmodel").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"version {version} of {name!r} is an MLflow Model without an unlearn model folder")
+    os.replace(folder or path, dest)
     shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
@@ -60,20 +70,37 @@ def versions_for_request(client: Any, name: str, request_id: str) -> list[Any]:
     return sorted(out, key=lambda mv: int(mv.version))
 
 
+def _logged_model_id(client: Any, run_id: str) -> str | None:
+    """The run's logged model named ``model`` (MLflow 3 logs models outside the run's artifacts)."""
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    for out in sorted(outputs, key=lambda o: o.step, reverse=True):
+        if client.get_logged_model(out.model_id).name == MODEL_ARTIFACT:
+            return out.model_id
+    return None
+
+
 def register_version(client: Any, name: str, run_id: str, tags: dict[str, str], description: str = "") -> Any:
-    """A new version from the run's ``model`` artifact folder, with ``unlearn.*`` lineage tags."""
+    """A new version from the run's ``model``, with ``unlearn.*`` lineage tags.
+
+    ``model`` is the MLflow Model that ``log_model_folder`` logged, registered by its
+    ``models:/<model_id>`` (a ``runs:/`` source would not resolve to it on every artifact store),
+    or, for runs that predate it, the run's plain ``model/`` artifact folder.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Diffusion model with audited data deletions")
+    model_id = _logged_model_id(client, run_id)
     return client.create_model_version(
         name,
-        source=f"runs:/{run_id}/{MODEL_ARTIFACT}",
+        source=f"models:/{model_id}" if model_id else f"runs:/{run_id}/{MODEL_ARTIFACT}",
         run_id=run_id,
         tags={f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()},
         description=description,
+        model_id=model_id,
     )
 
 
@@ -125,10 +152,11 @@ def register_base_model(
 
     from ..unlearning.run import model_digest
     from .lineage import configure, log_dataset
+    from .pyfunc import log_model_folder
 
     client = configure(settings)
     with mlflow.start_run(run_name="register-base-model", tags={f"{TAG_PREFIX}step": "register-base-model"}) as run:
-        mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_ARTIFACT)
+        log_model_folder(model_dir, artifact_path=MODEL_ARTIFACT)
         log_dataset(
             f"{Path(settings.dataset_path).name}@{dataset_rev[:8]}",
             workspace,
