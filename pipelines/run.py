@@ -598,17 +598,24 @@ def _execute_local(started: Launch, runner: str = SUBPROCESS) -> RunOutcome:
     lineage_run_id = run.lineage_run_id if run else started.run_id
     # One pipeline root per run: a resumed attempt's leftovers are found (and swept) by run.
     root = settings.workspace_path / "runs" / "kfp" / started.run_id
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "kfp-workspace").mkdir(parents=True, exist_ok=True)
     image, umask = None, None
     if runner == CONTAINER:
         kfp_runner, info = _container_runner(settings, settings.step_environment())
         image = info["ref"]
         # The steps run as the image's non-root user and write their outputs under the root.
-        root.chmod(0o777)
+        for folder in (root, root / "kfp-workspace"):
+            folder.chmod(0o777)
         umask = os.umask(0)
     else:
         kfp_runner = local.SubprocessRunner(use_venv=False)
-    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=False)
+    # kfp.local mounts a "workspace" folder into every container too: keep it inside the run's root.
+    local.init(
+        runner=kfp_runner,
+        pipeline_root=str(root),
+        raise_on_error=False,
+        workspace_root=str(root / "kfp-workspace"),
+    )
     # The steps' own output (executor inputs, library logs) goes to a log file beside the run;
     # the console keeps kfp's one line per task.
     log_path = settings.workspace_path / "runs" / f"{lineage_run_id}.log"

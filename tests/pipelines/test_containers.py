@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.containers
 
-FAST_AUDIT = {"samples_per_class": 40, "extraction_samples": 200, "utility_reference": 300}
+FAST_AUDIT = {"samples_per_class": 20, "extraction_samples": 200}
 
 
 @pytest.fixture(scope="module")

@@ -16,25 +16,28 @@ from unlearn_lib.settings import Settings
 from unlearn_lib.workspace import RemoteWorkspace, WorkspaceError, run_ref
 
 
-@pytest.fixture()
-def remote(workspace, tmp_path, s3_env, monkeypatch):
-    """The workspace pushed to a bare repository behind `git daemon`, its data pushed to S3."""
-    for k, v in s3_env["env"].items():
-        monkeypatch.setenv(k, v)
-    base = tmp_path / "git"
-    bare = base / "workspace.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    subprocess.run(["git", "-C", str(bare), "config", "receive.denyDeletes", "false"], check=True)
-    subprocess.run(["git", "-C", str(workspace), "push", "-q", str(bare), "main:main"], check=True)
+@pytest.fixture(scope="module")
+def seeded(workspace_template, tmp_path_factory, s3_env):
+    """The template workspace pushed once to a bare repository behind `git daemon`, its data to S3."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("remote")
+    ws = root / "ws"
+    shutil.copytree(workspace_template, ws, symlinks=True)
+    env = {**os.environ, **s3_env["env"]}
+    base = root / "git"
+    seed = base / "seed.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(seed)], check=True)
+    subprocess.run(["git", "-C", str(seed), "config", "receive.denyDeletes", "false"], check=True)
+    subprocess.run(["git", "-C", str(ws), "push", "-q", str(seed), "main:main"], check=True)
     prefix = f"remote-ws-{os.urandom(4).hex()}"
-    dvc_url = f"s3://{s3_env['bucket']}/{prefix}/dvc"
     dvc = [sys.executable, "-m", "dvc"]
     for args in (
-        ["remote", "add", "--local", "-f", "-d", "seed", dvc_url],
+        ["remote", "add", "--local", "-f", "-d", "seed", f"s3://{s3_env['bucket']}/{prefix}/dvc"],
         ["remote", "modify", "--local", "seed", "endpointurl", s3_env["endpoint"]],
         ["push", "-q"],
     ):
-        subprocess.run([*dvc, *args], cwd=workspace, check=True, capture_output=True)
+        subprocess.run([*dvc, *args], cwd=ws, check=True, capture_output=True, env=env)
     port = free_port()
     daemon = subprocess.Popen(
         [
@@ -50,25 +53,38 @@ def remote(workspace, tmp_path, s3_env, monkeypatch):
         ],
         start_new_session=True,
     )
-    url = f"git://127.0.0.1:{port}/workspace.git"
     deadline = time.time() + 20
-    while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
+    while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/seed.git"], capture_output=True).returncode:
         assert time.time() < deadline, "git daemon did not come up"
         time.sleep(0.2)
+    yield {"base": base, "seed": seed, "port": port, "prefix": prefix, "head": _git(ws, "rev-parse", "HEAD")}
+    daemon.terminate()
+    daemon.wait(timeout=10)
+
+
+@pytest.fixture()
+def remote(seeded, tmp_path, s3_env, monkeypatch):
+    """A repository of its own for each test (a copy of the seeded one); the DVC objects are shared."""
+    import shutil
+
+    for k, v in s3_env["env"].items():
+        monkeypatch.setenv(k, v)
+    name = f"ws-{os.urandom(4).hex()}.git"
+    bare = seeded["base"] / name
+    shutil.copytree(seeded["seed"], bare)
+    url = f"git://127.0.0.1:{seeded['port']}/{name}"
 
     def settings(pod: str) -> Settings:
         return Settings(
             workspace=str(tmp_path / "unused"),
             git_remote=url,
             s3_bucket=s3_env["bucket"],
-            s3_prefix=prefix,
+            s3_prefix=seeded["prefix"],
             s3_endpoint_url=s3_env["endpoint"],
             scratch_dir=str(tmp_path / pod),
         )
 
-    yield {"url": url, "settings": settings, "bare": bare, "head": _git(workspace, "rev-parse", "HEAD")}
-    daemon.terminate()
-    daemon.wait(timeout=10)
+    return {"url": url, "settings": settings, "bare": bare, "head": seeded["head"]}
 
 
 def _git(root, *args: str) -> str:

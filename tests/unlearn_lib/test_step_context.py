@@ -23,4 +23,4 @@ def test_only_bind_mounted_host_folders_are_reported():
 
 def test_a_workspace_mount_would_show():
     extra = "830 812 254:0 /work/main/workspace /workspace rw - ext4 /dev/vda rw\n"
-    assert "/workspace" in host_mounts(MOUNTINFO + extra)
+    assert "/work/main/workspace" in host_mounts(MOUNTINFO + extra)

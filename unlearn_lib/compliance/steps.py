@@ -201,7 +201,7 @@ _ENGINE_MOUNTS = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run/.cont
 
 
 def host_mounts(mountinfo: str | None = None) -> list[str]:
-    """Mount points of the host folders bind-mounted into this container (``/proc/self/mountinfo``)."""
+    """The host folders bind-mounted into this container (``/proc/self/mountinfo``), by host path."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -217,7 +217,7 @@ def host_mounts(mountinfo: str | None = None) -> list[str]:
         # filesystems (its image, proc, sys, tmpfs) show "/".
         if root == "/" or point in _ENGINE_MOUNTS or point.startswith(("/proc", "/sys", "/dev", "/run/secrets")):
             continue
-        found.append(point)
+        found.append(root)
     return sorted(set(found))
 
 
