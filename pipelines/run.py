@@ -567,6 +567,8 @@ _CONTAINER_ENV = (
     "MLFLOW_TRACKING_PASSWORD",
     "UNLEARN_FAILPOINTS",
     "UNLEARN_FAILPOINT_DIR",
+    # Threads per step: on a busy small machine OpenMP's spinning threads cost 50x (benchmarks/README).
+    "OMP_NUM_THREADS",
 )
 
 
