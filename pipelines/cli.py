@@ -57,7 +57,12 @@ def _print_outcome(outcome: Any, settings: Settings) -> int:
             else "the requests are marked failed; fix the cause, then `unlearn requests retry REQ-ID`"
         )
         c.print(f"[red]{escape(where + (outcome.error or 'no error recorded'))}[/]\n{then}")
-    c.print(f"open the lineage: mlflow ui --backend-store-uri {escape(_redacted(settings.tracking_uri))}")
+    uri = _redacted(settings.tracking_uri)
+    if uri.startswith(("http://", "https://")) and outcome.lineage_run_id:
+        where = f"experiment {settings.mlflow_experiment}, run {outcome.lineage_run_id}"
+        c.print(f"open the lineage: {escape(uri)} ({escape(where)})")
+    else:
+        c.print(f"open the lineage: mlflow ui --backend-store-uri {escape(uri)}")
     return 0 if outcome.ok else EXIT_FAILED
 
 
