@@ -183,7 +183,19 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
     from dataclasses import MISSING, fields
 
     from .unlearning import REGISTRY
+    from .unlearning.base import get_preset
 
+    if args.preset:
+        if not args.name:
+            raise ConfigError("--preset needs an algorithm, e.g. `unlearn algorithms erasediff --preset paper`")
+        preset = get_preset(args.name, args.preset)
+        print(f"{args.name} --preset {args.preset}: {preset.description}")
+        for key, value in preset.values.items():
+            print(f"    {key} = {value!r}" + (f"    # {preset.sources[key]}" if key in preset.sources else ""))
+        for note in preset.notes:
+            print(f"  note: {note}")
+        print(f"apply: unlearn erase --algorithm {args.name} --preset {args.preset} ... (--set NAME=VALUE still wins)")
+        return 0
     for name, cls in sorted(REGISTRY.items()):
         if args.name and name != args.name:
             continue
@@ -192,6 +204,8 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
             for f in fields(cls.config_cls):
                 default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
                 print(f"    {f.name} = {default!r}")
+            if cls.presets:
+                print(f"    presets: {', '.join(sorted(cls.presets))} (see --preset NAME)")
     if args.name and args.name not in REGISTRY:
         raise ConfigError(f"unknown algorithm {args.name!r} (known: {', '.join(sorted(REGISTRY))})")
     return 0
@@ -201,6 +215,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from .unlearning import erase
 
     overrides = overrides_from(args.options, args.set)
+    if args.preset:
+        overrides = {"preset": args.preset, **overrides}
     targets = _targets(args)
     result, record = erase(
         args.model,
@@ -396,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("algorithms", help="list unlearning algorithms and their options")
     p.add_argument("name", nargs="?")
     p.add_argument("-v", "--verbose", action="store_true", help="show every algorithm's options")
+    p.add_argument("--preset", metavar="NAME", help="print a named published configuration and its sources")
     p.set_defaults(func=cmd_algorithms)
 
     p = sub.add_parser("erase", help="unlearn records, subjects or classes from a model")
@@ -405,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the unlearned model")
     _add_targets(p)
     add_override_flags(p, "algorithm option", example="--set steps=200 --set lam=0.5")
+    p.add_argument("--preset", metavar="NAME", help="start from a named configuration, e.g. erasediff's paper")
     p.add_argument("--checkpoint-dir", help="default: OUT.checkpoints; a restarted run resumes from it")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -76,6 +76,8 @@ def test_train_base_is_cached_and_refuses_a_different_config(chain):
         (("--forget-labels", "3", "--set", "bogus=1"), "algorithm 'erasediff' has no option 'bogus'"),
         (("--forget-labels", "3", "--set", "lam=lots"), "option lam: 'lots' is not a valid float"),
         (("--forget-labels", "3", "--algorithm", "magic"), "unknown algorithm 'magic'"),
+        (("--forget-labels", "3", "--preset", "cifar"), "algorithm 'erasediff' has no preset 'cifar'"),
+        (("--forget-subjects", "subject-canary", "--algorithm", "salun"), "salun relabels a forgotten class"),
         (("--forget-records", "digits-0000", "--options", "missing.yaml"), "options file missing.yaml does not exist"),
         ((), "the deletion targets are empty"),
     ],
@@ -108,4 +110,16 @@ def test_dataset_select_is_a_dry_run(chain, capsys):
 def test_algorithms_lists_the_registry(capsys):
     assert main(["algorithms", "erasediff"]) == 0
     out = capsys.readouterr().out
-    assert "inner_steps = 1" in out and "lambda_mode = 'fixed'" in out
+    assert "inner_steps = 1" in out and "lambda_mode = 'fixed'" in out and "presets: paper" in out
+    assert main(["algorithms"]) == 0
+    names = {line.split(":")[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"erasediff", "sa", "salun", "neggrad", "finetune", "retrain"} <= names
+
+
+def test_algorithms_prints_the_paper_preset_with_its_sources(capsys):
+    assert main(["algorithms", "erasediff", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "lam = 0.1    # JingWu321/EraseDiff ddpm/main.py line 25" in out
+    assert "target = 'noise'" in out and "steps = 288" in out and "our guidance_scale 3.0" in out
+    assert main(["algorithms", "erasediff", "--preset", "cifar"]) == 2
+    assert "algorithm 'erasediff' has no preset 'cifar' (presets: paper)" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Unlearning algorithms behind one interface, found by name in a registry."""
 
-from . import baselines, erasediff  # noqa: F401  (registration side effects)
+from . import baselines, erasediff, sa, salun  # noqa: F401  (registration side effects)
 from .base import (
     REGISTRY,
     CommonConfig,

@@ -4,6 +4,8 @@ An algorithm receives an :class:`UnlearningTask` (the base model, the retain and
 sets, hold-out non-members that look like the forget set) and returns a new model and its
 training log. Configuration is a dataclass per algorithm, so the same fields are set from
 Python, the CLI (``--set name=value``) or a params file, and are validated in one place.
+A named preset (``preset=paper``) fills a published configuration first; explicit options
+still win over it.
 """
 
 from __future__ import annotations
@@ -78,8 +80,17 @@ class CommonConfig:
     device: str = "auto"
     mixed_precision: str = "auto"
     checkpoint_every: int = 50
+    # How a batch's timesteps are drawn: i.i.d. uniform, or "antithetic" as the official DDPM code
+    # of EraseDiff, SA and SalUn does (half the batch draws t, the other half takes T - 1 - t).
+    t_sampling: str = "uniform"
+    # diffusers' EMA ramps its decay up as (1 + step) / (10 + step); False keeps it constant from the
+    # first step, as the DDIM-derived EMAHelper of the official baselines does.
+    ema_warmup: bool = True
+    preset: str | None = None  # the named preset these options started from (recorded, see Unlearner.presets)
 
     def validate(self) -> None:
+        if self.t_sampling not in ("uniform", "antithetic"):
+            raise ConfigError(f"t_sampling must be uniform or antithetic, got {self.t_sampling!r}")
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if self.lr <= 0:
@@ -93,10 +104,21 @@ class CommonConfig:
         parameter_filter(self.params)
 
 
+@dataclass(frozen=True)
+class ConfigPreset:
+    """A published configuration: option values, where each was read, and what it cannot carry over."""
+
+    description: str
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
 class Unlearner(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     config_cls: ClassVar[type[CommonConfig]]
+    presets: ClassVar[dict[str, ConfigPreset]] = {}
 
     def __init__(self, config: CommonConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -124,9 +146,22 @@ def get_algorithm(name: str) -> type[Unlearner]:
         raise ConfigError(f"unknown algorithm {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
 
 
-def make_unlearner(name: str, overrides: dict[str, Any] | None = None) -> Unlearner:
+def get_preset(name: str, preset: str) -> ConfigPreset:
     cls = get_algorithm(name)
-    return cls(build_config(cls.config_cls, overrides or {}, where=f"algorithm {name!r}"))
+    if preset not in cls.presets:
+        known = ", ".join(sorted(cls.presets)) or "none"
+        raise ConfigError(f"algorithm {name!r} has no preset {preset!r} (presets: {known})")
+    return cls.presets[preset]
+
+
+def make_unlearner(name: str, overrides: dict[str, Any] | None = None) -> Unlearner:
+    """The algorithm ``name`` configured by ``overrides``; an override ``preset`` fills its values first."""
+    cls = get_algorithm(name)
+    overrides = dict(overrides or {})
+    preset = overrides.get("preset")
+    if preset not in (None, "", "none"):
+        overrides = {**get_preset(name, str(preset)).values, **overrides}
+    return cls(build_config(cls.config_cls, overrides, where=f"algorithm {name!r}"))
 
 
 def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:

@@ -104,6 +104,8 @@ class RetrainConfig(CommonConfig):
             raise ConfigError("steps, lr and batch_size must be >= 0 (0 means: as for the base model)")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.t_sampling != "uniform" or not self.ema_warmup:
+            raise ConfigError("retrain trains as the base model was trained: t_sampling and ema_warmup do not apply")
 
 
 @register

@@ -16,8 +16,23 @@ with lambda fixed, or chosen each step by the BOME rule
     lambda = max((eta * |grad q|^2 - grad q . grad L_r) / |grad q|^2, 0),   q = L_f - L_f*,
 which makes the combined step decrease q at rate eta while following L_r where it can.
 
-The inner steps and L_f* use the same forget batch, noise and timesteps as the outer
-step, so q is measured on one consistent sample.
+**What L_f* and the K inner steps do.** L_f* is a number measured at theta_K, not a
+function of theta: its gradient is zero, so grad q = grad L_f, and neither the combined
+step nor the BOME lambda depends on it or on K. Here it is only logged (``loss_f_star``,
+``q``). The official code is no different (``loss_q = loss_du - unl_losses.avg.detach()``,
+ddpm/runners/diffusion.py line 823), except that its inner steps share the outer Adam
+optimizer, so the moments they leave behind do steer the next outer steps; paper mode
+reproduces that side effect (``inner_optimizer=shared``), ours does not.
+
+**Paper mode** (``preset=paper``, see :data:`PAPER_PRESET`): the official CIFAR-10
+configuration with the paper's forgetting loss (``target=noise``). **Our defaults** differ
+on purpose: the ``remap`` targets (:mod:`.targets`), lambda 1 and lr 1e-3 for classes,
+smaller steps and a calibrated stop for records.
+
+With ``inner_data=batch`` (ours) the inner steps and L_f* use the same forget batch, noise
+and timesteps as the outer step, so q is measured on one consistent sample; with
+``inner_data=epoch`` (official) each inner step is a pass over the whole forget set and L_f*
+is the mean loss over the last pass. ``round_steps`` outer steps share one L_f*.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from .base import CommonConfig, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
+from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
 from .calibration import CalibratedStop, ExtractionCheck
 from .loop import UnlearningLoop
 from .targets import (
@@ -50,6 +65,72 @@ SCOPE_DEFAULTS = {
     "records": {"steps": 300, "lr": 1e-4, "lam": 0.1},
 }
 
+# The official configuration for CIFAR-10 (forget "airplane"), read from JingWu321/EraseDiff at
+# HEAD 14f4e98 unless a line says otherwise. Their optimizer, data and EMA settings come from
+# ddpm/main.py (argparse defaults) and ddpm/configs/cifar10_erasediff.yml; the loop is
+# Diffusion.train_ours in ddpm/runners/diffusion.py (lines 699-931).
+_SRC = "JingWu321/EraseDiff ddpm/"
+PAPER_PRESET = ConfigPreset(
+    description="the official EraseDiff CIFAR-10 configuration with the paper's forgetting loss",
+    values={
+        "target": "noise",
+        "lambda_mode": "fixed",
+        "lam": 0.1,
+        "inner_steps": 2,
+        "inner_data": "epoch",
+        "inner_optimizer": "shared",
+        "round_steps": 36,
+        "steps": 288,
+        "lr": 1e-4,
+        "batch_size": 128,
+        "forget_batch_size": 128,
+        "grad_clip": 1.0,
+        "ema_decay": 0.99,
+        "ema_warmup": False,
+        "cond_drop_prob": 0.0,
+        "t_sampling": "antithetic",
+        "stop": "none",
+    },
+    sources={
+        "target": _SRC + "runners/diffusion.py@67bac47 lines 748, 757 (inner) and 779, 789 (outer): "
+        "x_t noised with u = torch.rand_like(x_0) and regressed onto u; at HEAD commented out "
+        "(lines 769-770, 820-821) beside a random-label variant that references an undefined `criteria`",
+        "lambda_mode": _SRC + "main.py line 25 (--lambda_bome 0.1; >= 0 means a fixed lambda, "
+        "runners/diffusion.py lines 826-862)",
+        "lam": _SRC + "main.py line 25 (--lambda_bome 0.1)",
+        "inner_steps": _SRC + "main.py line 23 (--K_steps 2)",
+        "inner_data": _SRC + "runners/diffusion.py lines 739-777: each of the K steps is a pass over the "
+        "forget loader; L_f* = mean loss of the last pass (AverageMeter, line 740)",
+        "inner_optimizer": _SRC + "runners/diffusion.py line 723: one Adam for the inner and outer steps; "
+        "theta is restored after the inner steps (line 780), the optimizer state is not",
+        "round_steps": _SRC + "runners/diffusion.py lines 783-885: outer steps until more than --rem_num "
+        "4500 retain images (main.py line 27) were used, at batch 128: 36",
+        "steps": _SRC + "main.py lines 22, 24: --unl_eps 4 x --S_steps 2 rounds of 36 outer steps = 288",
+        "lr": _SRC + "configs/cifar10_erasediff.yml optim.lr 0.0001 (Adam, beta1 0.9, eps 1e-8, no weight decay)",
+        "batch_size": _SRC + "main.py line 21 (--train_batch_size 128), datasets/load_data.py line 53",
+        "forget_batch_size": _SRC + "main.py line 21, datasets/load_data.py line 54 (the same batch size)",
+        "grad_clip": _SRC + "configs/cifar10_erasediff.yml optim.grad_clip 1.0 (outer steps only)",
+        "ema_decay": _SRC + "configs/cifar10_erasediff.yml model.ema_rate 0.99, model.ema True",
+        "ema_warmup": _SRC + "models/ema.py: a constant decay from the first update",
+        "cond_drop_prob": _SRC + "runners/diffusion.py@67bac47 lines 757, 788-789: cond_drop_prob = 0. "
+        "(true labels, no classifier-free-guidance dropout, for L_r and L_f)",
+        "t_sampling": _SRC + "runners/diffusion.py@67bac47 lines 752-756, 781-786: antithetic timesteps",
+        "stop": "the official code has no stop rule",
+    },
+    notes=(
+        "guidance: the official sampler uses cond_scale w = 2.0 (main.py line 83, sample.py line 59) as "
+        "eps = (1 + w) eps_cond - w eps_uncond (models/diffusion.py line 350), i.e. our guidance_scale 3.0; "
+        "unlearning never samples, so judge as the paper does with `unlearn audit ... --set guidance_scale=3.0` "
+        "(the paper samples 1,000 DDIM steps with eta 1.0: sample.py lines 50-56)",
+        "the paper's first code (commit 67bac47, main.py lines 21-25) used batch 512 and 10 x 2 rounds, each "
+        "ending with the 10-batch forget loader: 200 outer and 400 inner steps",
+        "steps are the official CIFAR-10 counts, not rescaled: on digits (~160 forget images) each inner pass "
+        "is 2 batches instead of 40, and batches are drawn with replacement instead of by a shuffled loader",
+        "lambda_bome < 0 in the official code selects an adaptive lambda = max(eta - cos(grad L_r, grad q), 0); "
+        "our lambda_mode=bome is BOME's own rule, not that one",
+    ),
+)
+
 
 @dataclass
 class EraseDiffConfig(CommonConfig):
@@ -57,6 +138,9 @@ class EraseDiffConfig(CommonConfig):
     lr: float | None = None  # None: by scope
     inner_steps: int = 1  # K
     inner_lr: float | None = None  # None: same as lr
+    inner_data: str = "batch"  # batch: the outer step's forget batch | epoch: a pass over the forget set per K
+    inner_optimizer: str = "separate"  # separate | shared (one Adam for inner and outer steps, as officially)
+    round_steps: int = 1  # outer steps per inner phase (one L_f* per round)
     lambda_mode: str = "fixed"  # fixed | bome
     lam: float | None = None  # lambda when fixed; None: by scope
     eta: float = 0.5  # BOME's eta when adaptive
@@ -83,6 +167,14 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(f"inner_steps must be >= 0, got {self.inner_steps}")
         if self.inner_lr is not None and self.inner_lr <= 0:
             raise ConfigError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.inner_data not in ("batch", "epoch"):
+            raise ConfigError(f"inner_data must be batch or epoch, got {self.inner_data!r}")
+        if self.inner_optimizer not in ("separate", "shared"):
+            raise ConfigError(f"inner_optimizer must be separate or shared, got {self.inner_optimizer!r}")
+        if self.inner_optimizer == "shared" and self.inner_lr is not None:
+            raise ConfigError("inner_lr needs inner_optimizer=separate (a shared optimizer has one learning rate)")
+        if self.round_steps < 1:
+            raise ConfigError(f"round_steps must be >= 1, got {self.round_steps}")
         if self.lambda_mode not in ("fixed", "bome"):
             raise ConfigError(f"lambda_mode must be fixed or bome, got {self.lambda_mode!r}")
         if (self.lam is not None and self.lam < 0) or self.eta < 0:
@@ -118,6 +210,15 @@ class ForgetBatch:
         return (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
 
 
+def draw_forget_batch(loop: UnlearningLoop, target_fn: ForgetTarget, idx: torch.Tensor | None = None) -> ForgetBatch:
+    """A forget batch noised with the target's noise (uniform for ``target=noise``), with its target."""
+    x_f, y_f, y_in, idx = loop.forget_batch(idx)
+    eps_f, t_f = loop.noise_and_t(x_f, uniform=target_fn.uniform_noise)
+    x_t = loop.fp.add_noise(x_f, eps_f, t_f)
+    target, weight = target_fn(x_f, y_f, y_in, idx, t_f, eps_f, x_t)
+    return ForgetBatch(x_t=x_t, t=t_f, y_in=y_in, target=target, weight=weight)
+
+
 def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
@@ -133,7 +234,7 @@ def resolve_remap(cfg: EraseDiffConfig, task: UnlearningTask) -> str:
 
 def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> ForgetTarget:
     if cfg.target == "noise":
-        return UniformNoiseTarget(loop.gen)
+        return UniformNoiseTarget()
     mode = resolve_remap(cfg, task)
     if mode == "neighbours":
         nb = nearest_neighbours(
@@ -168,14 +269,16 @@ class EraseDiff(Unlearner):
     name = "erasediff"
     summary = "constrained first-order unlearning: K inner steps approximate min L_f, then L_r + lambda (L_f - L_f*)"
     config_cls = EraseDiffConfig
+    presets = {"paper": PAPER_PRESET}
 
     def run(self, task: UnlearningTask, checkpoint_dir: str | None = None, progress: bool = True) -> UnlearningResult:
         cfg = self.resolved(task)
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
         target_fn = build_target(cfg, task, loop)
         optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
-        inner_opt = torch.optim.Adam(loop.params, lr=cfg.inner_lr or cfg.lr)
-        optimizers = {"outer": optimizer, "inner": inner_opt}
+        shared = cfg.inner_optimizer == "shared"
+        inner_opt = optimizer if shared else torch.optim.Adam(loop.params, lr=cfg.inner_lr or cfg.lr)
+        optimizers = {"outer": optimizer} if shared else {"outer": optimizer, "inner": inner_opt}
         stopper = self._stopper(cfg, task, loop)
         extractor = self._extractor(cfg, task) if stopper is not None else None
         resumed = loop.resume(optimizers)
@@ -184,6 +287,10 @@ class EraseDiff(Unlearner):
         # Once the forget error has crossed the hold-out level, ``crossing`` holds that measurement
         # and the remaining condition is that no forget record can be regenerated.
         crossing: dict | None = resumed.get("crossing")
+        # L_f* of the current round; a run resumed inside a round continues with the round's value.
+        lf_star: torch.Tensor | None = None
+        if resumed.get("lf_star") is not None:
+            lf_star = torch.as_tensor(resumed["lf_star"], device=loop.device)
 
         def stop_check(step: int) -> dict | None:
             nonlocal prev, crossing
@@ -218,13 +325,11 @@ class EraseDiff(Unlearner):
         step = loop.start_step
         bar = loop.bar()
         while stop is None and step < cfg.steps:
-            x_f, y_f, y_in, idx = loop.forget_batch()
-            eps_f, t_f = loop.noise_and_t(x_f)
-            x_t = loop.fp.add_noise(x_f, eps_f, t_f)
-            target, weight = target_fn(x_f, y_f, y_in, idx, t_f, eps_f, x_t)
-            batch = ForgetBatch(x_t=x_t, t=t_f, y_in=y_in, target=target, weight=weight)
-
-            lf_star = self._inner_minimum(cfg, loop, inner_opt, batch)
+            if cfg.inner_data == "epoch" and (lf_star is None or step % cfg.round_steps == 0):
+                lf_star = self._inner_minimum_epochs(cfg, loop, inner_opt, target_fn)
+            batch = draw_forget_batch(loop, target_fn)
+            if cfg.inner_data == "batch" and (lf_star is None or step % cfg.round_steps == 0):
+                lf_star = self._inner_minimum(cfg, loop, inner_opt, batch)
             x_r, y_r = loop.retain_batch()
             loss_r = loop.denoising_loss(x_r, y_r)
             loss_f = batch.loss(loop)
@@ -251,7 +356,7 @@ class EraseDiff(Unlearner):
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(L_r=f"{loss_r.item():.4f}", L_f=f"{loss_f.item():.4f}", lam=f"{lam.item():.3f}")
-            loop.maybe_checkpoint(step, optimizers, {"crossing": crossing})
+            loop.maybe_checkpoint(step, optimizers, {"crossing": crossing, "lf_star": lf_star})
             stop = stop_check(step)
         bar.close()
         result = loop.finish(step, stop)
@@ -288,6 +393,36 @@ class EraseDiff(Unlearner):
                 p.copy_(s)
         inner_opt.zero_grad(set_to_none=True)
         return value
+
+    @staticmethod
+    def _inner_minimum_epochs(
+        cfg: EraseDiffConfig, loop: UnlearningLoop, inner_opt: torch.optim.Optimizer, target_fn: ForgetTarget
+    ) -> torch.Tensor:
+        """K passes over the forget set from theta (fresh noise each batch); restore theta.
+
+        Returns the mean loss of the last pass, weighted by batch size, as the official code
+        does; with a shared optimizer its Adam moments keep what these steps left.
+        """
+        if cfg.inner_steps == 0:
+            return torch.zeros((), device=loop.device)
+        saved = [p.detach().clone() for p in loop.params]
+        n = len(loop.task.forget)
+        total = torch.zeros((), device=loop.device)
+        for _ in range(cfg.inner_steps):
+            total = torch.zeros((), device=loop.device)
+            order = torch.randperm(n, generator=loop.gen, device=loop.device)
+            for start in range(0, n, cfg.forget_batch_size):
+                batch = draw_forget_batch(loop, target_fn, order[start : start + cfg.forget_batch_size])
+                loss = batch.loss(loop)
+                inner_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                inner_opt.step()
+                total = total + loss.detach() * batch.t.shape[0]
+        with torch.no_grad():
+            for p, s in zip(loop.params, saved, strict=True):
+                p.copy_(s)
+        inner_opt.zero_grad(set_to_none=True)
+        return total / n
 
     @staticmethod
     def _extractor(cfg: EraseDiffConfig, task: UnlearningTask) -> ExtractionCheck | None:

@@ -1,4 +1,4 @@
-"""Machinery shared by the fine-tuning style algorithms (EraseDiff, finetune, NegGrad).
+"""Machinery shared by the fine-tuning style algorithms (EraseDiff, finetune, NegGrad, SA, SalUn).
 
 Batches are drawn from tensors kept on the device (the data sets are small images), with
 one seeded generator so a run is reproducible and a resumed run continues the same
@@ -26,6 +26,13 @@ from ..utils import pick_device
 from .base import CommonConfig, UnlearningResult, UnlearningTask, trainable_parameters
 
 
+class ConstantDecayEMA(EMAModel):
+    """EMA with the same decay from the first update (the official baselines' EMAHelper)."""
+
+    def get_decay(self, optimization_step: int) -> float:
+        return self.decay
+
+
 class UnlearningLoop:
     def __init__(
         self, name: str, task: UnlearningTask, cfg: CommonConfig, checkpoint_dir: str | None, progress: bool
@@ -48,7 +55,8 @@ class UnlearningLoop:
         self.forget_x = task.forget.images.to(self.device)
         self.forget_y = task.forget.labels.to(self.device)
         self.cond_drop = cfg.cond_drop_prob if cfg.cond_drop_prob is not None else task.base.meta.cond_drop_prob
-        self.ema = EMAModel(self.params, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        ema_cls = EMAModel if cfg.ema_warmup else ConstantDecayEMA
+        self.ema = ema_cls(self.params, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         if self.ema is not None:
             self.ema.to(self.device)
         self.history: dict[str, list[float]] = defaultdict(list)
@@ -82,9 +90,16 @@ class UnlearningLoop:
             self.retain_y[idx], self.model.null_class, self.cond_drop, self.gen
         )
 
-    def forget_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Forget images, their true labels, the conditioning used (with CFG dropout), indices."""
-        idx = self._draw(len(self.task.forget), self.cfg.forget_batch_size)
+    def forget_batch(
+        self, idx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Forget images, their true labels, the conditioning used (with CFG dropout), indices.
+
+        Without ``idx`` the batch is drawn with replacement; with it, those records (a pass
+        over the forget set in shuffled order, as a data loader would give them).
+        """
+        if idx is None:
+            idx = self._draw(len(self.task.forget), self.cfg.forget_batch_size)
         self.drawn["forget"] += idx.numel()
         y = self.forget_y[idx]
         return (
@@ -94,9 +109,18 @@ class UnlearningLoop:
             idx,
         )
 
-    def noise_and_t(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.randint(0, self.fp.num_timesteps, (x0.shape[0],), generator=self.gen, device=self.device)
-        eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
+    def timesteps(self, n: int) -> torch.Tensor:
+        T = self.fp.num_timesteps
+        if self.cfg.t_sampling == "antithetic":
+            half = torch.randint(0, T, (n // 2 + 1,), generator=self.gen, device=self.device)
+            return torch.cat([half, T - 1 - half])[:n]
+        return torch.randint(0, T, (n,), generator=self.gen, device=self.device)
+
+    def noise_and_t(self, x0: torch.Tensor, uniform: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps, then the noise of q(x_t | x_0): N(0, I), or U[0, 1) for EraseDiff's paper target."""
+        t = self.timesteps(x0.shape[0])
+        draw = torch.rand if uniform else torch.randn
+        eps = draw(x0.shape, generator=self.gen, device=self.device)
         return eps, t
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -108,11 +132,23 @@ class UnlearningLoop:
         return F.mse_loss(self.predict(self.fp.add_noise(x0, eps, t), t, y), eps)
 
     # ---- optimisation ----------------------------------------------------------------------
-    def apply(self, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor]) -> torch.Tensor:
-        """Set the gradients, clip, step; returns the pre-clip norm (a tensor: no device sync)."""
+    def apply(
+        self,
+        optimizer: torch.optim.Optimizer,
+        grads: list[torch.Tensor],
+        mask: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Set the gradients, clip, mask, step; returns the pre-clip norm (a tensor: no device sync).
+
+        ``mask`` multiplies each gradient after clipping (SalUn's order), so Adam never moves a
+        masked-out weight: its moments stay zero.
+        """
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g.to(p.dtype)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else 1e12)
+        if mask is not None:
+            for p, m in zip(self.params, mask, strict=True):
+                p.grad.mul_(m)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:

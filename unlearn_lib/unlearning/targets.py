@@ -3,7 +3,12 @@
 EraseDiff's forgetting loss steers the model away from the ground-truth denoising of the
 forget set by regressing its noise prediction onto another target:
 
-* ``noise``: uniform noise U(0, 1), the paper's choice; no structure to imitate.
+* ``noise``: the paper's forgetting loss, exactly as the official code computes it: the
+  forget image is noised with a uniform draw u ~ U[0, 1) instead of Gaussian noise,
+  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) u, and the model is regressed onto that same u
+  (JingWu321/EraseDiff, ddpm/runners/diffusion.py at commit 67bac47, lines 748/757 and
+  779/789; kept commented out at HEAD, lines 769-770 and 820-821). Not to be confused
+  with regressing onto an independent uniform draw, whose best answer is the constant 0.5.
 * ``remap`` to a class (``null``, a fixed class, or the ``nearest-class``: the retained class
   whose mean image is closest, the smallest change that removes the class): the untouched
   base model's prediction for the same noisy input under that condition.
@@ -26,6 +31,8 @@ from ..models.objectives import ForwardProcess, predict_eps
 
 class ForgetTarget:
     name: str = ""
+    # True: the noise of q(x_t | x_0) for the forget batch is drawn from U[0, 1) instead of N(0, I).
+    uniform_noise: bool = False
 
     def __call__(
         self,
@@ -45,14 +52,13 @@ class ForgetTarget:
 
 
 class UniformNoiseTarget(ForgetTarget):
-    name = "noise"
+    """The paper's target: the uniform draw that noised x_t (``eps`` is that draw here)."""
 
-    def __init__(self, generator: torch.Generator) -> None:
-        self.gen = generator
+    name = "noise"
+    uniform_noise = True
 
     def __call__(self, x0, y_true, y_in, idx, t, eps, x_t):  # noqa: ANN001
-        target = torch.rand(x0.shape, generator=self.gen, device=x0.device)
-        return target, torch.ones(x0.shape[0], device=x0.device)
+        return eps, torch.ones(x0.shape[0], device=x0.device)
 
 
 class ClassRemapTarget(ForgetTarget):
