@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import sys
 import uuid
 import warnings
@@ -341,6 +342,11 @@ def _close_lineage(settings: Settings, lineage_run_id: str | None, **tags: str) 
             client.set_terminated(lineage_run_id, status="FAILED")
 
 
+def sweep_run_folder(settings: Settings, run_id: str) -> None:
+    """Remove a run's kfp pipeline root (the models, audit and selections its steps passed on)."""
+    shutil.rmtree(settings.workspace_path / "runs" / "kfp" / run_id, ignore_errors=True)
+
+
 def _abandon(settings: Settings, store: StateStore, run: RunRow, why: str) -> None:
     """Roll a run back: nothing it prepared stays; its requests wait again."""
     from unlearn_lib.compliance.runfiles import RunFiles
@@ -354,6 +360,7 @@ def _abandon(settings: Settings, store: StateStore, run: RunRow, why: str) -> No
         if (mv.tags or {}).get(f"{TAG_PREFIX}run_id") == run.run_id and str(mv.version) != production:
             client.delete_model_version(run.model, mv.version)
     RunFiles(settings, run.run_id).drop()
+    sweep_run_folder(settings, run.run_id)
     _close_lineage(settings, run.lineage_run_id, status="failed", run_state=RUN_ROLLED_BACK, error=why[:500])
     held = [rid for rid in run.ids if (r := store.get_request(rid)) and r.run_id == run.run_id and r.state != DONE]
     if held:
@@ -647,6 +654,10 @@ def _execute_local(started: Launch, runner: str = SUBPROCESS) -> RunOutcome:
         ctx = StepContext.parse(settings.for_steps(), started.run_id)
         fail_run(ctx, run, None, "the pipeline ended without recording an outcome", True)
     store.release_lease(lease, started.run_id)
+    run = store.get_run(started.run_id)
+    if run is not None and run.state == RUN_SUCCEEDED:
+        # Everything a finished run made is in MLflow and the state database now.
+        sweep_run_folder(settings, started.run_id)
     outcome = outcome_of(settings, started.run_id)
     outcome.message = f"step logs: {log_path}"
     return outcome
@@ -716,5 +727,10 @@ def ensure_base_registered(settings: Settings, ws: Workspace) -> str:
         return str(production_version(client, settings.model_name).version)
     rev = ws.head()
     ds = load_dataset(ws.root / settings.dataset_path)
-    mv = register_base_model(settings, ws.root / "models" / "base", rev, ds.digest(), len(ds), str(ws.root))
+    from unlearn_lib.tracking.retention import base_absorbed
+
+    absorbed = base_absorbed(ws.ledger(rev), ws.root / "models" / "base", ds.digest())
+    mv = register_base_model(
+        settings, ws.root / "models" / "base", rev, ds.digest(), len(ds), str(ws.root), absorbed=absorbed
+    )
     return str(mv.version)

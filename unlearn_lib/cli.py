@@ -485,6 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workspace", default="workspace")
     r.add_argument("--settings")
     r.set_defaults(func=cmd_register_base)
+    r = reg_sub.add_parser(
+        "prune",
+        help="retire versions that still hold deleted data (retention policy): aliases, weights and exports go, "
+        "a tombstone stays",
+    )
+    r.add_argument("--dry-run", action="store_true", help="list what would be retired; change nothing")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_registry_prune)
+    r = reg_sub.add_parser(
+        "rollback", help="point production at an earlier version (refused if it holds data a deletion erased)"
+    )
+    r.add_argument("version")
+    r.set_defaults(func=cmd_registry_rollback)
+    for cmd in reg_sub.choices.values():
+        if cmd.prog.split()[-1] != "register-base":
+            cmd.add_argument("--workspace")
+            cmd.add_argument("--settings")
 
     _load_plugins(sub)
     return parser
@@ -534,7 +551,13 @@ def cmd_register_base(args: argparse.Namespace) -> int:
     ws = Workspace(settings.workspace, settings.dataset_path)
     ws.check()
     ds = load_dataset(ws.root / settings.dataset_path)
-    mv = register_base_model(settings, ws.root / "models" / "base", ws.head(), ds.digest(), len(ds), str(ws.root))
+    rev = ws.head()
+    from .tracking.retention import base_absorbed
+
+    absorbed = base_absorbed(ws.ledger(rev), ws.root / "models" / "base", ds.digest())
+    mv = register_base_model(
+        settings, ws.root / "models" / "base", rev, ds.digest(), len(ds), str(ws.root), absorbed=absorbed
+    )
     print(f"registered {settings.model_name} version {mv.version} (alias production)")
     return 0
 
@@ -560,3 +583,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_registry_prune(args: argparse.Namespace) -> int:
+    from .compliance.erasure import apply_retention, finish_erasures
+    from .settings import Settings
+
+    settings = Settings.load(args.settings, workspace=args.workspace)
+    if not args.dry_run:
+        finish_erasures(settings)
+    items = apply_retention(settings, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps([i.to_dict() for i in items], indent=1))
+        return 0
+    verb = "would retire" if args.dry_run else "retired"
+    for item in items:
+        aliases = f" (aliases removed: {', '.join(item.aliases)})" if item.aliases else ""
+        print(f"{verb} {settings.model_name} v{item.version}: {item.reason}{aliases}")
+    if not items:
+        print(f"nothing to retire (grace period {settings.retention_grace_days:g} days)")
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> int:
+    from .settings import Settings
+    from .state import StateStore
+    from .tracking import PRODUCTION, configure, set_alias
+    from .tracking.retention import check_servable
+
+    settings = Settings.load(args.settings, workspace=args.workspace)
+    client = configure(settings)
+    check_servable(client, StateStore.open(settings), settings.model_name, args.version)
+    set_alias(client, settings.model_name, PRODUCTION, args.version)
+    print(f"{settings.model_name}: production is version {args.version}")
+    return 0

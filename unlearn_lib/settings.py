@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     state_db_url: str | None = None  # default: SQLite file in the workspace
     lease_ttl_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
     max_attempts: int = Field(3, ge=1)
+    # Model versions trained on data a deletion erased are retired this many days after it (0: at once).
+    retention_grace_days: float = Field(30.0, ge=0, allow_inf_nan=False)
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(type(self).model_fields))

@@ -63,6 +63,11 @@ class Workspace:
         self.root = Path(root).resolve()
         self.dataset_path = dataset_path
 
+    @property
+    def source_path(self) -> str:
+        """The ingested data the served dataset is purged from (``prepare``'s output)."""
+        return str(Path(self.dataset_path).parent / "source")
+
     # ---- commands ------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -142,9 +147,29 @@ class Workspace:
             raise WorkspaceError(f"dataset revision {rev!r} does not exist in workspace {self.root}")
         return proc.stdout.strip()
 
+    def erasures(self) -> list[dict]:
+        """The deletions the served revision has published: each erased its records for good."""
+        return self.ledger(self.served())
+
+    def check_not_erased(self, sha: str, rev: str) -> None:
+        """Refuse a revision that still holds records a published deletion erased, naming it."""
+        published = self.erasures()
+        if not published:
+            return
+        absorbed = {rid for e in self.ledger(sha) for rid in e.get("request_ids", [])}
+        for entry in published:
+            ids = entry.get("request_ids", [])
+            if ids and not absorbed.intersection(ids):
+                on = str(entry.get("at", ""))[:10] or "an unknown date"
+                raise WorkspaceError(
+                    f"dataset revision {rev} predates records erased by {', '.join(ids)} on {on}; "
+                    "its data is gone: use a revision after the deletion (e.g. HEAD)"
+                )
+
     def _export(self, sha: str, dest: Path, rev: str) -> None:
         from dvc.api import DVCFileSystem
 
+        self.check_not_erased(sha, rev)
         if dest.exists():
             shutil.rmtree(dest)
         try:
@@ -163,6 +188,7 @@ class Workspace:
         sha = self.resolve(rev)
         root = Path(cache_root) if cache_root else self.root / "runs" / "datasets"
         dest = root / sha
+        self.check_not_erased(sha, rev)
         if (dest / "manifest.jsonl").is_file():
             return load_dataset(dest)
         # Export and validate beside the cache entry, then rename: a reader never sees a partial
@@ -232,7 +258,7 @@ class Workspace:
         try:
             tree = Workspace(wt, self.dataset_path)
             tree.dvc("cache", "dir", "--local", cache)
-            source = str(Path(self.dataset_path).parent / "source")
+            source = self.source_path
             self._bring(tree, source)
             entry = {
                 "request_ids": request_ids,
@@ -244,6 +270,13 @@ class Workspace:
             with open(wt / LEDGER, "a") as f:
                 f.write(json.dumps(entry, sort_keys=True) + "\n")
             failpoint("purge.worktree_ready")
+            # The source loses the records as well (art. 17 asks for the data, not only the served
+            # copy). `prepare` is frozen from then on: rebuilding it would bring them back.
+            from .data.purge import erase_from_source
+
+            if erase_from_source(wt / source, wt / LEDGER):
+                tree.dvc("commit", "-f", "-q", "prepare")
+            _freeze(wt / "dvc.yaml", "prepare")
             tree.dvc("repro", "--single-item", "purge")
             tree.git("add", "-A")
             tree.git("commit", "-q", "-m", f"purge {', '.join(request_ids)}: {forget_set_sha256[:12]} (run {run_id})")
@@ -271,6 +304,89 @@ class Workspace:
             self.git("update-ref", "-d", run_ref(run_id))
         self.drop_worktree(run_id)
 
+    # ---- after the commit: the erased records' bytes leave every store ------------------------------
+    def _lock_outs(self, sha: str) -> dict[str, str]:
+        """Output path -> DVC hash (``<md5>.dir`` for folders) as ``dvc.lock`` records it at ``sha``."""
+        import yaml
+
+        proc = subprocess.run(["git", "show", f"{sha}:dvc.lock"], cwd=self.root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {}
+        outs = {}
+        for stage in (yaml.safe_load(proc.stdout) or {}).get("stages", {}).values():
+            for out in stage.get("outs", []) or []:
+                if out.get("md5"):
+                    outs[out["path"]] = out["md5"]
+        return outs
+
+    def cache_dirs(self) -> list[Path]:
+        """The DVC cache(s) this workspace writes to (a shared one included)."""
+        return [Path(self.dvc("cache", "dir").strip())]
+
+    def _object(self, md5: str) -> bytes | None:
+        for cache in self.cache_dirs():
+            path = cache / "files" / "md5" / md5[:2] / md5[2:]
+            if path.is_file():
+                return path.read_bytes()
+        return None
+
+    def _delete_remote_objects(self, md5s: set[str]) -> int:
+        """Delete objects from the DVC remote (none here: a local workspace has only its cache)."""
+        return 0
+
+    def _out_files(self, sha: str) -> set[str]:
+        found: set[str] = set()
+        for path, md5 in self._lock_outs(sha).items():
+            if path not in (self.source_path, self.dataset_path):
+                continue
+            if not md5.endswith(".dir"):
+                found.add(md5)
+                continue
+            raw = self._object(md5)
+            if raw is None:
+                raise WorkspaceError(f"the listing of {path} at {sha[:12]} ({md5}) is in no DVC cache or remote")
+            found.update(entry["md5"] for entry in json.loads(raw))
+        return found
+
+    def erase_blobs(self, before_rev: str, after_rev: str) -> dict[str, int]:
+        """Delete, from the DVC cache(s) and remote, every data file ``after_rev`` dropped.
+
+        Scoped like a `dvc gc` that keeps the served revision: an object goes only if the data
+        folders at ``before_rev`` (the revision a deletion started from) list it and those at
+        ``after_rev`` (its published purge) do not -- the erased images and the manifests that
+        named them; anything a kept record shares stays. Idempotent.
+        """
+        before, after = self._out_files(self.resolve(before_rev)), self._out_files(self.resolve(after_rev))
+        gone = before - after
+        local = 0
+        for cache in self.cache_dirs():
+            for md5 in gone:
+                path = cache / "files" / "md5" / md5[:2] / md5[2:]
+                if path.is_file():
+                    path.unlink()
+                    local += 1
+        remote = self._delete_remote_objects(gone)
+        return {"blobs": len(gone), "blobs_local": local, "blobs_remote": remote}
+
+    def sweep_datasets(self, cache_root: str | os.PathLike[str] | None = None) -> int:
+        """Remove materialized copies of revisions that hold erased records; returns how many went."""
+        root = Path(cache_root) if cache_root else self.root / "runs" / "datasets"
+        if not root.is_dir():
+            return 0
+        gone = 0
+        for entry in root.iterdir():
+            try:
+                self.check_not_erased(entry.name, entry.name[:12])
+                continue
+            except WorkspaceError:
+                pass  # erased records inside, or a revision this repository no longer knows
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            gone += 1
+        return gone
+
     def publish(self, purged_rev: str, expected_rev: str) -> str:
         """Serve ``purged_rev``: main moves from ``expected_rev`` to it, or nothing changes.
 
@@ -289,7 +405,10 @@ class Workspace:
                 self.git("update-ref", SERVED_REF, purged, expected)
             # The working tree follows the served revision (readers of data/ see the purged files).
             self.git("reset", "-q", "--hard", purged)
-            self.dvc("checkout", "--force", self.dataset_path)
+            # Emptied first: a checkout leaves files the new version no longer lists.
+            for out in (self.source_path, self.dataset_path):
+                shutil.rmtree(self.root / out, ignore_errors=True)
+            self.dvc("checkout", "--force", self.source_path, self.dataset_path)
         return purged
 
 
@@ -414,7 +533,7 @@ class RemoteWorkspace(Workspace):
         tree.dvc("pull", "-q", target)
 
     def _share(self, tree: Workspace, sha: str, ref: str) -> None:
-        tree.dvc("push", "-q", "purge")
+        tree.dvc("push", "-q", "prepare", "purge")
         try:
             tree.git("push", "-q", "-f", "origin", f"{sha}:{ref}")
         except WorkspaceError as err:
@@ -432,6 +551,31 @@ class RemoteWorkspace(Workspace):
             except WorkspaceError as err:
                 raise self._remote_error("git push --delete", err) from None
         super().drop_run_ref(run_id)
+
+    def _remote_store(self) -> Any:
+        from urllib.parse import urlparse
+
+        from .storage.store import S3Store
+
+        url = urlparse(self.dvc_remote or "")
+        if url.scheme != "s3":
+            return None
+        return S3Store(url.netloc, url.path, self.s3_endpoint_url)
+
+    def cache_dirs(self) -> list[Path]:
+        return [self.root / ".dvc" / "cache"]
+
+    def _object(self, md5: str) -> bytes | None:
+        found = super()._object(md5)
+        if found is None and (store := self._remote_store()) is not None:
+            found = store.read(f"files/md5/{md5[:2]}/{md5[2:]}")
+        return found
+
+    def _delete_remote_objects(self, md5s: set[str]) -> int:
+        store = self._remote_store()
+        if store is None:
+            return 0
+        return store.delete_objects([f"files/md5/{m[:2]}/{m[2:]}" for m in sorted(md5s)])
 
     def publish(self, purged_rev: str, expected_rev: str) -> str:
         purged, expected = self.resolve(purged_rev), self.resolve(expected_rev)
@@ -490,6 +634,19 @@ def sweep_partials(root: Path, everything_under: Path | None = None) -> list[Pat
                     path.unlink(missing_ok=True)
                 gone.append(path)
     return gone
+
+
+def _freeze(dvc_yaml: Path, stage: str) -> None:
+    """Mark a stage frozen (`dvc freeze` cannot rewrite a stage that uses ${params})."""
+    lines = dvc_yaml.read_text().splitlines(keepends=True)
+    header = f"  {stage}:\n"
+    if header not in lines:
+        raise WorkspaceError(f"{dvc_yaml} has no stage {stage!r} to freeze")
+    at = lines.index(header) + 1
+    if at < len(lines) and lines[at].strip() == "frozen: true":
+        return
+    lines.insert(at, "    frozen: true\n")
+    dvc_yaml.write_text("".join(lines))
 
 
 def run_ref(run_id: str) -> str:

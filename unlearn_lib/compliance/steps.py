@@ -319,6 +319,7 @@ def extract_step(
             "forget_set_sha256": forget_sha,
             "scope": sel.scope,
             "forget": len(sel.forget),
+            "erased": len(ds) - len(purged),
         }
         ctx.store.finish_step(
             run.run_id, "extract_forget_set", out, purged_rev=purged_rev, forget_set_sha256=forget_sha
@@ -646,9 +647,38 @@ def register_step(
                     client.delete_registered_model_alias(name, CANDIDATE)
             mlflow.set_tags({"unlearn.version": version, "unlearn.alias": PRODUCTION})
             store.complete(run.run_id, ctx.batch.request_ids, version, evidence)
+            _after_commit(ctx, run, client, dataset_rev, purged_rev)
         ws.drop_run_ref(run.run_id)
         ctx.files(run.run_id).drop()
     return {"version": version, "alias": PRODUCTION, "verdict": audit["verdict"], "reused": False}
+
+
+def _after_commit(ctx: StepContext, run: RunRow, client: Any, dataset_rev: str, purged_rev: str) -> None:
+    """The deletion stands; now its data leaves the stores and the versions holding it retire.
+
+    Neither may fail the committed run: a failure is recorded and finished by the next
+    ``unlearn requests run-pending`` or ``unlearn registry prune``.
+    """
+    import mlflow
+
+    from .erasure import ERASE_FAILED, apply_retention, erase_committed
+
+    records = (run.steps.get("extract_forget_set") or {}).get("erased")
+    try:
+        failpoint("register.before_erase")
+        counts = erase_committed(
+            ctx.settings, ctx.workspace, ctx.store, run.run_id, ctx.batch.request_ids, dataset_rev, purged_rev, records
+        )
+        mlflow.log_metrics({f"erased.{k}": float(v) for k, v in counts.items() if isinstance(v, int)})
+    except Exception as err:
+        for rid in ctx.batch.request_ids:
+            ctx.store.record_event(ERASE_FAILED, request_id=rid, run_id=run.run_id, error=error_line(err))
+        mlflow.set_tag("unlearn.erase_error", error_line(err))
+    try:
+        retired = apply_retention(ctx.settings, client)
+        mlflow.set_tag("unlearn.retired_versions", ",".join(r.version for r in retired) or "none")
+    except Exception as err:
+        mlflow.set_tag("unlearn.retention_error", error_line(err))
 
 
 # ---- exit handler ---------------------------------------------------------------------------------

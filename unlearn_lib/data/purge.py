@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..utils import atomic_output_dir
-from .manifest import Dataset, load_dataset, write_manifest
+from .manifest import Dataset, Record, load_dataset, write_manifest
 from .selection import ForgetTargets, target_matcher
 
 
@@ -60,7 +60,8 @@ def purge_dataset(
     src = load_dataset(source)
     gone = deleted_record_ids(src, read_ledger(ledger))
     keep = [r for r in src.records if r.record_id not in gone]
-    info = dict(src.info) | {"purged_records": len(gone)}
+    # Records already erased from the source count too: the same ledger gives the same version.
+    info = dict(src.info) | {"purged_records": len(gone) + int(src.info.get("erased_records", 0))}
     with atomic_output_dir(out, overwrite=overwrite) as stage:
         for rec in keep:
             dst = stage / rec.path
@@ -68,3 +69,26 @@ def purge_dataset(
             shutil.copy2(src.root / rec.path, dst)
         write_manifest(stage, keep, info)
     return load_dataset(out), len(gone)
+
+
+def erase_from_source(source: str | os.PathLike[str], ledger: str | os.PathLike[str]) -> list[Record]:
+    """Remove every record the ledger deletes from the source folder itself; returns them.
+
+    The purge writes a served version without them; this removes the files they came from, so
+    no later version can be built from them. The folder is rewritten beside itself and swapped
+    in, so a crash leaves either the old or the new folder.
+    """
+    src = load_dataset(source)
+    gone = deleted_record_ids(src, read_ledger(ledger))
+    erased = [r for r in src.records if r.record_id in gone]
+    if not erased:
+        return []
+    keep = [r for r in src.records if r.record_id not in gone]
+    info = dict(src.info) | {"erased_records": int(src.info.get("erased_records", 0)) + len(erased)}
+    with atomic_output_dir(source, overwrite=True) as stage:
+        for rec in keep:
+            dst = stage / rec.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src.root / rec.path, dst)
+        write_manifest(stage, keep, info)
+    return erased

@@ -313,6 +313,11 @@ class StateStore:
             )
         )
 
+    def record_event(self, kind: str, request_id: str | None = None, run_id: str | None = None, **detail: Any) -> None:
+        """An event outside any state change (e.g. what was erased from which store, and when)."""
+        with self._tx() as conn:
+            self.event(conn, kind, request_id, run_id, **detail)
+
     def events(self, request_id: str | None = None, run_id: str | None = None) -> list[dict]:
         q = select(t.events).order_by(t.events.c.id)
         if request_id:

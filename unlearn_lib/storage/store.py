@@ -226,6 +226,38 @@ class S3Store:
             raise self._fail("delete", err) from None
         return n
 
+    def delete_objects(self, keys: list[str]) -> int:
+        """Delete these exact objects (no prefix walk); returns how many of them existed."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        n = 0
+        try:
+            for key in keys:
+                try:
+                    self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+                except ClientError as err:
+                    if _not_found(err):
+                        continue
+                    raise
+                self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+                n += 1
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("delete", err) from None
+        return n
+
+    def read(self, key: str) -> bytes | None:
+        """One object's bytes, or None when it does not exist."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as err:
+            if _not_found(err) or err.response.get("Error", {}).get("Code") == "NoSuchKey":
+                return None
+            raise self._fail("get_object", err) from None
+        except BotoCoreError as err:
+            raise self._fail("get_object", err) from None
+
 
 def store_from_settings(settings: Settings) -> ArtifactStore:
     """S3 when a bucket is configured, else the workspace's ``exports/`` folder."""

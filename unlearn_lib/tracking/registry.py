@@ -47,6 +47,12 @@ def download_version(client: Any, name: str, version: str | int, dest: str | os.
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    tags = client.get_model_version(name, str(version)).tags or {}
+    if tags.get(f"{TAG_PREFIX}tombstone") == "true":
+        raise ModelError(
+            f"version {version} of {name!r} was retired ({tags.get(f'{TAG_PREFIX}tombstone_reason', 'no reason')}); "
+            "its weights are deleted"
+        )
     uri = client.get_model_version_download_uri(name, str(version))
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -118,6 +124,9 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
 
 def set_alias(client: Any, name: str, alias: str, version: str | int) -> None:
     """Point ``alias`` at ``version`` and read it back: the registry must say what we think it says."""
+    mv = client.get_model_version(name, str(version))
+    if (mv.tags or {}).get(f"{TAG_PREFIX}tombstone") == "true":
+        raise ModelError(f"version {version} of {name!r} is retired; alias {alias!r} cannot point at it")
     client.set_registered_model_alias(name, alias, str(version))
     if alias_version(client, name, alias) != str(version):
         raise ModelError(f"alias {alias!r} of {name!r} did not move to version {version}")
@@ -146,6 +155,7 @@ def register_base_model(
     dataset_digest: str,
     records: int,
     workspace: str,
+    absorbed: list[str] | tuple[str, ...] = (),
 ) -> Any:
     """Register a trained base model as a new version and make it production (no audit: nothing was deleted)."""
     import mlflow
@@ -176,6 +186,9 @@ def register_base_model(
                 "dataset_digest": dataset_digest,
                 "unet_sha256": model_digest(model_dir),
                 "request_ids": "",
+                # Deletions its training data had already gone through: retention does not count
+                # them against it.
+                "absorbed_request_ids": ",".join(sorted(absorbed)),
             },
             description="base model, trained on the served dataset",
         )

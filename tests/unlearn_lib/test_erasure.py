@@ -1,0 +1,79 @@
+"""A published deletion erases the data itself: the source, the DVC objects, old revisions' exports."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from unlearn_lib.data import ForgetTargets, load_dataset, select
+from unlearn_lib.workspace import Workspace, WorkspaceError
+
+
+def file_hashes(*roots: Path) -> dict[str, Path]:
+    """sha256 of every regular file under the roots (symlinks are not followed: their targets are)."""
+    found = {}
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                if path.is_file() and not path.is_symlink():
+                    found[hashlib.sha256(path.read_bytes()).hexdigest()] = path
+    return found
+
+
+def _delete_canaries(ws: Workspace, tmp_path: Path, request_id: str = "REQ-E1") -> tuple[str, str, list]:
+    before = ws.head()
+    ds = ws.dataset(before, cache_root=tmp_path / "c")
+    sel = select(ds, ForgetTargets.build(subject_ids=["subject-canary"]))
+    gone = [*sel.forget, *sel.purged_holdout]
+    after = ws.prepare_purge(before, sel.summary()["targets"], [request_id], sel.forget_set_sha256(), "run-e1")
+    ws.publish(after, before)
+    return before, after, gone
+
+
+def test_a_published_deletion_erases_the_source_and_the_dvc_objects(workspace, tmp_path):
+    ws = Workspace(workspace)
+    before, after, gone = _delete_canaries(ws, tmp_path)
+    deleted = {r.sha256 for r in gone}
+    assert gone and deleted
+    # The purge commit removed the records from the source folder too, and froze `prepare`.
+    source = load_dataset(workspace / "data" / "source")
+    assert not {r.record_id for r in gone} & {r.record_id for r in source.records}
+    assert source.info["erased_records"] == len(gone)
+    assert "frozen: true" in (workspace / "dvc.yaml").read_text()
+    # The data stages are consistent (only the base model is older than the data, as after any purge).
+    status = ws.dvc("status")
+    assert "prepare" not in status and "purge" not in status and "train_base" in status
+    # Until the objects are erased the cache still has the images: the test can see them.
+    assert deleted & set(file_hashes(*ws.cache_dirs()))
+
+    counts = ws.erase_blobs(before, after)
+    assert counts["blobs_local"] > 0 and counts["blobs"] >= counts["blobs_local"]
+    left = file_hashes(workspace, *ws.cache_dirs())
+    assert not deleted & set(left), [str(left[h]) for h in deleted & set(left)]
+    # Twice is once.
+    assert ws.erase_blobs(before, after)["blobs_local"] == 0
+    # Every retained record still materializes, byte for byte (hashes verified on load).
+    kept = ws.materialize("HEAD", tmp_path / "now")
+    assert len(kept) == len(load_dataset(workspace / "data" / "digits"))
+    assert {r.record_id for r in kept.records} == {r.record_id for r in source.records}
+
+
+def test_a_revision_from_before_the_deletion_refuses_to_materialize(workspace, tmp_path):
+    ws = Workspace(workspace)
+    before, after, _gone = _delete_canaries(ws, tmp_path, "REQ-E2")
+    # A copy materialized before the deletion is swept, and no new one can be made.
+    assert (tmp_path / "c" / before).is_dir()
+    assert ws.sweep_datasets(tmp_path / "c") == 1 and not (tmp_path / "c" / before).exists()
+    for attempt in (
+        lambda: ws.materialize(before, tmp_path / "old"),
+        lambda: ws.dataset(before, cache_root=tmp_path / "c"),
+        lambda: ws.dataset(before[:10]),
+    ):
+        with pytest.raises(WorkspaceError, match=r"predates records erased by REQ-E2 on \d{4}-\d\d-\d\d"):
+            attempt()
+    assert not (tmp_path / "old").exists()
+    assert len(ws.dataset(after, cache_root=tmp_path / "c")) > 0

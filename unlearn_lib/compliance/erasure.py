@@ -1,0 +1,95 @@
+"""After the commit: the deleted records' bytes leave every store, and what still carries them retires.
+
+The register step publishes the purged dataset revision (the source data loses the records in
+the same commit) and moves ``production``; from then on nothing may bring the records back.
+This module does the rest, each part idempotent, so a crash in the middle is finished by the
+next ``unlearn requests run-pending`` (or ``unlearn registry prune``):
+
+- the DVC objects of the erased files leave the cache(s) and the remote (``Workspace.erase_blobs``),
+- materialized copies of revisions that still hold them are swept,
+- an event ``data_erased`` per request records what went and when (the evidence reads it),
+- the retention policy retires the model versions that still hold the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from ..settings import Settings
+from ..state import DONE, StateStore
+from ..workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+ERASED = "data_erased"
+ERASE_FAILED = "data_erase_failed"
+
+
+def erase_committed(
+    settings: Settings,
+    ws: Workspace,
+    store: StateStore,
+    run_id: str | None,
+    request_ids: list[str],
+    before_rev: str,
+    after_rev: str,
+    records: int | None = None,
+) -> dict[str, Any]:
+    """Delete what a published deletion removed from the data stores; record it per request."""
+    from .runfiles import cache_root
+
+    counts: dict[str, Any] = ws.erase_blobs(before_rev, after_rev)
+    swept = ws.sweep_datasets()
+    if settings.stateless:
+        swept += ws.sweep_datasets(cache_root(settings) / "datasets")
+    counts |= {"datasets_swept": swept, "source_rev": after_rev, "records": records}
+    at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for rid in request_ids:
+        store.record_event(ERASED, request_id=rid, run_id=run_id, at=at, **counts)
+    return counts
+
+
+def erased(store: StateStore, request_id: str) -> bool:
+    return any(e["kind"] == ERASED for e in store.events(request_id=request_id))
+
+
+def finish_erasures(settings: Settings, ws: Workspace | None = None) -> list[str]:
+    """Erase the data of completed requests whose erasure a crash or an outage cut short.
+
+    Returns the request IDs handled. A failure is recorded (``data_erase_failed``) and retried
+    on the next call; it never undoes the deletion itself.
+    """
+    from ..workspace import open_workspace
+
+    store = StateStore.open(settings)
+    todo: dict[str, list[Any]] = {}
+    for row in store.list_requests([DONE], model=settings.model_name):
+        ev = row.evidence or {}
+        if ev.get("dataset_rev_before") and ev.get("dataset_rev_after") and not erased(store, row.request_id):
+            todo.setdefault(row.run_id or row.request_id, []).append(row)
+    handled: list[str] = []
+    for run_id, rows in todo.items():
+        ev = rows[0].evidence
+        ids = [r.request_id for r in rows]
+        try:
+            ws = ws or open_workspace(settings)
+            erase_committed(settings, ws, store, rows[0].run_id, ids, ev["dataset_rev_before"], ev["dataset_rev_after"])
+            handled += ids
+        except Exception as err:  # recorded and retried; the deletion itself stands
+            from .steps import error_line
+
+            for rid in ids:
+                store.record_event(ERASE_FAILED, request_id=rid, run_id=run_id, error=error_line(err))
+            log.warning("erasing the data of %s failed (retried next time): %s", ", ".join(ids), error_line(err))
+    return handled
+
+
+def apply_retention(settings: Settings, client: Any | None = None, dry_run: bool = False) -> list[Any]:
+    """Retire the model versions the retention policy names (see :mod:`unlearn_lib.tracking.retention`)."""
+    from ..tracking import configure
+    from ..tracking.retention import prune
+
+    client = client or configure(settings)
+    return prune(client, StateStore.open(settings), settings, settings.model_name, dry_run=dry_run)
