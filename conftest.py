@@ -379,3 +379,44 @@ def state_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+def file_hashes(*roots: Path) -> dict[str, Path]:
+    """sha256 of every regular file under the roots (symlinks are not followed: their targets are)."""
+    found = {}
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                if path.is_file() and not path.is_symlink():
+                    found[hashlib.sha256(path.read_bytes()).hexdigest()] = path
+    return found
+
+
+# ---- the main job, once per session ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_run(workspace_template, tmp_path_factory) -> dict:
+    """`unlearn pipeline demo` as a user runs it (both deletion requests), on a copy of the template.
+
+    The tests of what a finished deletion leaves behind (nothing of the data) and of the evidence
+    read this workspace; they must not change it.
+    """
+    root = tmp_path_factory.mktemp("demo") / "workspace"
+    shutil.copytree(workspace_template, root, symlinks=True)
+    before = {
+        "head": subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip(),
+        "source": load_dataset(root / "data" / "source"),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("UNLEARN_")}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("unlearn")), "pipeline", "demo", "--workspace", str(root), "--keep"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"root": root, "before": before, "stdout": proc.stdout, "env": env}

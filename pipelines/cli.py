@@ -142,6 +142,11 @@ def run_pending(
     worst = 0
     for outcome in recover(settings, echo=lambda line: c.print(escape(line))):
         worst = max(worst, _print_outcome(outcome, settings))
+    from unlearn_lib.compliance.erasure import finish_erasures
+
+    # Deletions that committed but whose data erasure was cut short (crash, store down).
+    for rid in finish_erasures(settings):
+        c.print(f"{rid}: erased the deleted records' data from the stores (left over from an earlier run)")
     runnable = []
     for row in store.runnable_requests(settings.max_attempts):
         req = row.request
@@ -214,7 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from pipelines.run import check_container_ready
         from unlearn_lib.workspace import open_workspace
 
-        settings = Settings.load(args.settings)
+        settings = Settings.load(args.settings).replace(retention_grace_days=0)
         check_container_ready(settings)
         c.rule("the stack: git remote, DVC on S3, MLflow, PostgreSQL")
         ws = open_workspace(settings)
@@ -224,6 +229,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         version = check_model_registered(settings)
     else:
         settings = Settings.load(args.settings, workspace=args.workspace)
+        # The demo shows the whole retention story at once: superseded versions retire immediately.
+        settings = settings.replace(retention_grace_days=0)
         if settings.workspace_path.exists() and not args.keep:
             c.print(f"resetting the demo workspace {settings.workspace_path} (the base model stays cached in DVC)")
             shutil.rmtree(settings.workspace_path)
@@ -325,7 +332,19 @@ def register(sub: Any) -> None:
     rt = qs.add_parser("retry", help="queue a failed request again")
     rt.add_argument("request_id")
     rt.set_defaults(func=cmd_retry_request)
-    for cmd in (a, li, sh, rt):
+    ev = qs.add_parser(
+        "evidence",
+        help="the evidence of one request, rebuilt from MLflow and the state database alone (JSON or an HTML page)",
+    )
+    ev.add_argument("request_id")
+    ev.add_argument("--format", choices=["json", "html"], default="json", help="json (default) or html")
+    ev.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write evidence-REQ-ID.json|html into DIR (json default: print to stdout; html default: .)",
+    )
+    ev.set_defaults(func=cmd_evidence)
+    for cmd in (a, li, sh, rt, ev):
         cmd.add_argument("--settings")
         cmd.add_argument("--workspace")
     rp = qs.add_parser("run-pending", help="run one pipeline per batch of pending requests (for schedules)")
@@ -402,6 +421,19 @@ def cmd_show_request(args: argparse.Namespace) -> int:
         for e in store.events(request_id=row.request_id)
     ]
     print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from unlearn_lib.requests.evidence import build_evidence, serialize, write_evidence
+
+    # Built completely before anything is written: a refused request or an unreachable server leaves no file.
+    evidence = build_evidence(_settings(args), args.request_id)
+    if args.format == "json" and args.out is None:
+        print(serialize(evidence, "json"), end="")
+        return 0
+    path = write_evidence(evidence, args.out or ".", args.format)
+    print(f"wrote {path}")
     return 0
 
 

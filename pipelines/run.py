@@ -389,6 +389,9 @@ def recover(
     """
     store = StateStore.open(settings)
     outcomes = []
+    if not settings.stateless and settings.workspace_path.is_dir():
+        # Half-written outputs of processes that died (a crash, SIGKILL) go before anything reads.
+        sweep_partials(settings.workspace_path)
     for run in store.runs([RUN_RUNNING, RUN_INTERRUPTED], model=model):
         if request_ids is not None and not set(run.ids) & set(request_ids):
             continue
@@ -656,8 +659,14 @@ def _execute_local(started: Launch, runner: str = SUBPROCESS) -> RunOutcome:
     store.release_lease(lease, started.run_id)
     run = store.get_run(started.run_id)
     if run is not None and run.state == RUN_SUCCEEDED:
-        # Everything a finished run made is in MLflow and the state database now.
-        sweep_run_folder(settings, started.run_id)
+        from unlearn_lib.compliance.runfiles import RunFiles
+
+        # Everything a finished run made is in MLflow and the state database now; so is what
+        # earlier, failed attempts at the same requests left for a person to look at.
+        for old in store.runs([RUN_SUCCEEDED, RUN_FAILED, RUN_ROLLED_BACK], model=run.model):
+            if old.run_id == run.run_id or set(old.ids) & set(run.ids):
+                sweep_run_folder(settings, old.run_id)
+                RunFiles(settings, old.run_id).drop()
     outcome = outcome_of(settings, started.run_id)
     outcome.message = f"step logs: {log_path}"
     return outcome

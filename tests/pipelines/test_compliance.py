@@ -161,6 +161,38 @@ def test_server_run_registers_an_audited_version_with_lineage(server_run):
     assert all(c.info.status == "FINISHED" for c in children)
 
 
+def test_the_version_page_carries_a_model_card_the_report_and_the_curves(server_run):
+    out, settings = server_run["outcome"], server_run["settings"]
+    client = client_for(settings)
+    mv = client.get_model_version(settings.model_name, "2")
+    card = mv.description
+    assert "Unlearned REQ-CANARY from version 1" in card and "**Audit verdict: PASS**" in card
+    assert mv.tags["unlearn.forget_set_sha256"] in card
+    audit_run = mv.tags["unlearn.audit_run_id"]
+    assert mv.tags["unlearn.report"] == f"runs:/{audit_run}/audit/report.html" and mv.tags["unlearn.report"] in card
+    assert client.download_artifacts(audit_run, "audit/report.html")
+    gates = json.load(open(client.download_artifacts(audit_run, "audit/audit.json")))["gates"]
+    assert gates and all(f"| {g['metric']} | " in card for g in gates)
+    parent = client.get_run(out.lineage_run_id)
+    steps = {
+        c.data.tags["unlearn.step"]: c
+        for c in client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{out.lineage_run_id}'"
+        )
+    }
+    unlearn = steps["unlearn"]
+    # The losses as metric history (one point per outer step), not only a picture.
+    history = client.get_metric_history(unlearn.info.run_id, "unlearn.loss_r")
+    assert len(history) == int(unlearn.data.metrics["unlearning_steps"]) > 1
+    assert sorted(h.step for h in history) == list(range(len(history)))
+    # System metrics sampled while unlearning and auditing.
+    for step in ("unlearn", "audit"):
+        assert any(k.startswith("system/cpu_utilization") for k in steps[step].data.metrics), step
+    # Retention: the base version keeps its weights during the grace period (30 days by default).
+    base = client.get_model_version(settings.model_name, "1")
+    assert "unlearn.tombstone" not in base.tags and "unlearn.retired_versions" in steps["register"].data.tags
+
+
 def test_artifacts_live_on_s3_and_hold_no_forgotten_images(server_run):
     settings, s3 = server_run["settings"], server_run["s3"]
     store = S3Store(s3["bucket"], prefix="e2e", endpoint_url=s3["endpoint"])

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import pytest
 
+from conftest import file_hashes
 from unlearn_lib.data import ForgetTargets, load_dataset, select
 from unlearn_lib.workspace import Workspace, WorkspaceError
-
-
-def file_hashes(*roots: Path) -> dict[str, Path]:
-    """sha256 of every regular file under the roots (symlinks are not followed: their targets are)."""
-    found = {}
-    for root in roots:
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = Path(dirpath) / name
-                if path.is_file() and not path.is_symlink():
-                    found[hashlib.sha256(path.read_bytes()).hexdigest()] = path
-    return found
 
 
 def _delete_canaries(ws: Workspace, tmp_path: Path, request_id: str = "REQ-E1") -> tuple[str, str, list]:

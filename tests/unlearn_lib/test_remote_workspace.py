@@ -199,3 +199,40 @@ def test_run_files_on_s3_survive_the_pod_and_checkpoints_sync(remote, tmp_path):
         assert sorted(p.name for p in ckpt.glob("step-*.pt")) == ["step-00000030.pt"]
     second.drop()
     assert not RunFiles(settings("pod-3"), "run-files1").restore("model", tmp_path / "again")
+
+
+def test_after_the_commit_the_erased_images_leave_the_dvc_remote(remote, s3_env, seeded, tmp_path):
+    import hashlib
+
+    import boto3
+
+    # A copy of the shared DVC objects under a prefix of this test's own: it deletes some.
+    s3 = boto3.client("s3", endpoint_url=s3_env["endpoint"], region_name="us-east-1")
+    bucket, old, new = s3_env["bucket"], f"{seeded['prefix']}/dvc/", f"{seeded['prefix']}-erase/dvc/"
+    keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=old)
+            for o in p.get("Contents", [])]
+    for key in keys:
+        s3.copy_object(Bucket=bucket, Key=new + key[len(old):], CopySource={"Bucket": bucket, "Key": key})
+    settings = remote["settings"]("pod-x").replace(s3_prefix=f"{seeded['prefix']}-erase")
+    ws = RemoteWorkspace.open(settings)
+    base = ws.resolve("HEAD")
+    canaries = [r for r in ws.dataset(base).records if r.subject_id == "subject-canary"]
+    images = {hashlib.md5((ws.dataset(base).root / r.path).read_bytes()).hexdigest() for r in canaries}
+    purged = ws.prepare_purge(base, {"subject_ids": ["subject-canary"]}, ["REQ-X"], "a" * 64, "run-x")
+    register = RemoteWorkspace.open(settings.replace(scratch_dir=str(tmp_path / "pod-register")))
+    register.publish(purged, base)
+    counts = register.erase_blobs(base, purged)
+    assert counts["blobs_remote"] >= len(images) > 0
+
+    def remote_objects() -> set[str]:
+        return {o["Key"].removeprefix(new + "files/md5/").replace("/", "") for p in
+                s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=new) for o in p.get("Contents", [])}
+
+    assert not images & remote_objects()
+    # A fresh pod (empty cache) still materializes every retained record from the remote ...
+    fresh = RemoteWorkspace.open(settings.replace(scratch_dir=str(tmp_path / "pod-fresh")))
+    now = fresh.dataset("HEAD")
+    assert len(now) > 1000 and not any(r.subject_id == "subject-canary" for r in now.records)
+    # ... and refuses the revision from before the deletion, naming the request.
+    with pytest.raises(WorkspaceError, match="predates records erased by REQ-X"):
+        fresh.dataset(base)

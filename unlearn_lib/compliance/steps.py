@@ -355,7 +355,7 @@ def unlearn_step(
         parent_version = str(run.parent_version)
         files = ctx.files(run.run_id)
         done = run.steps.get("unlearn")
-        with step_run(ctx.settings, ctx.lineage_run_id, "unlearn", ctx.tags(run.run_id)):
+        with step_run(ctx.settings, ctx.lineage_run_id, "unlearn", ctx.tags(run.run_id), system_metrics=True):
             if (
                 done
                 and files.restore("model", model_dir)
@@ -403,6 +403,7 @@ def unlearn_step(
                     values = result.history.get(key, [])
                     if values:
                         mlflow.log_metric(f"final_{key}", values[-1])
+                _log_history(result.history)
                 mlflow.log_dict(record | {"history": {}}, "unlearning.json")
                 curves = Path(model_dir) / "unlearning_curves.png"
                 if curves.is_file():
@@ -416,6 +417,27 @@ def unlearn_step(
                 files.keep("model", model_dir)
         ctx.store.finish_step(run.run_id, "unlearn", out | {"model_sha256": model_digest(model_dir)})
     return out
+
+
+def _log_history(history: dict[str, list[float]]) -> None:
+    """Every recorded training curve as MLflow metric history (``unlearn.<key>`` by step): charts in the UI."""
+    import math
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"unlearn.{key}", float(v), now, step)
+        for key, values in sorted(history.items())
+        for step, v in enumerate(values)
+        if isinstance(v, int | float) and math.isfinite(v)
+    ]
+    run_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    for at in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 per batch
+        client.log_batch(run_id, metrics=metrics[at : at + 1000])
 
 
 # ---- 3. audit -------------------------------------------------------------------------------------
@@ -456,7 +478,7 @@ def audit_step(
         files = ctx.files(run.run_id)
         done = run.steps.get("audit")
         digest = model_digest(model_dir)
-        with step_run(ctx.settings, ctx.lineage_run_id, "audit", ctx.tags(run.run_id)):
+        with step_run(ctx.settings, ctx.lineage_run_id, "audit", ctx.tags(run.run_id), system_metrics=True):
             if (
                 done
                 and done.get("model_sha256") == digest
@@ -596,6 +618,7 @@ def register_step(
                     with contextlib.suppress(Exception):
                         client.delete_model_version(name, version)
                 raise
+            _write_card(ctx, client, name, version, audit, report_uri)
             evidence = {
                 "model": name,
                 "version": version,
@@ -651,6 +674,23 @@ def register_step(
         ws.drop_run_ref(run.run_id)
         ctx.files(run.run_id).drop()
     return {"version": version, "alias": PRODUCTION, "verdict": audit["verdict"], "reused": False}
+
+
+def _write_card(ctx: StepContext, client: Any, name: str, version: str, audit: dict, report_uri: str) -> None:
+    """The version's page in MLflow: a model card and a link to the audit report it was judged by."""
+    from ..tracking import TAG_PREFIX
+    from ..tracking.card import find_step_run, model_card
+
+    links = {"report (exported)": f"{report_uri}/report.html"}
+    audit_run = find_step_run(client, ctx.lineage_run_id, "audit")
+    if audit_run is not None:
+        report = f"runs:/{audit_run.info.run_id}/audit/report.html"
+        links["report (MLflow artifact of the audit step)"] = report
+        client.set_model_version_tag(name, version, f"{TAG_PREFIX}audit_run_id", audit_run.info.run_id)
+        client.set_model_version_tag(name, version, f"{TAG_PREFIX}report", report)
+    mv = client.get_model_version(name, version)
+    tags = {k.removeprefix(TAG_PREFIX): v for k, v in (mv.tags or {}).items() if k.startswith(TAG_PREFIX)}
+    client.update_model_version(name, version, description=model_card(tags, audit, links))
 
 
 def _after_commit(ctx: StepContext, run: RunRow, client: Any, dataset_rev: str, purged_rev: str) -> None:

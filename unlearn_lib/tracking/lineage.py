@@ -86,18 +86,38 @@ def start_pipeline_run(settings: Settings, run_name: str, tags: dict[str, str], 
 
 
 @contextlib.contextmanager
-def step_run(settings: Settings, parent_run_id: str, step: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """A nested run for one pipeline step, FAILED with the error when the step raises."""
+def step_run(
+    settings: Settings,
+    parent_run_id: str,
+    step: str,
+    tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
+) -> Iterator[Any]:
+    """A nested run for one pipeline step, FAILED with the error when the step raises.
+
+    ``system_metrics``: CPU, memory, disk and (where present) GPU use are sampled into the run
+    while the step works, for the long steps whose cost people compare between runs.
+    """
     import mlflow
 
     configure(settings)
+    if system_metrics:
+        # MLflow's defaults (10 s, then batches of 10 samples) log nothing for a two-minute step.
+        mlflow.set_system_metrics_sampling_interval(2)
+        mlflow.set_system_metrics_samples_before_logging(1)
     injected = os.environ.get("MLFLOW_RUN_ID")
     all_tags = {f"{TAG_PREFIX}step": step, **{f"{TAG_PREFIX}{k}": str(v) for k, v in (tags or {}).items()}}
     if injected:
-        run = mlflow.start_run(run_id=injected)
+        run = mlflow.start_run(run_id=injected, log_system_metrics=system_metrics)
         mlflow.set_tags(all_tags)
     else:
-        run = mlflow.start_run(run_name=step, nested=True, parent_run_id=parent_run_id or None, tags=all_tags)
+        run = mlflow.start_run(
+            run_name=step,
+            nested=True,
+            parent_run_id=parent_run_id or None,
+            tags=all_tags,
+            log_system_metrics=system_metrics,
+        )
     try:
         yield run
     except BaseException as err:
