@@ -581,10 +581,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def cmd_registry_prune(args: argparse.Namespace) -> int:
     from .compliance.erasure import apply_retention, finish_erasures
     from .settings import Settings
@@ -617,3 +613,7 @@ def cmd_registry_rollback(args: argparse.Namespace) -> int:
     set_alias(client, settings.model_name, PRODUCTION, args.version)
     print(f"{settings.model_name}: production is version {args.version}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,14 +12,14 @@ import yaml
 
 from pipelines.compliance import GOLDEN, compile_pipeline
 from pipelines.run import ensure_base_registered, run_local
-from unlearn_lib.data import ForgetTargets, load_dataset, select
+from unlearn_lib.data import ForgetTargets, select
 from unlearn_lib.errors import UnlearnError
 from unlearn_lib.requests import DeletionBatch, parse_request
 from unlearn_lib.settings import Settings
 from unlearn_lib.state import StateStore
 from unlearn_lib.storage import S3Store
 from unlearn_lib.tracking import client_for
-from unlearn_lib.workspace import Workspace, run_ref
+from unlearn_lib.workspace import Workspace, WorkspaceError, run_ref
 
 CANARY_REQUEST = {
     "request_id": "REQ-CANARY",
@@ -129,15 +129,18 @@ def server_run(workspace_template, tmp_path_factory, mlflow_server, s3_env):
             os.environ[k] = v
 
 
-def test_server_run_registers_an_audited_version_with_lineage(server_run):
+def test_server_run_registers_an_audited_version_with_lineage(server_run, digits):
     out, settings = server_run["outcome"], server_run["settings"]
     assert out.status == "succeeded", out
     assert (out.verdict, out.version, out.alias) == ("pass", "2", "production")
     client = client_for(settings)
     mv = client.get_model_version(settings.model_name, "2")
     ws = server_run["ws"]
-    before = load_dataset(ws.dataset(server_run["rev_before"]).root)
-    expected_hash = select(before, ForgetTargets.build(subject_ids=["subject-canary"])).forget_set_sha256()
+    # The revision before the deletion no longer materializes (its records are erased): the
+    # template workspace was built from the session's dataset.
+    with pytest.raises(WorkspaceError, match="predates records erased by REQ-CANARY"):
+        ws.dataset(server_run["rev_before"])
+    expected_hash = select(digits, ForgetTargets.build(subject_ids=["subject-canary"])).forget_set_sha256()
     tags = mv.tags
     assert tags["unlearn.request_ids"] == "REQ-CANARY"
     assert tags["unlearn.forget_set_sha256"] == expected_hash
