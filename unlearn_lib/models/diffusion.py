@@ -34,6 +34,8 @@ class ModelMeta:
     guidance_scale: float = 2.0
     cond_drop_prob: float = 0.1
     training: dict[str, Any] = field(default_factory=dict)
+    # Empty for a base model. An unlearned one: its parent's digest, the algorithm, the forget-set
+    # hash, and ``deletions``: every deletion it has absorbed, oldest first (unlearning.lineage).
     lineage: dict[str, Any] = field(default_factory=dict)
     schema_version: int = META_SCHEMA_VERSION
 

@@ -37,12 +37,21 @@ class UnlearningTask:
     # Hold-out records never trained on that resemble the forget set (calibration, audits).
     reference: TensorSet | None = None
     forget_labels: list[int] = field(default_factory=list)
+    # Classes erased by earlier deletions in the base model's lineage: never a retained class or a
+    # remap target, and kept forgotten by algorithms that can (EraseDiff's ``keep_forgotten``).
+    erased_labels: list[int] = field(default_factory=list)
+    # Where each of them was last sent (from the lineage), so a later erasure can follow the chain.
+    erased_mapping: dict[int, int] = field(default_factory=dict)
+    # Their records when the dataset still holds them (never retained; may anchor "keep forgotten").
+    erased: TensorSet | None = None
+    # What the lineage took out of this task's data (recorded in unlearning.json).
+    prior: dict = field(default_factory=dict)
 
     @property
     def retained_labels(self) -> list[int]:
         if not self.base.conditional:
             return []
-        gone = set(self.forget_labels) if self.scope == "class" else set()
+        gone = set(self.erased_labels) | (set(self.forget_labels) if self.scope == "class" else set())
         return [c for c in range(self.base.meta.num_classes) if c not in gone]
 
 

@@ -33,6 +33,13 @@ With ``inner_data=batch`` (ours) the inner steps and L_f* use the same forget ba
 and timesteps as the outer step, so q is measured on one consistent sample; with
 ``inner_data=epoch`` (official) each inner step is a pass over the whole forget set and L_f*
 is the mean loss over the last pass. ``round_steps`` outer steps share one L_f*.
+
+**Successive deletions.** From a model whose lineage holds earlier class erasures
+(:mod:`.lineage`), those classes are never a remap target, their records never in the retain
+set, and with ``keep_forgotten`` (default) L_f gains a second term: a batch labelled with the
+earlier classes, regressed onto the base model's prediction under the class each is sent to
+now (the earlier target, or along the chain when that was erased since). L_f* in
+``inner_data=epoch`` mode measures the current deletion's term only (it is only logged).
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.tensors import to_model_space
 from ..errors import ConfigError
+from ..models.objectives import drop_labels
 from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
 from .calibration import CalibratedStop, ExtractionCheck
 from .loop import UnlearningLoop
@@ -53,6 +62,7 @@ from .targets import (
     UniformNoiseTarget,
     class_mapping,
     class_means,
+    kept_mapping,
     nearest_neighbours,
 )
 
@@ -157,6 +167,9 @@ class EraseDiffConfig(CommonConfig):
     stop_extraction_samples: int = 256
     stop_extraction_min_ratio: float = 1.15
     stop_extraction_every: int = 5
+    # Classes erased by earlier deletions in the model's lineage stay under the forgetting
+    # constraint (L_f gains a term sending them where they were sent), not only out of the retain set.
+    keep_forgotten: bool = True
 
     def validate(self) -> None:
         filled = dataclasses.replace(
@@ -204,10 +217,32 @@ class ForgetBatch:
     y_in: torch.Tensor | None
     target: torch.Tensor
     weight: torch.Tensor
+    # Earlier erased classes kept forgotten: their loss is added to this batch's.
+    kept: ForgetBatch | None = None
 
     def loss(self, loop: UnlearningLoop) -> torch.Tensor:
         err = (loop.predict(self.x_t, self.t, self.y_in) - self.target).pow(2).flatten(1).mean(1)
-        return (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
+        loss = (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
+        return loss if self.kept is None else loss + self.kept.loss(loop)
+
+
+@dataclass
+class KeptForgotten:
+    """Images standing for the earlier erased classes, labelled with them, and where they are sent."""
+
+    images: torch.Tensor  # uint8, on the loop's device
+    labels: torch.Tensor
+    target: ClassRemapTarget
+
+    def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
+        idx = loop._draw(self.images.shape[0], size)
+        x0 = to_model_space(self.images[idx])
+        y = self.labels[idx]
+        y_in = drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
+        eps, t = loop.noise_and_t(x0)
+        x_t = loop.fp.add_noise(x0, eps, t)
+        target, weight = self.target(x0, y, y_in, idx, t, eps, x_t)
+        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight)
 
 
 def draw_forget_batch(loop: UnlearningLoop, target_fn: ForgetTarget, idx: torch.Tensor | None = None) -> ForgetBatch:
@@ -264,6 +299,38 @@ def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoo
     return ClassRemapTarget(loop.frozen.unet, mapping, mode)
 
 
+def build_kept(
+    cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop, target_fn: ForgetTarget
+) -> KeptForgotten | None:
+    """The "keep forgotten" term for classes erased earlier in the lineage (None: nothing to keep).
+
+    Each such class is sent where it was sent before, or along the chain when that class has been
+    erased since. Its images are its own records when the dataset still holds them (never in the
+    retain set), else retained images of the class it is sent to: sampling under the erased label
+    then starts from noise and should end in that class, so those are the inputs that matter.
+    """
+    if not (cfg.keep_forgotten and task.erased_labels and task.base.conditional):
+        return None
+    current = target_fn.mapping if isinstance(target_fn, ClassRemapTarget) else {}
+    pools = [task.retain, task.forget] + ([task.erased] if task.erased is not None else [])
+    means = class_means(torch.cat([p.images for p in pools]), torch.cat([p.labels for p in pools]))
+    null = loop.model.null_class
+    mapping = kept_mapping(task.erased_labels, task.erased_mapping, current, task.retained_labels, null, means)
+    images, labels = [], []
+    for c in task.erased_labels:
+        own = task.erased.images[task.erased.labels == c] if task.erased is not None else task.retain.images[:0]
+        if own.shape[0] == 0:
+            dst = mapping[c]
+            own = task.retain.images if dst == null else task.retain.images[task.retain.labels == dst]
+        images.append(own)
+        labels.append(torch.full((own.shape[0],), c, dtype=torch.long))
+    return KeptForgotten(
+        images=torch.cat(images).to(loop.device),
+        labels=torch.cat(labels).to(loop.device),
+        target=ClassRemapTarget(loop.frozen.unet, mapping, "kept"),
+    )
+
+
 @register
 class EraseDiff(Unlearner):
     name = "erasediff"
@@ -275,6 +342,7 @@ class EraseDiff(Unlearner):
         cfg = self.resolved(task)
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
         target_fn = build_target(cfg, task, loop)
+        kept = build_kept(cfg, task, loop, target_fn)
         optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
         shared = cfg.inner_optimizer == "shared"
         inner_opt = optimizer if shared else torch.optim.Adam(loop.params, lr=cfg.inner_lr or cfg.lr)
@@ -328,6 +396,8 @@ class EraseDiff(Unlearner):
             if cfg.inner_data == "epoch" and (lf_star is None or step % cfg.round_steps == 0):
                 lf_star = self._inner_minimum_epochs(cfg, loop, inner_opt, target_fn)
             batch = draw_forget_batch(loop, target_fn)
+            if kept is not None:
+                batch.kept = kept.draw(loop, cfg.forget_batch_size)
             if cfg.inner_data == "batch" and (lf_star is None or step % cfg.round_steps == 0):
                 lf_star = self._inner_minimum(cfg, loop, inner_opt, batch)
             x_r, y_r = loop.retain_batch()
@@ -361,6 +431,8 @@ class EraseDiff(Unlearner):
         bar.close()
         result = loop.finish(step, stop)
         result.config["resolved_target"] = target_fn.describe()
+        if kept is not None:
+            result.config["resolved_target"]["kept_mapping"] = {str(k): v for k, v in kept.target.mapping.items()}
         return result
 
     def resolved(self, task: UnlearningTask) -> EraseDiffConfig:

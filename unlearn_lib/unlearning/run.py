@@ -19,6 +19,14 @@ from ..models.diffusion import DiffusionModel
 from ..utils import atomic_output_dir, sha256_file, write_json
 from ..viz import save_loss_curve
 from .base import UnlearningResult, UnlearningTask, make_unlearner
+from .lineage import (
+    LINEAGE_KEY,
+    PriorExclusion,
+    deletion_entry,
+    exclude_prior,
+    prior_class_mapping,
+    prior_deletions,
+)
 
 UNLEARNING_JSON = "unlearning.json"
 UNLEARNING_SCHEMA_VERSION = 1
@@ -30,9 +38,22 @@ def model_digest(path: str | os.PathLike[str]) -> str:
 
 
 def task_from_selection(
-    dataset: Dataset, selection: Selection, base: DiffusionModel, reference_min: int = 16
+    dataset: Dataset,
+    selection: Selection,
+    base: DiffusionModel,
+    reference_min: int = 16,
+    prior: PriorExclusion | None = None,
 ) -> UnlearningTask:
+    """The task for ``selection``, minus every record an earlier deletion in ``base``'s lineage matched.
+
+    ``prior`` is the result of :func:`exclude_prior` when the caller already applied it.
+    """
+    if prior is None:
+        selection, prior = exclude_prior(selection, base.meta.lineage)
     reference = selection.reference(reference_min)
+    held = [r for r in prior.excluded_train if r.label in set(prior.erased_labels)]
+    # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
+    again = set(selection.forget_labels) if selection.scope == "class" else set()
     return UnlearningTask(
         base=base,
         retain=TensorSet.from_records(dataset, selection.retain),
@@ -40,6 +61,10 @@ def task_from_selection(
         reference=TensorSet.from_records(dataset, reference) if reference else None,
         scope=selection.scope,
         forget_labels=selection.forget_labels if selection.scope == "class" else [],
+        erased_labels=[c for c in prior.erased_labels if c not in again],
+        erased_mapping=prior_class_mapping(prior_deletions(base.meta.lineage)),
+        erased=TensorSet.from_records(dataset, held) if held else None,
+        prior=prior.summary(),
     )
 
 
@@ -69,16 +94,18 @@ def erase(
     base = DiffusionModel.load(model_dir)
     dataset = load_dataset(dataset_dir)
     _check_compatible(base, dataset)
-    selection = select(dataset, targets, strict=strict)
-    task = task_from_selection(dataset, selection, base)
+    selection, prior = exclude_prior(select(dataset, targets, strict=strict), base.meta.lineage)
+    task = task_from_selection(dataset, selection, base, prior=prior)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(f"{out}.checkpoints")
     result = unlearner.run(task, checkpoint_dir=str(ckpt), progress=progress)
     base_digest = model_digest(model_dir)
+    entry = deletion_entry(selection, algorithm, base_digest, result.config.get("resolved_target"))
     result.model.meta.lineage = {
         "parent_model_sha256": base_digest,
         "algorithm": algorithm,
         "forget_set_sha256": selection.forget_set_sha256(),
         "dataset_digest": dataset.digest(),
+        LINEAGE_KEY: prior_deletions(base.meta.lineage) + [entry],
     }
     record = {
         "schema_version": UNLEARNING_SCHEMA_VERSION,
@@ -94,6 +121,7 @@ def erase(
         "base_model": {"path": str(model_dir), "unet_sha256": base_digest, "preset": base.meta.preset},
         "dataset": {"path": str(dataset_dir), "digest": dataset.digest()},
         "selection": selection.summary(),
+        "prior_deletions": task.prior,
         "history": result.history,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": {

@@ -114,6 +114,40 @@ def class_mapping(
     raise ConfigError(f"unknown class remap mode {mode!r}")
 
 
+def kept_mapping(
+    erased: list[int],
+    prior: dict[int, int],
+    current: dict[int, int],
+    retained: list[int],
+    null_class: int,
+    class_means: dict[int, torch.Tensor] | None = None,
+) -> dict[int, int]:
+    """Where each class erased by an earlier deletion is sent now: never onto an erased class.
+
+    An earlier class keeps its previous target while that is still retained (the model already
+    behaves that way: the smallest change). When its target has been erased since (3 sent onto 5,
+    then 5 erased), it follows the chain of later mappings (3 -> 5 -> where 5 goes now); failing
+    that, the nearest retained class by mean image, or the first retained class.
+    """
+    if not retained:
+        raise ConfigError("every class has been erased: nothing is left to send the erased classes to")
+    ok = set(retained) | {null_class}
+    out = {}
+    for c in erased:
+        dst, seen = prior.get(c), {c}
+        while dst is not None and dst not in ok and dst not in seen:
+            seen.add(dst)
+            dst = current.get(dst, prior.get(dst))
+        if dst is None or dst not in ok:
+            if class_means is not None and c in class_means:
+                dists = {r: float((class_means[c] - class_means[r]).pow(2).sum()) for r in retained if r in class_means}
+                dst = min(dists, key=dists.get) if dists else retained[0]
+            else:
+                dst = retained[0]
+        out[c] = dst
+    return out
+
+
 def class_means(images_u8: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
     x = to_model_space(images_u8).flatten(1).cpu()
     return {int(c): x[labels.cpu() == c].mean(0) for c in labels.unique().tolist() if c >= 0}

@@ -1,0 +1,134 @@
+"""Successive deletions: a model's lineage carries what it absorbed, and later erasures honour it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from unlearn_lib.audit import class_figures, generate_class_samples
+from unlearn_lib.data import ForgetTargets, select
+from unlearn_lib.errors import SelectionError
+from unlearn_lib.models import DiffusionModel
+from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
+from unlearn_lib.unlearning.erasediff import build_kept, build_target
+from unlearn_lib.unlearning.lineage import LINEAGE_KEY, deletion_entry, exclude_prior
+from unlearn_lib.unlearning.loop import UnlearningLoop
+from unlearn_lib.unlearning.run import model_digest
+from unlearn_lib.unlearning.targets import kept_mapping
+
+PER_CLASS = 50
+SEED = 1
+
+
+def _with_deletions(model: DiffusionModel, digits, *targets: ForgetTargets) -> DiffusionModel:
+    """A copy of ``model`` whose lineage says it absorbed ``targets``, in order (no training)."""
+    out = model.clone()
+    out.meta.lineage = {LINEAGE_KEY: [deletion_entry(select(digits, t), "erasediff", "0" * 64, None) for t in targets]}
+    return out
+
+
+def _targets_of(task):
+    """EraseDiff's remap target and "keep forgotten" term for ``task``, without training."""
+    cfg = make_unlearner("erasediff").resolved(task)
+    loop = UnlearningLoop("erasediff", task, cfg, None, progress=False)
+    target = build_target(cfg, task, loop)
+    return target, build_kept(cfg, task, loop, target)
+
+
+def test_remap_targets_never_include_an_erased_class(digits, base_model):
+    one = ForgetTargets.build(labels=[1])
+    # Precondition that makes the test mean something: on these digits 1's nearest class is 8.
+    fresh = task_from_selection(digits, select(digits, one), base_model)
+    target, kept = _targets_of(fresh)
+    assert target.mapping == {1: 8} and kept is None
+
+    # 8 was erased earlier (sent onto 1, its nearest class), then 3 (sent onto 9): erasing 1 now must
+    # send 1 onto neither 8 nor 3, and 8, which was sent onto the class erased now, follows the chain.
+    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[8]), ForgetTargets.build(labels=[3]))
+    parent.meta.lineage[LINEAGE_KEY][0]["mapping"] = {"8": 1}
+    parent.meta.lineage[LINEAGE_KEY][1]["mapping"] = {"3": 9}
+    task = task_from_selection(digits, select(digits, one), parent)
+    assert task.erased_labels == [3, 8] and task.retained_labels == [0, 2, 4, 5, 6, 7, 9]
+    target, kept = _targets_of(task)
+    erased = {1, 3, 8}
+    assert target.mapping[1] not in erased
+    assert kept.target.mapping == {3: 9, 8: target.mapping[1]}
+    assert set(kept.labels.unique().tolist()) == {3, 8}
+
+    # The chain rule on its own: never an erased class, however the earlier targets were erased.
+    m = kept_mapping([3, 8], {3: 5, 8: 1}, {5: 8, 1: 2}, [0, 2, 4], null_class=10)
+    assert m == {3: 2, 8: 2}
+    assert kept_mapping([3], {3: 5}, {}, [0, 2], null_class=10) == {3: 0}  # 5 erased, no chain: fallback
+    with pytest.raises(Exception, match="every class has been erased"):
+        kept_mapping([3], {}, {}, [], null_class=10)
+
+
+def test_dataset_still_holding_earlier_deletions_is_excluded_with_one_line(digits, base_model, caplog):
+    canary = ForgetTargets.build(subject_ids=["subject-canary"])
+    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]), canary)
+    sel = select(digits, ForgetTargets.build(labels=[5]))
+    canary_ids = {r.record_id for r in digits.records if r.subject_id == "subject-canary"}
+    assert any(r.label == 3 for r in sel.retain) and canary_ids & {r.record_id for r in sel.retain}
+
+    with caplog.at_level(logging.WARNING, logger="unlearn_lib.unlearning.lineage"):
+        task = task_from_selection(digits, sel, parent)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    excluded = sum(1 for r in sel.retain if r.label == 3 or r.record_id in canary_ids)
+    assert f"still holds {excluded} training" in lines[0]
+
+    assert 3 not in task.retain.labels.tolist() and not canary_ids & set(task.retain.record_ids)
+    assert task.reference is not None and 3 not in task.reference.labels.tolist()
+    assert not canary_ids & set(task.reference.record_ids)
+    assert len(task.retain) == len(sel.retain) - excluded
+    # The held records of the erased class are kept aside to anchor "keep forgotten", never retained.
+    assert task.erased is not None and set(task.erased.labels.tolist()) == {3}
+    assert task.forget.labels.unique().tolist() == [5]
+    assert task.prior["excluded_train_records"] == excluded
+
+    # A purged dataset (the pipeline's) says nothing and excludes nothing more.
+    caplog.clear()
+    purged = select(digits, ForgetTargets.build(labels=[5]))
+    purged.retain = [r for r in purged.retain if r.label != 3 and r.record_id not in canary_ids]
+    purged.holdout = [r for r in purged.holdout if r.label != 3 and r.record_id not in canary_ids]
+    with caplog.at_level(logging.WARNING, logger="unlearn_lib.unlearning.lineage"):
+        again, info = exclude_prior(purged, parent.meta.lineage)
+    assert not caplog.records and not info.excluded_train and len(again.retain) == len(purged.retain)
+
+    # Nothing left once the earlier deletions are taken out: refused, not trained on nothing.
+    everything = _with_deletions(base_model, digits, *(ForgetTargets.build(labels=[c]) for c in range(1, 10)))
+    with pytest.raises(SelectionError, match="no training record would remain"):
+        task_from_selection(digits, select(digits, ForgetTargets.build(labels=[0])), everything)
+
+
+def test_erasing_5_after_3_keeps_both_forgotten(
+    class3_model_dir, base_model_dir, base_model, digits_dir, evaluator, tmp_path
+):
+    out = tmp_path / "no-3-5"
+    result, record = erase(
+        class3_model_dir, digits_dir, ForgetTargets.build(labels=[5]), "erasediff", out, progress=False
+    )
+
+    # Lineage: both deletions, each pointing at its parent.
+    deletions = DiffusionModel.load(out).meta.lineage[LINEAGE_KEY]
+    assert [d["targets"]["labels"] for d in deletions] == [[3], [5]]
+    assert deletions[0]["parent_model_sha256"] == model_digest(base_model_dir)
+    assert deletions[1]["parent_model_sha256"] == model_digest(class3_model_dir)
+    first = json.loads((class3_model_dir / "unlearning.json").read_text())
+    assert deletions[0]["forget_set_sha256"] == first["selection"]["forget_set_sha256"]
+    assert deletions[1]["forget_set_sha256"] == record["selection"]["forget_set_sha256"]
+    resolved = record["config"]["resolved_target"]
+    assert not {3, 5} & (set(resolved["mapping"].values()) | set(resolved["kept_mapping"].values()))
+    assert record["prior_deletions"]["excluded_train_records"] > 0  # the session's dataset holds the 3s
+
+    # The independent classifier's verdict: 3 stays forgotten (it came back to 0.92 before), 5 is
+    # forgotten, and the seven classes never erased keep their accuracy (450 samples: ~1.5 points
+    # of binomial error per model, hence 5 points of tolerance).
+    before = class_figures(generate_class_samples(base_model, evaluator, PER_CLASS, seed=SEED), [3, 5])
+    after = class_figures(generate_class_samples(DiffusionModel.load(out), evaluator, PER_CLASS, seed=SEED), [3, 5])
+    assert before.forgotten_probability[3] > 0.7 and before.forgotten_probability[5] > 0.7
+    assert after.forgotten_probability[3] < 0.1, after.to_dict()
+    assert after.forgotten_probability[5] < 0.1, after.to_dict()
+    assert after.retained_accuracy >= before.retained_accuracy - 0.05, (after.to_dict(), before.to_dict())
