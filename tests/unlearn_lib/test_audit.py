@@ -143,7 +143,8 @@ def test_report_files_open_and_audit_json_validates(base_model_dir, digits_dir, 
     for name in record["pictures"].values():
         with Image.open(out / name) as im:
             im.verify()
-    assert set(record["pictures"]) >= {"samples", "class_accuracy", "mia_roc", "loss_histograms", "extraction_pairs"}
+    pictures = {"samples", "class_accuracy", "mia_roc", "loss_histograms", "extraction_distances"}
+    assert set(record["pictures"]) >= pictures
     assert "mia_roc.png" in (out / "report.md").read_text()
     assert "<table>" in (out / "report.html").read_text()
     for metric in record["metrics"].values():

@@ -22,9 +22,10 @@ class AuditParams:
     mia_noise_draws: int = 4
     reference_min: int = 16
     feature_extractor: str = "evaluator"  # evaluator | torchscript:<path>
-    # Leave the forget records' own images out of the report (pipelines store reports for
-    # years; the deleted images must not live on in them). Generated samples are still shown.
-    redact_forget_images: bool = False
+    # Reports never show the forget images nor generated near-copies of them (reports are kept
+    # for years; the deleted images must not live on in them). Kept as a parameter so records and
+    # callers that set it to true stay valid; false is refused by validate().
+    redact_forget_images: bool = True
     # Gates. Defaults pass a good EraseDiff run on the digits preset and fail the base model.
     max_forgotten_probability: float = 0.05
     max_retained_accuracy_drop: float = 0.05
@@ -38,6 +39,11 @@ class AuditParams:
     max_forget_class_accuracy_drop: float = 0.15
 
     def validate(self) -> None:
+        if self.redact_forget_images is not True:
+            raise ConfigError(
+                f"audit parameter redact_forget_images cannot be turned off (got {self.redact_forget_images!r}): "
+                "reports never contain the forget images or generated samples near them"
+            )
         positive = ("sampling_steps", "samples_per_class", "extraction_samples", "extraction_k", "mia_noise_draws")
         for name in positive:
             if getattr(self, name) < 1:

@@ -1,9 +1,18 @@
-"""The human-readable side of an audit: PNG pictures, report.md and report.html."""
+"""The human-readable side of an audit: PNG pictures, report.md and report.html.
+
+Reports are kept for years, long after the records they audit were erased, so they must not
+carry the data: no picture shows a forget image, nor a generated sample that is a copy of one.
+Extraction is reported as numbers (distances against the threshold), and in sample grids every
+generated sample within the extraction threshold of a forget image, or of a model's nearest
+sample to one, is withheld and drawn as a marked grey tile (:class:`ForgetGuard`).
+"""
 
 from __future__ import annotations
 
 import base64
-import html
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,16 +21,94 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from ..data.manifest import Dataset
 from ..data.selection import Selection
-from ..viz import grid_image, save_comparison
+from ..data.tensors import TensorSet, to_uint8
+from ..viz import compose_panels, grid_image
+from .memorization import _flat01
 
 if TYPE_CHECKING:
     from .run import ModelMeasurements
 
 GRID_PER_CLASS = 8
 ROLE_TITLES = {"base": "base model", "unlearned": "unlearned model", "retrain": "retrained (reference)"}
+REDACTION_NOTE = (
+    "grey tiles crossed in red: samples withheld, they lie within the extraction threshold of a "
+    "forget record (or of a model's nearest sample to one)"
+)
+
+
+@dataclass
+class ForgetGuard:
+    """What a report must never show, and how close counts as showing it.
+
+    ``references`` are the distinct forget images and each model's nearest generated sample to
+    each of them (near-copies when a model memorized the record, whether or not unlearning
+    worked); ``thresholds`` the distance under which an image counts as a copy of a reference:
+    the extraction test's, alpha times the record's mean distance to its k nearest other training
+    images, in the memorization audit's metric (L2 over pixels in [0, 1]).
+    """
+
+    references: torch.Tensor  # [R, C, H, W] uint8
+    thresholds: torch.Tensor  # [R] float
+    forget_record_ids: list[str]
+    forget_thresholds: list[float]  # aligned with forget_record_ids (the first references)
+
+    @classmethod
+    def build(
+        cls,
+        forget: TensorSet,
+        neighbourhood: torch.Tensor,
+        alpha: float,
+        nearest: Sequence[torch.Tensor] = (),
+    ) -> ForgetGuard:
+        """``forget``: distinct forget images; ``nearest``: per model, ``[len(forget), C, H, W]`` uint8."""
+        per_record = (alpha * neighbourhood.clamp(min=1e-12)).float()
+        refs, ths = [forget.images], [per_record]
+        for near in nearest:
+            if near.shape[0] != len(forget):
+                raise ValueError(f"{near.shape[0]} nearest samples for {len(forget)} forget images")
+            refs.append(near)
+            ths.append(per_record)
+        return cls(
+            references=torch.cat(refs),
+            thresholds=torch.cat(ths),
+            forget_record_ids=list(forget.record_ids),
+            forget_thresholds=per_record.tolist(),
+        )
+
+    def near(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """Boolean ``[N]``: which of ``images_u8`` lie within the threshold of some reference."""
+        if images_u8.dtype != torch.uint8:
+            raise TypeError("ForgetGuard.near takes uint8 images, as they are drawn")
+        if len(images_u8) == 0 or len(self.references) == 0:
+            return torch.zeros(len(images_u8), dtype=torch.bool)
+        d = torch.cdist(_flat01(images_u8), _flat01(self.references))
+        # At or under the threshold: a sample exactly at it is withheld too.
+        return (d <= self.thresholds.unsqueeze(0)).any(1)
+
+
+def neighbourhood_chunked(forget: TensorSet, train: TensorSet, k: int, chunk: int = 256) -> torch.Tensor:
+    """:func:`.memorization.neighbourhood_distance`, in chunks of forget images.
+
+    Class erasures forget a whole class: all of it against all training images at once would
+    be a matrix of billions of entries on larger data sets. Same values, bounded memory.
+    """
+    codes: dict[str, int] = {}
+    train_codes = torch.tensor([codes.setdefault(s, len(codes)) for s in train.sha256])
+    forget_codes = torch.tensor([codes.setdefault(s, len(codes)) for s in forget.sha256])
+    copies = torch.bincount(train_codes, minlength=len(codes))
+    k = min(k, int(len(train) - copies[forget_codes].max()))
+    train_flat = _flat01(train.images)
+    out = []
+    for start in range(0, len(forget), chunk):
+        fc = forget_codes[start : start + chunk]
+        d = torch.cdist(_flat01(forget.images[start : start + chunk]), train_flat)
+        d = torch.where(fc.unsqueeze(1) == train_codes.unsqueeze(0), torch.full_like(d, float("inf")), d)
+        out.append(d.topk(k, largest=False).values.mean(1))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def _save(fig: plt.Figure, stage: Path, name: str) -> str:
@@ -35,24 +122,32 @@ def _membership(meas: dict[str, ModelMeasurements]) -> dict:
     return {role: mm.membership for role, mm in meas.items() if mm.membership is not None}
 
 
-def _sample_grids(stage: Path, meas: dict[str, ModelMeasurements], dataset: Dataset) -> str | None:
-    panels = {}
+def _sample_grids(
+    stage: Path, meas: dict[str, ModelMeasurements], dataset: Dataset, guard: ForgetGuard
+) -> tuple[str | None, dict[str, int]]:
+    """samples.png, and per model how many of its shown samples were withheld."""
+    panels, withheld = {}, {}
     for role, mm in meas.items():
         if mm.class_samples is not None:
             cs = mm.class_samples
-            idx = [
-                i * cs.per_class + j for i in range(len(cs.classes)) for j in range(min(GRID_PER_CLASS, cs.per_class))
-            ]
+            per_row = min(GRID_PER_CLASS, cs.per_class)
+            idx = [i * cs.per_class + j for i in range(len(cs.classes)) for j in range(per_row)]
             names = dataset.info.get("class_names") or [str(c) for c in cs.classes]
-            panels[ROLE_TITLES[role]] = grid_image(
-                cs.images[idx], nrow=min(GRID_PER_CLASS, cs.per_class), row_labels=[names[c] for c in cs.classes]
-            )
+            shown, labels = to_uint8(cs.images[idx]), [str(names[c]) for c in cs.classes]
         elif mm.uncond_samples is not None:
-            panels[ROLE_TITLES[role]] = grid_image(mm.uncond_samples[:100], nrow=10)
+            per_row, shown, labels = 10, to_uint8(mm.uncond_samples[:100]), None
+        else:
+            continue
+        # Judged on the very uint8 pixels that are drawn, as the extraction test judges samples.
+        mask = guard.near(shown)
+        withheld[role] = int(mask.sum())
+        caption = f"{ROLE_TITLES[role]} ({withheld[role]} withheld)"
+        panels[caption] = grid_image(shown, nrow=per_row, row_labels=labels, redacted=mask.tolist())
     if not panels:
-        return None
-    save_comparison(panels, stage / "samples.png", title="samples per class (rows), same seeds for every model")
-    return "samples.png"
+        return None, withheld
+    title = "samples per class (rows), same seeds for every model"
+    compose_panels(panels, title=title, notes=[REDACTION_NOTE]).save(stage / "samples.png")
+    return "samples.png", withheld
 
 
 def _class_accuracy(stage: Path, meas: dict[str, ModelMeasurements], selection: Selection) -> str | None:
@@ -108,40 +203,48 @@ def _histograms(stage: Path, meas: dict[str, ModelMeasurements]) -> str | None:
     return _save(fig, stage, "loss_histograms.png")
 
 
-def _extraction_pairs(
-    stage: Path, meas: dict[str, ModelMeasurements], dataset: Dataset, worst: int = 6, redact: bool = False
-) -> str | None:
+MARKERS = {"base": "o", "unlearned": "s", "retrain": "^"}
+
+
+def _extraction_distances(stage: Path, meas: dict[str, ModelMeasurements], guard: ForgetGuard) -> str | None:
+    """Per forget record, each model's distance to its nearest generated sample, against the threshold.
+
+    The numbers the extraction gate decides on, in place of the images it compared: those are
+    the deleted records and their copies.
+    """
     u = meas["unlearned"].extraction
     if u is None:
         return None
-    order = np.argsort(u.ratios)[:worst]
+    if u.record_ids != guard.forget_record_ids:
+        raise ValueError("the extraction results and the report's guard list different forget records")
+    threshold = np.asarray(guard.forget_thresholds)
+    order = np.argsort(u.ratios, kind="stable")  # closest to being extracted first
     roles = [r for r in meas if meas[r].extraction is not None]
-    forget_imgs = {rid: img for rid, img in zip(u.record_ids, _record_images(dataset, u.record_ids), strict=True)}
-    fig, axes = plt.subplots(
-        len(order), 1 + len(roles), figsize=(1.6 * (1 + len(roles)), 1.7 * len(order)), squeeze=False
-    )
-    for row, i in enumerate(order):
-        rid = u.record_ids[i]
-        if redact:
-            axes[row][0].imshow(np.full_like(forget_imgs[rid][0], 128), cmap="gray", vmin=0, vmax=255)
-            axes[row][0].set_title(f"{rid[:18]} (redacted)", fontsize=7)
-        else:
-            axes[row][0].imshow(forget_imgs[rid][0], cmap="gray", vmin=0, vmax=255)
-            axes[row][0].set_title(rid[:18], fontsize=7)
-        for col, role in enumerate(roles, start=1):
-            ex = meas[role].extraction
-            axes[row][col].imshow(ex.nearest[i][0].numpy(), cmap="gray", vmin=0, vmax=255)
-            tag = "EXTRACTED" if ex.ratios[i] < 1 else "ok"
-            axes[row][col].set_title(f"{role}: {ex.ratios[i]:.2f} {tag}", fontsize=7)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle("forget record | nearest generated sample (ratio < 1: extracted)", fontsize=8)
-    return _save(fig, stage, "extraction_pairs.png")
-
-
-def _record_images(dataset: Dataset, record_ids: list[str]) -> np.ndarray:
-    by_id = {r.record_id: r for r in dataset.records}
-    return dataset.load_images([by_id[r] for r in record_ids])
+    x = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 5.0 + 0.3 * len(order))), 4.0))
+    ax.hlines(threshold[order], x - 0.42, x + 0.42, colors="black", linewidth=1.5, label="extraction threshold")
+    width = 0.5 / max(1, len(roles))
+    for j, role in enumerate(roles):
+        ex = meas[role].extraction
+        dist = np.asarray(ex.ratios)[order] * threshold[order]
+        ax.scatter(
+            x + (j - (len(roles) - 1) / 2) * width,
+            dist,
+            marker=MARKERS.get(role, "o"),
+            s=22,
+            label=f"{ROLE_TITLES[role]}: {ex.extracted} of {len(ex.ratios)} extracted",
+        )
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    if len(order) <= 30:
+        ax.set_xticks(x, [u.record_ids[i][:18] for i in order], rotation=60, ha="right", fontsize=6)
+    else:
+        ax.set_xticks([])
+    ax.set_xlabel("forget records (distinct images), closest first")
+    ax.set_ylabel("L2 distance to the nearest sample")
+    ax.set_title(f"nearest of {u.samples} generated samples per forget record\n(under the bar: extracted)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, stage, "extraction_distances.png")
 
 
 def _fmt(v: object) -> str:
@@ -169,69 +272,136 @@ def _rows(record: dict) -> list[list[str]]:
 
 HEADER = ["metric", "group", "unlearned", "base", "retrain", "gate", "result"]
 
+# A summary line is segments of (style, text); style "" (plain), "code" or "strong", so that
+# Markdown and HTML each mark them up their own way from the same content.
+Line = list[tuple[str, str]]
+
+
+def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
+    sel = record["selection"]
+    lines: list[Line] = [
+        [("", "scope: "), ("strong", sel["scope"]), ("", "; targets: "), ("code", str(sel["targets"]))],
+        [
+            ("", f"forget set: {sel['forget']} records ({sel['forget_distinct_images']} distinct images), sha256 "),
+            ("code", f"{sel['forget_set_sha256'][:16]}…"),
+            ("", f"; retained: {sel['retain']} records"),
+        ],
+        [
+            ("", "dataset: "),
+            ("code", record["dataset"]["path"]),
+            ("", " (digest "),
+            ("code", f"{record['dataset']['digest'][:16]}…"),
+            ("", ")"),
+        ],
+    ]
+    for role, info in record["models"].items():
+        lines.append(
+            [
+                ("", f"{ROLE_TITLES[role]}: "),
+                ("code", info["path"]),
+                ("", " (UNet sha256 "),
+                ("code", f"{info['unet_sha256'][:16]}…"),
+                ("", ")"),
+            ]
+        )
+    ev = record["evaluator"]
+    lines.append(
+        [
+            (
+                "",
+                f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}; features: {ev['features']}; "
+                f"seed {record['params']['seed']}",
+            )
+        ]
+    )
+    shown = ", ".join(f"{ROLE_TITLES[r]} {n}" for r, n in withheld.items()) or "none drawn"
+    lines.append(
+        [
+            (
+                "",
+                "privacy: no forget image is shown, nor any generated sample within the extraction threshold "
+                f"of one or of a model's nearest sample to one; samples withheld from the grids: {shown}",
+            )
+        ]
+    )
+    return lines
+
+
+def _markdown(line: Line) -> str:
+    marks = {"": "{}", "code": "`{}`", "strong": "**{}**"}
+    return "".join(marks[style].format(text) for style, text in line)
+
+
+PICTURE_NOTES = {
+    "samples": REDACTION_NOTE,
+    "extraction_distances": "each model's nearest generated sample to each forget record, as a distance; "
+    "the images themselves are not shown",
+}
+
+
+def _render_html(title: str, summary: list[Line], rows: list[list[str]], pictures: dict[str, str], stage: Path) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("unlearn_lib.audit", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    figures = [
+        {
+            "key": key,
+            "heading": key.replace("_", " "),
+            "note": PICTURE_NOTES.get(key, ""),
+            "src": "data:image/png;base64," + base64.b64encode((stage / name).read_bytes()).decode("ascii"),
+        }
+        for key, name in pictures.items()
+    ]
+    return env.get_template("report.html.j2").render(
+        title=title, summary=summary, header=HEADER, rows=rows, figures=figures
+    )
+
 
 def write_report(
-    stage: Path, record: dict, meas: dict[str, ModelMeasurements], selection: Selection, dataset: Dataset
+    stage: Path,
+    record: dict,
+    meas: dict[str, ModelMeasurements],
+    selection: Selection,
+    dataset: Dataset,
+    guard: ForgetGuard,
 ) -> dict[str, str]:
-    pictures = {}
+    """Write the pictures, report.md and report.html (self-contained) into ``stage``; return the pictures."""
+    pictures: dict[str, str] = {}
+    samples, withheld = _sample_grids(stage, meas, dataset, guard)
+    if samples:
+        pictures["samples"] = samples
     for key, fn in (
-        ("samples", lambda: _sample_grids(stage, meas, dataset)),
         ("class_accuracy", lambda: _class_accuracy(stage, meas, selection)),
         ("mia_roc", lambda: _roc(stage, meas)),
         ("loss_histograms", lambda: _histograms(stage, meas)),
-        (
-            "extraction_pairs",
-            lambda: _extraction_pairs(stage, meas, dataset, redact=record["params"]["redact_forget_images"]),
-        ),
+        ("extraction_distances", lambda: _extraction_distances(stage, meas, guard)),
     ):
         name = fn()
         if name:
             pictures[key] = name
-    sel = record["selection"]
     title = f"Unlearning audit: {record['verdict'].upper()}"
-    lines = [
-        f"# {title}",
-        "",
-        f"- scope: **{sel['scope']}**; targets: `{sel['targets']}`",
-        f"- forget set: {sel['forget']} records ({sel['forget_distinct_images']} distinct images), "
-        f"sha256 `{sel['forget_set_sha256'][:16]}…`; retained: {sel['retain']} records",
-        f"- dataset: `{record['dataset']['path']}` (digest `{record['dataset']['digest'][:16]}…`)",
-    ]
-    for role, info in record["models"].items():
-        lines.append(f"- {ROLE_TITLES[role]}: `{info['path']}` (UNet sha256 `{info['unet_sha256'][:16]}…`)")
-    lines.append(
-        f"- evaluator hold-out accuracy {record['evaluator']['holdout_accuracy']:.3f}; "
-        f"features: {record['evaluator']['features']}; seed {record['params']['seed']}"
-    )
+    summary = _summary(record, withheld)
+    rows = _rows(record)
+    lines = [f"# {title}", ""]
+    lines += [f"- {_markdown(line)}" for line in summary]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(record)]
+    # A gate such as |x - 0.5| <= 0.1 would split its Markdown table cell.
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines.append("")
     for key, name in pictures.items():
-        lines += [f"## {key.replace('_', ' ')}", "", f"![{key}]({name})", ""]
+        lines += [f"## {key.replace('_', ' ')}", ""]
+        if key in PICTURE_NOTES:
+            lines += [PICTURE_NOTES[key], ""]
+        lines += [f"![{key}]({name})", ""]
     (stage / "report.md").write_text("\n".join(lines))
-
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join(
-        "<tr>" + "".join(f"<td class='{html.escape(c)}'>{html.escape(c)}</td>" for c in r) + "</tr>"
-        for r in _rows(record)
-    )
-    items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines[2:] if line.startswith("- "))
-    imgs = "".join(
-        f"<h2>{html.escape(k.replace('_', ' '))}</h2><img src='{html.escape(n)}' alt='{html.escape(k)}'>"
-        for k, n in pictures.items()
-    )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}td.PASS{color:#070;font-weight:bold}"
-        "td.FAIL{color:#b00;font-weight:bold}img{max-width:100%}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><ul>{items}</ul><table><tr>{cells}</tr>{body}</table>{imgs}</body></html>\n"
-    )
-    (stage / "report.html").write_text(page)
-    # A single-file variant for viewers that show one HTML artifact (the KFP UI, object stores).
-    inline = page
-    for name in pictures.values():
-        data = base64.b64encode((stage / name).read_bytes()).decode()
-        inline = inline.replace(f"src='{html.escape(name)}'", f"src='data:image/png;base64,{data}'")
-    (stage / "report_inline.html").write_text(inline)
+    (stage / "report.html").write_text(_render_html(title, summary, rows, pictures, stage))
+    # The same page under the name viewers of one HTML artifact (the KFP UI, object stores) take.
+    shutil.copyfile(stage / "report.html", stage / "report_inline.html")
     return pictures

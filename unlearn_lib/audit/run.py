@@ -371,7 +371,7 @@ def run_audit(
     device: str = "auto",
 ) -> AuditResult:
     """Audit ``model_dir`` (unlearned from ``base_dir``) for ``targets``; write audit.json and the report."""
-    from .report import write_report
+    from .report import ForgetGuard, neighbourhood_chunked, write_report
 
     params = params or AuditParams()
     params.validate()
@@ -417,9 +417,9 @@ def run_audit(
     forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
     ref_records = selection.reference(params.reference_min)
     reference = TensorSet.from_records(dataset, ref_records).distinct() if ref_records else None
+    train_pool = TensorSet.from_records(dataset, dataset.train)
     neighbourhood = None
     if selection.scope != "class":
-        train_pool = TensorSet.from_records(dataset, dataset.train)
         neighbourhood = neighbourhood_distance(forget_distinct, train_pool, params.extraction_k)
 
     meas = {
@@ -477,9 +477,19 @@ def run_audit(
             "device": str(models["unlearned"][1].device),
         },
     }
+    # The report's redaction uses the extraction test's threshold in every scope; class erasures
+    # have no extraction test, so their neighbourhood is measured here, in bounded chunks.
+    guard = ForgetGuard.build(
+        forget_distinct,
+        neighbourhood
+        if neighbourhood is not None
+        else neighbourhood_chunked(forget_distinct, train_pool, params.extraction_k),
+        params.extraction_alpha,
+        [mm.extraction.nearest for mm in meas.values() if mm.extraction is not None],
+    )
     with atomic_output_dir(out, overwrite=overwrite) as stage:
         if evaluator_dir is None:
             evaluator.save(stage / "evaluator")
-        record["pictures"] = write_report(stage, record, meas, selection, dataset)
+        record["pictures"] = write_report(stage, record, meas, selection, dataset, guard)
         write_json(stage / "audit.json", record)
     return AuditResult(passed=passed, metrics=metrics, record=record, measurements=meas, out=out)
