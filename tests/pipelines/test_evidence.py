@@ -1,0 +1,449 @@
+"""`unlearn requests evidence`: the evidence of a deletion request, rebuilt from MLflow and the state
+database alone, as JSON and as one HTML page that a browser (headless Chromium) renders.
+
+One real compliance run (kfp.local, the default algorithm) makes a done request; the workspace is
+then stripped to its two databases and MLflow's artifact folder, as if the git repository, the
+datasets and the run folders were gone. The session's under-forgetting run gives a failed one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from unlearn_lib.requests import DeletionBatch, parse_request
+from unlearn_lib.requests.evidence import NOT_ERASED, build_evidence, mlflow_links, render_html, write_evidence
+from unlearn_lib.settings import Settings
+from unlearn_lib.state import StateStore
+from unlearn_lib.tracking import client_for
+
+REQUEST = {
+    "request_id": "REQ-EVIDENCE",
+    "received_at": "2026-11-27T10:00:00Z",
+    "basis": "gdpr-art17",
+    "model": "digits-diffusion",
+    "targets": {"subject_ids": ["subject-canary"]},
+    "deadline": "2099-12-31",
+}
+FAST_AUDIT = {"samples_per_class": 20, "extraction_samples": 200}
+# What the evidence may read: the state database and MLflow's store (SQLite with its WAL files, artifacts).
+STORES = ("state.db", "mlflow.db", "mlartifacts")
+RECORD_GATES = {
+    "extracted_records",
+    "mia_auc",
+    "retained_accuracy_drop",
+    "forget_class_accuracy_drop",
+    "fid_ratio",
+    "retain_loss_ratio",
+}
+
+
+def cli_env(**extra: str) -> dict:
+    # The caller's UNLEARN_* or MLflow variables must not point these commands elsewhere.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "AWS_")) and k != "MLFLOW_TRACKING_URI"}
+    return env | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"} | extra
+
+
+def evidence_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "unlearn_lib.cli", "requests", "evidence", *args],
+        env=env or cli_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unlearn: error: "), proc.stderr
+    return lines[0].removeprefix("unlearn: error: ")
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("chromium not found: apt-get install -y chromium (Debian's package; .ci/run installs it)")
+    return found
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._skip += tag in ("style", "script", "head")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._skip -= tag in ("style", "script", "head")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def rendered_text(page: Path, profile: Path) -> str:
+    """What a person sees: the page loaded by headless Chromium, its DOM's text, whitespace folded."""
+    proc = subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "<body" in proc.stdout, proc.stdout[:500]
+    parser = _Text()
+    parser.feed(proc.stdout)
+    return re.sub(r"\s+", " ", " ".join(parser.parts))
+
+
+def assert_self_contained(html: str) -> None:
+    assert "<style>" in html
+    for needle in ("<link", "<script", "<img", "<iframe", " src=", "url(", "@import"):
+        assert needle not in html, needle
+
+
+def strip_to_stores(root: Path) -> None:
+    for path in root.iterdir():
+        if path.name.startswith(STORES):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@pytest.fixture(scope="module")
+def done(workspace_template, tmp_path_factory) -> dict:
+    """A request erased by a real compliance run; then the workspace loses everything but the stores."""
+    from pipelines.run import ensure_base_registered, run_local
+    from unlearn_lib.data import ForgetTargets, load_dataset, select
+    from unlearn_lib.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("evidence") / "ws"
+    shutil.copytree(workspace_template, root, symlinks=True)
+    settings = Settings(workspace=str(root))
+    ws = Workspace(root)
+    rev_before = ws.head()
+    assert ensure_base_registered(settings, ws) == "1"
+    sel = select(load_dataset(ws.dataset(rev_before).root), ForgetTargets.build(subject_ids=["subject-canary"]))
+    outcome = run_local(settings, DeletionBatch((parse_request(REQUEST),)), audit_params=FAST_AUDIT)
+    assert outcome.status == "succeeded", outcome
+    client = client_for(settings)
+    mv = client.get_model_version("digits-diffusion", outcome.version)
+    retired = sorted(
+        str(v.version)
+        for v in client.search_model_versions("name='digits-diffusion'")
+        if (v.tags or {}).get("unlearn.tombstone") == "true"
+    )
+    store = StateStore.open(settings)
+    run = store.get_run(outcome.run_id)
+    erased_events = [e for e in store.events(request_id="REQ-EVIDENCE") if e["kind"] == "data_erased"]
+    live = build_evidence(settings, "REQ-EVIDENCE")  # with every workspace file still there
+    strip_to_stores(root)
+    return {
+        "root": root,
+        "settings": settings,
+        "outcome": outcome,
+        "rev_before": rev_before,
+        "rev_after": mv.tags["unlearn.dataset_rev_after"],
+        "forget_sha256": sel.forget_set_sha256(),
+        "forget_records": len(sel.forget),
+        "report_uri": mv.tags["unlearn.report_uri"],
+        "audit_metrics": run.steps["audit"]["metrics"],
+        "retired": retired,
+        "erased_events": erased_events,
+        "live": live,
+    }
+
+
+def test_evidence_of_a_done_request_from_the_stores_alone(done):
+    root = done["root"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(("-wal", "-shm"))) == sorted(STORES)
+    proc = evidence_cli("REQ-EVIDENCE", "--workspace", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    ev = json.loads(proc.stdout)
+    # Exactly what it was with the git repository, the datasets and the run folders still there.
+    assert {k: v for k, v in ev.items() if k != "generated_at"} == {
+        k: v for k, v in done["live"].items() if k != "generated_at"
+    }
+
+    out = done["outcome"]
+    assert (ev["kind"], ev["state"], ev["verdict"]) == ("unlearn-evidence", "done", "pass")
+    assert ev["request"] == {
+        "request_id": "REQ-EVIDENCE",
+        "basis": "gdpr-art17",
+        "scope": "records",
+        "model": "digits-diffusion",
+        "targets": {"subject_ids": ["subject-canary"]},
+    }
+    assert ev["times"]["received_at"] == "2026-11-27T10:00:00+00:00"
+    assert ev["times"]["deadline"] == "2099-12-31T23:59:59+00:00" and ev["times"]["met"] is True
+    assert ev["times"]["done_at"] is not None
+    assert (ev["attempts"], ev["batch_id"]) == (0, "REQ-EVIDENCE")
+    assert ev["dataset"] == {
+        "rev_before": done["rev_before"],
+        "rev_after": done["rev_after"],
+        "published": True,
+        "forget_set_sha256": done["forget_sha256"],
+        "forget_records": done["forget_records"],
+        "scope": "records",
+    }
+    assert done["rev_after"] != done["rev_before"] and done["forget_records"] == 120
+    v = ev["versions"]
+    assert (v["parent"], v["new"], v["production_now"]) == ("1", out.version, out.version) == ("1", "2", "2")
+    assert v["new_is_production"] is True and v["production_descends_from_new"] is True
+    assert v["new_aliases"] == ["production"] and v["algorithm"] == "erasediff"
+    assert ev["headline"].startswith("REQ-EVIDENCE is done: version 2 passed 6 of 6 audit gates")
+
+    audit = ev["audit"]
+    assert audit["source"] == "audit.json" and (audit["gates_passed"], audit["gates_total"]) == (6, 6)
+    gates = {m["name"]: m for m in audit["metrics"] if m["gate"]}
+    assert set(gates) == RECORD_GATES
+    for name, m in gates.items():
+        assert m["passed"] is True and m["threshold"]["op"] in ("<=", "within"), name
+        assert m["value"] == pytest.approx(done["audit_metrics"][f"audit.{name}"]), name
+    # Every metric the step measured, gate or not, with the value the state database recorded.
+    assert {f"audit.{m['name']}" for m in audit["metrics"]} == set(done["audit_metrics"])
+    assert gates["extracted_records"]["samples"] == FAST_AUDIT["extraction_samples"]
+    assert gates["retained_accuracy_drop"]["samples"] == FAST_AUDIT["samples_per_class"] * 10
+    assert gates["mia_auc"]["threshold"]["center"] == 0.5
+    assert audit["selection"]["forget_set_sha256"] == done["forget_sha256"]
+
+    links = ev["links"]
+    assert links["report_uri"] == done["report_uri"]
+    assert links["mlflow_pipeline_run_id"] == out.lineage_run_id
+    assert links["audit_report_artifact"] == f"runs:/{audit['mlflow_run_id']}/audit/report.html"
+    assert links["model_uri"] == "models:/digits-diffusion/2"
+    assert links["pipeline_run_url"] is None  # a SQLite store has no UI address: IDs only
+
+    # What the purge recorded in the state database, as it recorded it; "not yet" when nothing.
+    purge = ev["purge"]
+    assert purge["erased"] is bool(done["erased_events"])
+    assert len(purge["events"]) == len(done["erased_events"])
+    if not done["erased_events"]:
+        assert purge["message"] == NOT_ERASED
+    assert [r["version"] for r in ev["retired_versions"]] == done["retired"]
+    assert [(m["version"], m["relation"]) for m in ev["versions_with_the_data"]] == [("1", "parent")]
+    kinds = [e["kind"] for e in ev["history"]]
+    assert kinds[0] == "request.pending" and "request.done" in kinds and "run.succeeded" in kinds
+
+
+def test_the_html_page_renders_the_evidence_in_a_browser(done, tmp_path):
+    out_dir = tmp_path / "evidence"
+    proc = evidence_cli("REQ-EVIDENCE", "--format", "html", "--out", str(out_dir), "--workspace", str(done["root"]))
+    assert proc.returncode == 0, proc.stderr
+    page = out_dir / "evidence-REQ-EVIDENCE.html"
+    assert proc.stdout == f"wrote {page}\n"
+    assert sorted(p.name for p in out_dir.iterdir()) == [page.name]  # no temporary file left behind
+    html = page.read_text()
+    assert_self_contained(html)
+
+    text = rendered_text(page, tmp_path / "chromium")
+    ev = done["live"]
+    assert "Evidence of deletion request REQ-EVIDENCE" in text
+    assert ev["headline"] in text
+    assert "audit verdict: PASS" in text and "6 of 6 gates passed" in text
+    for needle in (
+        "version 1",
+        "version 2",
+        done["rev_before"],
+        done["rev_after"],
+        done["forget_sha256"],
+        "120 records",
+        "<= 0.05",  # a threshold, escaped in the source and shown as written
+        done["outcome"].lineage_run_id,
+        *RECORD_GATES,
+    ):
+        assert needle in text, needle
+    for name in RECORD_GATES:  # each gate's row: name, group, value, threshold, result
+        assert re.search(rf"\b{name} (memorization|utility) \S+ [^A-Z]*PASS", text), name
+    assert "FAIL" not in text
+
+
+def test_erasure_retired_versions_and_a_pending_request_in_the_evidence(done, tmp_path):
+    """On a copy of the stores: the purge's event, a version retired by the retention policy, a request
+    still pending (its target markup, which the page must show as text; its erasure once failed)."""
+    dst = tmp_path / "ws"
+    dst.mkdir()
+    for name in ("state.db", "mlflow.db"):
+        src_db, dst_db = sqlite3.connect(done["root"] / name), sqlite3.connect(dst / name)
+        src_db.backup(dst_db)
+        src_db.close()
+        dst_db.close()
+    settings = Settings(workspace=str(dst))
+    store = StateStore.open(settings)
+    store.record_event(
+        "data_erased",
+        request_id="REQ-EVIDENCE",
+        run_id=done["outcome"].run_id,
+        at="2026-11-28T09:00:00+00:00",
+        records=120,
+        blobs_local=3,
+        blobs_remote=2,
+        source_rev="f" * 40,
+    )
+    client = client_for(settings)
+    for key, value in (
+        ("unlearn.tombstone_reason", "trained on records erased by REQ-EVIDENCE"),
+        ("unlearn.tombstoned_at", "2026-11-28T09:05:00+00:00"),
+        ("unlearn.tombstone", "true"),
+    ):
+        client.set_model_version_tag("digits-diffusion", "1", key, value)
+    markup = "<script>alert(1)</script>"
+    pending = REQUEST | {"request_id": "REQ-LATER", "targets": {"caption_pattern": markup}, "deadline": "2000-01-02"}
+    pending["received_at"] = "2000-01-01T00:00:00Z"
+    store.add_request(parse_request(pending), "pending")
+    store.record_event("data_erase_failed", request_id="REQ-LATER", error="S3 endpoint down")
+
+    ev = build_evidence(settings, "REQ-EVIDENCE")
+    purge = ev["purge"]
+    assert purge["erased"] is True
+    mine = [e for e in purge["events"] if e["source_rev"] == "f" * 40]
+    assert len(mine) == 1
+    assert (mine[0]["records"], mine[0]["blobs_local"], mine[0]["blobs_remote"]) == (120, 3, 2)
+    assert mine[0]["at"] == "2026-11-28T09:00:00+00:00"
+    assert purge["totals"]["blobs_remote"] >= 2 and "erased from the stores on" in purge["message"]
+    assert ev["retired_versions"] == [
+        {
+            "version": "1",
+            "relation": "parent",
+            "aliases": [],
+            "created_at": ev["retired_versions"][0]["created_at"],
+            "kind": "base",
+            "request_ids": [],
+            "parent_version": None,
+            "audit_verdict": None,
+            "retired": True,
+            "retired_reason": "trained on records erased by REQ-EVIDENCE",
+            "retired_at": "2026-11-28T09:05:00+00:00",
+        }
+    ]
+    done_page = write_evidence(ev, tmp_path / "out", "html")
+    text = rendered_text(done_page, tmp_path / "chromium")
+    for needle in ("erased from the stores on", "retired (tombstone)", "trained on records erased by REQ-EVIDENCE"):
+        assert needle in text, needle
+
+    later = build_evidence(settings, "REQ-LATER")
+    assert (later["state"], later["verdict"], later["audit"], later["runs"]) == ("pending", None, None, [])
+    assert later["headline"] == "REQ-LATER is pending: no verdict yet"
+    assert later["versions"]["new"] is None and later["versions"]["production_now"] == "2"
+    assert later["times"]["overdue"] is True and later["purge"]["erased"] is False
+    assert later["purge"]["message"].startswith(NOT_ERASED + " (the last attempt, on ")
+    assert later["purge"]["message"].endswith("failed: S3 endpoint down)")
+    html = render_html(later)
+    assert markup not in html and "&lt;script&gt;" in html
+    page = tmp_path / "later.html"
+    page.write_text(html)
+    text = rendered_text(page, tmp_path / "chromium")
+    assert markup in text  # shown as text, never run
+    assert "no verdict yet" in text and "overdue" in text and NOT_ERASED in text
+
+
+def test_without_audit_json_the_verdict_and_values_come_from_the_runs_metrics(done):
+    ev = done["live"]
+    run = client_for(done["settings"]).get_run(ev["audit"]["mlflow_run_id"])
+    artifact = Path(run.info.artifact_uri.removeprefix("file://")) / "audit" / "audit.json"
+    aside = artifact.with_name("audit.json.aside")
+    artifact.rename(aside)
+    try:
+        fallback = build_evidence(done["settings"], "REQ-EVIDENCE")
+    finally:
+        aside.rename(artifact)
+    audit = fallback["audit"]
+    assert (audit["source"], audit["verdict"], fallback["verdict"]) == ("mlflow-metrics", "pass", "pass")
+    assert audit["note"].startswith("audit.json not available")
+    values = {m["name"]: m["value"] for m in audit["metrics"]}
+    assert values == {k.removeprefix("audit."): pytest.approx(v) for k, v in done["audit_metrics"].items()}
+    assert all(m["threshold"] is None and m["samples"] is None for m in audit["metrics"])
+    assert "source: mlflow-metrics (audit.json not available" in render_html(fallback)
+
+
+def test_a_failed_request_has_evidence_of_what_failed(weak_pipeline_run, tmp_path):
+    settings, out = weak_pipeline_run["settings"], weak_pipeline_run["outcome"]
+    ev = build_evidence(settings, "REQ-WEAK")
+    assert (ev["state"], ev["verdict"]) == ("failed", "fail")
+    assert ev["audit"]["failed_gates"] and ev["audit"]["gates_passed"] < ev["audit"]["gates_total"]
+    failed = {m["name"] for m in ev["audit"]["metrics"] if m["gate"] and m["passed"] is False}
+    assert failed == set(ev["audit"]["failed_gates"])
+    v = ev["versions"]
+    assert (v["parent"], v["new"], v["production_now"]) == ("1", out.version, "1")
+    assert v["new_is_production"] is False and v["production_descends_from_new"] is False
+    assert v["new_aliases"] == ["candidate"]
+    assert ev["dataset"]["published"] is False and ev["dataset"]["rev_before"] == weak_pipeline_run["rev_before"]
+    assert ev["purge"] == {
+        "erased": False,
+        "message": NOT_ERASED,
+        "events": [],
+        "totals": None,
+        "last_at": None,
+        "failures": [],
+    }
+    assert ev["failed_step"] == "audit" and ev["runs"][0]["state"] == "failed"
+    # The failed candidate still holds the data, like the version it came from.
+    assert [(m["version"], m["relation"]) for m in ev["versions_with_the_data"]] == [
+        ("1", "parent"),
+        ("2", "candidate"),
+    ]
+    assert ev["headline"].startswith("REQ-WEAK failed at step audit; the audit failed (")
+    assert ev["headline"].endswith("production stays on version 1")
+    page = tmp_path / "weak.html"
+    page.write_text(render_html(ev))
+    text = rendered_text(page, tmp_path / "chromium")
+    assert "audit verdict: FAIL" in text
+    for name in failed:
+        assert re.search(rf"\b{name} (memorization|utility|efficacy) \S+ [^A-Z]*FAIL", text), name
+
+
+def test_unknown_request_and_unreachable_mlflow_are_one_line_and_write_nothing(done, tmp_path):
+    from conftest import free_port
+
+    root = done["root"]
+    out_dir = tmp_path / "out"
+    unknown = evidence_cli("REQ-NOPE", "--format", "html", "--out", str(out_dir), "--workspace", str(root))
+    assert one_error_line(unknown) == "no request 'REQ-NOPE' in the state database"
+    as_json = evidence_cli("REQ-NOPE", "--workspace", str(root))
+    assert one_error_line(as_json) == "no request 'REQ-NOPE' in the state database"
+    nowhere = tmp_path / "no-workspace"
+    missing = evidence_cli("REQ-NOPE", "--workspace", str(nowhere))
+    assert one_error_line(missing).startswith("no request 'REQ-NOPE' in the state database")
+    assert not nowhere.exists()  # no empty database created on the way
+
+    port = free_port()
+    secret = "s3cret-evidence-pw"
+    server = f"http://auditor:{secret}@127.0.0.1:{port}"
+    env = cli_env(UNLEARN_MLFLOW_TRACKING_URI=server, UNLEARN_STATE_DB_URL=f"sqlite:///{root / 'state.db'}")
+    down = evidence_cli("REQ-EVIDENCE", "--format", "html", "--out", str(out_dir), env=env, cwd=tmp_path)
+    line = one_error_line(down)
+    assert f"MLflow tracking server http://auditor:***@127.0.0.1:{port} " in line, line
+    assert secret not in down.stdout + down.stderr
+    assert not out_dir.exists() and list(tmp_path.iterdir()) == []  # nor in the working directory
+    # Links to a tracking server never carry its credentials.
+    assert mlflow_links(server + "/", "7", "abc", "digits-diffusion", "2") == {
+        "run_url": f"http://127.0.0.1:{port}/#/experiments/7/runs/abc",
+        "model_version_url": f"http://127.0.0.1:{port}/#/models/digits-diffusion/versions/2",
+    }
