@@ -106,3 +106,30 @@ def test_versions_trained_on_deleted_data_are_tombstones_and_cannot_come_back(de
     dry = _unlearn("registry", "prune", "--dry-run", "--workspace", str(root), env=env)
     assert dry.returncode == 0 and "nothing to retire" in dry.stdout
     assert str(production_version(client, name).version) == "3"
+
+
+def test_the_evidence_needs_only_mlflow_and_the_state_database(demo_run, tmp_path):
+    import json
+    import shutil
+
+    root, env = demo_run["root"], demo_run["env"]
+    # The git repository, the data, the run folders, the exports and every cache go away (aside,
+    # and back afterwards: the other tests of this workspace read them).
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    moved = [p for p in root.iterdir() if p.name not in ("state.db", "mlflow.db", "mlartifacts")]
+    for path in moved:
+        shutil.move(str(path), aside / path.name)
+    try:
+        for rid, version in (("REQ-0001", "2"), ("REQ-0002", "3")):
+            proc = _unlearn("requests", "evidence", rid, "--workspace", str(root), env=env)
+            assert proc.returncode == 0, proc.stderr
+            ev = json.loads(proc.stdout)
+            assert (ev["state"], ev["verdict"], ev["versions"]["new"]) == ("done", "pass", version)
+            assert ev["purge"]["erased"] and ev["audit"]["gates_total"] >= 4
+        page = _unlearn("requests", "evidence", "REQ-0001", "--format", "html", "--out", str(tmp_path), "--workspace",
+                        str(root), env=env)
+        assert page.returncode == 0 and (tmp_path / "evidence-REQ-0001.html").is_file(), page.stderr
+    finally:
+        for path in moved:
+            shutil.move(str(aside / path.name), path)
