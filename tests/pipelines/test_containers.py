@@ -124,3 +124,27 @@ def test_the_commit_reached_every_store_over_the_network(container_run):
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
     left = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=f"{settings.s3_prefix}/checkpoints/{out.run_id}/")
     assert left.get("KeyCount", 0) == 0
+
+
+def test_the_erased_images_left_the_dvc_remote_on_s3(container_run, digits):
+    import hashlib
+
+    import boto3
+
+    from unlearn_lib.data import ForgetTargets
+    from unlearn_lib.data.selection import target_matcher
+    from unlearn_lib.state import StateStore
+
+    settings = container_run["settings"]
+    (event,) = [e for e in StateStore.open(settings).events(request_id="REQ-C1") if e["kind"] == "data_erased"]
+    detail = json.loads(event["detail"])
+    assert detail["blobs_remote"] > 0 and detail["records"] == 120
+    # The canaries' images are under no key of the bucket (DVC names an object by its content's MD5).
+    matches = target_matcher(ForgetTargets.build(subject_ids=["subject-canary"]))
+    deleted = {hashlib.md5((digits.root / r.path).read_bytes()).hexdigest() for r in digits.records if matches(r)}
+    assert deleted
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket)
+            for o in page.get("Contents", [])]
+    assert any("/files/md5/" in k for k in keys)  # the DVC remote is there: the check can fail
+    assert not [k for k in keys if k.replace("/", "")[-32:] in deleted]

@@ -261,9 +261,19 @@ def test_sigkill_then_rerun_fulfils_the_request_exactly_once(point, ready_worksp
     assert f"resuming run {dead.run_id}" in again.stdout or "succeeded" in again.stdout
     assert_fulfilled_exactly_once(ctx, run_id=dead.run_id)
     if point == "mid-unlearn":
-        # The unlearning resumed from its checkpoint instead of starting over.
-        (record,) = list(ctx["ws"].root.glob(f"runs/kfp/{dead.run_id}/*/unlearn/model/unlearning.json"))[-1:]
-        assert json.loads(record.read_text())["resumed_from"] >= 5
+        # The unlearning resumed from its checkpoint instead of starting over (as its MLflow step
+        # run recorded: the run's pipeline root was swept when it succeeded).
+        from unlearn_lib.tracking import client_for
+
+        client = client_for(ctx["settings"])
+        (step,) = client.search_runs(
+            [client.get_experiment_by_name(ctx["settings"].mlflow_experiment).experiment_id],
+            filter_string=f"tags.`unlearn.step` = 'unlearn' and tags.`unlearn.run_id` = '{dead.run_id}' "
+            "and attributes.status = 'FINISHED'",
+        )
+        record = json.load(open(client.download_artifacts(step.info.run_id, "unlearning.json")))
+        assert record["resumed_from"] >= 5
+        assert not (ctx["ws"].root / "runs" / "kfp" / dead.run_id).exists()
     # Asked again, the product says it is done and does nothing.
     third = pipe.finish(pipe.run_request(ctx["request"]))
     assert third.returncode == 0 and "already fulfilled by version" in third.stdout
