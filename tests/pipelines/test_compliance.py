@@ -257,6 +257,26 @@ def test_failed_audit_registers_a_candidate_and_nothing_is_served(weak_pipeline_
     assert (row.state, row.retryable, row.attempts) == ("failed", False, 1) and "audit failed" in row.last_error
 
 
+def test_a_failed_candidate_is_retired_after_the_grace_period_and_never_served(weak_pipeline_run):
+    import datetime as dt
+
+    from unlearn_lib.errors import ModelError
+    from unlearn_lib.tracking.retention import check_servable, plan
+
+    settings = weak_pipeline_run["settings"]
+    client, store = client_for(settings), StateStore.open(settings)
+    name = settings.model_name
+    now = dt.datetime.now(dt.timezone.utc)
+    # Within the grace period nothing is due; after it, the candidate (and only it: no deletion
+    # completed, so version 1 holds no erased data) is.
+    assert plan(client, store, name, grace_days=30, now=now) == []
+    (due,) = plan(client, store, name, grace_days=30, now=now + dt.timedelta(days=31))
+    assert (due.version, due.reason, due.aliases) == ("2", "failed the audit of REQ-WEAK", ("candidate",))
+    with pytest.raises(ModelError, match="version 2 of .* failed the audit of REQ-WEAK; it is a candidate"):
+        check_servable(client, store, name, "2")
+    check_servable(client, store, name, "1")
+
+
 def test_exit_handler_records_the_failing_step(workspace, capsys):
     settings = Settings(workspace=str(workspace))
     ws = Workspace(workspace)

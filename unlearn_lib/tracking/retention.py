@@ -122,7 +122,9 @@ def plan(client: Any, store: Any, name: str, grace_days: float, now: dt.datetime
             reason = f"trained on records erased by {', '.join(missing)}"
             since = min(done[r] for r in missing)
         if since + grace <= now:
-            due.append(Retirement(v, reason, since + grace, tuple(sorted(mv.aliases or []))))
+            # search_model_versions leaves aliases out; the version itself carries them.
+            aliases = client.get_model_version(name, v).aliases or []
+            due.append(Retirement(v, reason, since + grace, tuple(sorted(aliases))))
     return due
 
 
@@ -183,6 +185,11 @@ def check_servable(client: Any, store: Any, name: str, version: str) -> None:
         raise ModelError(
             f"version {version} of {name!r} was retired on {tags.get(TOMBSTONED_AT, '?')[:10]} "
             f"({tags.get(TOMBSTONE_REASON, 'no reason recorded')}); its weights are gone"
+        )
+    if (mv.tags or {}).get(f"{TAG_PREFIX}audit_verdict") == "fail":
+        raise ModelError(
+            f"version {version} of {name!r} failed the audit of {(mv.tags or {}).get(f'{TAG_PREFIX}request_ids')}; "
+            "it is a candidate, never served"
         )
     missing = unabsorbed(client, store, name, version)
     if missing:
