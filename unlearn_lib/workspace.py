@@ -151,25 +151,29 @@ class Workspace:
         """The deletions the served revision has published: each erased its records for good."""
         return self.ledger(self.served())
 
-    def check_not_erased(self, sha: str, rev: str) -> None:
-        """Refuse a revision that still holds records a published deletion erased, naming it."""
+    def check_not_erased(self, sha: str, rev: str, own: tuple[str, ...] = ()) -> None:
+        """Refuse a revision that still holds records a published deletion erased, naming it.
+
+        ``own``: the requests of the run asking. A run resumed mid-commit (its deletion published,
+        its data not yet erased) still reads the revision it started from.
+        """
         published = self.erasures()
         if not published:
             return
         absorbed = {rid for e in self.ledger(sha) for rid in e.get("request_ids", [])}
         for entry in published:
             ids = entry.get("request_ids", [])
-            if ids and not absorbed.intersection(ids):
+            if ids and not absorbed.intersection(ids) and not set(ids) <= set(own):
                 on = str(entry.get("at", ""))[:10] or "an unknown date"
                 raise WorkspaceError(
                     f"dataset revision {rev} predates records erased by {', '.join(ids)} on {on}; "
                     "its data is gone: use a revision after the deletion (e.g. HEAD)"
                 )
 
-    def _export(self, sha: str, dest: Path, rev: str) -> None:
+    def _export(self, sha: str, dest: Path, rev: str, own: tuple[str, ...] = ()) -> None:
         from dvc.api import DVCFileSystem
 
-        self.check_not_erased(sha, rev)
+        self.check_not_erased(sha, rev, own)
         if dest.exists():
             shutil.rmtree(dest)
         try:
@@ -183,18 +187,20 @@ class Workspace:
         self._export(self.resolve(rev), dest, rev)
         return load_dataset(dest)
 
-    def dataset(self, rev: str, cache_root: str | os.PathLike[str] | None = None) -> Dataset:
+    def dataset(
+        self, rev: str, cache_root: str | os.PathLike[str] | None = None, own: tuple[str, ...] = ()
+    ) -> Dataset:
         """The dataset at ``rev``, materialized once per revision under ``cache_root``."""
         sha = self.resolve(rev)
         root = Path(cache_root) if cache_root else self.root / "runs" / "datasets"
         dest = root / sha
-        self.check_not_erased(sha, rev)
+        self.check_not_erased(sha, rev, own)
         if (dest / "manifest.jsonl").is_file():
             return load_dataset(dest)
         # Export and validate beside the cache entry, then rename: a reader never sees a partial
         # or invalid copy.
         tmp = root / f".{sha}.partial-{os.getpid()}"
-        self._export(sha, tmp, rev)
+        self._export(sha, tmp, rev, own)
         ds = load_dataset(tmp)
         if dest.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -139,7 +139,8 @@ class StepContext:
         return redact_url(self.settings.git_remote) if self.settings.git_remote else str(self.workspace.root)
 
     def dataset(self, rev: str) -> Dataset:
-        return self.workspace.dataset(rev)
+        # This run's own deletion may already be published (a resumed commit): it still reads its source.
+        return self.workspace.dataset(rev, own=tuple(self.batch.request_ids))
 
     def selection(self, rev: str, expected_sha256: str | None = None) -> tuple[Dataset, Selection]:
         ds = self.dataset(rev)
@@ -579,7 +580,7 @@ def register_step(
                 log_model_folder(model_dir, artifact_path="model")
                 name_ds = Path(ctx.settings.dataset_path).name
                 for rev, context in ((dataset_rev, "source"), (purged_rev, "purged")):
-                    ds = ws.dataset(rev)
+                    ds = ctx.dataset(rev)
                     log_dataset(
                         f"{name_ds}@{rev[:8]}", ctx.dataset_source, ws.dataset_path, rev, ds.digest(), context, len(ds)
                     )
