@@ -53,6 +53,18 @@ def deleted_record_ids(dataset: Dataset, entries: list[dict]) -> set[str]:
     return gone
 
 
+def _write_subset(
+    src: Dataset, keep: list[Record], info: dict, out: str | os.PathLike[str], overwrite: bool
+) -> None:
+    """``keep``'s files and manifest as the folder ``out``, complete or not at all."""
+    with atomic_output_dir(out, overwrite=overwrite) as stage:
+        for rec in keep:
+            dst = stage / rec.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src.root / rec.path, dst)
+        write_manifest(stage, keep, info)
+
+
 def purge_dataset(
     source: str | os.PathLike[str], ledger: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False
 ) -> tuple[Dataset, int]:
@@ -62,12 +74,7 @@ def purge_dataset(
     keep = [r for r in src.records if r.record_id not in gone]
     # Records already erased from the source count too: the same ledger gives the same version.
     info = dict(src.info) | {"purged_records": len(gone) + int(src.info.get("erased_records", 0))}
-    with atomic_output_dir(out, overwrite=overwrite) as stage:
-        for rec in keep:
-            dst = stage / rec.path
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src.root / rec.path, dst)
-        write_manifest(stage, keep, info)
+    _write_subset(src, keep, info, out, overwrite)
     return load_dataset(out), len(gone)
 
 
@@ -85,10 +92,5 @@ def erase_from_source(source: str | os.PathLike[str], ledger: str | os.PathLike[
         return []
     keep = [r for r in src.records if r.record_id not in gone]
     info = dict(src.info) | {"erased_records": int(src.info.get("erased_records", 0)) + len(erased)}
-    with atomic_output_dir(source, overwrite=True) as stage:
-        for rec in keep:
-            dst = stage / rec.path
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src.root / rec.path, dst)
-        write_manifest(stage, keep, info)
+    _write_subset(src, keep, info, source, overwrite=True)
     return erased
