@@ -409,8 +409,10 @@ def demo_run(workspace_template, tmp_path_factory) -> dict:
         "head": subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip(),
         "source": load_dataset(root / "data" / "source"),
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env = {k: v for k, v in env.items() if not k.startswith("UNLEARN_")}
+    # Nothing of the session's other services: earlier tests leave MLflow's and S3's variables set
+    # in this process (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to child processes).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "AWS_", "MLFLOW_"))}
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("unlearn")), "pipeline", "demo", "--workspace", str(root), "--keep"],
         capture_output=True,
