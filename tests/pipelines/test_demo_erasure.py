@@ -25,6 +25,11 @@ def _deleted_records(source) -> list:
     return [r for r in source.records if any(m(r) for m in matchers)]
 
 
+def _settings(root: Path) -> Settings:
+    # The demo's own stores, whatever MLflow variables earlier tests left in this process.
+    return Settings(workspace=str(root), mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
 def _unlearn(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(Path(sys.executable).with_name("unlearn")), *args], capture_output=True, text=True, env=env, timeout=300
@@ -70,7 +75,7 @@ def test_nothing_of_the_runs_is_left_behind(demo_run):
     cached = [p.name for p in (root / "runs" / "datasets").iterdir() if not p.name.startswith(".")]
     assert cached and all(name == served or Workspace(root).ledger(name) for name in cached)
     assert not list(root.rglob("*.partial*"))
-    store = StateStore.open(Settings(workspace=str(root)))
+    store = StateStore.open(_settings(root))
     for rid in ("REQ-0001", "REQ-0002"):
         (event,) = [e for e in store.events(request_id=rid) if e["kind"] == "data_erased"]
         assert '"blobs_local": ' in event["detail"] and '"records": ' in event["detail"]
@@ -80,7 +85,7 @@ def test_versions_trained_on_deleted_data_are_tombstones_and_cannot_come_back(de
     from unlearn_lib.tracking import configure, download_version, production_version
 
     root, env = demo_run["root"], demo_run["env"]
-    settings = Settings(workspace=str(root))
+    settings = _settings(root)
     client = configure(settings)
     name = settings.model_name
     assert str(production_version(client, name).version) == "3"
