@@ -47,6 +47,12 @@ RECORD_GATES = {
 }
 
 
+def workspace_settings(root: Path) -> Settings:
+    # The workspace's own MLflow store, as the CLI (run with cli_env) finds it: earlier tests leave
+    # MLFLOW_TRACKING_URI set in this process (mlflow.set_tracking_uri exports it).
+    return Settings(workspace=str(root), mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
 def cli_env(**extra: str) -> dict:
     # The caller's UNLEARN_* or MLflow variables must not point these commands elsewhere.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "AWS_")) and k != "MLFLOW_TRACKING_URI"}
@@ -145,7 +151,7 @@ def done(workspace_template, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("evidence") / "ws"
     shutil.copytree(workspace_template, root, symlinks=True)
-    settings = Settings(workspace=str(root))
+    settings = workspace_settings(root)
     ws = Workspace(root)
     rev_before = ws.head()
     assert ensure_base_registered(settings, ws) == "1"
@@ -295,7 +301,7 @@ def test_erasure_retired_versions_and_a_pending_request_in_the_evidence(done, tm
         src_db.backup(dst_db)
         src_db.close()
         dst_db.close()
-    settings = Settings(workspace=str(dst))
+    settings = workspace_settings(dst)
     store = StateStore.open(settings)
     store.record_event(
         "data_erased",
