@@ -372,7 +372,37 @@ class Workspace:
                     path.unlink()
                     local += 1
         remote = self._delete_remote_objects(gone)
-        return {"blobs": len(gone), "blobs_local": local, "blobs_remote": remote}
+        runs = sum(self._drop_run_cache(cache) for cache in self.cache_dirs())
+        return {"blobs": len(gone), "blobs_local": local, "blobs_remote": remote, "run_cache_entries": runs}
+
+    def _drop_run_cache(self, cache: Path) -> int:
+        """Forget DVC's run-cache entries of the data stages.
+
+        Committing the erased source records a run-cache entry for ``prepare`` under its unchanged
+        command and parameters: a new workspace sharing the cache would get the *erased* source
+        from it instead of running the stage, and the older entries name objects now deleted.
+        The data stages rerun in seconds; the base model's entries stay.
+        """
+        import yaml
+
+        root = cache / "runs"
+        if not root.is_dir():
+            return 0
+        data = {self.source_path, self.dataset_path}
+        gone = 0
+        for entry in [p for p in root.rglob("*") if p.is_file()]:
+            try:
+                outs = {o.get("path") for o in (yaml.safe_load(entry.read_text()) or {}).get("outs", [])}
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+            if outs & data:
+                entry.unlink()
+                gone += 1
+                # DVC takes a key's folder as an entry: an empty one breaks `dvc repro`.
+                for folder in (entry.parent, entry.parent.parent):
+                    if folder != root and not any(folder.iterdir()):
+                        folder.rmdir()
+        return gone
 
     def sweep_datasets(self, cache_root: str | os.PathLike[str] | None = None) -> int:
         """Remove materialized copies of revisions that hold erased records; returns how many went."""
