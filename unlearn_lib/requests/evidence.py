@@ -261,19 +261,21 @@ class _Mlflow:
         except Exception as err:
             raise self.fail(err) from None
 
-    def version(self, model: str, version: str | None) -> Any | None:
+    def lookup(self, fn: Any, *args: Any) -> Any | None:
+        """``fn(*args)``, or None when MLflow says the thing does not exist; any other error fails."""
         from mlflow.exceptions import MlflowException
 
-        if not version:
-            return None
         try:
-            return self.client.get_model_version(model, str(version))
+            return fn(*args)
         except MlflowException as err:
             if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise self.fail(err) from None
         except Exception as err:
             raise self.fail(err) from None
+
+    def version(self, model: str, version: str | None) -> Any | None:
+        return self.lookup(self.client.get_model_version, model, str(version)) if version else None
 
     def production(self, model: str) -> str | None:
         from ..tracking import PRODUCTION, alias_version
@@ -281,18 +283,7 @@ class _Mlflow:
         return self.call(alias_version, self.client, model, PRODUCTION)
 
     def run(self, run_id: str | None) -> Any | None:
-        from mlflow.exceptions import MlflowException
-
-        if not run_id:
-            return None
-        try:
-            return self.client.get_run(run_id)
-        except MlflowException as err:
-            if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise self.fail(err) from None
-        except Exception as err:
-            raise self.fail(err) from None
+        return self.lookup(self.client.get_run, run_id) if run_id else None
 
     def step_run(self, experiment_id: str, run_id: str, step: str) -> Any | None:
         """The newest step run of a compliance run (found by its ``unlearn.run_id`` tag: a resumed
