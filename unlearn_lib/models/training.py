@@ -2,7 +2,10 @@
 
 One readable loop in the style of diffusers' ``examples/`` scripts: accelerate for the
 device and mixed precision, EMA weights, a cosine schedule with warm-up, periodic
-checkpoints and resume, a progress bar.
+checkpoints and resume, a progress bar. Launched as several processes it trains
+data-parallel (DDP), matching a single-process run (see :mod:`.accel`)::
+
+    accelerate launch --num_processes 2 -m unlearn_lib.cli train-base --dataset data/digits --out models/base
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..data.tensors import TensorSet, to_model_space
 from ..errors import ConfigError
 from ..utils import atomic_output_dir, pick_device, write_json
 from ..viz import save_loss_curve
-from .accel import make_accelerator
+from .accel import check_divisible, is_main_process, make_accelerator, shard_rows, wait_for_everyone
 from .diffusion import DiffusionModel, build_model
 from .objectives import ForwardProcess, drop_labels, predict_eps
 from .presets import get_preset
@@ -100,12 +103,18 @@ def train_denoiser(
 
     ``on_batch(step, indices)`` sees the indices into ``data`` of every batch drawn, which
     lets callers (and tests) verify what the loop trained on.
+
+    Under a distributed launch every process draws the same global batch and trains on its
+    share of the rows; DDP averages the gradients, so the step is the single-process one.
     """
     cfg = cfg.resolved()
     if len(data) == 0:
         raise ConfigError("no training records")
     device = pick_device(cfg.device)
     accelerator = make_accelerator(device, cfg.mixed_precision)
+    distributed = accelerator.num_processes > 1
+    check_divisible(cfg.batch_size)
+    main = accelerator.is_main_process
     unet = model.unet.to(accelerator.device)
     unet.train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -124,7 +133,8 @@ def train_denoiser(
     images = data.images.to(accelerator.device)
     labels = data.labels.to(accelerator.device)
     gen = torch.Generator(device=accelerator.device).manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    # The global generator only draws dropout masks: other processes draw other ones for their rows.
+    torch.manual_seed(cfg.seed + accelerator.process_index)
 
     ckpt = None
     start_step, losses, resumed_from = 0, [], None
@@ -144,7 +154,12 @@ def train_denoiser(
 
     t0 = time.perf_counter()
     bar = tqdm(
-        total=cfg.steps, initial=start_step, desc=desc, disable=not progress, mininterval=1.0, dynamic_ncols=True
+        total=cfg.steps,
+        initial=start_step,
+        desc=desc,
+        disable=not (progress and main),
+        mininterval=1.0,
+        dynamic_ncols=True,
     )
     for step in range(start_step, cfg.steps):
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen, device=accelerator.device)
@@ -154,6 +169,9 @@ def train_denoiser(
         y = drop_labels(labels[idx], model.null_class, cfg.cond_drop_prob, gen)
         t = torch.randint(0, fp.num_timesteps, (cfg.batch_size,), generator=gen, device=accelerator.device)
         eps = torch.randn(x0.shape, generator=gen, device=accelerator.device)
+        if distributed:  # the whole batch was drawn above (same stream everywhere); train on this share
+            rows = shard_rows(cfg.batch_size)
+            x0, t, eps, y = x0[rows], t[rows], eps[rows], None if y is None else y[rows]
         with accelerator.autocast():
             pred = predict_eps(unet, fp.add_noise(x0, eps, t), t, y)
         loss = torch.nn.functional.mse_loss(pred, eps)
@@ -165,12 +183,18 @@ def train_denoiser(
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(unet.parameters())
-        losses.append(float(loss.detach()))
+        losses.append(float(accelerator.reduce(loss.detach(), "mean") if distributed else loss.detach()))
         bar.update(1)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
         done = step + 1
-        if ckpt is not None and cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        if (
+            main
+            and ckpt is not None
+            and cfg.checkpoint_every > 0
+            and done % cfg.checkpoint_every == 0
+            and done < cfg.steps
+        ):
             ckpt.save(
                 done,
                 {
@@ -232,11 +256,13 @@ def train_base(
         "seconds": round(result.seconds, 2),
         "resumed_from": result.resumed_from,
     }
-    with atomic_output_dir(out, overwrite=overwrite) as stage:
-        model.save(stage)
-        write_json(stage / "train_history.json", {"loss": result.losses})
-        save_loss_curve({"denoising loss": result.losses}, stage / "loss_curve.png", title="base training")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if is_main_process():  # the other processes of a distributed launch hold the same weights
+        with atomic_output_dir(out, overwrite=overwrite) as stage:
+            model.save(stage)
+            write_json(stage / "train_history.json", {"loss": result.losses})
+            save_loss_curve({"denoising loss": result.losses}, stage / "loss_curve.png", title="base training")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    wait_for_everyone()
     return model, result
 
 

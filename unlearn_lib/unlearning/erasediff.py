@@ -403,15 +403,15 @@ class EraseDiff(Unlearner):
             x_r, y_r = loop.retain_batch()
             loss_r = loop.denoising_loss(x_r, y_r)
             loss_f = batch.loss(loop)
-            g_r = _grads(loss_r, loop.params)
-            g_q = _grads(loss_f, loop.params)  # grad q = grad L_f: L_f* is a constant of theta
+            g_r = loop.all_reduce_mean(_grads(loss_r, loop.params))  # averaged over processes: BOME's dot products
+            g_q = loop.all_reduce_mean(_grads(loss_f, loop.params))  # grad q = grad L_f: L_f* is a constant of theta
             dot = flat_dot(g_q, g_r)
             q_norm2 = flat_dot(g_q, g_q)
             if cfg.lambda_mode == "bome":
                 lam = torch.clamp((cfg.eta * q_norm2 - dot) / q_norm2.clamp(min=1e-20), min=0.0)
             else:
                 lam = torch.tensor(cfg.lam, device=loop.device)
-            grad_norm = loop.apply(optimizer, [gr + lam * gq for gr, gq in zip(g_r, g_q, strict=True)])
+            grad_norm = loop.apply(optimizer, [gr + lam * gq for gr, gq in zip(g_r, g_q, strict=True)], reduced=True)
             cos = dot / (q_norm2.sqrt() * flat_dot(g_r, g_r).sqrt()).clamp(min=1e-20)
             loop.log(
                 loss_r=loss_r,

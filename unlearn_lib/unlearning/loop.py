@@ -4,6 +4,17 @@ Batches are drawn from tensors kept on the device (the data sets are small image
 one seeded generator so a run is reproducible and a resumed run continues the same
 random stream. Checkpoints hold everything needed to continue: weights, optimizer
 states, EMA, the generator, the history.
+
+**Several processes** (``accelerate launch --num_processes N``, ``torchrun``; see
+:mod:`unlearn_lib.models.accel`): every process draws the same global batches, noise and
+timesteps from the same generator, so all of them see the same data. :meth:`denoising_loss`
+runs the model on this process's contiguous share of the rows only; its value is the mean
+over the whole batch (one all-reduce), its gradient this share's, and :meth:`apply` averages
+the gradients across processes, so every process takes the single-process step and the
+weights stay identical everywhere. Losses an algorithm computes through :meth:`predict` on a
+whole batch are computed by every process (correct, not parallel). Gradients used other than
+through :meth:`apply` (a dot product of two gradients, say) must be averaged first with
+:meth:`all_reduce_mean`. Only the main process writes checkpoints and shows the progress bar.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointManager, restore_rng, rng_state
 from ..data.tensors import to_model_space
+from ..models import accel
 from ..models.accel import make_accelerator
 from ..models.objectives import ForwardProcess, drop_labels, predict_eps
 from ..utils import pick_device
@@ -41,6 +53,9 @@ class UnlearningLoop:
         device = pick_device(cfg.device)
         self.accelerator = make_accelerator(device, cfg.mixed_precision)
         self.device = self.accelerator.device
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        accel.check_divisible(cfg.batch_size)
         self.model = task.base.clone().to(self.device)
         self.model.unet.train()
         # The untouched base model, for targets defined by what the model did before unlearning.
@@ -129,7 +144,29 @@ class UnlearningLoop:
 
     def denoising_loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         eps, t = self.noise_and_t(x0)
+        if self.world_size > 1 and x0.shape[0] % self.world_size == 0:
+            return self._shared_denoising_loss(x0, eps, t, y)
+        # One process, or rows that cannot be shared equally: every process computes the whole batch.
         return F.mse_loss(self.predict(self.fp.add_noise(x0, eps, t), t, y), eps)
+
+    def _shared_denoising_loss(
+        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """This process's rows: the value is the whole batch's mean, the gradient this share's.
+
+        The gradient averaged by :meth:`apply` is then the whole batch's, also for a function of
+        the loss (its derivative uses the whole batch's value), and decisions taken on the value
+        (NegGrad's cap) are the same in every process.
+        """
+        rows = accel.shard_rows(x0.shape[0])
+        y = None if y is None else y[rows]
+        local = F.mse_loss(self.predict(self.fp.add_noise(x0[rows], eps[rows], t[rows]), t[rows], y), eps[rows])
+        (whole,) = self.all_reduce_mean([local.detach()])
+        return local + (whole - local.detach())
+
+    def all_reduce_mean(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor averaged over the processes (detached); the tensors unchanged in one process."""
+        return accel.all_reduce_mean(tensors)
 
     # ---- optimisation ----------------------------------------------------------------------
     def apply(
@@ -137,12 +174,16 @@ class UnlearningLoop:
         optimizer: torch.optim.Optimizer,
         grads: list[torch.Tensor],
         mask: list[torch.Tensor] | None = None,
+        reduced: bool = False,
     ) -> torch.Tensor:
         """Set the gradients, clip, mask, step; returns the pre-clip norm (a tensor: no device sync).
 
         ``mask`` multiplies each gradient after clipping (SalUn's order), so Adam never moves a
-        masked-out weight: its moments stay zero.
+        masked-out weight: its moments stay zero. Under several processes the gradients are
+        averaged across them first, unless ``reduced`` says the caller already did.
         """
+        if not reduced:
+            grads = self.all_reduce_mean(grads)
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g.to(p.dtype)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else 1e12)
@@ -186,7 +227,7 @@ class UnlearningLoop:
     def maybe_checkpoint(
         self, done: int, optimizers: dict[str, torch.optim.Optimizer], extra: dict[str, Any] | None = None
     ) -> None:
-        if self.ckpt is None or self.cfg.checkpoint_every <= 0 or done % self.cfg.checkpoint_every:
+        if self.ckpt is None or not self.is_main or self.cfg.checkpoint_every <= 0 or done % self.cfg.checkpoint_every:
             return
         if done >= self.cfg.steps:
             return
@@ -209,7 +250,7 @@ class UnlearningLoop:
             total=self.cfg.steps,
             initial=self.start_step,
             desc=self.name,
-            disable=not self.progress,
+            disable=not (self.progress and self.is_main),
             mininterval=1.0,
             dynamic_ncols=True,
         )
@@ -221,7 +262,7 @@ class UnlearningLoop:
             p.requires_grad_(True)
         self.model.unet.eval()
         self.model.to("cpu")
-        if self.ckpt is not None:
+        if self.ckpt is not None and self.is_main:
             self.ckpt.clear()
         return UnlearningResult(
             model=self.model,
