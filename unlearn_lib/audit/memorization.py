@@ -4,7 +4,9 @@ Extraction, after Carlini et al. 2023 ("Extracting Training Data from Diffusion 
 generate M samples; for each forget record, the distance to its nearest generated sample
 divided by alpha times the mean distance from that record to its k nearest *other*
 training images. A record counts as extracted below 1: the model produced something far
-closer to it than its natural neighbourhood explains.
+closer to it than its natural neighbourhood explains. The distances are computed in
+:mod:`unlearn_lib.measures.distances`, which the method's calibrated stop also uses: the audit
+imports nothing from the method it judges.
 
 Membership inference, the loss (t-error) attack: records a model trained on are denoised
 with lower error than records it never saw. The attack scores forget records against
@@ -24,24 +26,11 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..data.tensors import TensorSet, to_model_space
+from ..measures.distances import extraction_ratios
+from ..measures.distances import flat01 as _flat01  # noqa: F401  (report.py takes it from here)
+from ..measures.distances import neighbourhood_distance as neighbourhood_distance  # re-exported: audit's API
 from ..models.diffusion import DiffusionModel
 from ..models.objectives import ForwardProcess, per_sample_denoising_error
-
-
-def _flat01(images_u8: torch.Tensor) -> torch.Tensor:
-    return images_u8.float().div(255.0).flatten(1)
-
-
-def neighbourhood_distance(forget: TensorSet, train: TensorSet, k: int) -> torch.Tensor:
-    """Mean L2 distance (pixels in [0, 1]) from each forget image to its k nearest other training images.
-
-    Copies of the same image (same content hash) are not "other" images.
-    """
-    same = torch.tensor([[a == b for b in train.sha256] for a in forget.sha256], dtype=torch.bool)
-    d = torch.cdist(_flat01(forget.images), _flat01(train.images))
-    d = torch.where(same, torch.full_like(d, float("inf")), d)
-    k = min(k, int((~same).sum(1).min()))
-    return d.topk(k, largest=False).values.mean(1)
 
 
 @dataclass
@@ -72,14 +61,11 @@ def extraction_test(
     forget: TensorSet, neighbourhood: torch.Tensor, generated: torch.Tensor, alpha: float, k: int
 ) -> ExtractionResult:
     """``generated``: samples in [-1, 1]; ``neighbourhood``: from :func:`neighbourhood_distance`."""
-    gen_u8 = generated.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    d = torch.cdist(_flat01(forget.images), _flat01(gen_u8))
-    nearest_d, nearest_i = d.min(1)
-    ratios = (nearest_d / (alpha * neighbourhood.clamp(min=1e-12))).tolist()
+    near = extraction_ratios(forget.images, neighbourhood, generated, alpha)
     return ExtractionResult(
         record_ids=list(forget.record_ids),
-        ratios=ratios,
-        nearest=gen_u8[nearest_i],
+        ratios=near.ratios.tolist(),
+        nearest=near.samples_u8[near.index],
         samples=int(generated.shape[0]),
         alpha=alpha,
         k=k,

@@ -23,8 +23,8 @@ from ..data.selection import ForgetTargets, Selection, select
 from ..data.tensors import TensorSet
 from ..errors import ConfigError, ModelError
 from ..models.diffusion import DiffusionModel
+from ..models.digest import model_digest
 from ..models.sampling import sample
-from ..unlearning.run import model_digest
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, class_figures, generate_class_samples
 from .evaluator import Evaluator, train_evaluator

@@ -11,16 +11,18 @@ model retrained without them (the gold standard) denoised them 1.68x worse than 
 look-alikes, and stopping at 1.0x or 1.1x left a canary at the edge of extraction (nearest
 generated sample at 0.95-1.0 of the extraction threshold) on some base models. So the stop
 also requires that the records can no longer be regenerated: :class:`ExtractionCheck` samples
-from the model and applies the extraction test's definition (with its own seed and a safety
-factor), and forgetting continues until both conditions hold.
+from the model and applies the extraction criterion (with its own seed, sample count and a
+safety factor), and forgetting continues until both conditions hold. It computes the criterion
+from :mod:`unlearn_lib.measures.distances`, never by calling the audit: the judge and the method
+share the arithmetic, not a code path.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..audit.memorization import extraction_test, neighbourhood_distance
 from ..data.tensors import TensorSet, to_model_space
+from ..measures.distances import extraction_ratios, neighbourhood_distance
 from ..models.diffusion import DiffusionModel
 from ..models.objectives import ForwardProcess, per_sample_denoising_error
 from ..models.sampling import sample
@@ -103,7 +105,7 @@ class CalibratedStop:
 
 
 class ExtractionCheck:
-    """Can the model still regenerate a forget record? The audit's extraction test, run small.
+    """Can the model still regenerate a forget record? The extraction criterion, run small.
 
     ``min_ratio`` above 1 is a safety factor: with fewer samples than the audit draws, the
     nearest generated sample is farther on average, so the check asks for a margin.
@@ -127,6 +129,6 @@ class ExtractionCheck:
             generated = sample(model, None, num_samples=self.samples, seed=self.seed)
         if was_training:
             model.unet.train()
-        res = extraction_test(self.forget, self.neighbourhood, generated, self.alpha, self.k)
-        worst = min(res.ratios)
+        ratios = extraction_ratios(self.forget.images, self.neighbourhood, generated, self.alpha).ratios
+        worst = min(ratios.tolist())
         return {"min_extraction_ratio": worst, "extractable": worst < self.min_ratio}

@@ -16,7 +16,8 @@ from ..data.manifest import Dataset, load_dataset
 from ..data.selection import ForgetTargets, Selection, select
 from ..data.tensors import TensorSet
 from ..models.diffusion import DiffusionModel
-from ..utils import atomic_output_dir, sha256_file, write_json
+from ..models.digest import model_digest as model_digest  # re-exported: compliance, registry and tests use it here
+from ..utils import atomic_output_dir, write_json
 from ..viz import save_loss_curve
 from .base import UnlearningResult, UnlearningTask, make_unlearner
 from .lineage import (
@@ -30,11 +31,6 @@ from .lineage import (
 
 UNLEARNING_JSON = "unlearning.json"
 UNLEARNING_SCHEMA_VERSION = 1
-
-
-def model_digest(path: str | os.PathLike[str]) -> str:
-    """Identity of a saved model: the hash of its UNet weights file."""
-    return sha256_file(Path(path) / "unet" / "diffusion_pytorch_model.safetensors")
 
 
 def task_from_selection(
