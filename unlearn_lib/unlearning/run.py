@@ -15,6 +15,7 @@ from .. import __version__
 from ..data.manifest import Dataset, load_dataset
 from ..data.selection import ForgetTargets, Selection, select
 from ..data.tensors import TensorSet
+from ..models.accel import is_main_process, wait_for_everyone
 from ..models.diffusion import DiffusionModel
 from ..models.digest import model_digest as model_digest  # re-exported: compliance, registry and tests use it here
 from ..utils import atomic_output_dir, write_json
@@ -128,16 +129,18 @@ def erase(
             "device": "cuda" if torch.cuda.is_available() and result.config.get("device") != "cpu" else "cpu",
         },
     }
-    with atomic_output_dir(out, overwrite=overwrite) as stage:
-        result.model.save(stage)
-        write_json(stage / UNLEARNING_JSON, record)
-        curves = {k: v for k, v in result.history.items() if k in ("loss_r", "loss_f", "q") and v}
-        if curves:
-            save_loss_curve(
-                {k: [abs(x) for x in v] for k, v in curves.items()},
-                stage / "unlearning_curves.png",
-                title=f"{algorithm}: losses",
-            )
+    if is_main_process():  # under a distributed launch every process holds the same weights
+        with atomic_output_dir(out, overwrite=overwrite) as stage:
+            result.model.save(stage)
+            write_json(stage / UNLEARNING_JSON, record)
+            curves = {k: v for k, v in result.history.items() if k in ("loss_r", "loss_f", "q") and v}
+            if curves:
+                save_loss_curve(
+                    {k: [abs(x) for x in v] for k, v in curves.items()},
+                    stage / "unlearning_curves.png",
+                    title=f"{algorithm}: losses",
+                )
+    wait_for_everyone()
     return result, record
 
 
