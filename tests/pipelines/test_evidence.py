@@ -1,13 +1,18 @@
 """`unlearn requests evidence`: the evidence of a deletion request, rebuilt from MLflow and the state
 database alone, as JSON and as one HTML page that a browser (headless Chromium) renders.
 
-One real compliance run (kfp.local, the default algorithm) makes a done request; the workspace is
-then stripped to its two databases and MLflow's artifact folder, as if the git repository, the
-datasets and the run folders were gone. The session's under-forgetting run gives a failed one.
+The done request is the demo's first one (REQ-0001, a data owner's records): the session's
+`unlearn pipeline demo` run (conftest ``demo_run``, shared with test_demo_erasure) erased it into
+version 2, which REQ-0002's version 3 then followed in production. That workspace is shared and
+read only: where a test needs it stripped to its two databases and MLflow's artifact folder (as if
+the git repository, the datasets, the run folders, the exports and the caches were gone), it moves
+everything else aside and back (``only_the_stores``); changes are made on copies of the stores.
+The demo has no failed request: the session's under-forgetting run (``weak_pipeline_run``) gives one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,21 +25,23 @@ from pathlib import Path
 
 import pytest
 
-from unlearn_lib.requests import DeletionBatch, parse_request
+from unlearn_lib.audit.gates import AuditParams
+from unlearn_lib.requests import parse_request
 from unlearn_lib.requests.evidence import NOT_ERASED, build_evidence, mlflow_links, render_html, write_evidence
 from unlearn_lib.settings import Settings
 from unlearn_lib.state import StateStore
 from unlearn_lib.tracking import client_for
 
+# The demo's first request (pipelines/cli.py DEMO_REQUESTS): every record of the canaries' owner.
+REQ = "REQ-0001"
 REQUEST = {
-    "request_id": "REQ-EVIDENCE",
-    "received_at": "2026-11-27T10:00:00Z",
+    "request_id": REQ,
+    "received_at": "2026-11-20T09:30:00Z",
     "basis": "gdpr-art17",
     "model": "digits-diffusion",
     "targets": {"subject_ids": ["subject-canary"]},
-    "deadline": "2099-12-31",
+    "deadline": "2026-12-20",
 }
-FAST_AUDIT = {"samples_per_class": 20, "extraction_samples": 200}
 # What the evidence may read: the state database and MLflow's store (SQLite with its WAL files, artifacts).
 STORES = ("state.db", "mlflow.db", "mlartifacts")
 RECORD_GATES = {
@@ -132,64 +139,65 @@ def assert_self_contained(html: str) -> None:
         assert needle not in html, needle
 
 
-def strip_to_stores(root: Path) -> None:
-    for path in root.iterdir():
-        if path.name.startswith(STORES):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+@contextlib.contextmanager
+def only_the_stores(root: Path, aside: Path):
+    """The shared demo workspace stripped to its stores for the duration: everything else (the git
+    repository, the data, the run folders, the exports, the caches) moved into ``aside``, and back
+    afterwards whatever happens (the other tests of this workspace read them)."""
+    aside.mkdir()
+    moved: list[Path] = []
+    try:
+        for path in sorted(root.iterdir()):
+            if not path.name.startswith(STORES):  # the databases' -wal/-shm files stay with them
+                shutil.move(str(path), aside / path.name)
+                moved.append(path)
+        yield
+    finally:
+        for path in reversed(moved):
+            shutil.move(str(aside / path.name), path)
 
 
 @pytest.fixture(scope="module")
-def done(workspace_template, tmp_path_factory) -> dict:
-    """A request erased by a real compliance run; then the workspace loses everything but the stores."""
-    from pipelines.run import ensure_base_registered, run_local
-    from unlearn_lib.data import ForgetTargets, load_dataset, select
-    from unlearn_lib.workspace import Workspace
+def done(demo_run, digits) -> dict:
+    """The demo's REQ-0001, erased by a real compliance run, as the demo left it (read only here)."""
+    from unlearn_lib.data import ForgetTargets, select
 
-    root = tmp_path_factory.mktemp("evidence") / "ws"
-    shutil.copytree(workspace_template, root, symlinks=True)
+    root = demo_run["root"]
     settings = workspace_settings(root)
-    ws = Workspace(root)
-    rev_before = ws.head()
-    assert ensure_base_registered(settings, ws) == "1"
-    sel = select(load_dataset(ws.dataset(rev_before).root), ForgetTargets.build(subject_ids=["subject-canary"]))
-    outcome = run_local(settings, DeletionBatch((parse_request(REQUEST),)), audit_params=FAST_AUDIT)
-    assert outcome.status == "succeeded", outcome
-    client = client_for(settings)
-    mv = client.get_model_version("digits-diffusion", outcome.version)
-    retired = sorted(
-        str(v.version)
-        for v in client.search_model_versions("name='digits-diffusion'")
-        if (v.tags or {}).get("unlearn.tombstone") == "true"
-    )
     store = StateStore.open(settings)
-    run = store.get_run(outcome.run_id)
-    erased_events = [e for e in store.events(request_id="REQ-EVIDENCE") if e["kind"] == "data_erased"]
-    live = build_evidence(settings, "REQ-EVIDENCE")  # with every workspace file still there
-    strip_to_stores(root)
+    row = store.get_request(REQ)
+    assert (row.state, row.version) == ("done", "2"), row
+    run = store.get_run(row.run_id)
+    assert run.state == "succeeded" and run.ids == [REQ], run
+    # The template workspace, which the demo started from, was built from the session's dataset.
+    sel = select(digits, ForgetTargets.build(subject_ids=["subject-canary"]))
+    client = client_for(settings)
+    versions = {str(v.version): v for v in client.search_model_versions("name='digits-diffusion'")}
+    mv = versions[row.version]
+    erased_events = [e for e in store.events(request_id=REQ) if e["kind"] == "data_erased"]
+    live = build_evidence(settings, REQ)  # with every workspace file still there
     return {
         "root": root,
         "settings": settings,
-        "outcome": outcome,
-        "rev_before": rev_before,
+        "run": run,
+        "rev_before": demo_run["before"]["head"],
         "rev_after": mv.tags["unlearn.dataset_rev_after"],
         "forget_sha256": sel.forget_set_sha256(),
         "forget_records": len(sel.forget),
         "report_uri": mv.tags["unlearn.report_uri"],
         "audit_metrics": run.steps["audit"]["metrics"],
-        "retired": retired,
+        "retired": sorted(v for v, m in versions.items() if (m.tags or {}).get("unlearn.tombstone") == "true"),
+        "base_tags": dict(versions["1"].tags or {}),
         "erased_events": erased_events,
         "live": live,
     }
 
 
-def test_evidence_of_a_done_request_from_the_stores_alone(done):
+def test_evidence_of_a_done_request_from_the_stores_alone(done, tmp_path):
     root = done["root"]
-    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(("-wal", "-shm"))) == sorted(STORES)
-    proc = evidence_cli("REQ-EVIDENCE", "--workspace", str(root))
+    with only_the_stores(root, tmp_path / "aside"):
+        assert sorted(p.name for p in root.iterdir() if not p.name.endswith(("-wal", "-shm"))) == sorted(STORES)
+        proc = evidence_cli(REQ, "--workspace", str(root))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     ev = json.loads(proc.stdout)
@@ -198,19 +206,20 @@ def test_evidence_of_a_done_request_from_the_stores_alone(done):
         k: v for k, v in done["live"].items() if k != "generated_at"
     }
 
-    out = done["outcome"]
+    run = done["run"]
     assert (ev["kind"], ev["state"], ev["verdict"]) == ("unlearn-evidence", "done", "pass")
     assert ev["request"] == {
-        "request_id": "REQ-EVIDENCE",
+        "request_id": REQ,
         "basis": "gdpr-art17",
         "scope": "records",
         "model": "digits-diffusion",
         "targets": {"subject_ids": ["subject-canary"]},
     }
-    assert ev["times"]["received_at"] == "2026-11-27T10:00:00+00:00"
-    assert ev["times"]["deadline"] == "2099-12-31T23:59:59+00:00" and ev["times"]["met"] is True
-    assert ev["times"]["done_at"] is not None
-    assert (ev["attempts"], ev["batch_id"]) == (0, "REQ-EVIDENCE")
+    times = ev["times"]
+    assert times["received_at"] == "2026-11-20T09:30:00+00:00"
+    assert times["deadline"] == "2026-12-20T23:59:59+00:00" and times["done_at"] is not None
+    assert times["met"] is (times["done_at"] <= times["deadline"]) and times["overdue"] is False
+    assert (ev["attempts"], ev["batch_id"]) == (0, run.batch_id) and [r["run_id"] for r in ev["runs"]] == [run.run_id]
     assert ev["dataset"] == {
         "rev_before": done["rev_before"],
         "rev_after": done["rev_after"],
@@ -220,11 +229,15 @@ def test_evidence_of_a_done_request_from_the_stores_alone(done):
         "scope": "records",
     }
     assert done["rev_after"] != done["rev_before"] and done["forget_records"] == 120
+    # Version 2 erased REQ-0001; REQ-0002's version 3, unlearned from it, is production now, and the
+    # demo's retention (no grace period) retired version 2 when version 3 replaced it.
     v = ev["versions"]
-    assert (v["parent"], v["new"], v["production_now"]) == ("1", out.version, out.version) == ("1", "2", "2")
-    assert v["new_is_production"] is True and v["production_descends_from_new"] is True
-    assert v["new_aliases"] == ["production"] and v["algorithm"] == "erasediff"
-    assert ev["headline"].startswith("REQ-EVIDENCE is done: version 2 passed 6 of 6 audit gates")
+    assert (v["parent"], v["new"], v["production_now"]) == ("1", run.version, "3") == ("1", "2", "3")
+    assert v["new_is_production"] is False and v["production_descends_from_new"] is True
+    assert v["new_aliases"] == [] and v["new_retired"] is True and v["algorithm"] == "erasediff"
+    assert ev["headline"] == (
+        "REQ-0001 is done: version 2 passed 6 of 6 audit gates and was followed by version 3 in production"
+    )
 
     audit = ev["audit"]
     assert audit["source"] == "audit.json" and (audit["gates_passed"], audit["gates_total"]) == (6, 6)
@@ -235,25 +248,35 @@ def test_evidence_of_a_done_request_from_the_stores_alone(done):
         assert m["value"] == pytest.approx(done["audit_metrics"][f"audit.{name}"]), name
     # Every metric the step measured, gate or not, with the value the state database recorded.
     assert {f"audit.{m['name']}" for m in audit["metrics"]} == set(done["audit_metrics"])
-    assert gates["extracted_records"]["samples"] == FAST_AUDIT["extraction_samples"]
-    assert gates["retained_accuracy_drop"]["samples"] == FAST_AUDIT["samples_per_class"] * 10
+    # The demo audits with the default parameters.
+    defaults = AuditParams()
+    assert audit["params"]["extraction_samples"] == defaults.extraction_samples
+    assert gates["extracted_records"]["samples"] == defaults.extraction_samples
+    assert gates["retained_accuracy_drop"]["samples"] == defaults.samples_per_class * 10
     assert gates["mia_auc"]["threshold"]["center"] == 0.5
     assert audit["selection"]["forget_set_sha256"] == done["forget_sha256"]
 
     links = ev["links"]
     assert links["report_uri"] == done["report_uri"]
-    assert links["mlflow_pipeline_run_id"] == out.lineage_run_id
+    assert links["mlflow_pipeline_run_id"] == run.lineage_run_id
     assert links["audit_report_artifact"] == f"runs:/{audit['mlflow_run_id']}/audit/report.html"
     assert links["model_uri"] == "models:/digits-diffusion/2"
     assert links["pipeline_run_url"] is None  # a SQLite store has no UI address: IDs only
 
-    # What the purge recorded in the state database, as it recorded it; "not yet" when nothing.
+    # What the demo's purge recorded in the state database, as it recorded it.
     purge = ev["purge"]
-    assert purge["erased"] is bool(done["erased_events"])
-    assert len(purge["events"]) == len(done["erased_events"])
-    if not done["erased_events"]:
-        assert purge["message"] == NOT_ERASED
-    assert [r["version"] for r in ev["retired_versions"]] == done["retired"]
+    assert purge["erased"] is True and len(done["erased_events"]) == 1
+    (event,) = purge["events"]
+    recorded = json.loads(done["erased_events"][0]["detail"])
+    assert event["run_id"] == done["erased_events"][0]["run_id"]
+    assert (event["records"], event["blobs_local"]) == (recorded["records"], recorded["blobs_local"])
+    assert event["records"] >= done["forget_records"] and event["blobs_local"] > 0
+    assert purge["message"].startswith(f"erased from the stores on {event['at']}: {event['records']} records")
+    # Of the versions that held the data only version 1 (the parent) did; the retention policy
+    # retired it (and version 2, which REQ-0002's data was in, but not REQ-0001's).
+    assert done["retired"] == ["1", "2"]
+    assert [r["version"] for r in ev["retired_versions"]] == ["1"]
+    assert ev["retired_versions"][0]["retired_reason"] == "trained on records erased by REQ-0001"
     assert [(m["version"], m["relation"]) for m in ev["versions_with_the_data"]] == [("1", "parent")]
     kinds = [e["kind"] for e in ev["history"]]
     assert kinds[0] == "request.pending" and "request.done" in kinds and "run.succeeded" in kinds
@@ -261,9 +284,10 @@ def test_evidence_of_a_done_request_from_the_stores_alone(done):
 
 def test_the_html_page_renders_the_evidence_in_a_browser(done, tmp_path):
     out_dir = tmp_path / "evidence"
-    proc = evidence_cli("REQ-EVIDENCE", "--format", "html", "--out", str(out_dir), "--workspace", str(done["root"]))
+    with only_the_stores(done["root"], tmp_path / "aside"):
+        proc = evidence_cli(REQ, "--format", "html", "--out", str(out_dir), "--workspace", str(done["root"]))
     assert proc.returncode == 0, proc.stderr
-    page = out_dir / "evidence-REQ-EVIDENCE.html"
+    page = out_dir / f"evidence-{REQ}.html"
     assert proc.stdout == f"wrote {page}\n"
     assert sorted(p.name for p in out_dir.iterdir()) == [page.name]  # no temporary file left behind
     html = page.read_text()
@@ -271,18 +295,23 @@ def test_the_html_page_renders_the_evidence_in_a_browser(done, tmp_path):
 
     text = rendered_text(page, tmp_path / "chromium")
     ev = done["live"]
-    assert "Evidence of deletion request REQ-EVIDENCE" in text
+    assert f"Evidence of deletion request {REQ}" in text
     assert ev["headline"] in text
     assert "audit verdict: PASS" in text and "6 of 6 gates passed" in text
     for needle in (
         "version 1",
         "version 2",
+        "version 3",
+        "descends from version 2",
         done["rev_before"],
         done["rev_after"],
         done["forget_sha256"],
         "120 records",
         "<= 0.05",  # a threshold, escaped in the source and shown as written
-        done["outcome"].lineage_run_id,
+        done["run"].lineage_run_id,
+        "erased from the stores on",
+        "retired (tombstone)",
+        "trained on records erased by REQ-0001",
         *RECORD_GATES,
     ):
         assert needle in text, needle
@@ -292,8 +321,8 @@ def test_the_html_page_renders_the_evidence_in_a_browser(done, tmp_path):
 
 
 def test_erasure_retired_versions_and_a_pending_request_in_the_evidence(done, tmp_path):
-    """On a copy of the stores: the purge's event, a version retired by the retention policy, a request
-    still pending (its target markup, which the page must show as text; its erasure once failed)."""
+    """On a copy of the stores: a second purge event, the version the demo's retention policy retired,
+    a request still pending (its target markup, which the page must show as text; its erasure once failed)."""
     dst = tmp_path / "ws"
     dst.mkdir()
     for name in ("state.db", "mlflow.db"):
@@ -305,35 +334,35 @@ def test_erasure_retired_versions_and_a_pending_request_in_the_evidence(done, tm
     store = StateStore.open(settings)
     store.record_event(
         "data_erased",
-        request_id="REQ-EVIDENCE",
-        run_id=done["outcome"].run_id,
+        request_id=REQ,
+        run_id=done["run"].run_id,
         at="2026-11-28T09:00:00+00:00",
         records=120,
         blobs_local=3,
         blobs_remote=2,
         source_rev="f" * 40,
     )
-    client = client_for(settings)
-    for key, value in (
-        ("unlearn.tombstone_reason", "trained on records erased by REQ-EVIDENCE"),
-        ("unlearn.tombstoned_at", "2026-11-28T09:05:00+00:00"),
-        ("unlearn.tombstone", "true"),
-    ):
-        client.set_model_version_tag("digits-diffusion", "1", key, value)
     markup = "<script>alert(1)</script>"
     pending = REQUEST | {"request_id": "REQ-LATER", "targets": {"caption_pattern": markup}, "deadline": "2000-01-02"}
     pending["received_at"] = "2000-01-01T00:00:00Z"
     store.add_request(parse_request(pending), "pending")
     store.record_event("data_erase_failed", request_id="REQ-LATER", error="S3 endpoint down")
 
-    ev = build_evidence(settings, "REQ-EVIDENCE")
+    ev = build_evidence(settings, REQ)
     purge = ev["purge"]
-    assert purge["erased"] is True
+    assert purge["erased"] is True and len(purge["events"]) == len(done["live"]["purge"]["events"]) + 1
     mine = [e for e in purge["events"] if e["source_rev"] == "f" * 40]
     assert len(mine) == 1
     assert (mine[0]["records"], mine[0]["blobs_local"], mine[0]["blobs_remote"]) == (120, 3, 2)
     assert mine[0]["at"] == "2026-11-28T09:00:00+00:00"
-    assert purge["totals"]["blobs_remote"] >= 2 and "erased from the stores on" in purge["message"]
+    before = done["live"]["purge"]["totals"]
+    assert purge["totals"]["records"] == before["records"] + 120
+    assert purge["totals"]["blobs_local"] == before["blobs_local"] + 3
+    assert purge["totals"]["blobs_remote"] == (before["blobs_remote"] or 0) + 2
+    assert "erased from the stores on" in purge["message"]
+    # Retired by the demo's retention policy when REQ-0001 completed (no grace period in the demo).
+    base = done["base_tags"]
+    assert base["unlearn.tombstone"] == "true" and base["unlearn.tombstoned_at"]
     assert ev["retired_versions"] == [
         {
             "version": "1",
@@ -345,19 +374,19 @@ def test_erasure_retired_versions_and_a_pending_request_in_the_evidence(done, tm
             "parent_version": None,
             "audit_verdict": None,
             "retired": True,
-            "retired_reason": "trained on records erased by REQ-EVIDENCE",
-            "retired_at": "2026-11-28T09:05:00+00:00",
+            "retired_reason": "trained on records erased by REQ-0001",
+            "retired_at": base["unlearn.tombstoned_at"],
         }
     ]
     done_page = write_evidence(ev, tmp_path / "out", "html")
     text = rendered_text(done_page, tmp_path / "chromium")
-    for needle in ("erased from the stores on", "retired (tombstone)", "trained on records erased by REQ-EVIDENCE"):
+    for needle in ("erased from the stores on", "retired (tombstone)", "trained on records erased by REQ-0001"):
         assert needle in text, needle
 
     later = build_evidence(settings, "REQ-LATER")
     assert (later["state"], later["verdict"], later["audit"], later["runs"]) == ("pending", None, None, [])
     assert later["headline"] == "REQ-LATER is pending: no verdict yet"
-    assert later["versions"]["new"] is None and later["versions"]["production_now"] == "2"
+    assert later["versions"]["new"] is None and later["versions"]["production_now"] == "3"
     assert later["times"]["overdue"] is True and later["purge"]["erased"] is False
     assert later["purge"]["message"].startswith(NOT_ERASED + " (the last attempt, on ")
     assert later["purge"]["message"].endswith("failed: S3 endpoint down)")
@@ -377,9 +406,9 @@ def test_without_audit_json_the_verdict_and_values_come_from_the_runs_metrics(do
     aside = artifact.with_name("audit.json.aside")
     artifact.rename(aside)
     try:
-        fallback = build_evidence(done["settings"], "REQ-EVIDENCE")
+        fallback = build_evidence(done["settings"], REQ)
     finally:
-        aside.rename(artifact)
+        aside.rename(artifact)  # the shared demo workspace, as it was
     audit = fallback["audit"]
     assert (audit["source"], audit["verdict"], fallback["verdict"]) == ("mlflow-metrics", "pass", "pass")
     assert audit["note"].startswith("audit.json not available")
@@ -443,7 +472,7 @@ def test_unknown_request_and_unreachable_mlflow_are_one_line_and_write_nothing(d
     secret = "s3cret-evidence-pw"
     server = f"http://auditor:{secret}@127.0.0.1:{port}"
     env = cli_env(UNLEARN_MLFLOW_TRACKING_URI=server, UNLEARN_STATE_DB_URL=f"sqlite:///{root / 'state.db'}")
-    down = evidence_cli("REQ-EVIDENCE", "--format", "html", "--out", str(out_dir), env=env, cwd=tmp_path)
+    down = evidence_cli(REQ, "--format", "html", "--out", str(out_dir), env=env, cwd=tmp_path)
     line = one_error_line(down)
     assert f"MLflow tracking server http://auditor:***@127.0.0.1:{port} " in line, line
     assert secret not in down.stdout + down.stderr
