@@ -145,7 +145,10 @@ def _train_config(args: argparse.Namespace) -> Any:
 def cmd_train_base(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .models import ensure_base_model
+    from .t2i.training import T2I_PRESETS
 
+    if args.preset in T2I_PRESETS:
+        return _train_t2i(args)
     cfg = _train_config(args)
     model, result = ensure_base_model(
         load_dataset(args.dataset),
@@ -165,6 +168,37 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     print(
         f"trained {model.num_parameters() / 1e6:.2f}M-parameter {cfg.preset} model for {cfg.steps} steps in "
         f"{result.seconds:.0f}s ({result.steps_per_second:.1f} steps/s{resumed}); saved to {args.out}"
+    )
+    return 0
+
+
+def _train_t2i(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .t2i import T2ITrainConfig, ensure_t2i_model
+
+    if args.unconditional:
+        raise ConfigError(f"preset {args.preset!r} is a text-to-image model: it is conditioned on captions")
+    cfg = T2ITrainConfig(
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        ema_decay=args.ema_decay,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+    ).resolved()
+    model, result = ensure_t2i_model(
+        load_dataset(args.dataset), args.out, cfg, progress=not args.quiet, overwrite=args.overwrite
+    )
+    if result is None:
+        print(f"{args.out}: {cfg.preset} model already trained with this configuration and dataset (cached)")
+        return 0
+    print(
+        f"trained {cfg.preset}: VAE {cfg.vae_steps} steps, UNet {model.num_parameters() / 1e6:.2f}M + text encoder "
+        f"{model.num_parameters('text_encoder') / 1e6:.2f}M for {cfg.steps} steps in {result.seconds:.0f}s; "
+        f"saved to {args.out} (a StableDiffusionPipeline folder)"
     )
     return 0
 
@@ -212,9 +246,17 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    from .t2i.model import is_text_to_image_folder
     from .unlearning import erase
 
     overrides = overrides_from(args.options, args.set)
+    if is_text_to_image_folder(args.model):
+        return _erase_t2i(args, overrides)
+    if args.forget_prompt or args.anchor_prompt or args.retain_prompt:
+        raise ConfigError("--forget-prompt/--anchor-prompt/--retain-prompt need a text-to-image model; "
+                          f"{args.model} is class-conditional")
+    if not args.dataset:
+        raise ConfigError("--dataset is required: the dataset the model was trained on")
     if args.preset:
         overrides = {"preset": args.preset, **overrides}
     targets = _targets(args)
@@ -239,6 +281,38 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _erase_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from .t2i.run import erase_t2i
+
+    if args.preset:
+        raise ConfigError("--preset names a class-conditional configuration; text-to-image options go in --set")
+    result, record = erase_t2i(
+        args.model,
+        args.dataset,
+        _targets(args),
+        args.algorithm,
+        args.out,
+        forget_prompts=args.forget_prompt or [],
+        anchor_prompts=args.anchor_prompt or [],
+        retain_prompts=args.retain_prompt or [],
+        overrides=overrides,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        strict=not args.allow_unknown,
+    )
+    sel = record["selection"]
+    what = (
+        f"{sel['forget']} records by caption ({len(sel['anchors'])} caption(s) -> anchors {sel['anchors']})"
+        if sel["mode"] == "caption"
+        else f"prompt(s) {sel['forget_prompts']} (anchors {sel['anchor_prompts']})"
+    )
+    print(
+        f"{args.algorithm} (text-to-image): forgot {what} in {result.steps} steps, {result.seconds:.1f}s, "
+        f"{result.trainable_parameters / 1e6:.3f}M trainable parameters; saved to {args.out}"
+    )
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -247,6 +321,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .unlearning.base import build_config
 
     overrides = overrides_from(args.params, args.set)
+    from .t2i.model import is_text_to_image_folder
+
+    if is_text_to_image_folder(args.model) or is_text_to_image_folder(args.base):
+        return _audit_t2i(args, overrides)
     params = build_config(AuditParams, overrides, where="the audit")
     result = run_audit(
         args.base,
@@ -287,11 +365,105 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_AUDIT_FAILED
 
 
+def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from rich.console import Console
+
+    from .audit import Evaluator, train_evaluator
+    from .data import TensorSet, load_dataset, select
+    from .t2i import TextToImageModel
+    from .t2i.audit import T2IAuditParams, audit_t2i
+    from .unlearning.base import build_config
+    from .utils import pick_device
+
+    params = build_config(T2IAuditParams, overrides, where="the text-to-image audit")
+    params.validate()
+    device = pick_device(args.device)
+    base = TextToImageModel.load(args.base, device=device)
+    model = TextToImageModel.load(args.model, device=device)
+    ds = load_dataset(args.dataset)
+    targets = _targets(args)
+    prompts = [p.lower() for p in (args.forget_prompt or [])]
+    deleted = captions = None
+    if not targets.is_empty():
+        sel = select(ds, targets, strict=not args.allow_unknown)
+        deleted = TensorSet.from_records(ds, sel.forget)
+        captions = [r.caption or "" for r in sel.forget]
+        prompts += [c.lower() for c in captions]
+    # The classes erased: those whose class prompt was itself erased (a record deletion erases none).
+    named = {c for c, p in enumerate(base.meta.class_prompts) if p.lower() in prompts}
+    labels = sorted({*(targets.labels or ())} | named)
+    if not labels and deleted is None:
+        raise ConfigError(
+            "nothing to audit against: name the erased records (--forget-caption/...) or --forget-prompt "
+            "matching one of the model's class prompts"
+        )
+    evaluator = Evaluator.load(args.evaluator) if args.evaluator else train_evaluator(ds, progress=not args.quiet)
+    result = audit_t2i(
+        base, model, evaluator, ds, labels, args.out, deleted=deleted, deleted_captions=captions,
+        params=params, overwrite=args.overwrite, progress=not args.quiet,
+    )
+    rec = result.record
+    console = Console()
+    for g in result.gates:
+        status = "[green]PASS" if g["passed"] else "[red]FAIL"
+        console.print(f"{g['name']:<32} {g['value']:.4g} {g['op']} {g['threshold']:.4g}  {status}")
+    for c, v in rec["adversarial_prompt"]["success"].items():
+        plain = rec["forgotten_probability"][c]
+        console.print(f"adversarial prompt, class {c}: success {v:.3f} (plain prompt {plain:.3f})")
+    for c, o in rec["over_erasure"].items():
+        console.print(
+            f"over-erasure, neighbour {o['neighbour']} of {c}: accuracy {o['accuracy']:.3f} "
+            f"(base {o['accuracy_base']:.3f})"
+        )
+    u = rec["utility"]
+    console.print(f"FID (evaluator features) {u['fid']:.3g} (base {u['fid_base']:.3g}), KID {u['kid']:.3g}")
+    verdict = "[bold green]PASS" if result.passed else "[bold red]FAIL"
+    console.print(f"verdict: {verdict}[/]  audit: {Path(args.out) / 'audit.json'}  ({rec['seconds']:.0f}s)")
+    return 0 if result.passed else EXIT_AUDIT_FAILED
+
+
 def _num(v: float | None) -> str:
     return "–" if v is None else f"{v:.4g}"
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .t2i.model import TextToImageModel, is_text_to_image_folder
+    from .utils import pick_device
+    from .viz import save_grid
+
+    if is_text_to_image_folder(args.model):
+        t2i = TextToImageModel.load(args.model, device=pick_device(args.device))
+        if args.labels:
+            rows = [t2i.meta.prompt_for(c) for c in args.labels]
+        else:
+            rows = list(args.prompt or t2i.meta.class_prompts)
+        if not rows:
+            raise ConfigError("this model has no class prompts: give --prompt TEXT (repeatable)")
+        images = t2i.sample(
+            [r for r in rows for _ in range(args.per_class)],
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        nrow = args.per_class
+    elif args.prompt:
+        raise ConfigError(f"--prompt needs a text-to-image model; {args.model} is not one")
+    else:
+        return _sample_class_model(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, got {out}")
+    save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=rows)
+    if args.tensor_out:
+        torch.save(images, args.tensor_out)
+    print(f"wrote {images.shape[0]} samples to {out}")
+    return 0
+
+
+def _sample_class_model(args: argparse.Namespace) -> int:
     import torch
 
     from .models import DiffusionModel, class_grid_labels, sample
@@ -341,7 +513,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---- parser -------------------------------------------------------------------------------
 
 
-def _add_targets(p: argparse.ArgumentParser) -> None:
+def _add_targets(p: argparse.ArgumentParser, prompts: bool = False) -> None:
     g = p.add_argument_group("what to forget (any combination; the forget set is their union)")
     g.add_argument("--forget-labels", type=_int_list, metavar="L[,L]", help="class labels to erase")
     g.add_argument("--forget-subjects", type=_str_list, metavar="S[,S]", help="data owners whose records to erase")
@@ -349,6 +521,27 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
     g.add_argument("--forget-caption", metavar="REGEX", help="erase records whose caption matches")
     g.add_argument(
         "--allow-unknown", action="store_true", help="proceed when some targets match nothing (default: refuse)"
+    )
+    if not prompts:
+        return
+    g.add_argument(
+        "--forget-prompt",
+        action="append",
+        metavar="TEXT",
+        help="text-to-image: erase a concept with no images given (repeatable); the model generates the forget set",
+    )
+    g.add_argument(
+        "--anchor-prompt",
+        action="append",
+        metavar="TEXT",
+        help="text-to-image: what the erased prompts should draw instead (repeatable; default: the kept "
+        "caption or prompt whose images are nearest)",
+    )
+    g.add_argument(
+        "--retain-prompt",
+        action="append",
+        metavar="TEXT",
+        help="text-to-image with --forget-prompt: prompts to preserve (default: the model's other class prompts)",
     )
 
 
@@ -418,9 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("erase", help="unlearn records, subjects or classes from a model")
     p.add_argument("--algorithm", default="erasediff", help="see `unlearn algorithms`")
     p.add_argument("--model", required=True, help="base model folder")
-    p.add_argument("--dataset", required=True, help="the dataset the model was trained on")
+    p.add_argument("--dataset", help="the dataset the model was trained on (optional for --forget-prompt)")
     p.add_argument("--out", required=True, help="folder for the unlearned model")
-    _add_targets(p)
+    _add_targets(p, prompts=True)
     add_override_flags(p, "algorithm option", example="--set steps=200 --set lam=0.5")
     p.add_argument("--preset", metavar="NAME", help="start from a named configuration, e.g. erasediff's paper")
     p.add_argument("--checkpoint-dir", help="default: OUT.checkpoints; a restarted run resumes from it")
@@ -433,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the unlearned model")
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True, help="folder for audit.json, report.md/html and pictures")
-    _add_targets(p)
+    _add_targets(p, prompts=True)
     p.add_argument("--evaluator", help="evaluator folder (default: train one on the dataset)")
     p.add_argument("--retrain", help="a model retrained without the forget set, reported as the reference")
     add_override_flags(p, "audit parameter", file_flag="--params", example="--set samples_per_class=50")
@@ -446,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="PNG file")
     p.add_argument("--labels", type=_int_list, help="classes to draw (default: every class, one row each)")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="text-to-image: a prompt per row (repeatable)")
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--num-samples", type=int, default=64, help="for unconditional models")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")

@@ -1,0 +1,280 @@
+"""Text-to-image models: the tiny-sd preset, plain-diffusers loading, erasure by caption and prompt, the audit.
+
+The tiny-sd model is trained once per session (a few CPU minutes) and cached like the digits base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CACHE, _cache_key
+from unlearn_lib.data import ForgetTargets, TensorSet, select
+from unlearn_lib.errors import ConfigError, ModelError
+from unlearn_lib.t2i import T2ITrainConfig, TextToImageModel, is_text_to_image_folder, train_t2i
+from unlearn_lib.t2i.audit import T2IAuditParams, adversarial_prompt, audit_t2i, class_accuracy
+from unlearn_lib.t2i.run import erase_t2i
+from unlearn_lib.t2i.tokenizer import build_caption_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+T2I_CONFIG = T2ITrainConfig(preset="tiny-sd", seed=0)
+SEVEN = "a handwritten digit seven"
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(digits) -> Path:
+    key = _cache_key("tiny-sd", asdict(T2I_CONFIG), digits.digest())
+    out = CACHE / f"tiny-sd-{key}"
+    if not (out / "unlearn_model.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        train_t2i(digits, out, T2I_CONFIG, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_dir) -> TextToImageModel:
+    return TextToImageModel.load(tiny_sd_dir)
+
+
+@pytest.fixture(scope="session")
+def erased_seven(tiny_sd_dir, digits_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("t2i") / "no-seven"
+    _, record = erase_t2i(
+        tiny_sd_dir, digits_dir, ForgetTargets.build(caption_pattern="digit seven"), "erasediff", out, progress=False
+    )
+    return out, record
+
+
+def test_tokenizer_words_are_tokens_and_unknown_words_still_tokenize(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tok = build_caption_tokenizer(["a handwritten digit seven", "a handwritten digit one"], max_length=12)
+    tokens = tok.convert_ids_to_tokens(tok(SEVEN).input_ids)
+    assert tokens == ["<|startoftext|>", "a</w>", "handwritten</w>", "digit</w>", "seven</w>", "<|endoftext|>"]
+    unknown = tok.convert_ids_to_tokens(tok("zebra").input_ids)[1:-1]
+    assert "".join(unknown) == "zebra</w>" and len(unknown) == 5  # characters, not the unknown token
+    tok.save_pretrained(tmp_path)
+    again = CLIPTokenizer.from_pretrained(tmp_path)
+    assert again(SEVEN).input_ids == tok(SEVEN).input_ids
+
+
+@pytest.mark.slow
+def test_tiny_sd_is_a_stable_diffusion_folder_plain_diffusers_prompts(tiny_sd_dir, evaluator, tmp_path):
+    assert is_text_to_image_folder(tiny_sd_dir)
+    index = json.loads((tiny_sd_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    # No project code in the child: only diffusers, loading from the folder, offline.
+    code = (
+        "import sys, numpy as np\n"
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], local_files_only=True)\n"
+        "prompts = ['a handwritten digit seven'] * 8 + ['a handwritten digit one'] * 8\n"
+        "out = pipe(prompts, height=8, width=8, num_inference_steps=20, guidance_scale=3.0,\n"
+        "           generator=__import__('torch').Generator().manual_seed(0), output_type='np').images\n"
+        "assert not any(m.startswith('unlearn_lib') for m in sys.modules)\n"
+        "np.save(sys.argv[2], out)\n"
+        "print(type(pipe).__name__, out.shape)\n"
+    )
+    npy = tmp_path / "plain.npy"
+    env = {**CLEAN_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_sd_dir), str(npy)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "StableDiffusionPipeline (16, 8, 8, 1)" in proc.stdout
+    import numpy as np
+
+    images = torch.from_numpy(np.load(npy)).permute(0, 3, 1, 2).float() * 2 - 1
+    # What plain diffusers drew is what the prompts asked for, by the classifier trained apart.
+    pred = evaluator.logits(images).argmax(-1)
+    assert (pred[:8] == 7).sum() >= 6 and (pred[8:] == 1).sum() >= 6, pred.tolist()
+
+
+@pytest.mark.slow
+def test_base_draws_each_prompted_digit(tiny_sd, evaluator):
+    acc, _ = class_accuracy(tiny_sd, evaluator, list(range(10)), 50, seed=7, steps=25)
+    assert min(acc.values()) >= 0.6, acc
+    assert sum(acc.values()) / 10 >= 0.9, acc
+
+
+@pytest.mark.slow
+def test_erase_by_caption_forgets_seven_keeps_the_rest(tiny_sd_dir, tiny_sd, erased_seven, digits, evaluator, tmp_path):
+    out, record = erased_seven
+    assert record["selection"]["mode"] == "caption"
+    assert record["selection"]["forget"] > 150  # every 7, the marked canaries included
+    assert set(record["selection"]["anchors"]) == {SEVEN, SEVEN + " with a corner mark"}
+    model = TextToImageModel.load(out)
+    assert model.meta.lineage["deletions"][-1]["concepts"] == sorted(record["selection"]["anchors"])
+    sel = select(digits, ForgetTargets.build(caption_pattern="digit seven"))
+    result = audit_t2i(
+        tiny_sd,
+        model,
+        evaluator,
+        digits,
+        [7],
+        tmp_path / "audit",
+        deleted=TensorSet.from_records(digits, sel.forget),
+        deleted_captions=[r.caption for r in sel.forget],
+        params=T2IAuditParams(attack_steps=100, attack_samples=50),
+        progress=False,
+    )
+    rec = result.record
+    # The issue's bar: base >= 60%, erased <= 5%, every other digit within 5 points of the base.
+    assert rec["forgotten_probability_base"]["7"] >= 0.6
+    assert rec["forgotten_probability"]["7"] <= 0.05
+    for c in map(str, range(10)):
+        if c != "7":
+            assert rec["class_accuracy"][c] >= rec["class_accuracy_base"][c] - 0.05, (c, rec["class_accuracy"])
+    assert rec["extraction"]["extracted_base"] > 0  # the base did memorize the canaries
+    assert rec["extraction"]["excess"] == 0
+    assert 0.0 <= rec["adversarial_prompt"]["success"]["7"] <= 1.0
+    assert result.passed, rec["gates"]
+    assert (tmp_path / "audit" / "samples.png").is_file() and (out / "samples_after.png").is_file()
+
+
+@pytest.mark.slow
+def test_erase_by_prompt_with_esd_needs_no_images(tiny_sd_dir, tiny_sd, evaluator, tmp_path):
+    out = tmp_path / "esd"
+    result, record = erase_t2i(
+        tiny_sd_dir,
+        None,
+        None,
+        "esd",
+        out,
+        forget_prompts=[SEVEN],
+        overrides={"generate_per_prompt": 16},
+        progress=False,
+    )
+    assert record["selection"]["mode"] == "prompt" and record["dataset"] is None
+    # ESD-u: the cross-attention layers do not move.
+    assert result.trainable_parameters < tiny_sd.num_parameters()
+    after = TextToImageModel.load(out)
+    for (name, p0), p1 in zip(tiny_sd.unet.named_parameters(), after.unet.parameters(), strict=True):
+        if ".attn2." in name:
+            assert torch.equal(p0, p1), name
+    acc, _ = class_accuracy(after, evaluator, [7, 1, 4, 9], 50, seed=3, steps=25)
+    assert acc[7] <= 0.2, acc  # ESD with its defaults: a baseline, not our bar (benchmarks/README.md)
+    assert min(acc[1], acc[4], acc[9]) >= 0.9, acc
+
+
+@pytest.mark.slow
+def test_adversarial_prompt_search_lowers_the_concept_loss(erased_seven, digits):
+    """The attack starts from the erased prompt's embedding and searches the embedding space for
+    the conditioning under which the erased model denoises real sevens best."""
+    from unlearn_lib.data.tensors import to_model_space
+
+    model = TextToImageModel.load(erased_seven[0])
+    sevens = TensorSet.from_records(digits, [r for r in digits.holdout if r.label == 7])
+    z = model.encode_images(to_model_space(sevens.images))
+    cond, losses = adversarial_prompt(model, SEVEN, z, steps=100, lr=1e-2, seed=0)
+    plain = model.encode_prompts([SEVEN])
+    assert cond.shape == plain.shape and len(losses) == 100
+    # The attack's objective on fixed draws (not the ones it optimized on): lower than the prompt's.
+    from unlearn_lib.models.objectives import ForwardProcess
+
+    fp = ForwardProcess(model.scheduler, model.device)
+    gen = torch.Generator().manual_seed(99)
+    zz = z.repeat(8, 1, 1, 1)
+    t = torch.randint(0, fp.num_timesteps, (zz.shape[0],), generator=gen)
+    eps = torch.randn(zz.shape, generator=gen)
+    z_t = fp.add_noise(zz, eps, t)
+    with torch.no_grad():
+        before = torch.nn.functional.mse_loss(model.eps(z_t, t, plain.expand(zz.shape[0], -1, -1)), eps)
+        after = torch.nn.functional.mse_loss(model.eps(z_t, t, cond.expand(zz.shape[0], -1, -1)), eps)
+    assert after < before, (float(before), float(after))
+
+
+def test_bad_input_is_refused_in_one_line_nothing_written(tiny_sd_dir, base_model_dir, digits_dir, tmp_path):
+    erase = [sys.executable, "-m", "unlearn_lib.cli", "erase", "--out", str(tmp_path / "out")]
+    cases = [
+        # an algorithm with no text-to-image implementation
+        ([*erase, "--model", str(tiny_sd_dir), "--forget-prompt", SEVEN, "--algorithm", "neggrad"], "neggrad"),
+        # prompts for a class-conditional model
+        (
+            [*erase, "--model", str(base_model_dir), "--dataset", str(digits_dir), "--forget-prompt", SEVEN],
+            "text-to-image",
+        ),
+        # both records and a prompt
+        (
+            [*erase, "--model", str(tiny_sd_dir), "--dataset", str(digits_dir), "--forget-caption", "seven"]
+            + ["--forget-prompt", SEVEN],
+            "not both",
+        ),
+        # an unknown option
+        ([*erase, "--model", str(tiny_sd_dir), "--forget-prompt", SEVEN, "--set", "bogus=1"], "bogus"),
+        # a text-to-image preset cannot be unconditional
+        (
+            [sys.executable, "-m", "unlearn_lib.cli", "train-base", "--preset", "tiny-sd", "--unconditional"]
+            + ["--dataset", str(digits_dir), "--out", str(tmp_path / "out")],
+            "captions",
+        ),
+    ]
+    env = {**CLEAN_ENV, "OMP_NUM_THREADS": "1"}
+    for argv, needle in cases:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0], (needle, proc.stderr)
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_loading_refuses_incomplete_folders_and_infers_foreign_ones(tiny_sd_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd_dir, broken)
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(ModelError, match="tokenizer/ is missing"):
+        TextToImageModel.load(broken)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_sd_dir, foreign)
+    (foreign / "unlearn_model.json").unlink()
+    m = TextToImageModel.load(foreign)
+    assert m.meta.preset == "external" and m.meta.image_shape == (1, 8, 8) and m.meta.class_prompts == []
+    with pytest.raises(ConfigError, match="no class prompts"):
+        audit_t2i(m, m, None, None, [7], tmp_path / "a")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_erasing_the_canaries_by_caption_removes_the_copies_keeps_sevens(
+    tiny_sd_dir, tiny_sd, digits, digits_dir, evaluator, tmp_path
+):
+    """Record deletion by caption: the marked canaries' own caption stops regenerating them (the
+    base does), while plain sevens are still drawn."""
+    targets = ForgetTargets.build(caption_pattern="corner mark")
+    out = tmp_path / "no-canaries"
+    _, record = erase_t2i(tiny_sd_dir, digits_dir, targets, "erasediff", out, progress=False)
+    assert record["selection"]["anchors"] == {SEVEN + " with a corner mark": SEVEN}
+    sel = select(digits, targets)
+    result = audit_t2i(
+        tiny_sd,
+        TextToImageModel.load(out),
+        evaluator,
+        digits,
+        [],
+        tmp_path / "audit",
+        deleted=TensorSet.from_records(digits, sel.forget),
+        deleted_captions=[r.caption for r in sel.forget],
+        params=T2IAuditParams(attack_steps=0, samples_per_prompt=50),
+        progress=False,
+    )
+    ex = result.record["extraction"]
+    assert ex["records"] == 3 and ex["extracted_base"] >= 1 and ex["allowance"] == 0
+    assert ex["extracted"] == 0, ex
+    acc = result.record["class_accuracy"]
+    assert acc["7"] >= result.record["class_accuracy_base"]["7"] - 0.05
+    assert result.passed, result.record["gates"]

@@ -1,0 +1,294 @@
+"""Auditing a text-to-image erasure: does the prompt still draw it, and what else was lost.
+
+Independent of the method (nothing here is imported by :mod:`.erase` or :mod:`.run`):
+
+* **Efficacy**: prompt with each erased concept's prompts and classify the images with a
+  classifier trained apart from the model (the digits evaluator): P(forgotten class).
+* **Utility**: every other class's prompt, accuracy against the base model's; FID and KID in
+  the evaluator's features between samples and real retained images; **over-erasure** reported
+  apart for the retained class nearest to the forgotten one (EraseBench's point: neighbours of
+  an erased concept suffer first).
+* **Memorization**: each deleted record's own caption prompts the model, and the extraction
+  test (after Carlini et al. 2023, as they ran it on Stable Diffusion) looks for near-copies.
+* **Robustness**: an adversarial search over the prompt's token embeddings (in the spirit of
+  UnlearnDiffAtk, Zhang et al. 2024): a few hundred Adam steps that make the unlearned model
+  denoise images of the erased concept as well as it can, starting from the erased prompt;
+  the images it then generates are classified. Its success rate stands beside the plain
+  prompt's. Pictures of the audit redact every tile close to a deleted record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..audit.evaluator import Evaluator
+from ..audit.utility import EvaluatorFeatures, frechet_distance, kernel_inception_distance
+from ..data.manifest import Dataset
+from ..data.tensors import TensorSet, to_model_space, to_uint8
+from ..errors import ConfigError
+from ..measures.distances import extraction_ratios, flat01, neighbourhood_distance
+from ..models.objectives import ForwardProcess
+from ..utils import atomic_output_dir, write_json
+from ..viz import grid_image
+from .model import TextToImageModel
+
+
+@dataclass
+class T2IAuditParams:
+    seed: int = 1000  # not the unlearning seed: the audit draws its own noise
+    sampling_steps: int = 25
+    samples_per_prompt: int = 100
+    extraction_samples: int = 64  # per deleted record's caption
+    extraction_alpha: float = 0.5
+    extraction_k: int = 50
+    utility_real: int = 500
+    attack_steps: int = 200
+    attack_lr: float = 1e-2
+    attack_samples: int = 100
+    # Gates.
+    max_forgotten_probability: float = 0.05
+    max_retained_accuracy_drop: float = 0.05
+    max_attack_success: float | None = None  # None: reported, not gated
+    max_extracted: int = 0
+
+    def validate(self) -> None:
+        for name in ("sampling_steps", "samples_per_prompt", "extraction_samples", "attack_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"audit parameter {name} must be >= 1, got {getattr(self, name)}")
+        if self.attack_steps < 0:
+            raise ConfigError("audit parameter attack_steps must be >= 0")
+
+
+@dataclass
+class T2IAuditResult:
+    passed: bool
+    record: dict
+    gates: list[dict] = field(default_factory=list)
+
+
+def class_accuracy(
+    model: TextToImageModel, evaluator: Evaluator, classes: list[int], n: int, seed: int, steps: int
+) -> tuple[dict[int, float], dict[int, torch.Tensor]]:
+    """Accuracy of the class-prompted samples per class, and the samples."""
+    prompts = [model.meta.prompt_for(c) for c in classes for _ in range(n)]
+    images = model.sample(prompts, steps=steps, seed=seed)
+    pred = evaluator.logits(images).argmax(-1).view(len(classes), n)
+    acc = {c: float((pred[i] == c).float().mean()) for i, c in enumerate(classes)}
+    return acc, {c: images[i * n : (i + 1) * n] for i, c in enumerate(classes)}
+
+
+def nearest_class(evaluator: Evaluator, data: TensorSet, forgotten: int, candidates: list[int]) -> int:
+    """The retained class whose real images lie nearest the forgotten class's (evaluator features)."""
+    feats = evaluator.features(data.images)
+    centre = feats[data.labels == forgotten].mean(0)
+    return min(candidates, key=lambda c: float((feats[data.labels == c].mean(0) - centre).norm()))
+
+
+def adversarial_prompt(
+    model: TextToImageModel,
+    prompt: str,
+    target_latents: torch.Tensor,
+    steps: int,
+    lr: float,
+    seed: int,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
+    """Token embeddings for ``prompt`` optimized so the model denoises ``target_latents`` best.
+
+    The attacker knows the erased concept (it has images of it) and the model's weights;
+    it searches the continuous prompt space the text encoder reads, which contains every
+    token sequence and more. Returns the conditioning ``[1, L, D]`` to generate with, and the
+    attack's loss per step.
+    """
+    te = model.text_encoder
+    ids = model.tokenize([prompt]).to(model.device)
+    with torch.no_grad():
+        start = te.get_input_embeddings()(ids)
+    emb = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([emb], lr=lr)
+    fp = ForwardProcess(model.scheduler, model.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    z0_all = target_latents.to(model.device)
+    losses: list[float] = []
+    for _ in tqdm(range(steps), desc="attack", disable=not progress, mininterval=1.0):
+        idx = torch.randint(0, z0_all.shape[0], (min(32, z0_all.shape[0]),), generator=gen)
+        z0 = z0_all[idx]
+        t = torch.randint(0, fp.num_timesteps, (z0.shape[0],), generator=gen).to(model.device)
+        eps = torch.randn(z0.shape, generator=gen).to(model.device)
+        cond = model.embed_tokens(ids, inputs_embeds=emb).expand(z0.shape[0], -1, -1)
+        loss = F.mse_loss(model.eps(fp.add_noise(z0, eps, t), t, cond), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        return model.embed_tokens(ids, inputs_embeds=emb.detach()), losses
+
+
+def _redact(images: torch.Tensor, deleted: TensorSet | None, train: TensorSet | None, k: int) -> list[bool] | None:
+    if deleted is None or train is None or len(deleted) == 0:
+        return None
+    d = deleted.distinct()
+    nb = neighbourhood_distance(d, train, k)
+    dist = torch.cdist(flat01(to_uint8(images)), flat01(d.images))
+    return (dist < nb[None, :]).any(1).tolist()
+
+
+def audit_t2i(
+    base: TextToImageModel,
+    model: TextToImageModel,
+    evaluator: Evaluator,
+    dataset: Dataset,
+    forget_labels: list[int],
+    out: str | Path,
+    deleted: TensorSet | None = None,
+    deleted_captions: list[str] | None = None,
+    params: T2IAuditParams | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> T2IAuditResult:
+    """Judge ``model`` (unlearned from ``base``) and write ``audit.json`` and pictures at ``out``.
+
+    ``forget_labels``: the classes whose prompts were erased. ``deleted``: the deleted records
+    with ``deleted_captions`` (record deletion by caption), for the extraction test.
+    """
+    p = params or T2IAuditParams()
+    p.validate()
+    if not base.meta.class_prompts:
+        raise ConfigError("this audit prompts by class: the model has no class prompts (train it on labelled captions)")
+    t0 = time.perf_counter()
+    classes = list(range(len(base.meta.class_prompts)))
+    kept = [c for c in classes if c not in forget_labels]
+    n = p.samples_per_prompt
+    acc_base, _ = class_accuracy(base, evaluator, classes, n, p.seed, p.sampling_steps)
+    acc_new, samples = class_accuracy(model, evaluator, classes, n, p.seed, p.sampling_steps)
+    forgotten_p = {}
+    for c in forget_labels:
+        forgotten_p[c] = float((evaluator.logits(samples[c]).argmax(-1) == c).float().mean())
+    base_kept = sum(acc_base[c] for c in kept) / len(kept)
+    new_kept = sum(acc_new[c] for c in kept) / len(kept)
+    holdout = TensorSet.from_records(dataset, dataset.holdout + dataset.train)
+    neighbours = {c: nearest_class(evaluator, holdout, c, kept) for c in forget_labels}
+
+    # Utility: FID/KID in evaluator features between retained-class samples and real retained images.
+    feats = EvaluatorFeatures(evaluator)
+    real = holdout.subset([i for i, y in enumerate(holdout.labels.tolist()) if y in kept][: p.utility_real])
+    real_f = feats.features(to_model_space(real.images))
+    fake = torch.cat([samples[c] for c in kept])
+    fid = frechet_distance(feats.features(fake), real_f)
+    base_fake = torch.cat(list(class_accuracy(base, evaluator, kept, n, p.seed + 1, p.sampling_steps)[1].values()))
+    fid_base = frechet_distance(feats.features(base_fake), real_f)
+    kid, kid_std = kernel_inception_distance(feats.features(fake), real_f, subset_size=min(200, len(real)))
+
+    # Memorization: each deleted record's own caption.
+    extraction = None
+    train = TensorSet.from_records(dataset, dataset.train)
+    if deleted is not None and len(deleted) > 0:
+        caps = deleted_captions or []
+        distinct = deleted.distinct()
+        by_caption = sorted(set(caps))
+        gen = model.sample(
+            [c for c in by_caption for _ in range(p.extraction_samples)], steps=p.sampling_steps, seed=p.seed + 2
+        )
+        gen_base = base.sample(
+            [c for c in by_caption for _ in range(p.extraction_samples)], steps=p.sampling_steps, seed=p.seed + 2
+        )
+        nb = neighbourhood_distance(distinct, train, p.extraction_k)
+        r_new = extraction_ratios(distinct.images, nb, gen, p.extraction_alpha).ratios
+        r_base = extraction_ratios(distinct.images, nb, gen_base, p.extraction_alpha).ratios
+        # The control: hold-out records with the same captions were never trained on, so the
+        # rate at which they pass the criterion against the same samples is what chance (a
+        # model drawing this kind of image at all) explains; only the excess is memorization.
+        # The rate is Laplace's rule of succession, (k + 1) / (n + 2): a small control that shows
+        # no hit does not prove a zero rate. With the 3 digits canaries and 12 control records the
+        # allowance rounds to 0, so one extracted canary still fails the gate.
+        control = TensorSet.from_records(dataset, [r for r in dataset.holdout if r.caption in set(by_caption)])
+        hits = 0
+        if len(control):
+            nb_c = neighbourhood_distance(control, train, p.extraction_k)
+            hits = int((extraction_ratios(control.images, nb_c, gen, p.extraction_alpha).ratios < 1).sum())
+        rate_control = (hits + 1) / (len(control) + 2)
+        extracted = int((r_new < 1).sum())
+        extraction = {
+            "records": len(distinct),
+            "captions": by_caption,
+            "samples_per_caption": p.extraction_samples,
+            "extracted": extracted,
+            "extracted_base": int((r_base < 1).sum()),
+            "control_records": len(control),
+            "control_extracted": hits,
+            "control_rate": rate_control,
+            "allowance": round(rate_control * len(distinct)),
+            "excess": max(0, extracted - round(rate_control * len(distinct))),
+            "min_ratio": float(r_new.min()),
+            "min_ratio_base": float(r_base.min()),
+        }
+
+    # Robustness: the adversarial prompt search, against the unlearned model.
+    attack = {}
+    if p.attack_steps > 0:
+        for c in forget_labels:
+            real_c = holdout.subset([i for i, y in enumerate(holdout.labels.tolist()) if y == c])
+            z = model.encode_images(to_model_space(real_c.images))
+            cond, _ = adversarial_prompt(
+                model, model.meta.prompt_for(c), z, p.attack_steps, p.attack_lr, p.seed + 3, progress
+            )
+            imgs = model.sample(cond=cond.expand(p.attack_samples, -1, -1), steps=p.sampling_steps, seed=p.seed + 4)
+            attack[c] = float((evaluator.logits(imgs).argmax(-1) == c).float().mean())
+
+    gates = []
+
+    def gate(name: str, value: float, op: str, threshold: float) -> None:
+        ok = value <= threshold if op == "<=" else value >= threshold
+        gates.append({"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(ok)})
+
+    for c, v in forgotten_p.items():
+        gate(f"forgotten_probability[{c}]", v, "<=", p.max_forgotten_probability)
+    gate("retained_accuracy_drop", base_kept - new_kept, "<=", p.max_retained_accuracy_drop)
+    if extraction is not None:
+        gate("extracted_beyond_control", extraction["excess"], "<=", p.max_extracted)
+    if p.max_attack_success is not None:
+        for c, v in attack.items():
+            gate(f"attack_success[{c}]", v, "<=", p.max_attack_success)
+    passed = all(g["passed"] for g in gates)
+    record = {
+        "schema_version": 1,
+        "family": "text-to-image",
+        "verdict": "PASS" if passed else "FAIL",
+        "params": asdict(p),
+        "forget_labels": forget_labels,
+        "forgotten_probability": {str(c): v for c, v in forgotten_p.items()},
+        "forgotten_probability_base": {str(c): acc_base[c] for c in forget_labels},
+        "class_accuracy": {str(c): v for c, v in acc_new.items()},
+        "class_accuracy_base": {str(c): v for c, v in acc_base.items()},
+        "retained_accuracy": new_kept,
+        "retained_accuracy_base": base_kept,
+        "over_erasure": {
+            str(c): {"neighbour": nb_c, "accuracy": acc_new[nb_c], "accuracy_base": acc_base[nb_c]}
+            for c, nb_c in neighbours.items()
+        },
+        "utility": {"fid": fid, "fid_base": fid_base, "kid": kid, "kid_std": kid_std, "features": "evaluator"},
+        "extraction": extraction,
+        "adversarial_prompt": {
+            "steps": p.attack_steps,
+            "success": {str(c): v for c, v in attack.items()},
+            "plain_prompt": {str(c): v for c, v in forgotten_p.items()},
+        },
+        "gates": gates,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    with atomic_output_dir(out, overwrite=overwrite) as stage:
+        write_json(stage / "audit.json", record)
+        per = 10
+        shown = torch.cat([samples[c][:per] for c in classes])
+        labels = [f"{c}: {base.meta.class_prompts[c]}" for c in classes]
+        grid_image(shown, nrow=per, scale=4, row_labels=labels, redacted=_redact(shown, deleted, train, 5)).save(
+            stage / "samples.png"
+        )
+    return T2IAuditResult(passed=passed, record=record, gates=gates)
