@@ -30,7 +30,6 @@ Which UNet parameters move: ``params`` = ``all`` | ``xattn`` (cross-attention, `
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 from ..data.tensors import TensorSet
 from ..errors import ConfigError
 from ..models.objectives import ForwardProcess
-from ..unlearning.base import build_config
+from ..unlearning.base import PARAM_GROUPS, build_config, parameter_filter
 from .model import TextToImageModel
 
 
@@ -138,8 +137,9 @@ class SalUnT2IConfig(T2IConfig):
             raise ConfigError("salun masks weights by saliency; it does not combine with adapter=lora")
 
 
-_GROUPS: dict[str, Callable[[str], bool]] = {
-    "all": lambda n: True,
+# Named as in the ESD paper, on top of the class-conditional groups (all, attention, down, mid, up,
+# embeddings, regex:<pattern>) of :func:`unlearn_lib.unlearning.base.parameter_filter`.
+_T2I_GROUPS: dict[str, Callable[[str], bool]] = {
     "xattn": lambda n: ".attn2." in n,
     "noxattn": lambda n: ".attn2." not in n,
     "attn": lambda n: ".attn1." in n or ".attn2." in n,
@@ -147,15 +147,12 @@ _GROUPS: dict[str, Callable[[str], bool]] = {
 
 
 def param_filter(spec: str) -> Callable[[str], bool]:
-    if spec in _GROUPS:
-        return _GROUPS[spec]
-    if spec.startswith("regex:"):
-        try:
-            pattern = re.compile(spec[len("regex:") :])
-        except re.error as err:
-            raise ConfigError(f"params {spec!r}: invalid regular expression ({err})") from None
-        return lambda n: pattern.search(n) is not None
-    raise ConfigError(f"params must be one of {', '.join(_GROUPS)} or regex:<pattern>, got {spec!r}")
+    if spec in _T2I_GROUPS:
+        return _T2I_GROUPS[spec]
+    if spec in PARAM_GROUPS or spec.startswith("regex:"):
+        return parameter_filter(spec)
+    known = ", ".join([*PARAM_GROUPS, *_T2I_GROUPS])
+    raise ConfigError(f"params must be one of {known} or regex:<pattern>, got {spec!r}")
 
 
 @dataclass
