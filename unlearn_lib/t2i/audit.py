@@ -173,12 +173,14 @@ def audit_t2i(
         forgotten_p[c] = float((evaluator.logits(samples[c]).argmax(-1) == c).float().mean())
     base_kept = sum(acc_base[c] for c in kept) / len(kept)
     new_kept = sum(acc_new[c] for c in kept) / len(kept)
-    holdout = TensorSet.from_records(dataset, dataset.holdout + dataset.train)
-    neighbours = {c: nearest_class(evaluator, holdout, c, kept) for c in forget_labels}
+    # Real images of every class (hold-out first): class centres, FID's reference, the attacker's
+    # pictures of the concept (an auditor may use the deleted images; nothing of them is written).
+    real_all = TensorSet.from_records(dataset, dataset.holdout + dataset.train)
+    neighbours = {c: nearest_class(evaluator, real_all, c, kept) for c in forget_labels}
 
     # Utility: FID/KID in evaluator features between retained-class samples and real retained images.
     feats = EvaluatorFeatures(evaluator)
-    real = holdout.subset([i for i, y in enumerate(holdout.labels.tolist()) if y in kept][: p.utility_real])
+    real = real_all.subset([i for i, y in enumerate(real_all.labels.tolist()) if y in kept][: p.utility_real])
     real_f = feats.features(to_model_space(real.images))
     fake = torch.cat([samples[c] for c in kept])
     fid = frechet_distance(feats.features(fake), real_f)
@@ -234,7 +236,7 @@ def audit_t2i(
     attack = {}
     if p.attack_steps > 0:
         for c in forget_labels:
-            real_c = holdout.subset([i for i, y in enumerate(holdout.labels.tolist()) if y == c])
+            real_c = real_all.subset([i for i, y in enumerate(real_all.labels.tolist()) if y == c])
             z = model.encode_images(to_model_space(real_c.images))
             cond, _ = adversarial_prompt(
                 model, model.meta.prompt_for(c), z, p.attack_steps, p.attack_lr, p.seed + 3, progress
