@@ -240,8 +240,19 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
                 print(f"    {f.name} = {default!r}")
             if cls.presets:
                 print(f"    presets: {', '.join(sorted(cls.presets))} (see --preset NAME)")
-    if args.name and args.name not in REGISTRY:
-        raise ConfigError(f"unknown algorithm {args.name!r} (known: {', '.join(sorted(REGISTRY))})")
+    from .t2i.erase import T2I_REGISTRY
+
+    # Text-to-image implementations (used when --model is a StableDiffusionPipeline folder).
+    for name, t2i_cls in sorted(T2I_REGISTRY.items()):
+        if args.name and name != args.name:
+            continue
+        print(f"{name} [text-to-image]: {t2i_cls.summary}")
+        if args.name or args.verbose:
+            for f in fields(t2i_cls.config_cls):
+                print(f"    {f.name} = {f.default!r}")
+    if args.name and args.name not in REGISTRY and args.name not in T2I_REGISTRY:
+        known = sorted({*REGISTRY, *T2I_REGISTRY})
+        raise ConfigError(f"unknown algorithm {args.name!r} (known: {', '.join(known)})")
     return 0
 
 

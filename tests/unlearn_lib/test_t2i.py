@@ -278,3 +278,14 @@ def test_erasing_the_canaries_by_caption_removes_the_copies_keeps_sevens(
     acc = result.record["class_accuracy"]
     assert acc["7"] >= result.record["class_accuracy_base"]["7"] - 0.05
     assert result.passed, result.record["gates"]
+
+
+def test_algorithms_lists_the_text_to_image_implementations():
+    env = {**CLEAN_ENV, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "unlearn_lib.cli", "algorithms"]
+    proc = subprocess.run([*cli, "esd"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("esd [text-to-image]: ESD") and "    params = 'noxattn'" in proc.stdout
+    listing = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "erasediff [text-to-image]" in listing and "salun [text-to-image]" in listing
+    assert "neggrad:" in listing and "neggrad [text-to-image]" not in listing
