@@ -463,7 +463,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif args.prompt:
         raise ConfigError(f"--prompt needs a text-to-image model; {args.model} is not one")
     else:
-        return _sample_class_model(args)
+        images, rows, nrow = _sample_class_model(args)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file, got {out}")
@@ -474,12 +474,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_class_model(args: argparse.Namespace) -> int:
+def _sample_class_model(args: argparse.Namespace) -> tuple[Any, list[str] | None, int]:
     import torch
 
     from .models import DiffusionModel, class_grid_labels, sample
     from .utils import pick_device
-    from .viz import save_grid
 
     model = DiffusionModel.load(args.model, device=pick_device(args.device))
     if model.conditional:
@@ -494,23 +493,19 @@ def _sample_class_model(args: argparse.Namespace) -> int:
         if args.labels:
             raise ConfigError("--labels needs a class-conditional model; this one is unconditional")
         labels, rows, nrow = None, None, max(1, int(args.num_samples**0.5))
-    images = sample(
-        model,
-        labels,
-        num_samples=args.num_samples,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        progress=not args.quiet,
+    return (
+        sample(
+            model,
+            labels,
+            num_samples=args.num_samples,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            progress=not args.quiet,
+        ),
+        rows,
+        nrow,
     )
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out must name a .png file, got {out}")
-    save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=rows)
-    if args.tensor_out:
-        torch.save(images, args.tensor_out)
-    print(f"wrote {images.shape[0]} samples to {out}")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

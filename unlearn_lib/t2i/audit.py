@@ -166,7 +166,7 @@ def audit_t2i(
     classes = list(range(len(base.meta.class_prompts)))
     kept = [c for c in classes if c not in forget_labels]
     n = p.samples_per_prompt
-    acc_base, _ = class_accuracy(base, evaluator, classes, n, p.seed, p.sampling_steps)
+    acc_base, samples_base = class_accuracy(base, evaluator, classes, n, p.seed, p.sampling_steps)
     acc_new, samples = class_accuracy(model, evaluator, classes, n, p.seed, p.sampling_steps)
     forgotten_p = {}
     for c in forget_labels:
@@ -184,13 +184,12 @@ def audit_t2i(
     real_f = feats.features(to_model_space(real.images))
     fake = torch.cat([samples[c] for c in kept])
     fid = frechet_distance(feats.features(fake), real_f)
-    base_fake = torch.cat(list(class_accuracy(base, evaluator, kept, n, p.seed + 1, p.sampling_steps)[1].values()))
-    fid_base = frechet_distance(feats.features(base_fake), real_f)
+    fid_base = frechet_distance(feats.features(torch.cat([samples_base[c] for c in kept])), real_f)
     kid, kid_std = kernel_inception_distance(feats.features(fake), real_f, subset_size=min(200, len(real)))
 
     # Memorization: each deleted record's own caption.
     extraction = None
-    train = TensorSet.from_records(dataset, dataset.train)
+    train = real_all.subset(range(len(dataset.holdout), len(real_all)))
     if deleted is not None and len(deleted) > 0:
         caps = deleted_captions or []
         distinct = deleted.distinct()

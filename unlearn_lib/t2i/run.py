@@ -79,6 +79,23 @@ def _generate(
     return model.sample(expanded, seed=seed, return_latents=True), expanded
 
 
+def check_request(targets: ForgetTargets | None, forget_prompts: Sequence[str], has_dataset: bool) -> bool:
+    """Refuse a request that names both records and prompts, neither, or records without their
+    dataset; True when it names records."""
+    has_targets = targets is not None and not targets.is_empty()
+    if has_targets and forget_prompts:
+        raise ConfigError(
+            "give either records to forget (--forget-caption/-records/-labels) or --forget-prompt, not both"
+        )
+    if not has_targets and not forget_prompts:
+        raise ConfigError(
+            "nothing to forget: name records (--forget-caption, --forget-records, ...) or --forget-prompt"
+        )
+    if has_targets and not has_dataset:
+        raise ConfigError("erasing records by caption needs the dataset the model was trained on (--dataset)")
+    return has_targets
+
+
 def build_task(
     base: TextToImageModel,
     dataset: Dataset | None,
@@ -92,14 +109,8 @@ def build_task(
 ) -> tuple[T2ITask, dict]:
     """The task and a summary of what it selected (for ``unlearning.json``)."""
     forget_prompts, anchor_prompts, retain_prompts = list(forget_prompts), list(anchor_prompts), list(retain_prompts)
-    has_targets = targets is not None and not targets.is_empty()
-    if has_targets and forget_prompts:
-        raise ConfigError(
-            "give either records to forget (--forget-caption/-records/-labels) or --forget-prompt, not both"
-        )
-    if has_targets:
-        if dataset is None:
-            raise ConfigError("erasing records by caption needs the dataset the model was trained on (--dataset)")
+    has_targets = check_request(targets, forget_prompts, dataset is not None)
+    if has_targets and dataset is not None:  # check_request refused records without a dataset
         sel = select(dataset, targets, strict=strict)
         missing = [r.record_id for r in sel.forget + sel.retain if not r.caption]
         if missing:
@@ -132,10 +143,6 @@ def build_task(
         )
         summary = {**sel.summary(), "mode": "caption", "anchors": mapping}
         return task, summary
-    if not forget_prompts:
-        raise ConfigError(
-            "nothing to forget: name records (--forget-caption, --forget-records, ...) or --forget-prompt"
-        )
     if not retain_prompts and base.meta.class_prompts:
         low = [p.lower() for p in forget_prompts]
         retain_prompts = [p for p in base.meta.class_prompts if p.lower() not in low]
@@ -203,17 +210,8 @@ def erase_t2i(
     overrides = dict(overrides or {})
     per_prompt = int(overrides.pop("generate_per_prompt", 64))
     unlearner = make_t2i_unlearner(algorithm, overrides)
-    has_targets = targets is not None and not targets.is_empty()
-    if has_targets and forget_prompts:
-        raise ConfigError(
-            "give either records to forget (--forget-caption/-records/-labels) or --forget-prompt, not both"
-        )
-    if not has_targets and not forget_prompts:
-        raise ConfigError(
-            "nothing to forget: name records (--forget-caption, --forget-records, ...) or --forget-prompt"
-        )
-    if has_targets and dataset_dir is None:
-        raise ConfigError("erasing records by caption needs the dataset the model was trained on (--dataset)")
+    # Refused before the model loads: a wrong request costs nothing.
+    check_request(targets, forget_prompts, dataset_dir is not None)
     base = TextToImageModel.load(model_dir, device=pick_device(device))
     dataset = load_dataset(dataset_dir) if dataset_dir else None
     if dataset is not None and tuple(dataset.image_shape) != tuple(base.meta.image_shape):
