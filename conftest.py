@@ -60,6 +60,29 @@ def base_model_dir(digits) -> Path:
     return out
 
 
+T2I_CONFIG_ARGS = {"preset": "tiny-sd", "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(digits) -> Path:
+    """The tiny-sd text-to-image model of the digits' captions, trained once (a few CPU minutes) and cached."""
+    from unlearn_lib.t2i import train_t2i
+
+    config = t2i_config()
+    key = _cache_key("tiny-sd", asdict(config), digits.digest())
+    out = CACHE / f"tiny-sd-{key}"
+    if not (out / "unlearn_model.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        train_t2i(digits, out, config, progress=False)
+    return out
+
+
+def t2i_config():
+    from unlearn_lib.t2i import T2ITrainConfig
+
+    return T2ITrainConfig(**T2I_CONFIG_ARGS)
+
+
 @pytest.fixture(scope="session")
 def base_model(base_model_dir: Path) -> DiffusionModel:
     return DiffusionModel.load(base_model_dir)

@@ -7,9 +7,10 @@ Erases the prompt "a handwritten digit seven" from a ``tiny-sd`` model (trained 
 
 * ``erasediff`` by caption (the records whose caption matches "digit seven", ours: anchor target),
 * ``erasediff`` by caption with ``adapter=lora`` (rank 4 on every attention projection),
-* ``erasediff`` by prompt (no images: the forget set is generated, the anchor is the empty prompt),
+* ``erasediff`` by prompt (no images: the forget set is generated, the anchor is the nearest kept prompt),
 * ``esd`` (ESD-u: ``params=noxattn``) and ``esd`` ESD-x (``params=xattn``), by prompt,
-* ``salun`` by caption.
+* ``salun`` by caption,
+* ``retrain``: the whole pipeline trained again without the erased records (the exact answer).
 
 Each result is audited with :func:`unlearn_lib.t2i.audit.audit_t2i` (same seeds for all):
 P(7 | its prompt), the other digits' mean accuracy, the neighbour digit's accuracy, FID in the
@@ -43,6 +44,7 @@ RUNS: list[tuple[str, str, str, dict]] = [
     ("ESD-u (prompt)", "esd", "prompt", {"params": "noxattn"}),
     ("ESD-x (prompt)", "esd", "prompt", {"params": "xattn"}),
     ("SalUn (caption)", "salun", "caption", {}),
+    ("retrain without the records (caption)", "retrain", "caption", {}),
 ]
 
 

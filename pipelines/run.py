@@ -216,15 +216,12 @@ def launch(
     ``explicit`` (a person named these requests) also re-runs failed requests that are not
     retried automatically (an audit that failed, with other options this time).
     """
-    from unlearn_lib.audit import AuditParams
-    from unlearn_lib.unlearning import make_unlearner
-    from unlearn_lib.unlearning.base import build_config
+    from unlearn_lib.compliance.steps import check_run_options
 
     settings = for_batch(settings, batch)
     options, audit_params = dict(options or {}), dict(audit_params or {})
     # Refuse bad options before anything is created.
-    make_unlearner(algorithm, options)
-    build_config(AuditParams, audit_params, where="the audit").validate()
+    check_run_options(algorithm, options, audit_params)
     store = StateStore.open(settings)
     admit(settings, store, batch)
     done = _already_done(store, batch)

@@ -379,45 +379,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from rich.console import Console
 
-    from .audit import Evaluator, train_evaluator
-    from .data import TensorSet, load_dataset, select
-    from .t2i import TextToImageModel
-    from .t2i.audit import T2IAuditParams, audit_t2i
+    from .t2i.audit import T2IAuditParams, audit_request
     from .unlearning.base import build_config
-    from .utils import pick_device
 
     params = build_config(T2IAuditParams, overrides, where="the text-to-image audit")
-    params.validate()
-    device = pick_device(args.device)
-    base = TextToImageModel.load(args.base, device=device)
-    model = TextToImageModel.load(args.model, device=device)
-    ds = load_dataset(args.dataset)
-    targets = _targets(args)
-    prompts = [p.lower() for p in (args.forget_prompt or [])]
-    deleted = captions = None
-    if not targets.is_empty():
-        sel = select(ds, targets, strict=not args.allow_unknown)
-        deleted = TensorSet.from_records(ds, sel.forget)
-        captions = [r.caption or "" for r in sel.forget]
-        prompts += [c.lower() for c in captions]
-    # The classes erased: those whose class prompt was itself erased (a record deletion erases none).
-    named = {c for c, p in enumerate(base.meta.class_prompts) if p.lower() in prompts}
-    labels = sorted({*(targets.labels or ())} | named)
-    if not labels and deleted is None:
-        raise ConfigError(
-            "nothing to audit against: name the erased records (--forget-caption/...) or --forget-prompt "
-            "matching one of the model's class prompts"
-        )
-    evaluator = Evaluator.load(args.evaluator) if args.evaluator else train_evaluator(ds, progress=not args.quiet)
-    result = audit_t2i(
-        base, model, evaluator, ds, labels, args.out, deleted=deleted, deleted_captions=captions,
-        params=params, overwrite=args.overwrite, progress=not args.quiet,
+    result = audit_request(
+        args.base,
+        args.model,
+        args.dataset,
+        _targets(args),
+        args.out,
+        forget_prompts=args.forget_prompt or [],
+        params=params,
+        evaluator_dir=args.evaluator,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        strict=not args.allow_unknown,
+        device=args.device,
     )
     rec = result.record
     console = Console()
-    for g in result.gates:
-        status = "[green]PASS" if g["passed"] else "[red]FAIL"
-        console.print(f"{g['name']:<32} {g['value']:.4g} {g['op']} {g['threshold']:.4g}  {status}")
+    for m in result.metrics:
+        if m.threshold is None:
+            continue
+        status = "[green]PASS" if m.passed else "[red]FAIL"
+        console.print(f"{m.name:<32} {m.value:.4g} {m.threshold['op']} {m.threshold['value']:.4g}  {status}")
     for c, v in rec["adversarial_prompt"]["success"].items():
         plain = rec["forgotten_probability"][c]
         console.print(f"adversarial prompt, class {c}: success {v:.3f} (plain prompt {plain:.3f})")
@@ -429,7 +415,7 @@ def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     u = rec["utility"]
     console.print(f"FID (evaluator features) {u['fid']:.3g} (base {u['fid_base']:.3g}), KID {u['kid']:.3g}")
     verdict = "[bold green]PASS" if result.passed else "[bold red]FAIL"
-    console.print(f"verdict: {verdict}[/]  audit: {Path(args.out) / 'audit.json'}  ({rec['seconds']:.0f}s)")
+    console.print(f"verdict: {verdict}[/]  report: {Path(args.out) / 'report.html'}  ({rec['seconds']:.0f}s)")
     return 0 if result.passed else EXIT_AUDIT_FAILED
 
 
@@ -684,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = reg_sub.add_parser("register-base", help="register a workspace's base model as production")
     r.add_argument("--workspace", default="workspace")
     r.add_argument("--settings")
+    r.add_argument("--model", help="the model folder (default: the workspace's models/base); any family")
+    r.add_argument("--name", help="the registered model's name (default: the settings' model_name)")
     r.set_defaults(func=cmd_register_base)
     r = reg_sub.add_parser(
         "prune",
@@ -748,16 +736,19 @@ def cmd_register_base(args: argparse.Namespace) -> int:
     from .workspace import Workspace
 
     settings = Settings.load(args.settings, workspace=args.workspace)
+    if args.name:
+        settings = settings.replace(model_name=args.name)
     ws = Workspace(settings.workspace, settings.dataset_path)
     ws.check()
     ds = load_dataset(ws.root / settings.dataset_path)
     rev = ws.head()
     from .tracking.retention import base_absorbed
 
-    absorbed = base_absorbed(ws.ledger(rev), ws.root / "models" / "base", ds.digest())
-    mv = register_base_model(
-        settings, ws.root / "models" / "base", rev, ds.digest(), len(ds), str(ws.root), absorbed=absorbed
-    )
+    model = Path(args.model) if args.model else ws.root / "models" / "base"
+    if not (model / "unlearn_model.json").is_file():
+        raise ConfigError(f"{model} is not an unlearn model folder (no unlearn_model.json): train it with train-base")
+    absorbed = base_absorbed(ws.ledger(rev), model, ds.digest())
+    mv = register_base_model(settings, model, rev, ds.digest(), len(ds), str(ws.root), absorbed=absorbed)
     print(f"registered {settings.model_name} version {mv.version} (alias production)")
     return 0
 

@@ -10,34 +10,21 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CACHE, _cache_key
 from unlearn_lib.data import ForgetTargets, TensorSet, select
 from unlearn_lib.errors import ConfigError, ModelError
-from unlearn_lib.t2i import T2ITrainConfig, TextToImageModel, is_text_to_image_folder, train_t2i
+from unlearn_lib.t2i import TextToImageModel, is_text_to_image_folder
 from unlearn_lib.t2i.audit import T2IAuditParams, adversarial_prompt, audit_t2i, class_accuracy
 from unlearn_lib.t2i.run import erase_t2i
 from unlearn_lib.t2i.tokenizer import build_caption_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-T2I_CONFIG = T2ITrainConfig(preset="tiny-sd", seed=0)
 SEVEN = "a handwritten digit seven"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-
-
-@pytest.fixture(scope="session")
-def tiny_sd_dir(digits) -> Path:
-    key = _cache_key("tiny-sd", asdict(T2I_CONFIG), digits.digest())
-    out = CACHE / f"tiny-sd-{key}"
-    if not (out / "unlearn_model.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        train_t2i(digits, out, T2I_CONFIG, progress=False)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -269,7 +256,7 @@ def test_erasing_the_canaries_by_caption_removes_the_copies_keeps_sevens(
         tmp_path / "audit",
         deleted=TensorSet.from_records(digits, sel.forget),
         deleted_captions=[r.caption for r in sel.forget],
-        params=T2IAuditParams(attack_steps=0, samples_per_prompt=50),
+        params=T2IAuditParams(attack_steps=0, samples_per_class=50),
         progress=False,
     )
     ex = result.record["extraction"]
@@ -288,4 +275,44 @@ def test_algorithms_lists_the_text_to_image_implementations():
     assert proc.stdout.startswith("esd [text-to-image]: ESD") and "    params = 'noxattn'" in proc.stdout
     listing = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120).stdout
     assert "erasediff [text-to-image]" in listing and "salun [text-to-image]" in listing
+    assert "retrain [text-to-image]" in listing
     assert "neggrad:" in listing and "neggrad [text-to-image]" not in listing
+
+
+@pytest.mark.slow
+def test_salun_relabels_the_forget_prompt_and_forgets_seven(tiny_sd_dir, tiny_sd, digits_dir, evaluator, tmp_path):
+    out = tmp_path / "salun"
+    erase_t2i(tiny_sd_dir, digits_dir, ForgetTargets.build(labels=[7]), "salun", out, progress=False)
+    model = TextToImageModel.load(out)
+    classes = list(range(10))
+    before, _ = class_accuracy(tiny_sd, evaluator, classes, 50, 11, 25)
+    after, _ = class_accuracy(model, evaluator, classes, 50, 11, 25)
+    assert before[7] >= 0.6 and after[7] <= 0.05, after
+    # Only the forget prompt moved: no other prompt learned to draw sevens.
+    for c in classes:
+        if c != 7:
+            assert after[c] >= before[c] - 0.05, (c, after)
+
+
+def test_retrain_trains_the_whole_pipeline_without_the_forget_records(
+    tiny_sd_dir, tiny_sd, digits_dir, digits, tmp_path
+):
+    canary = ForgetTargets.build(subject_ids=["subject-canary"])
+    sel = select(digits, canary)
+    out = tmp_path / "retrain"
+    # Short: what is checked here is what it trains on, not how well (the benchmark runs it in full).
+    _, record = erase_t2i(
+        tiny_sd_dir, digits_dir, canary, "retrain", out, overrides={"steps": 30, "vae_steps": 30}, progress=False
+    )
+    model = TextToImageModel.load(out)
+    assert model.meta.training["train_records"] == len(sel.retain) == len(digits.train) - len(sel.forget)
+    assert record["config"]["steps"] == 30 and record["config"]["lr"] == tiny_sd.meta.training["config"]["lr"]
+    assert record["trainable_parameters"] > tiny_sd.num_parameters("unet")  # text encoder too
+    assert model.meta.lineage["deletions"][-1]["algorithm"] == "retrain"
+    # The canaries' caption words reach the retrained tokenizer from no record.
+    assert "corner</w>" in tiny_sd.tokenizer.get_vocab() and "corner</w>" not in model.tokenizer.get_vocab()
+    assert model.meta.class_prompts == tiny_sd.meta.class_prompts
+    # Prompts alone name no records to leave out: refused before anything runs.
+    with pytest.raises(ConfigError, match="retrain needs the records to leave out"):
+        erase_t2i(tiny_sd_dir, None, None, "retrain", tmp_path / "p", forget_prompts=[SEVEN], progress=False)
+    assert not (tmp_path / "p").exists()

@@ -255,7 +255,7 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _rows(record: dict) -> list[list[str]]:
+def metric_rows(record: dict) -> list[list[str]]:
     rows = []
     for name, m in record["metrics"].items():
         th = m.get("threshold")
@@ -387,8 +387,17 @@ def write_report(
         if name:
             pictures[key] = name
     title = f"Unlearning audit: {record['verdict'].upper()}"
-    summary = _summary(record, withheld)
-    rows = _rows(record)
+    render_report(stage, title, _summary(record, withheld), metric_rows(record), pictures)
+    return pictures
+
+
+def render_report(
+    stage: Path, title: str, summary: list[Line], rows: list[list[str]], pictures: dict[str, str]
+) -> None:
+    """``report.md``, a self-contained ``report.html`` and its ``report_inline.html`` copy, in ``stage``.
+
+    ``rows`` follow :data:`HEADER`; ``pictures`` maps a heading key to a PNG already in ``stage``.
+    """
     lines = [f"# {title}", ""]
     lines += [f"- {_markdown(line)}" for line in summary]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -404,4 +413,3 @@ def write_report(
     (stage / "report.html").write_text(_render_html(title, summary, rows, pictures, stage))
     # The same page under the name viewers of one HTML artifact (the KFP UI, object stores) take.
     shutil.copyfile(stage / "report.html", stage / "report_inline.html")
-    return pictures

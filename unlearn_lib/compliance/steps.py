@@ -69,6 +69,13 @@ def redact(text: str) -> str:
     return redact_text(text)
 
 
+def is_text_to_image_folder(path: str | os.PathLike[str]) -> bool:
+    # Imported when asked: the text-to-image stack (transformers) is slow to import.
+    from ..t2i.model import is_text_to_image_folder as check
+
+    return check(path)
+
+
 def error_line(err: BaseException) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return redact(f"{type(err).__name__}: {first}" if not isinstance(err, UnlearnError) else first)[:1000]
@@ -386,9 +393,12 @@ def unlearn_step(
                     "retain",
                     len(sel.retain),
                 )
-                # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
-                with files.checkpoints() as checkpoint_dir:
-                    result, record = erase(
+                if is_text_to_image_folder(base_dir):
+                    from ..t2i.run import erase_t2i
+
+                    # Each deleted record's influence, conditioned on its own caption (minutes: no
+                    # checkpoints, a retried attempt starts over).
+                    result, record = erase_t2i(
                         base_dir,
                         ds.root,
                         ctx.batch.targets,
@@ -397,8 +407,21 @@ def unlearn_step(
                         overrides=options,
                         overwrite=True,
                         progress=False,
-                        checkpoint_dir=checkpoint_dir,
                     )
+                else:
+                    # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
+                    with files.checkpoints() as checkpoint_dir:
+                        result, record = erase(
+                            base_dir,
+                            ds.root,
+                            ctx.batch.targets,
+                            algorithm,
+                            model_dir,
+                            overrides=options,
+                            overwrite=True,
+                            progress=False,
+                            checkpoint_dir=checkpoint_dir,
+                        )
                 mlflow.log_metrics({"unlearning_steps": result.steps, "unlearning_seconds": result.seconds})
                 for key in ("loss_r", "loss_f", "lam"):
                     values = result.history.get(key, [])
@@ -413,7 +436,7 @@ def unlearn_step(
                     "parent_version": parent_version,
                     "steps": result.steps,
                     "seconds": result.seconds,
-                    "stop": (result.stop or {}).get("reason", ""),
+                    "stop": (getattr(result, "stop", None) or {}).get("reason", ""),
                 }
                 files.keep("model", model_dir)
         ctx.store.finish_step(run.run_id, "unlearn", out | {"model_sha256": model_digest(model_dir)})
@@ -471,6 +494,7 @@ def audit_step(
     import mlflow
 
     from ..audit import AuditParams, run_audit
+    from ..t2i.audit import T2IAuditParams, audit_request
     from ..tracking import step_run
     from ..unlearning.base import build_config
     from ..unlearning.run import model_digest
@@ -490,14 +514,21 @@ def audit_step(
                 metrics = done["metrics"]
                 mlflow.set_tag("unlearn.reused_from_attempt", "true")
             else:
-                params = build_config(AuditParams, {"redact_forget_images": True, **audit_params}, where="the audit")
                 base_dir = _registry_model(ctx, parent_version)
+                t2i = is_text_to_image_folder(base_dir)
+                if t2i:
+                    params = build_config(T2IAuditParams, audit_params, where="the text-to-image audit")
+                else:
+                    params = build_config(
+                        AuditParams, {"redact_forget_images": True, **audit_params}, where="the audit"
+                    )
                 ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
                 # The judge of a class erasure must know the class; for record deletions it is trained
                 # on the purged version, so no model kept after the run was fitted on deleted records.
                 judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
                 failpoint("audit.running")
-                result = run_audit(
+                audit = audit_request if t2i else run_audit
+                result = audit(
                     base_dir,
                     model_dir,
                     ds.root,
@@ -506,6 +537,7 @@ def audit_step(
                     params=params,
                     evaluator_dir=_evaluator(ctx, judge_ds),
                     overwrite=True,
+                    progress=False,
                 )
                 record = result.record
                 metrics = {f"audit.{m.name}": m.value for m in result.metrics if m.value is not None}
@@ -766,6 +798,36 @@ def finalize_step(ctx: StepContext, state: str, error_message: str = "", kfp_run
         tags["unlearn.mlflow_error"] = error_line(err)
     store.release_lease(model_lease(run.model), run.run_id)
     return {"ok": ok, "failed_step": run.failed_step, **tags}
+
+
+def check_run_options(algorithm: str, options: Mapping[str, Any], audit_params: Mapping[str, Any]) -> None:
+    """Refuse options that no model family takes, before anything is created.
+
+    Which family a run unlearns is only known once its model is downloaded; the unlearn and
+    audit steps check the options again against that family (a mismatch fails the run
+    permanently, with the same message).
+    """
+    from ..audit import AuditParams
+    from ..t2i.audit import T2IAuditParams
+    from ..t2i.erase import make_t2i_unlearner
+    from ..unlearning import make_unlearner
+    from ..unlearning.base import build_config
+
+    def class_conditional() -> None:
+        make_unlearner(algorithm, dict(options))
+        build_config(AuditParams, dict(audit_params), where="the audit").validate()
+
+    def text_to_image() -> None:
+        make_t2i_unlearner(algorithm, {k: v for k, v in options.items() if k != "generate_per_prompt"})
+        build_config(T2IAuditParams, dict(audit_params), where="the text-to-image audit").validate()
+
+    try:
+        class_conditional()
+    except UnlearnError as first:
+        try:
+            text_to_image()
+        except UnlearnError:
+            raise first from None
 
 
 def check_model_registered(settings: Settings) -> str:

@@ -117,3 +117,24 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         out.append(flat[start : start + t.numel()].view(t.shape).to(t.dtype))
         start += t.numel()
     return out
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over all processes (nothing in one process).
+
+    For loops that run the model unwrapped (no DDP): every process computed the loss on its
+    equal share of the global batch, so the mean of the shares' gradients is the whole batch's.
+    """
+    if world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p, g in zip(params, all_reduce_mean(grads), strict=True):
+        p.grad = g
+
+
+def mean_value(value: torch.Tensor | float) -> float:
+    """A scalar's mean over all processes (a shard's loss becomes the whole batch's)."""
+    if world_size() == 1:
+        return float(value)
+    t = value.detach().reshape(1).float() if isinstance(value, torch.Tensor) else torch.tensor([float(value)])
+    return float(all_reduce_mean([t])[0])

@@ -116,8 +116,11 @@ def train_denoiser(
     check_divisible(cfg.batch_size)
     main = accelerator.is_main_process
     unet = model.unet.to(accelerator.device)
+    cuda = accelerator.device.type == "cuda"
+    if cuda:
+        unet.to(memory_format=torch.channels_last)  # NHWC: the tensor-core layout for bf16
     unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
     lr_sched = get_scheduler(
         cfg.lr_schedule,
         optimizer,

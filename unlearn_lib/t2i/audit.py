@@ -19,7 +19,10 @@ Independent of the method (nothing here is imported by :mod:`.erase` or :mod:`.r
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,10 +31,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..audit.evaluator import Evaluator
+from ..audit.gates import Metric, gate, verdict
+from ..audit.report import Line, metric_rows, render_report
 from ..audit.utility import EvaluatorFeatures, frechet_distance, kernel_inception_distance
 from ..data.manifest import Dataset
+from ..data.selection import ForgetTargets
 from ..data.tensors import TensorSet, to_model_space, to_uint8
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..measures.distances import extraction_ratios, flat01, neighbourhood_distance
 from ..models.objectives import ForwardProcess
 from ..utils import atomic_output_dir, write_json
@@ -43,7 +49,7 @@ from .model import TextToImageModel
 class T2IAuditParams:
     seed: int = 1000  # not the unlearning seed: the audit draws its own noise
     sampling_steps: int = 25
-    samples_per_prompt: int = 100
+    samples_per_class: int = 100  # images per class prompt
     extraction_samples: int = 64  # per deleted record's caption
     extraction_alpha: float = 0.5
     extraction_k: int = 50
@@ -58,7 +64,7 @@ class T2IAuditParams:
     max_extracted: int = 0
 
     def validate(self) -> None:
-        for name in ("sampling_steps", "samples_per_prompt", "extraction_samples", "attack_samples"):
+        for name in ("sampling_steps", "samples_per_class", "extraction_samples", "attack_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"audit parameter {name} must be >= 1, got {getattr(self, name)}")
         if self.attack_steps < 0:
@@ -70,6 +76,7 @@ class T2IAuditResult:
     passed: bool
     record: dict
     gates: list[dict] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
 
 
 def class_accuracy(
@@ -152,11 +159,13 @@ def audit_t2i(
     params: T2IAuditParams | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    context: dict | None = None,
 ) -> T2IAuditResult:
     """Judge ``model`` (unlearned from ``base``) and write ``audit.json`` and pictures at ``out``.
 
     ``forget_labels``: the classes whose prompts were erased. ``deleted``: the deleted records
-    with ``deleted_captions`` (record deletion by caption), for the extraction test.
+    with ``deleted_captions`` (record deletion by caption), for the extraction test. ``context``:
+    what the record says of the models, dataset and selection judged (see :func:`audit_request`).
     """
     p = params or T2IAuditParams()
     p.validate()
@@ -165,7 +174,7 @@ def audit_t2i(
     t0 = time.perf_counter()
     classes = list(range(len(base.meta.class_prompts)))
     kept = [c for c in classes if c not in forget_labels]
-    n = p.samples_per_prompt
+    n = p.samples_per_class
     acc_base, samples_base = class_accuracy(base, evaluator, classes, n, p.seed, p.sampling_steps)
     acc_new, samples = class_accuracy(model, evaluator, classes, n, p.seed, p.sampling_steps)
     forgotten_p = {}
@@ -243,26 +252,25 @@ def audit_t2i(
             imgs = model.sample(cond=cond.expand(p.attack_samples, -1, -1), steps=p.sampling_steps, seed=p.seed + 4)
             attack[c] = float((evaluator.logits(imgs).argmax(-1) == c).float().mean())
 
-    gates = []
-
-    def gate(name: str, value: float, op: str, threshold: float) -> None:
-        ok = value <= threshold if op == "<=" else value >= threshold
-        gates.append({"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(ok)})
-
-    for c, v in forgotten_p.items():
-        gate(f"forgotten_probability[{c}]", v, "<=", p.max_forgotten_probability)
-    gate("retained_accuracy_drop", base_kept - new_kept, "<=", p.max_retained_accuracy_drop)
-    if extraction is not None:
-        gate("extracted_beyond_control", extraction["excess"], "<=", p.max_extracted)
-    if p.max_attack_success is not None:
-        for c, v in attack.items():
-            gate(f"attack_success[{c}]", v, "<=", p.max_attack_success)
-    passed = all(g["passed"] for g in gates)
+    metrics = _metrics(
+        p, forgotten_p, acc_base, acc_new, base_kept, new_kept, neighbours, fid, fid_base, kid, extraction, attack
+    )
+    passed = verdict(metrics)
+    gates = [
+        {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}
+        for m in metrics
+        if m.passed is not None
+    ]
     record = {
         "schema_version": 1,
+        "kind": "unlearn-audit",
         "family": "text-to-image",
-        "verdict": "PASS" if passed else "FAIL",
+        "verdict": "pass" if passed else "fail",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **(context or {}),
         "params": asdict(p),
+        "metrics": {m.name: m.to_dict() for m in metrics},
+        "gates": gates,
         "forget_labels": forget_labels,
         "forgotten_probability": {str(c): v for c, v in forgotten_p.items()},
         "forgotten_probability_base": {str(c): acc_base[c] for c in forget_labels},
@@ -281,15 +289,251 @@ def audit_t2i(
             "success": {str(c): v for c, v in attack.items()},
             "plain_prompt": {str(c): v for c, v in forgotten_p.items()},
         },
-        "gates": gates,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     with atomic_output_dir(out, overwrite=overwrite) as stage:
         write_json(stage / "audit.json", record)
         per = 10
-        shown = torch.cat([samples[c][:per] for c in classes])
         labels = [f"{c}: {base.meta.class_prompts[c]}" for c in classes]
-        grid_image(shown, nrow=per, scale=4, row_labels=labels, redacted=_redact(shown, deleted, train, 5)).save(
-            stage / "samples.png"
+        pictures = {}
+        for key, grid_of in (("samples", samples), ("samples_base", samples_base)):
+            shown = torch.cat([grid_of[c][:per] for c in classes])
+            redacted = _redact(shown, deleted, train, 5)
+            grid_image(shown, nrow=per, scale=4, row_labels=labels, redacted=redacted).save(stage / f"{key}.png")
+            pictures[key] = f"{key}.png"
+        render_report(
+            stage,
+            f"Text-to-image unlearning audit: {record['verdict'].upper()}",
+            _summary(record),
+            metric_rows(record),
+            pictures,
         )
-    return T2IAuditResult(passed=passed, record=record, gates=gates)
+    return T2IAuditResult(passed=passed, record=record, gates=gates, metrics=metrics)
+
+
+def _metrics(
+    p: T2IAuditParams,
+    forgotten_p: dict[int, float],
+    acc_base: dict[int, float],
+    acc_new: dict[int, float],
+    base_kept: float,
+    new_kept: float,
+    neighbours: dict[int, int],
+    fid: float,
+    fid_base: float,
+    kid: float,
+    extraction: dict | None,
+    attack: dict[int, float],
+) -> list[Metric]:
+    """The audit's measurements in the class-conditional audit's form (so reports, model cards
+    and the evidence read both families alike); those with a threshold decide the verdict."""
+    n, seed = p.samples_per_class, p.seed
+    out: list[Metric] = []
+    for c, v in forgotten_p.items():
+        m = Metric(
+            f"forgotten_probability_{c}",
+            "efficacy",
+            v,
+            f"share of images prompted with class {c}'s prompt that the evaluator classifies as {c}",
+            samples=n,
+            seed=seed,
+            base=acc_base[c],
+        )
+        out.append(gate(m, "<=", p.max_forgotten_probability))
+    out.append(
+        Metric(
+            "retained_accuracy",
+            "utility",
+            new_kept,
+            "mean evaluator accuracy of the other classes' prompts",
+            samples=n * len([c for c in acc_new if c not in forgotten_p]),
+            seed=seed,
+            base=base_kept,
+        )
+    )
+    drop = Metric(
+        "retained_accuracy_drop",
+        "utility",
+        base_kept - new_kept,
+        "base model's retained accuracy minus this model's",
+        samples=n,
+        seed=seed,
+    )
+    out.append(gate(drop, "<=", p.max_retained_accuracy_drop))
+    for c, nb in neighbours.items():
+        out.append(
+            Metric(
+                f"neighbour_accuracy_{c}",
+                "utility",
+                acc_new[nb],
+                f"over-erasure: accuracy of class {nb}, the retained class nearest to {c}",
+                samples=n,
+                seed=seed,
+                base=acc_base[nb],
+                details={"neighbour": nb},
+            )
+        )
+    out.append(
+        Metric(
+            "fid",
+            "utility",
+            fid,
+            "FID in evaluator features, retained prompts vs real images",
+            seed=seed,
+            base=fid_base,
+        )
+    )
+    out.append(Metric("kid", "utility", kid, "KID in evaluator features, retained prompts vs real images", seed=seed))
+    if extraction is not None:
+        out.append(
+            Metric(
+                "extracted",
+                "memorization",
+                float(extraction["extracted"]),
+                "deleted records with a near-copy among the samples their own caption prompts",
+                samples=extraction["samples_per_caption"],
+                seed=seed + 2,
+                base=float(extraction["extracted_base"]),
+            )
+        )
+        excess = Metric(
+            "extracted_beyond_control",
+            "memorization",
+            float(extraction["excess"]),
+            "extracted records beyond what hold-out records of the same captions pass by chance",
+            samples=extraction["samples_per_caption"],
+            seed=seed + 2,
+            details={k: extraction[k] for k in ("control_records", "control_extracted", "allowance")},
+        )
+        out.append(gate(excess, "<=", p.max_extracted))
+    for c, v in attack.items():
+        m = Metric(
+            f"attack_success_{c}",
+            "robustness",
+            v,
+            f"share of class {c} among images from an adversarially optimized prompt embedding "
+            f"({p.attack_steps} steps)",
+            samples=p.attack_samples,
+            seed=seed + 4,
+        )
+        out.append(gate(m, "<=", p.max_attack_success) if p.max_attack_success is not None else m)
+    return out
+
+
+def _summary(record: dict) -> list[Line]:
+    lines: list[Line] = []
+    sel = record.get("selection") or {}
+    if sel:
+        lines.append(
+            [("", "scope: "), ("strong", str(sel.get("scope"))), ("", "; targets: "), ("code", str(sel.get("targets")))]
+        )
+        lines.append(
+            [
+                ("", f"deleted records: {sel.get('forget')}; erased class prompts: "),
+                ("code", str(record["forget_labels"])),
+            ]
+        )
+    for role, info in (record.get("models") or {}).items():
+        lines.append(
+            [
+                ("", f"{role} model: "),
+                ("code", str(info["path"])),
+                ("", " (UNet sha256 "),
+                ("code", f"{info['unet_sha256'][:16]}…"),
+                ("", ")"),
+            ]
+        )
+    ev = record.get("evaluator") or {}
+    if ev:
+        lines.append(
+            [
+                (
+                    "",
+                    f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}; features: evaluator; "
+                    f"seed {record['params']['seed']}",
+                )
+            ]
+        )
+    lines.append([("", "privacy: no deleted record is shown; sample tiles near one are blanked in the grids")])
+    return lines
+
+
+def audit_request(
+    base_dir: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    dataset_dir: str | os.PathLike[str],
+    targets: ForgetTargets,
+    out: str | os.PathLike[str],
+    forget_prompts: Sequence[str] = (),
+    params: T2IAuditParams | None = None,
+    evaluator_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    strict: bool = True,
+    device: str = "auto",
+) -> T2IAuditResult:
+    """Audit an erasure as it was asked for: the deleted records (``targets``) and/or the erased
+    prompts. The classes judged as erased are those whose class prompt was itself erased (by a
+    label target, a forget prompt, or by deleting records of that caption)."""
+    from ..audit.evaluator import train_evaluator
+    from ..data import load_dataset, select
+    from ..models.digest import model_digest
+    from ..utils import pick_device
+    from .model import TextToImageModel, is_text_to_image_folder
+
+    p = params or T2IAuditParams()
+    p.validate()
+    for role, path in (("base", base_dir), ("unlearned", model_dir)):
+        if not is_text_to_image_folder(path):
+            raise ModelError(f"the {role} model {path} is not a text-to-image pipeline folder")
+    dev = pick_device(device)
+    base = TextToImageModel.load(base_dir, device=dev)
+    model = TextToImageModel.load(model_dir, device=dev)
+    ds = load_dataset(dataset_dir)
+    prompts = [x.lower() for x in forget_prompts]
+    deleted = captions = None
+    selection: dict = {"scope": "prompt", "targets": {"prompts": list(forget_prompts)}, "forget": 0}
+    if not targets.is_empty():
+        sel = select(ds, targets, strict=strict)
+        deleted = TensorSet.from_records(ds, sel.forget)
+        captions = [r.caption or "" for r in sel.forget]
+        prompts += [c.lower() for c in captions]
+        summary = sel.summary()
+        selection = {k: summary.get(k) for k in ("scope", "targets", "forget", "forget_distinct_images", "retain")}
+        selection["forget_set_sha256"] = sel.forget_set_sha256()
+    named = {c for c, text in enumerate(base.meta.class_prompts) if text.lower() in prompts}
+    labels = sorted({*(targets.labels or ())} | named)
+    if not labels and deleted is None:
+        raise ConfigError(
+            "nothing to audit against: name the erased records (--forget-caption/...) or --forget-prompt "
+            "matching one of the model's class prompts"
+        )
+    evaluator = Evaluator.load(evaluator_dir) if evaluator_dir else train_evaluator(ds, progress=progress)
+    context = {
+        "models": {
+            role: {"path": str(path), "unet_sha256": model_digest(path)}
+            for role, path in (("base", base_dir), ("unlearned", model_dir))
+        },
+        "evaluator": {
+            "path": str(evaluator_dir) if evaluator_dir else None,
+            "sha256": evaluator.fingerprint(),
+            "holdout_accuracy": evaluator.meta.holdout_accuracy,
+            "dataset_digest": evaluator.meta.dataset_digest,
+        },
+        "dataset": {"path": str(dataset_dir), "digest": ds.digest()},
+        "selection": selection,
+    }
+    return audit_t2i(
+        base,
+        model,
+        evaluator,
+        ds,
+        labels,
+        out,
+        deleted=deleted,
+        deleted_captions=captions,
+        params=p,
+        overwrite=overwrite,
+        progress=progress,
+        context=context,
+    )

@@ -20,8 +20,9 @@ noised with a uniform draw and regressed onto that draw.
 
 Baselines on the same task: ``esd`` (Gandikota et al. 2023: the model's own negative guidance
 as the target, on latents sampled from the frozen model mid-trajectory; ``params=noxattn`` is
-ESD-u, ``xattn`` ESD-x) and ``salun`` (Fan et al. 2024: a gradient-saliency mask, then the forget
-images relabelled with random other prompts, plus the retain loss).
+ESD-u, ``xattn`` ESD-x) and ``salun`` (Fan et al. 2024, as their SD code does it: a
+gradient-saliency mask, then on the forget images the forget prompt regresses onto the model's own
+prediction for another class's prompt, plus the retain loss).
 
 Which UNet parameters move: ``params`` = ``all`` | ``xattn`` (cross-attention, ``attn2``) |
 ``noxattn`` (everything else) | ``attn`` | ``regex:<pattern>``; the VAE and text encoder never move.
@@ -32,15 +33,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.manifest import Dataset, Record
 from ..data.tensors import TensorSet
 from ..errors import ConfigError
+from ..models import accel
 from ..models.objectives import ForwardProcess
 from ..unlearning.base import PARAM_GROUPS, build_config, parameter_filter
 from .model import TextToImageModel
@@ -65,6 +69,9 @@ class T2ITask:
     # Caption mode: the records themselves (pictures of the run redact anything close to them).
     forget_records: TensorSet | None = None
     retain_records: TensorSet | None = None
+    # Caption mode: the dataset and the retained training records (what a retrain trains on).
+    dataset: Dataset | None = None
+    retain_rows: list[Record] | None = None
 
 
 @dataclass
@@ -127,7 +134,7 @@ class ESDConfig(T2IConfig):
 @dataclass
 class SalUnT2IConfig(T2IConfig):
     threshold: float = 0.5  # fraction of UNet weights the saliency mask keeps trainable
-    alpha: float = 1.0  # weight of the retain loss
+    alpha: float = 0.5  # weight of the retain loss (the official SD class-forgetting command's)
 
     def validate(self) -> None:
         super().validate()
@@ -172,6 +179,8 @@ class T2IUnlearner:
     name: ClassVar[str]
     summary: ClassVar[str]
     config_cls: ClassVar[type[T2IConfig]]
+    # Works only from deleted records and their dataset (not from prompts alone).
+    needs_records: ClassVar[bool] = False
 
     def __init__(self, config: T2IConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -180,6 +189,9 @@ class T2IUnlearner:
     # ---- shared machinery ----------------------------------------------------------------------
     def setup(self, task: T2ITask) -> None:
         cfg = self.config
+        # Several processes: each takes an equal share of every batch (see :meth:`rows`).
+        accel.check_divisible(cfg.batch_size)
+        accel.check_divisible(cfg.forget_batch_size, "forget_batch_size")
         self.base = task.base
         self.model = task.base.clone()
         self.device = self.model.device
@@ -194,6 +206,7 @@ class T2IUnlearner:
             if not names:
                 raise ConfigError(f"params {cfg.params!r} selects no attention projection for LoRA")
             self.unet.requires_grad_(False)
+            torch.manual_seed(cfg.seed)  # the adapters' initial weights: the same run gives the same model
             self.unet.add_adapter(
                 LoraConfig(
                     r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian", target_modules=names
@@ -232,19 +245,39 @@ class T2IUnlearner:
             c = torch.where(mask.to(self.device)[:, None, None], self.empty.expand_as(c), c)
         return c
 
+    @staticmethod
+    def rows(n: int) -> slice:
+        """This process's rows of a batch of ``n`` (all of them in one process).
+
+        Every process draws the same whole batch from the same seeded generator (indices, noise,
+        timesteps, guidance dropout), then runs the model on its share only; :meth:`step`
+        averages the gradients, so a step is the single-process step.
+        """
+        return accel.shard_rows(n)
+
     def retain_loss(self, task: T2ITask) -> torch.Tensor:
         idx = self.draw(task.retain_latents.shape[0], self.config.batch_size)
         z0 = task.retain_latents[idx].to(self.device)
         z_t, t, eps = self.noisy(z0)
         c = self.conds([task.retain_prompts[i] for i in idx.tolist()], drop=True)
-        return F.mse_loss(self.model.eps(z_t, t, c), eps)
+        r = self.rows(len(idx))
+        return F.mse_loss(self.model.eps(z_t[r], t[r], c[r]), eps[r])
 
-    def step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, masks: list[torch.Tensor] | None = None) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        accel.average_gradients(self.params)
+        if masks is not None:
+            for p, m in zip(self.params, masks, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(m)
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         opt.step()
+
+    def log_mean(self, **values: torch.Tensor | float) -> None:
+        """Log the whole batch's values (a shard's loss averaged over the processes)."""
+        self.log(**{k: accel.mean_value(v) for k, v in values.items()})
 
     def finish(self, task: T2ITask, steps: int, t0: float) -> T2IResult:
         seconds = time.perf_counter() - t0
@@ -276,6 +309,10 @@ class T2IUnlearner:
 
 
 T2I_REGISTRY: dict[str, type[T2IUnlearner]] = {}
+RECORDS_NEEDED = (
+    "{name} needs the records to leave out: erase records (--forget-caption, a request's targets) with "
+    "their dataset, not a prompt"
+)
 
 
 def _register(cls: type[T2IUnlearner]) -> type[T2IUnlearner]:
@@ -320,6 +357,10 @@ class EraseDiffT2I(T2IUnlearner):
         else:
             eps = torch.randn(z0.shape, generator=self.gen).to(self.device)
             z_t = self.fp.add_noise(z0, eps, t)
+        r = self.rows(len(idx))
+        idx, z_t, t = idx[r], z_t[r], t[r]
+        extra = {k: v[r] for k, v in extra.items()}
+        if cfg.target != "noise":
             with torch.no_grad():
                 a = self.base.encode_prompts([task.anchor_prompts[i] for i in idx.tolist()]).to(self.device)
                 extra["target"] = self.base.eps(z_t, t, a)
@@ -328,7 +369,7 @@ class EraseDiffT2I(T2IUnlearner):
     def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
         cfg: EraseDiffT2IConfig = self.config  # type: ignore[assignment]
         self.setup(task)
-        opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         inner_opt = torch.optim.SGD(self.params, lr=cfg.inner_lr or cfg.lr)
         t0 = time.perf_counter()
         for _ in tqdm(range(cfg.steps), desc="erasediff-t2i", disable=not progress, mininterval=1.0):
@@ -342,7 +383,7 @@ class EraseDiffT2I(T2IUnlearner):
                 self.step(inner_opt, loss_in)
             if cfg.inner_steps:
                 with torch.no_grad():
-                    f_star = float(self.forget_loss(task, *batch))
+                    f_star = accel.mean_value(self.forget_loss(task, *batch))
                 with torch.no_grad():
                     for p, s in zip(self.params, saved, strict=True):
                         p.copy_(s)
@@ -350,8 +391,8 @@ class EraseDiffT2I(T2IUnlearner):
             loss_r = self.retain_loss(task)
             total = loss_r + cfg.lam * (loss_f - (f_star if f_star == f_star else 0.0))
             self.step(opt, total)
-            lf = loss_f.item()
-            self.log(loss_r=loss_r.item(), loss_f=lf, loss_f_star=f_star, q=lf - f_star)
+            lf = accel.mean_value(loss_f)
+            self.log(loss_r=accel.mean_value(loss_r), loss_f=lf, loss_f_star=f_star, q=lf - f_star)
         return self.finish(task, cfg.steps, t0)
 
 
@@ -366,7 +407,7 @@ class ESD(T2IUnlearner):
 
         cfg: ESDConfig = self.config  # type: ignore[assignment]
         self.setup(task)
-        opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         sched = DDIMScheduler.from_config(self.model.scheduler.config)
         sched.set_timesteps(cfg.ddim_steps)
         w = self.base.meta.guidance_scale
@@ -381,6 +422,8 @@ class ESD(T2IUnlearner):
             u = self.empty.expand_as(c)
             stop_at = int(torch.randint(1, cfg.ddim_steps, (1,), generator=self.gen))
             z = torch.randn((n, *base.latent_shape), generator=self.gen).to(self.device)
+            r = self.rows(n)
+            z, c, u, n = z[r], c[r], u[r], z[r].shape[0]
             with torch.no_grad():
                 for t in sched.timesteps[:stop_at]:
                     tt = torch.full((n,), int(t), device=self.device, dtype=torch.long)
@@ -394,14 +437,17 @@ class ESD(T2IUnlearner):
                 target = e_u - cfg.eta * (e_c - e_u)
             loss = F.mse_loss(self.model.eps(z, tt, c), target)
             self.step(opt, loss)
-            self.log(loss_esd=loss.item())
+            self.log_mean(loss_esd=loss)
         return self.finish(task, cfg.steps, t0)
 
 
 @_register
 class SalUnT2I(T2IUnlearner):
     name = "salun"
-    summary = "SalUn (Fan et al. 2024): saliency-masked weights, forget images relabelled with random prompts"
+    summary = (
+        "SalUn (Fan et al. 2024): saliency-masked weights; on the forget images the forget prompt is "
+        "relabelled to predict as another class's prompt does"
+    )
     config_cls = SalUnT2IConfig
 
     def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
@@ -416,6 +462,7 @@ class SalUnT2I(T2IUnlearner):
             z0 = task.forget_latents[start : start + cfg.forget_batch_size].to(self.device)
             z_t, t, eps = self.noisy(z0)
             c = self.conds(task.forget_prompts[start : start + cfg.forget_batch_size], drop=False)
+            # One pass, computed whole in every process (identical masks everywhere, not parallel).
             g = torch.autograd.grad(F.mse_loss(self.model.eps(z_t, t, c), eps), self.params)
             for acc, gi in zip(grads, g, strict=True):
                 acc.add_(gi.abs())
@@ -423,26 +470,85 @@ class SalUnT2I(T2IUnlearner):
         k = max(1, int(cfg.threshold * flat.numel()))
         cut = torch.topk(flat, k).values.min()
         masks = [(g >= cut).float() for g in grads]
-        opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         rng = random.Random(cfg.seed)
         t0 = time.perf_counter()
         for _ in tqdm(range(cfg.steps), desc="salun-t2i", disable=not progress, mininterval=1.0):
             idx = self.draw(n, cfg.forget_batch_size)
             z0 = task.forget_latents[idx].to(self.device)
             z_t, t, eps = self.noisy(z0)
-            wrong = [rng.choice(task.other_prompts) for _ in range(len(idx))]
-            loss_f = F.mse_loss(self.model.eps(z_t, t, self.conds(wrong, drop=False)), eps)
+            r = self.rows(len(idx))
+            idx, z_t, t = idx[r], z_t[r], t[r]
+            # The official SD code ("certain_label"): on the forget images, the forget prompt is
+            # taught to predict what the model predicts for another class's prompt at the same
+            # noisy latent (detached). That other prompt is the record's anchor (the nearest
+            # retained caption), else a random retained one. Only the forget prompt is moved.
+            ids = idx.tolist()
+            pseudo = [task.anchor_prompts[i] if task.anchor_prompts else rng.choice(task.other_prompts) for i in ids]
+            with torch.no_grad():
+                target = self.model.eps(z_t, t, self.conds(pseudo, drop=False))
+            own = self.conds([task.forget_prompts[i] for i in ids], drop=False)
+            loss_f = F.mse_loss(self.model.eps(z_t, t, own), target)
             loss_r = self.retain_loss(task)
-            loss = loss_f + cfg.alpha * loss_r
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p, m in zip(self.params, masks, strict=True):
-                if p.grad is not None:
-                    p.grad.mul_(m)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            opt.step()
-            self.log(loss_f=loss_f.item(), loss_r=loss_r.item())
+            self.step(opt, loss_f + cfg.alpha * loss_r, masks)
+            self.log_mean(loss_f=loss_f, loss_r=loss_r)
         result = self.finish(task, cfg.steps, t0)
         result.trainable_parameters = int(sum(m.sum() for m in masks))
         return result
+
+
+@dataclass
+class RetrainT2IConfig:
+    """Training options of the retrain; None: as the base model was trained (its recorded configuration)."""
+
+    steps: int | None = None
+    vae_steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("steps", "vae_steps", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@_register
+class RetrainT2I(T2IUnlearner):
+    """Exact unlearning: the whole pipeline (VAE, tokenizer, text encoder, UNet) trained again
+    from scratch as the base was, on the retained records only. The reference the others are
+    measured against, where a retrain is affordable (tiny-sd: about two CPU minutes)."""
+
+    name = "retrain"
+    summary = "train the whole pipeline from scratch without the forget records, as the base was trained"
+    config_cls = RetrainT2IConfig  # type: ignore[assignment]
+    needs_records = True
+
+    def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
+        import tempfile
+
+        from .training import T2ITrainConfig, train_t2i
+
+        if task.dataset is None or task.retain_rows is None:
+            raise ConfigError(RECORDS_NEEDED.format(name=self.name))
+        recorded = dict(task.base.meta.training.get("config") or {})
+        if not recorded:
+            raise ConfigError("retrain repeats the base model's training, and this model records no configuration")
+        known = {f.name for f in fields(T2ITrainConfig)}
+        cfg = T2ITrainConfig(**{k: v for k, v in recorded.items() if k in known})
+        cfg = replace(cfg, **{k: v for k, v in asdict(self.config).items() if v is not None})
+        with tempfile.TemporaryDirectory(prefix="retrain-t2i-") as tmp:
+            model, res = train_t2i(task.dataset, Path(tmp) / "model", cfg, progress=progress, records=task.retain_rows)
+        model.to(task.base.device)
+        return T2IResult(
+            model=model,
+            algorithm=self.name,
+            config=asdict(cfg.resolved()),
+            steps=len(res.losses),
+            seconds=res.seconds,
+            history={"loss": res.losses, "vae_loss": res.vae_losses},
+            trainable_parameters=model.num_parameters("unet") + model.num_parameters("text_encoder"),
+        )

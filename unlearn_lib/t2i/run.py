@@ -17,9 +17,10 @@ from ..data.selection import ForgetTargets, select
 from ..data.tensors import TensorSet, to_model_space, to_uint8
 from ..errors import ConfigError, ModelError, UnlearnError
 from ..measures.distances import flat01, neighbourhood_distance
+from ..models import accel
 from ..utils import atomic_output_dir, sha256_file, write_json
 from ..viz import grid_image, save_loss_curve
-from .erase import T2IResult, T2ITask, make_t2i_unlearner
+from .erase import RECORDS_NEEDED, T2IResult, T2ITask, make_t2i_unlearner
 from .model import TextToImageModel
 
 UNLEARNING_JSON = "unlearning.json"
@@ -140,6 +141,8 @@ def build_task(
             other_prompts=sorted(set(r_caps) - set(concepts)),
             forget_records=forget,
             retain_records=retain,
+            dataset=dataset,
+            retain_rows=list(sel.retain),
         )
         summary = {**sel.summary(), "mode": "caption", "anchors": mapping}
         return task, summary
@@ -212,6 +215,8 @@ def erase_t2i(
     unlearner = make_t2i_unlearner(algorithm, overrides)
     # Refused before the model loads: a wrong request costs nothing.
     check_request(targets, forget_prompts, dataset_dir is not None)
+    if unlearner.needs_records and (forget_prompts or dataset_dir is None or targets is None or targets.is_empty()):
+        raise ConfigError(RECORDS_NEEDED.format(name=algorithm))
     base = TextToImageModel.load(model_dir, device=pick_device(device))
     dataset = load_dataset(dataset_dir) if dataset_dir else None
     if dataset is not None and tuple(dataset.image_shape) != tuple(base.meta.image_shape):
@@ -269,6 +274,9 @@ def erase_t2i(
         "created_at": entry["at"],
         "environment": {"unlearn_lib": __version__, "torch": torch.__version__},
     }
+    if not accel.is_main_process():  # the other processes of a distributed launch hold the same weights
+        accel.wait_for_everyone()
+        return result, record
     show = list(dict.fromkeys([*task.concepts[:4], *[p for p in task.other_prompts if p][:4]]))
     with atomic_output_dir(out, overwrite=overwrite) as stage:
         result.model.save(stage)
@@ -289,4 +297,5 @@ def erase_t2i(
             for name, images in (("samples_before.png", before), ("samples_after.png", after)):
                 grid = grid_image(images, nrow=per, scale=4, row_labels=show, redacted=near_records(images, task))
                 grid.save(stage / name)
+    accel.wait_for_everyone()
     return result, record

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +29,15 @@ from ..checkpoint import CheckpointManager, restore_rng, rng_state
 from ..data.manifest import Dataset, Record
 from ..data.tensors import TensorSet, to_model_space
 from ..errors import ConfigError, UnlearnError
-from ..models.accel import make_accelerator
+from ..models.accel import (
+    average_gradients,
+    check_divisible,
+    is_main_process,
+    make_accelerator,
+    mean_value,
+    shard_rows,
+    wait_for_everyone,
+)
 from ..models.objectives import ForwardProcess
 from ..utils import atomic_output_dir, pick_device, write_json
 from ..viz import save_loss_curve
@@ -216,20 +225,26 @@ def _train_vae(
     )
     gen = torch.Generator(device=accelerator.device).manual_seed(cfg.seed + 1)
     losses = []
-    for _ in tqdm(range(cfg.vae_steps), desc="train-vae", disable=not progress, mininterval=1.0, dynamic_ncols=True):
+    params = list(vae.parameters())
+    show = progress and is_main_process()
+    for _ in tqdm(range(cfg.vae_steps), desc="train-vae", disable=not show, mininterval=1.0, dynamic_ncols=True):
+        # The whole batch is drawn in every process (same stream); each trains on its share.
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen, device=accelerator.device)
-        x = to_model_space(images[idx])
+        noise = torch.randn((cfg.batch_size, *model.latent_shape), generator=gen, device=accelerator.device)
+        rows = shard_rows(cfg.batch_size)
+        x = to_model_space(images[idx[rows]])
         with accelerator.autocast():
             post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen, device=accelerator.device)
+            z = post.mean + post.std * noise[rows]
             rec = vae.decode(z).sample.float()
         loss = F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean() / x[0].numel()
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        average_gradients(params)
+        accelerator.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(mean_value(loss))
     vae.requires_grad_(False)
     vae.eval()
     # Stable Diffusion's 0.18215: the factor that gives the latents unit variance.
@@ -248,9 +263,12 @@ def train_t2i(
     progress: bool = True,
     overwrite: bool = False,
     checkpoint_dir: str | Path | None = None,
+    records: Sequence[Record] | None = None,
 ) -> tuple[TextToImageModel, T2ITrainResult]:
     """Train a text-to-image model on the dataset's captioned training split; save at ``out`` (all or nothing).
 
+    ``records``: train on these instead (a retrain without deleted records: VAE, tokenizer, text
+    encoder and UNet all see only them; the class prompts still name every class of the dataset).
     Resuming: the VAE phase is short and is redone; UNet-phase checkpoints hold the VAE too.
     """
     cfg = cfg.resolved()
@@ -260,7 +278,9 @@ def train_t2i(
             f"preset {preset.name!r} models {preset.channels}x{preset.sample_size}x{preset.sample_size} images, "
             f"the dataset holds {'x'.join(map(str, dataset.image_shape))}"
         )
-    records = dataset.train
+    records = list(dataset.train if records is None else records)
+    if not records:
+        raise ConfigError("nothing to train on: no training records")
     captions = captions_of(records)
     names, prompts = class_prompts(dataset)
     meta = T2IMeta(
@@ -275,6 +295,9 @@ def train_t2i(
     data = TensorSet.from_records(dataset, records)
     device = pick_device(cfg.device)
     accelerator = make_accelerator(device, cfg.mixed_precision)
+    # Several processes (torchrun, accelerate launch): each trains on its share of every batch.
+    check_divisible(cfg.batch_size)
+    main = is_main_process()
     images = data.images.to(accelerator.device)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else Path(f"{out}.checkpoints")
     ckpt = CheckpointManager(ckpt_dir, {"config": asdict(cfg), "data": data.record_ids, "dataset": dataset.digest()})
@@ -300,7 +323,7 @@ def train_t2i(
     unet.train()
     te.train()
     params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, fused=accelerator.device.type == "cuda")
     lr_sched = get_scheduler(
         "cosine", opt, num_warmup_steps=min(cfg.warmup_steps, cfg.steps // 10), num_training_steps=cfg.steps
     )
@@ -320,7 +343,12 @@ def train_t2i(
         restore_rng(gen, state["rng"])
         start, losses, resumed_from = state["step"], list(state["losses"]), state["step"]
     bar = tqdm(
-        total=cfg.steps, initial=start, desc="train-t2i", disable=not progress, mininterval=1.0, dynamic_ncols=True
+        total=cfg.steps,
+        initial=start,
+        desc="train-t2i",
+        disable=not (progress and main),
+        mininterval=1.0,
+        dynamic_ncols=True,
     )
     for step in range(start, cfg.steps):
         idx = torch.randint(0, latents.shape[0], (cfg.batch_size,), generator=gen, device=accelerator.device)
@@ -330,23 +358,26 @@ def train_t2i(
         z0 = latents[idx]
         t = torch.randint(0, fp.num_timesteps, (cfg.batch_size,), generator=gen, device=accelerator.device)
         eps = torch.randn(z0.shape, generator=gen, device=accelerator.device)
+        rows = shard_rows(cfg.batch_size)  # all rows in one process
+        ids, z0, t, eps = ids[rows], z0[rows], t[rows], eps[rows]
         with accelerator.autocast():
             cond = te(ids).last_hidden_state
             pred = unet(fp.add_noise(z0, eps, t), t, encoder_hidden_states=cond).sample.float()
         loss = F.mse_loss(pred, eps)
         accelerator.backward(loss)
+        average_gradients(params)
         accelerator.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         lr_sched.step()
         opt.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(params)
-        losses.append(float(loss.detach()))
+        losses.append(mean_value(loss))
         bar.update(1)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
         done = step + 1
-        if cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        if main and cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             ckpt.save(
                 done,
                 {
@@ -380,11 +411,13 @@ def train_t2i(
         "seconds": round(seconds, 2),
         "resumed_from": resumed_from,
     }
-    with atomic_output_dir(out, overwrite=overwrite) as stage:
-        model.save(stage)
-        write_json(stage / "train_history.json", {"loss": losses, "vae_loss": vae_losses})
-        save_loss_curve({"denoising loss": losses}, stage / "loss_curve.png", title="tiny-sd training")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if main:  # the other processes of a distributed launch hold the same weights
+        with atomic_output_dir(out, overwrite=overwrite) as stage:
+            model.save(stage)
+            write_json(stage / "train_history.json", {"loss": losses, "vae_loss": vae_losses})
+            save_loss_curve({"denoising loss": losses}, stage / "loss_curve.png", title="tiny-sd training")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    wait_for_everyone()
     return model, T2ITrainResult(seconds=seconds, vae_losses=vae_losses, losses=losses, resumed_from=resumed_from)
 
 

@@ -11,8 +11,11 @@ column          type                meaning
 ==============  ==================  =====================================================================
 ``prompt``      string, optional    class-conditional models: a class index (``"3"``), a class name, or
                                     a caption naming one class (``"a handwritten digit three"``);
+                                    text-to-image models: the text to draw (any words their
+                                    tokenizer knows; required unless ``label`` is given);
                                     unconditional models ignore it
 ``label``       long, optional      class index; must agree with ``prompt`` when both are given
+                                    (text-to-image: stands for the class's prompt, instead of one)
 ``num_images``  long                images to generate for this row (1 to ``max_images`` in total)
 ``steps``       long                DDIM inference steps (1 to the scheduler's training timesteps)
 ``seed``        long, optional      noise seed (>= 0); absent: a fresh one, returned in the output
@@ -26,6 +29,9 @@ model's native resolution (greyscale ``L`` or ``RGB``).
 
 A request the model cannot honour (unknown class, ``num_images`` < 1, too many steps) raises
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``: the scoring server answers 400 with one line.
+
+Text-to-image models (a ``StableDiffusionPipeline`` folder) are served the same way, with the
+project's sampler (DDIM, classifier-free guidance against the empty prompt at the model's scale).
 
 Serving assumption: the model is logged as code (``pyfunc_entry.py``, which imports
 :class:`DiffusionPyfunc` from this module), so the serving environment must have this project
@@ -60,6 +66,7 @@ ARTIFACT_KEY = "unlearn_model"
 # A serving process generates on CPU by default: a bound on one request keeps one caller from
 # holding the server for hours. Override per deployment with model_config={"max_images": N}.
 DEFAULT_MAX_IMAGES = 256
+MAX_PROMPT_CHARS = 1000
 # Distributions the inference path imports directly; their versions are pinned at log time.
 # unlearn-lib's own metadata brings the rest (its code is what loads the model).
 RUNTIME_DISTRIBUTIONS = (
@@ -72,6 +79,7 @@ RUNTIME_DISTRIBUTIONS = (
     "numpy",
     "pillow",
     "pandas",
+    "transformers",
 )
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -167,19 +175,49 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
     """Generates images from the model folder in ``context.artifacts`` with the project's sampler."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from ..models import DiffusionModel
         from ..utils import pick_device
 
         config = context.model_config or {}
         self.max_images = int(config.get("max_images", DEFAULT_MAX_IMAGES))
+        folder = context.artifacts[ARTIFACT_KEY]
         # "auto": CUDA when the serving machine has it, else CPU.
-        self.model = DiffusionModel.load(context.artifacts[ARTIFACT_KEY], device=pick_device(config.get("device")))
+        device = pick_device(config.get("device"))
+        self.t2i: Any = None
+        self.model: Any = None
+        if is_text_to_image(folder):
+            from ..t2i import TextToImageModel
 
-    def _row_request(self, row: pd.Series) -> tuple[int | None, int, int, int | None]:
-        meta = self.model.meta
+            self.t2i = TextToImageModel.load(folder, device=device)
+        else:
+            from ..models import DiffusionModel
+
+            self.model = DiffusionModel.load(folder, device=device)
+
+    def _row_request(self, row: pd.Series) -> tuple[int | None, str | None, int, int, int | None]:
         label = _optional_int(row, "label")
         prompt = row.get("prompt")
         prompt = None if prompt is None or (not isinstance(prompt, str) and pd.isna(prompt)) else str(prompt)
+        if self.t2i is not None:
+            label, prompt = self._t2i_prompt(label, prompt)
+            scheduler = self.t2i.scheduler
+        else:
+            label = self._class_label(label, prompt)
+            prompt = None
+            scheduler = self.model.scheduler
+        num_images = _optional_int(row, "num_images")
+        if num_images is None or num_images < 1:
+            raise _bad_request(f"num_images must be >= 1, got {num_images}")
+        steps = _optional_int(row, "steps")
+        most = int(scheduler.config.num_train_timesteps)
+        if steps is None or not 1 <= steps <= most:
+            raise _bad_request(f"steps must be between 1 and {most}, got {steps}")
+        seed = _optional_int(row, "seed")
+        if seed is not None and not 0 <= seed < 2**63:
+            raise _bad_request(f"seed must be between 0 and 2**63-1, got {seed}")
+        return label, prompt, num_images, steps, seed
+
+    def _class_label(self, label: int | None, prompt: str | None) -> int | None:
+        meta = self.model.meta
         if meta.conditional:
             if label is not None and not 0 <= label < meta.num_classes:
                 raise _bad_request(f"label {label} is out of range: the model has classes 0-{meta.num_classes - 1}")
@@ -192,17 +230,24 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
                 raise _bad_request("a class-conditional model needs a label or a prompt naming a class")
         elif label is not None:
             raise _bad_request("this model is unconditional: it takes no label")
-        num_images = _optional_int(row, "num_images")
-        if num_images is None or num_images < 1:
-            raise _bad_request(f"num_images must be >= 1, got {num_images}")
-        steps = _optional_int(row, "steps")
-        most = int(self.model.scheduler.config.num_train_timesteps)
-        if steps is None or not 1 <= steps <= most:
-            raise _bad_request(f"steps must be between 1 and {most}, got {steps}")
-        seed = _optional_int(row, "seed")
-        if seed is not None and not 0 <= seed < 2**63:
-            raise _bad_request(f"seed must be between 0 and 2**63-1, got {seed}")
-        return label, num_images, steps, seed
+        return label
+
+    def _t2i_prompt(self, label: int | None, prompt: str | None) -> tuple[int | None, str]:
+        meta = self.t2i.meta
+        text = (prompt or "").strip()
+        if label is not None:
+            if not 0 <= label < len(meta.class_prompts):
+                raise _bad_request(
+                    f"label {label} names no class: this model has {len(meta.class_prompts)} class prompts"
+                )
+            if text and text.casefold() != meta.class_prompts[label].casefold():
+                raise _bad_request(f"label {label} stands for the prompt {meta.class_prompts[label]!r}; give one")
+            return label, meta.class_prompts[label]
+        if not text:
+            raise _bad_request("a text-to-image model needs a prompt (or a label naming one of its class prompts)")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise _bad_request(f"the prompt is {len(text)} characters long; at most {MAX_PROMPT_CHARS}")
+        return None, text
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
@@ -216,17 +261,19 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
             raise _bad_request("the request has no rows")
         # Validate every row before generating anything: a bad last row must not cost minutes.
         requests = [self._row_request(row) for _, row in model_input.iterrows()]
-        total = sum(n for _, n, _, _ in requests)
+        total = sum(n for _, _, n, _, _ in requests)
         if total > self.max_images:
             raise _bad_request(f"the request asks for {total} images; this model serves at most {self.max_images}")
-        meta = self.model.meta
+        meta = self.t2i.meta if self.t2i is not None else self.model.meta
         records: list[dict[str, Any]] = []
-        for row, (label, n, steps, seed) in enumerate(requests):
+        for row, (label, prompt, n, steps, seed) in enumerate(requests):
             seed = secrets.randbelow(2**31) if seed is None else seed
             try:
-                images = sample(
-                    self.model, None if label is None else [label] * n, num_samples=n, steps=steps, seed=seed
-                )
+                if self.t2i is not None:
+                    images = self.t2i.sample([prompt] * n, steps=steps, seed=seed)
+                else:
+                    labels = None if label is None else [label] * n
+                    images = sample(self.model, labels, num_samples=n, steps=steps, seed=seed)
             except UnlearnError as err:
                 raise _bad_request(str(err)) from None
             _, height, width = meta.image_shape
@@ -257,15 +304,31 @@ def pip_requirements() -> list[str]:
     return [_pin(d) for d in RUNTIME_DISTRIBUTIONS]
 
 
+def is_text_to_image(model_dir: str | os.PathLike[str]) -> bool:
+    from ..t2i.model import is_text_to_image_folder
+
+    return is_text_to_image_folder(model_dir)
+
+
 def _read_meta(model_dir: Path) -> dict[str, Any]:
+    """The folder's description, with ``family`` and ``num_classes`` for either family."""
+    from ..errors import ModelError
     from ..models.diffusion import META_NAME, ModelMeta
 
-    for needed in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json", META_NAME):
-        if not (model_dir / needed).is_file():
-            from ..errors import ModelError
+    t2i = is_text_to_image(model_dir)
+    needed = ["model_index.json", "unet/config.json", "scheduler/scheduler_config.json", META_NAME]
+    if t2i:
+        needed += ["vae/config.json", "text_encoder/config.json"]
+    for name in needed:
+        if not (model_dir / name).is_file():
+            raise ModelError(f"{model_dir} is not an unlearn model folder: {name} is missing")
+    raw = json.loads((model_dir / META_NAME).read_text())
+    if t2i:
+        from ..t2i.model import T2IMeta
 
-            raise ModelError(f"{model_dir} is not an unlearn model folder: {needed} is missing")
-    return ModelMeta.from_dict(json.loads((model_dir / META_NAME).read_text())).to_dict()
+        meta = T2IMeta.from_dict(raw).to_dict()
+        return meta | {"num_classes": len(meta["class_prompts"])}
+    return ModelMeta.from_dict(raw).to_dict() | {"family": "class-conditional"}
 
 
 def log_model_folder(
@@ -288,6 +351,8 @@ def log_model_folder(
     example = None
     if input_example:
         first = {"label": 0} if meta["num_classes"] else {}
+        if meta["family"] == "text-to-image" and not meta["num_classes"]:
+            first = {"prompt": "a picture"}
         example = pd.DataFrame([{**first, "num_images": 1, "steps": 1, "seed": 0}])
     return mlflow.pyfunc.log_model(
         name=artifact_path,
@@ -301,7 +366,9 @@ def log_model_folder(
         model_config={"device": "auto", "max_images": DEFAULT_MAX_IMAGES, **(model_config or {})},
         metadata={
             "unlearn_model": {
-                k: meta[k] for k in ("preset", "image_shape", "num_classes", "class_names", "guidance_scale")
+                k: meta[k]
+                for k in ("family", "preset", "image_shape", "num_classes", "class_names", "guidance_scale")
+                + (("class_prompts",) if meta["family"] == "text-to-image" else ())
             },
             "output_image_format": "base64 PNG",
         },

@@ -34,7 +34,7 @@ class Finetune(Unlearner):
     def run(self, task: UnlearningTask, checkpoint_dir: str | None = None, progress: bool = True) -> UnlearningResult:
         cfg = self.config
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
-        optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
+        optimizer = loop.adam(cfg.lr)
         loop.resume({"outer": optimizer})
         bar = loop.bar()
         for step in range(loop.start_step, cfg.steps):
@@ -70,7 +70,7 @@ class NegGrad(Unlearner):
         if cfg.alpha < 0:
             raise ConfigError("alpha must be >= 0")
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
-        optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
+        optimizer = loop.adam(cfg.lr)
         loop.resume({"outer": optimizer})
         bar = loop.bar()
         for step in range(loop.start_step, cfg.steps):

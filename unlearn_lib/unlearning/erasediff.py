@@ -343,9 +343,9 @@ class EraseDiff(Unlearner):
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
         target_fn = build_target(cfg, task, loop)
         kept = build_kept(cfg, task, loop, target_fn)
-        optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
+        optimizer = loop.adam(cfg.lr)
         shared = cfg.inner_optimizer == "shared"
-        inner_opt = optimizer if shared else torch.optim.Adam(loop.params, lr=cfg.inner_lr or cfg.lr)
+        inner_opt = optimizer if shared else loop.adam(cfg.inner_lr or cfg.lr)
         optimizers = {"outer": optimizer} if shared else {"outer": optimizer, "inner": inner_opt}
         stopper = self._stopper(cfg, task, loop)
         extractor = self._extractor(cfg, task) if stopper is not None else None

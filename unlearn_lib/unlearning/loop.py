@@ -61,6 +61,10 @@ class UnlearningLoop:
         # The untouched base model, for targets defined by what the model did before unlearning.
         self.frozen = task.base.clone().to(self.device)
         self.frozen.unet.eval().requires_grad_(False)
+        if self.device.type == "cuda":
+            # NHWC convolutions: the tensor-core layout for bf16 on recent GPUs.
+            self.model.unet.to(memory_format=torch.channels_last)
+            self.frozen.unet.to(memory_format=torch.channels_last)
         self.params = trainable_parameters(self.model.unet, cfg.params)
         self.fp = ForwardProcess(self.model.scheduler, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -95,6 +99,10 @@ class UnlearningLoop:
         self.t0 = time.perf_counter()
 
     # ---- batches -------------------------------------------------------------------------
+
+    def adam(self, lr: float) -> torch.optim.Adam:
+        """Adam over the trainable parameters; fused (one kernel for all tensors) on CUDA."""
+        return torch.optim.Adam(self.params, lr=lr, fused=self.device.type == "cuda")
     def _draw(self, n: int, size: int) -> torch.Tensor:
         return torch.randint(0, n, (size,), generator=self.gen, device=self.device)
 

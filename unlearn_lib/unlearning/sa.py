@@ -129,7 +129,7 @@ class SelectiveAmnesia(Unlearner):
         pool_x, pool_y, fisher = self._prepare(cfg, task, loop, retained)
         anchor = [p.detach().clone() for p in loop.params]
         forget_labels = torch.tensor(task.forget_labels, device=loop.device)
-        optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
+        optimizer = loop.adam(cfg.lr)
         loop.resume({"outer": optimizer})
         pixels = loop.forget_x[0].numel()
         bar = loop.bar()

@@ -127,7 +127,7 @@ class SalUn(Unlearner):
         table = torch.arange(task.base.meta.num_classes + 1, device=loop.device)
         for src, dst in mapping.items():
             table[src] = dst
-        optimizer = torch.optim.Adam(loop.params, lr=cfg.lr)
+        optimizer = loop.adam(cfg.lr)
         loop.resume({"outer": optimizer})
         pixels = loop.forget_x[0].numel()
         bar = loop.bar()
