@@ -54,7 +54,7 @@ def synthetic_dataset(root: Path, per_class: int, seed: int = 0) -> None:
                 None,
                 f"images/{rid}.png",
                 sha256_bytes(data),
-                "holdout" if i % 10 == 9 else "train",
+                "holdout" if (i // 10) % 10 == 9 else "train",
             )
         )
     write_manifest(root, records, {"name": "synthetic-cifar", "num_classes": 10, "image_shape": [3, 32, 32]})

@@ -77,7 +77,12 @@ def cifar_unlearn_and_audit(work: Path, device: str, quick: bool) -> dict:
     unlearn_s = time.perf_counter() - t0
     evaluator = train_evaluator(load_dataset(work / "data"), epochs=1 if quick else 10, device=device, progress=False)
     evaluator.save(work / "evaluator")
-    params = AuditParams(samples_per_class=4 if quick else 100, extraction_samples=4 if quick else 500)
+    params = AuditParams(
+        samples_per_class=4 if quick else 100,
+        extraction_samples=4 if quick else 500,
+        sampling_steps=2 if quick else 25,
+        mia_noise_draws=1 if quick else 4,
+    )
     t0 = time.perf_counter()
     run_audit(
         work / "base",
@@ -173,7 +178,7 @@ def captioned_64(root: Path, per_class: int, seed: int = 0) -> None:
         data = buf.getvalue()
         rid = f"c64-{i:05d}"
         (root / "images" / f"{rid}.png").write_bytes(data)
-        split = "holdout" if i % 10 == 9 else "train"
+        split = "holdout" if (i // 10) % 10 == 9 else "train"
         caption = f"a shape of class {words[label]}"
         records.append(Record(rid, f"subject-{i % 50}", label, caption, f"images/{rid}.png", sha256_bytes(data), split))
     write_manifest(root, records, {"name": "shapes-64", "num_classes": 10, "image_shape": [3, 64, 64]})
