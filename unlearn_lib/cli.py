@@ -336,6 +336,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if is_text_to_image_folder(args.model) or is_text_to_image_folder(args.base):
         return _audit_t2i(args, overrides)
+    if args.judge:
+        raise ConfigError("--judge is for text-to-image models; class-conditional audits use --evaluator")
     params = build_config(AuditParams, overrides, where="the audit")
     result = run_audit(
         args.base,
@@ -396,6 +398,7 @@ def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         progress=not args.quiet,
         strict=not args.allow_unknown,
         device=args.device,
+        judge=args.judge,
     )
     rec = result.record
     console = Console()
@@ -413,7 +416,9 @@ def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             f"(base {o['accuracy_base']:.3f})"
         )
     u = rec["utility"]
-    console.print(f"FID (evaluator features) {u['fid']:.3g} (base {u['fid_base']:.3g}), KID {u['kid']:.3g}")
+    console.print(f"FID ({u['features']} features) {u['fid']:.3g} (base {u['fid_base']:.3g}), KID {u['kid']:.3g}")
+    if u["clip_score"] is not None:
+        console.print(f"CLIP score {u['clip_score']:.2f} (base {u['clip_score_base']:.2f})")
     verdict = "[bold green]PASS" if result.passed else "[bold red]FAIL"
     console.print(f"verdict: {verdict}[/]  report: {Path(args.out) / 'report.html'}  ({rec['seconds']:.0f}s)")
     return 0 if result.passed else EXIT_AUDIT_FAILED
@@ -620,6 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for audit.json, report.md/html and pictures")
     _add_targets(p, prompts=True)
     p.add_argument("--evaluator", help="evaluator folder (default: train one on the dataset)")
+    p.add_argument(
+        "--judge",
+        help="text-to-image models: torchscript:PATH[@SIZE] (a classifier over the class prompts) or "
+        "clip:FOLDER (a local CLIP: zero-shot, plus the CLIP score) instead of the evaluator",
+    )
     p.add_argument("--retrain", help="a model retrained without the forget set, reported as the reference")
     add_override_flags(p, "audit parameter", file_flag="--params", example="--set samples_per_class=50")
     p.add_argument("--device", default="auto", help="auto: CUDA when present (sampling in bf16), else CPU")

@@ -316,3 +316,93 @@ def test_retrain_trains_the_whole_pipeline_without_the_forget_records(
     with pytest.raises(ConfigError, match="retrain needs the records to leave out"):
         erase_t2i(tiny_sd_dir, None, None, "retrain", tmp_path / "p", forget_prompts=[SEVEN], progress=False)
     assert not (tmp_path / "p").exists()
+
+
+class _Scripted(torch.nn.Module):
+    """The digits evaluator's network as a user would export a classifier of their own."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.body(x)
+
+
+@pytest.mark.slow
+def test_the_audit_takes_a_torchscript_or_clip_judge(tiny_sd_dir, erased_seven, digits_dir, evaluator, tmp_path):
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from unlearn_lib.t2i.audit import audit_request
+    from unlearn_lib.t2i.judges import ClipJudge
+
+    model_dir, _ = erased_seven
+    targets = ForgetTargets.build(caption_pattern="digit seven")
+    params = T2IAuditParams(samples_per_class=20, extraction_samples=8, attack_steps=0, utility_real=200)
+    evaluator.save(tmp_path / "evaluator")
+    by_evaluator = audit_request(
+        tiny_sd_dir,
+        model_dir,
+        digits_dir,
+        targets,
+        tmp_path / "a1",
+        params=params,
+        evaluator_dir=tmp_path / "evaluator",
+        progress=False,
+    ).record
+    torch.jit.script(_Scripted(evaluator.net).eval()).save(str(tmp_path / "judge.pt"))
+    by_script = audit_request(
+        tiny_sd_dir,
+        model_dir,
+        digits_dir,
+        targets,
+        tmp_path / "a2",
+        params=params,
+        judge=f"torchscript:{tmp_path / 'judge.pt'}",
+        progress=False,
+    ).record
+    # The same network behind another door: the same verdict on the same samples.
+    assert by_script["class_accuracy"] == by_evaluator["class_accuracy"]
+    assert by_script["forgotten_probability"]["7"] <= 0.05 and by_script["verdict"] == "pass"
+    assert by_script["utility"]["fid"] == pytest.approx(by_evaluator["utility"]["fid"], rel=1e-4)
+    assert by_script["evaluator"]["name"] == "torchscript:judge.pt"
+    # A local CLIP folder (random weights here: no model can be downloaded; what is checked is
+    # that it loads from disk, classifies zero-shot over the class prompts and scores prompts).
+    tok = tiny_sd_dir / "tokenizer"
+    text = CLIPTextConfig(
+        vocab_size=len(TextToImageModel.load(tiny_sd_dir).tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )
+    clip_dir = tmp_path / "clip"
+    torch.manual_seed(0)
+    CLIPModel(
+        CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    ).save_pretrained(clip_dir)
+    for f in tok.iterdir():
+        shutil.copy(f, clip_dir / f.name)
+    rec = audit_request(
+        tiny_sd_dir,
+        model_dir,
+        digits_dir,
+        targets,
+        tmp_path / "a3",
+        params=params,
+        judge=f"clip:{clip_dir}",
+        progress=False,
+    ).record
+    assert 0 <= rec["utility"]["clip_score"] <= 100 and 0 <= rec["utility"]["clip_score_base"] <= 100
+    assert rec["metrics"]["clip_score"]["group"] == "utility" and 0 <= rec["forgotten_probability"]["7"] <= 1
+    assert (tmp_path / "a3" / "report.html").is_file()
+    with pytest.raises(ModelError, match="is not a CLIP folder"):
+        ClipJudge(tmp_path / "nothing", ["a"])

@@ -135,6 +135,6 @@ def average_gradients(params: list[torch.Tensor]) -> None:
 def mean_value(value: torch.Tensor | float) -> float:
     """A scalar's mean over all processes (a shard's loss becomes the whole batch's)."""
     if world_size() == 1:
-        return float(value)
+        return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     t = value.detach().reshape(1).float() if isinstance(value, torch.Tensor) else torch.tensor([float(value)])
     return float(all_reduce_mean([t])[0])

@@ -42,6 +42,7 @@ from ..measures.distances import extraction_ratios, flat01, neighbourhood_distan
 from ..models.objectives import ForwardProcess
 from ..utils import atomic_output_dir, write_json
 from ..viz import grid_image
+from .judges import Judge
 from .model import TextToImageModel
 
 
@@ -150,7 +151,7 @@ def _redact(images: torch.Tensor, deleted: TensorSet | None, train: TensorSet | 
 def audit_t2i(
     base: TextToImageModel,
     model: TextToImageModel,
-    evaluator: Evaluator,
+    evaluator: Evaluator | Judge,
     dataset: Dataset,
     forget_labels: list[int],
     out: str | Path,
@@ -195,6 +196,11 @@ def audit_t2i(
     fid = frechet_distance(feats.features(fake), real_f)
     fid_base = frechet_distance(feats.features(torch.cat([samples_base[c] for c in kept])), real_f)
     kid, kid_std = kernel_inception_distance(feats.features(fake), real_f, subset_size=min(200, len(real)))
+    clip_score = clip_score_base = None
+    if hasattr(evaluator, "clip_score"):
+        kept_prompts = [base.meta.prompt_for(c) for c in kept for _ in range(n)]
+        clip_score = evaluator.clip_score(fake, kept_prompts)
+        clip_score_base = evaluator.clip_score(torch.cat([samples_base[c] for c in kept]), kept_prompts)
 
     # Memorization: each deleted record's own caption.
     extraction = None
@@ -253,7 +259,19 @@ def audit_t2i(
             attack[c] = float((evaluator.logits(imgs).argmax(-1) == c).float().mean())
 
     metrics = _metrics(
-        p, forgotten_p, acc_base, acc_new, base_kept, new_kept, neighbours, fid, fid_base, kid, extraction, attack
+        p,
+        (clip_score, clip_score_base),
+        forgotten_p,
+        acc_base,
+        acc_new,
+        base_kept,
+        new_kept,
+        neighbours,
+        fid,
+        fid_base,
+        kid,
+        extraction,
+        attack,
     )
     passed = verdict(metrics)
     gates = [
@@ -282,7 +300,15 @@ def audit_t2i(
             str(c): {"neighbour": nb_c, "accuracy": acc_new[nb_c], "accuracy_base": acc_base[nb_c]}
             for c, nb_c in neighbours.items()
         },
-        "utility": {"fid": fid, "fid_base": fid_base, "kid": kid, "kid_std": kid_std, "features": "evaluator"},
+        "utility": {
+            "fid": fid,
+            "fid_base": fid_base,
+            "kid": kid,
+            "kid_std": kid_std,
+            "clip_score": clip_score,
+            "clip_score_base": clip_score_base,
+            "features": getattr(evaluator, "name", "evaluator"),
+        },
         "extraction": extraction,
         "adversarial_prompt": {
             "steps": p.attack_steps,
@@ -313,6 +339,7 @@ def audit_t2i(
 
 def _metrics(
     p: T2IAuditParams,
+    clip: tuple[float | None, float | None],
     forgotten_p: dict[int, float],
     acc_base: dict[int, float],
     acc_new: dict[int, float],
@@ -384,6 +411,17 @@ def _metrics(
         )
     )
     out.append(Metric("kid", "utility", kid, "KID in evaluator features, retained prompts vs real images", seed=seed))
+    if clip[0] is not None:
+        out.append(
+            Metric(
+                "clip_score",
+                "utility",
+                clip[0],
+                "CLIP score (100 x cosine) of the retained prompts' images with their prompts",
+                seed=seed,
+                base=clip[1],
+            )
+        )
     if extraction is not None:
         out.append(
             Metric(
@@ -444,7 +482,9 @@ def _summary(record: dict) -> list[Line]:
             ]
         )
     ev = record.get("evaluator") or {}
-    if ev:
+    if ev and ev.get("holdout_accuracy") is None:
+        lines.append([("", f"judge: {ev.get('name')}; seed {record['params']['seed']}")])
+    elif ev:
         lines.append(
             [
                 (
@@ -471,10 +511,13 @@ def audit_request(
     progress: bool = True,
     strict: bool = True,
     device: str = "auto",
+    judge: str | None = None,
 ) -> T2IAuditResult:
     """Audit an erasure as it was asked for: the deleted records (``targets``) and/or the erased
     prompts. The classes judged as erased are those whose class prompt was itself erased (by a
-    label target, a forget prompt, or by deleting records of that caption)."""
+    label target, a forget prompt, or by deleting records of that caption). ``judge``:
+    ``torchscript:PATH[@SIZE]`` or ``clip:FOLDER`` (see :mod:`.judges`) instead of the digits
+    evaluator at ``evaluator_dir`` (trained here when neither is given)."""
     from ..audit.evaluator import train_evaluator
     from ..data import load_dataset, select
     from ..models.digest import model_digest
@@ -508,17 +551,23 @@ def audit_request(
             "nothing to audit against: name the erased records (--forget-caption/...) or --forget-prompt "
             "matching one of the model's class prompts"
         )
-    evaluator = Evaluator.load(evaluator_dir) if evaluator_dir else train_evaluator(ds, progress=progress)
+    from .judges import load_judge
+
+    if judge:
+        evaluator = load_judge(judge, base.meta.class_prompts, device=str(dev))
+    else:
+        evaluator = Evaluator.load(evaluator_dir) if evaluator_dir else train_evaluator(ds, progress=progress)
     context = {
         "models": {
             role: {"path": str(path), "unet_sha256": model_digest(path)}
             for role, path in (("base", base_dir), ("unlearned", model_dir))
         },
         "evaluator": {
-            "path": str(evaluator_dir) if evaluator_dir else None,
+            "path": judge or (str(evaluator_dir) if evaluator_dir else None),
+            "name": getattr(evaluator, "name", "evaluator"),
             "sha256": evaluator.fingerprint(),
-            "holdout_accuracy": evaluator.meta.holdout_accuracy,
-            "dataset_digest": evaluator.meta.dataset_digest,
+            "holdout_accuracy": evaluator.meta.holdout_accuracy if isinstance(evaluator, Evaluator) else None,
+            "dataset_digest": evaluator.meta.dataset_digest if isinstance(evaluator, Evaluator) else None,
         },
         "dataset": {"path": str(dataset_dir), "digest": ds.digest()},
         "selection": selection,
