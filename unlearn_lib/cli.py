@@ -373,6 +373,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         cells = [m.name, _num(m.value), _num(m.base), *((_num(m.retrain),) if args.retrain else ()), rule, status]
         table.add_row(*cells)
     console.print(table)
+    if rec.get("relaxed"):
+        from .audit.gates import relaxed_summary
+
+        console.print(f"[yellow]settings looser than the defaults: {relaxed_summary(rec['relaxed'])}")
     verdict = "[bold green]PASS" if result.passed else "[bold red]FAIL"
     console.print(f"verdict: {verdict}[/]  report: {Path(args.out) / 'report.html'}  ({rec['seconds']:.0f}s)")
     return 0 if result.passed else EXIT_AUDIT_FAILED

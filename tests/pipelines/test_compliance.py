@@ -248,7 +248,10 @@ def test_failed_audit_registers_a_candidate_and_nothing_is_served(weak_pipeline_
     client = client_for(settings)
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "1"
     assert str(client.get_model_version_by_alias(settings.model_name, "candidate").version) == "2"
-    assert client.get_model_version(settings.model_name, "2").tags["unlearn.audit_verdict"] == "fail"
+    tags = client.get_model_version(settings.model_name, "2").tags
+    assert tags["unlearn.audit_verdict"] == "fail"
+    # The run's lighter audit is on the version, for whoever reads its card.
+    assert tags["unlearn.audit_relaxed"] == "extraction_samples=200 (default 500); samples_per_class=10 (default 100)"
     # The purged revision was prepared on the run's ref and never served; the ref is gone too.
     ws = weak_pipeline_run["ws"]
     assert ws.head() == ws.served() == weak_pipeline_run["rev_before"]

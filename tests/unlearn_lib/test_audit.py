@@ -132,6 +132,37 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_p
     assert "extracted_records" not in mg  # memorization gates are for record-level deletions
 
 
+def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
+    base_model_dir, digits_dir, evaluator_dir, models, tmp_path
+):
+    from unlearn_lib.audit.gates import HARD_LIMITS, relaxations, relaxed_summary
+
+    assert relaxations(AuditParams()) == {}
+    assert relaxations(AuditParams(max_fid_ratio=1.2, samples_per_class=200)) == {}  # tightened
+    loose = AuditParams(max_fid_ratio=2.0, mia_auc_tolerance=0.2, samples_per_class=40)
+    assert relaxed_summary(relaxations(loose)) == (
+        "max_fid_ratio=2.0 (default 1.5); mia_auc_tolerance=0.2 (default auto); samples_per_class=40 (default 100)"
+    )
+    # The same good erasure, judged by settings no promotion may rest on: the audit fails on them alone.
+    ok = audit(base_model_dir, models["class3"], digits_dir, CLASS3, tmp_path / "ok", evaluator_dir)
+    assert ok.passed and ok.record["relaxed"]["samples_per_class"] == {"used": 40, "default": 100}
+    beyond = audit(
+        base_model_dir,
+        models["class3"],
+        digits_dir,
+        CLASS3,
+        tmp_path / "beyond",
+        evaluator_dir,
+        max_forgotten_probability=0.5,
+    )
+    m = {x.name: x for x in beyond.metrics}
+    assert not beyond.passed and m["settings_beyond_hard_limits"].passed is False
+    assert m["forgotten_probability"].passed  # every real gate passed
+    assert "max_forgotten_probability=0.5 (limit 0.2)" in m["settings_beyond_hard_limits"].description
+    assert HARD_LIMITS["max_extracted"] == 0
+    validate_record(beyond.record)
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 

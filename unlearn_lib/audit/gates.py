@@ -114,6 +114,81 @@ def verdict(metrics: list[Metric]) -> bool:
     return bool(gated) and all(m.passed for m in gated)
 
 
+# Which way loosens each setting: a larger threshold (or a smaller sample) lets more through.
+_LOOSER_WHEN_LARGER = (
+    "max_forgotten_probability",
+    "max_retained_accuracy_drop",
+    "max_fid_ratio",
+    "max_retain_loss_ratio",
+    "max_extracted",
+    "mia_auc_tolerance",
+    "mia_z",
+    "max_forget_class_accuracy_drop",
+    "max_attack_success",
+)
+_AUTO_WHEN_NONE = ("mia_auc_tolerance",)  # None: computed from the forget-set size
+_LOOSER_WHEN_SMALLER = ("samples_per_class", "extraction_samples", "mia_noise_draws", "attack_samples")
+# Beyond these no audit passes, whatever a run asks for: the gate is reported and fails.
+HARD_LIMITS: dict[str, float] = {
+    "max_forgotten_probability": 0.2,
+    "max_retained_accuracy_drop": 0.15,
+    "max_fid_ratio": 3.0,
+    "max_retain_loss_ratio": 1.5,
+    "max_extracted": 0,
+    "mia_auc_tolerance": 0.25,
+    "mia_z": 4.0,
+    "max_forget_class_accuracy_drop": 0.5,
+}
+
+
+def relaxations(params: Any) -> dict[str, dict[str, Any]]:
+    """The settings of ``params`` looser than its class's defaults: ``{name: {"used", "default"}}``.
+
+    A threshold left at ``None`` where the default sets one (a gate turned off) is looser too.
+    """
+    defaults = type(params)()
+    out: dict[str, dict[str, Any]] = {}
+    for name in (*_LOOSER_WHEN_LARGER, *_LOOSER_WHEN_SMALLER):
+        if not hasattr(params, name):
+            continue
+        used, default = getattr(params, name), getattr(defaults, name)
+        if used == default:
+            continue
+        if default is None:
+            if name in _AUTO_WHEN_NONE:  # a fixed value in place of the computed one
+                out[name] = {"used": used, "default": "auto"}
+            continue  # a gate that is off by default is only ever tightened
+        larger = name in _LOOSER_WHEN_LARGER
+        if used is None or (used > default if larger else used < default):
+            out[name] = {"used": used, "default": default}
+    return out
+
+
+def relaxed_summary(relaxed: dict[str, dict[str, Any]]) -> str:
+    """One line for a tag: ``max_fid_ratio=2.0 (default 1.5); ...`` or ``none``."""
+    return "; ".join(f"{k}={v['used']} (default {v['default']})" for k, v in sorted(relaxed.items())) or "none"
+
+
+def hard_limit_metric(params: Any) -> Metric | None:
+    """A failing gate when a setting goes beyond its hard limit (None when none does)."""
+    beyond = {
+        name: getattr(params, name)
+        for name, limit in HARD_LIMITS.items()
+        if hasattr(params, name) and getattr(params, name) is not None and getattr(params, name) > limit
+    }
+    if not beyond:
+        return None
+    m = Metric(
+        "settings_beyond_hard_limits",
+        "policy",
+        float(len(beyond)),
+        "audit settings looser than the hard limits no promoted model may be judged by: "
+        + ", ".join(f"{k}={v} (limit {HARD_LIMITS[k]})" for k, v in beyond.items()),
+        details={"beyond": beyond, "limits": {k: HARD_LIMITS[k] for k in beyond}},
+    )
+    return gate(m, "<=", 0)
+
+
 def audit_schema() -> dict:
     """The JSON Schema that ``audit.json`` validates against."""
     import json

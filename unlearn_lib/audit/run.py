@@ -28,7 +28,7 @@ from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, class_figures, generate_class_samples
 from .evaluator import Evaluator, train_evaluator
-from .gates import AuditParams, Metric, gate, verdict
+from .gates import AuditParams, Metric, gate, hard_limit_metric, relaxations, verdict
 from .memorization import (
     ExtractionResult,
     MembershipResult,
@@ -442,6 +442,9 @@ def run_audit(
         for role, (path, mdl) in models.items()
     }
     metrics = _metrics(meas, selection, params, conditional)
+    floor = hard_limit_metric(params)
+    if floor is not None:
+        metrics.append(floor)
     passed = verdict(metrics)
     record = {
         "schema_version": AUDIT_SCHEMA_VERSION,
@@ -464,6 +467,8 @@ def run_audit(
         "selection": {k: v for k, v in selection.summary().items()},
         "reference": {"records": len(reference) if reference is not None else 0},
         "params": params.to_dict(),
+        # Every setting looser than the defaults, kept with the verdict it produced.
+        "relaxed": relaxations(params),
         "metrics": {m.name: m.to_dict() for m in metrics},
         "gates": [
             {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}

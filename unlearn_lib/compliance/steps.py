@@ -494,6 +494,7 @@ def audit_step(
     import mlflow
 
     from ..audit import AuditParams, run_audit
+    from ..audit.gates import relaxed_summary
     from ..t2i.audit import T2IAuditParams, audit_request
     from ..tracking import step_run
     from ..unlearning.base import build_config
@@ -545,6 +546,7 @@ def audit_step(
             passed = record["verdict"] == "pass"
             mlflow.log_metrics(metrics | {"audit.passed": float(passed)})
             mlflow.set_tag("unlearn.audit_verdict", record["verdict"])
+            mlflow.set_tag("unlearn.audit_relaxed", relaxed_summary(record.get("relaxed") or {}))
             mlflow.log_artifacts(audit_dir, artifact_path="audit")
         ctx.store.finish_step(
             run.run_id, "audit", {"verdict": record["verdict"], "metrics": metrics, "model_sha256": digest}
@@ -582,6 +584,7 @@ def register_step(
 ) -> dict[str, Any]:
     import mlflow
 
+    from ..audit.gates import relaxed_summary
     from ..storage import store_from_settings
     from ..tracking import (
         CANDIDATE,
@@ -626,6 +629,8 @@ def register_step(
                     "dataset_rev_after": purged_rev,
                     "algorithm": algorithm,
                     "audit_verdict": audit["verdict"],
+                    # Every audit setting looser than the defaults that judged this version.
+                    "audit_relaxed": relaxed_summary(audit.get("relaxed") or {}),
                     "pipeline_run_id": ctx.lineage_run_id,
                     "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
                 }

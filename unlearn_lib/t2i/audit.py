@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..audit.evaluator import Evaluator
-from ..audit.gates import Metric, gate, verdict
+from ..audit.gates import Metric, gate, hard_limit_metric, relaxations, verdict
 from ..audit.report import Line, metric_rows, render_report
 from ..audit.utility import EvaluatorFeatures, frechet_distance, kernel_inception_distance
 from ..data.manifest import Dataset
@@ -273,6 +273,9 @@ def audit_t2i(
         extraction,
         attack,
     )
+    floor = hard_limit_metric(p)
+    if floor is not None:
+        metrics.append(floor)
     passed = verdict(metrics)
     gates = [
         {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}
@@ -287,6 +290,7 @@ def audit_t2i(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **(context or {}),
         "params": asdict(p),
+        "relaxed": relaxations(p),
         "metrics": {m.name: m.to_dict() for m in metrics},
         "gates": gates,
         "forget_labels": forget_labels,

@@ -48,6 +48,7 @@ def model_card(tags: dict[str, str], audit: dict, report_links: dict[str, str]) 
         f"| dataset revision before | `{tags.get('dataset_rev_before', '')}` |",
         f"| dataset revision after (purged) | `{tags.get('dataset_rev_after', '')}` |",
         f"| algorithm | {tags.get('algorithm', '')} |",
+        f"| audit settings looser than the defaults | {tags.get('audit_relaxed', 'not recorded')} |",
         f"| compliance run | {tags.get('run_id', '')} (MLflow run {tags.get('pipeline_run_id', '')}) |",
         "",
         "### Gates",
