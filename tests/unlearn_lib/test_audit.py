@@ -80,6 +80,9 @@ def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluato
     assert not res.passed
     assert m["extracted_records"].value == 3 and m["extracted_records"].passed is False
     assert m["mia_auc"].value > 0.9 and m["mia_auc"].passed is False
+    # The second attack (PIA), which nothing in the method calibrates against, sees them too.
+    print("PIA on the base:", m["pia_auc"].value, m["pia_tpr_at_low_fpr"].value)
+    assert m["pia_auc"].value > 0.9 and m["pia_auc"].passed is None  # reported, not gated
 
 
 def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
@@ -92,6 +95,8 @@ def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, model
     # (40 samples: a binomial standard error of about 5 points).
     assert m["forget_class_accuracy_drop"].passed
     assert res.passed, {x.name: (x.value, x.passed) for x in res.metrics if x.passed is not None}
+    print("PIA after the deletion:", m["pia_auc"].value, "base", m["pia_auc"].base)
+    assert m["pia_auc"].value < m["pia_auc"].base
 
 
 def test_over_forgetting_fails_the_membership_gate(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):

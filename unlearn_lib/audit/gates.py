@@ -20,6 +20,7 @@ class AuditParams:
     extraction_k: int = 50
     mia_timesteps: list[int] = field(default_factory=lambda: [50, 100, 200])
     mia_noise_draws: int = 4
+    pia_timestep: int = 200  # PIA's t (Kong et al. 2024 attack DDPMs at t = 200 of 1000)
     reference_min: int = 16
     feature_extractor: str = "evaluator"  # evaluator | torchscript:<path>
     # Reports never show the forget images nor generated near-copies of them (reports are kept

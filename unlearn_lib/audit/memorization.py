@@ -103,6 +103,57 @@ def auc_null_std(n_members: int, n_nonmembers: int) -> float:
     return math.sqrt((n_members + n_nonmembers + 1) / (12.0 * n_members * n_nonmembers))
 
 
+def _membership(scores_m: torch.Tensor, scores_n: torch.Tensor, per_t: dict[int, float]) -> MembershipResult:
+    """ROC of scores where lower means member."""
+    y = np.r_[np.ones(len(scores_m)), np.zeros(len(scores_n))]
+    score = -np.r_[scores_m.numpy(), scores_n.numpy()]
+    fpr, tpr, _ = roc_curve(y, score)
+    low = max(0.01, 1.0 / len(scores_n))
+    return MembershipResult(
+        auc=float(roc_auc_score(y, score)),
+        tpr_at_low_fpr=float(tpr[fpr <= low + 1e-12].max()),
+        low_fpr=low,
+        per_timestep_auc=per_t,
+        member_errors=scores_m.tolist(),
+        nonmember_errors=scores_n.tolist(),
+        fpr=fpr.tolist(),
+        tpr=tpr.tolist(),
+        null_std=auc_null_std(len(scores_m), len(scores_n)),
+    )
+
+
+@torch.no_grad()
+def pia_attack(
+    model: DiffusionModel, members: TensorSet, nonmembers: TensorSet, timestep: int, batch_size: int = 256
+) -> MembershipResult:
+    """PIA (Kong et al., ICLR 2024): the proximal initialization attack.
+
+    The model's own noise estimate at t = 0, ``e0 = eps(x_0, 0)``, replaces the random noise:
+    ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e0``, and the score is the l4 distance between
+    ``eps(x_t, t)`` and ``e0`` (lower: member). Deterministic (no noise draws) and unlike the
+    loss attack, no unlearning method here optimizes or calibrates against it.
+    """
+    device = model.device
+    abar = model.scheduler.alphas_cumprod.to(device)[timestep]
+
+    def scores(ts: TensorSet) -> torch.Tensor:
+        out = []
+        for i in range(0, len(ts), batch_size):
+            x0 = to_model_space(ts.images[i : i + batch_size]).to(device)
+            y = ts.labels[i : i + batch_size].clamp(min=0).to(device) if model.conditional else None
+            zero = torch.zeros(x0.shape[0], dtype=torch.long, device=device)
+            e0 = model.unet(x0, zero, class_labels=y).sample.float()
+            x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * e0
+            e_t = model.unet(x_t, zero + timestep, class_labels=y).sample.float()
+            out.append(((e_t - e0).abs() ** 4).flatten(1).sum(1).pow(0.25).cpu())
+        return torch.cat(out)
+
+    sm, sn = scores(members), scores(nonmembers)
+    result = _membership(sm, sn, {})
+    result.per_timestep_auc = {timestep: result.auc}
+    return result
+
+
 def loss_attack(
     model: DiffusionModel, members: TensorSet, nonmembers: TensorSet, timesteps: list[int], noise_draws: int, seed: int
 ) -> MembershipResult:
@@ -119,17 +170,4 @@ def loss_attack(
     em, en = errors(members), errors(nonmembers)
     y = np.r_[np.ones(len(em)), np.zeros(len(en))]
     per_t = {t: float(roc_auc_score(y, -np.r_[em[:, j].numpy(), en[:, j].numpy()])) for j, t in enumerate(timesteps)}
-    score = -np.r_[em.mean(1).numpy(), en.mean(1).numpy()]
-    fpr, tpr, _ = roc_curve(y, score)
-    low = max(0.01, 1.0 / len(en))
-    return MembershipResult(
-        auc=float(roc_auc_score(y, score)),
-        tpr_at_low_fpr=float(tpr[fpr <= low + 1e-12].max()),
-        low_fpr=low,
-        per_timestep_auc=per_t,
-        member_errors=em.mean(1).tolist(),
-        nonmember_errors=en.mean(1).tolist(),
-        fpr=fpr.tolist(),
-        tpr=tpr.tolist(),
-        null_std=auc_null_std(len(em), len(en)),
-    )
+    return _membership(em.mean(1), en.mean(1), per_t)

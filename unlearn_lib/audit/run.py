@@ -35,6 +35,7 @@ from .memorization import (
     extraction_test,
     loss_attack,
     neighbourhood_distance,
+    pia_attack,
 )
 from .utility import (
     EvaluatorFeatures,
@@ -62,6 +63,7 @@ class ModelMeasurements:
     figures: dict[str, Any] = field(default_factory=dict)
     extraction: ExtractionResult | None = None
     membership: MembershipResult | None = None
+    pia: MembershipResult | None = None
     seconds: float = 0.0
 
 
@@ -172,6 +174,7 @@ def measure_model(
             m.membership = loss_attack(
                 model, forget_distinct, reference, params.mia_timesteps, params.mia_noise_draws, params.seed
             )
+            m.pia = pia_attack(model, forget_distinct, reference, params.pia_timestep)
     m.seconds = time.perf_counter() - t0
     return m
 
@@ -353,6 +356,32 @@ def _metrics(
                     seed=seed,
                 )
             )
+        if u.pia is not None and b.pia is not None:
+            # A second, stronger attack the method never sees: reported beside the gated one.
+            for name, value, base_v, retrain_v, what in (
+                ("pia_auc", u.pia.auc, b.pia.auc, r.pia.auc if r is not None and r.pia else None, "ROC AUC"),
+                (
+                    "pia_tpr_at_low_fpr",
+                    u.pia.tpr_at_low_fpr,
+                    b.pia.tpr_at_low_fpr,
+                    r.pia.tpr_at_low_fpr if r is not None and r.pia else None,
+                    f"TPR at FPR {u.pia.low_fpr:.3f}",
+                ),
+            ):
+                out.append(
+                    Metric(
+                        name=name,
+                        group="memorization",
+                        value=value,
+                        base=base_v,
+                        retrain=retrain_v,
+                        description=f"{what} of PIA (Kong et al. 2024: proximal initialization, l4 distance of "
+                        f"eps(x_t, t) to eps(x_0, 0) at t={params.pia_timestep}), forget vs. hold-out records",
+                        samples=len(u.pia.member_errors) + len(u.pia.nonmember_errors),
+                        seed=seed,  # PIA draws no noise; the audit's seed, as every metric records one
+                        details={"unlearned": u.pia.to_dict(), "base": b.pia.to_dict()} if name == "pia_auc" else {},
+                    )
+                )
     return out
 
 
