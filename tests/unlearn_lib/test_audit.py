@@ -211,6 +211,11 @@ def test_retrain_reference_is_reported_with_gaps(base_model_dir, digits_dir, eva
     m = {x.name: x for x in res.metrics}
     assert m["mia_auc"].retrain is not None
     assert m["mia_auc"].gap_to_retrain == pytest.approx(m["mia_auc"].value - m["mia_auc"].retrain)
+    # Gated on the gap as well: within the membership tolerance of the retrained model's AUC.
+    gap = m["mia_auc_gap_to_retrain"]
+    assert gap.value == pytest.approx(m["mia_auc"].gap_to_retrain)
+    assert gap.threshold == {"op": "within", "value": m["mia_auc"].threshold["value"], "center": 0.0}
+    assert gap.passed == (abs(gap.value) <= m["mia_auc"].threshold["value"])
     assert "retrain" in res.record["models"]
 
 

@@ -344,6 +344,19 @@ def _metrics(
                 details={"unlearned": u.membership.to_dict(), "base": b.membership.to_dict()},
             )
             out.append(gate(mia, "within", tol, center=0.5))
+            if r is not None and r.membership is not None:
+                # With a retrained reference the question is sharper than "like hold-out data":
+                # do the forget records look to the attack as they do to a model never trained on them?
+                gap = Metric(
+                    name="mia_auc_gap_to_retrain",
+                    group="memorization",
+                    value=u.membership.auc - r.membership.auc,
+                    description="membership AUC of the unlearned model minus the retrained model's, same "
+                    "records, noise and timesteps (0: indistinguishable from retraining)",
+                    samples=len(u.membership.member_errors) + len(u.membership.nonmember_errors),
+                    seed=seed,
+                )
+                out.append(gate(gap, "within", tol, center=0.0))
             out.append(
                 Metric(
                     name="mia_tpr_at_low_fpr",

@@ -398,7 +398,12 @@ def unlearn_step(
 
                     # Each deleted record's influence, conditioned on its own caption (minutes: no
                     # checkpoints, a retried attempt starts over).
-                    result, record = erase_t2i(
+                    method, kept = erase_t2i, contextlib.nullcontext(None)
+                else:
+                    # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
+                    method, kept = erase, files.checkpoints()
+                with kept as checkpoint_dir:
+                    result, record = method(
                         base_dir,
                         ds.root,
                         ctx.batch.targets,
@@ -407,21 +412,8 @@ def unlearn_step(
                         overrides=options,
                         overwrite=True,
                         progress=False,
+                        **({"checkpoint_dir": checkpoint_dir} if checkpoint_dir is not None else {}),
                     )
-                else:
-                    # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
-                    with files.checkpoints() as checkpoint_dir:
-                        result, record = erase(
-                            base_dir,
-                            ds.root,
-                            ctx.batch.targets,
-                            algorithm,
-                            model_dir,
-                            overrides=options,
-                            overwrite=True,
-                            progress=False,
-                            checkpoint_dir=checkpoint_dir,
-                        )
                 mlflow.log_metrics({"unlearning_steps": result.steps, "unlearning_seconds": result.seconds})
                 for key in ("loss_r", "loss_f", "lam"):
                     values = result.history.get(key, [])

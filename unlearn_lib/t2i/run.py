@@ -18,7 +18,7 @@ from ..data.tensors import TensorSet, to_model_space, to_uint8
 from ..errors import ConfigError, ModelError, UnlearnError
 from ..measures.distances import flat01, neighbourhood_distance
 from ..models import accel
-from ..utils import atomic_output_dir, sha256_file, write_json
+from ..utils import atomic_output_dir, write_json
 from ..viz import grid_image, save_loss_curve
 from .erase import RECORDS_NEEDED, T2IResult, T2ITask, make_t2i_unlearner
 from .model import TextToImageModel
@@ -28,10 +28,11 @@ UNLEARNING_JSON = "unlearning.json"
 
 def t2i_digest(model_dir: str | os.PathLike[str]) -> str:
     """Identity of a text-to-image model: its UNet weights (the only part unlearning moves)."""
-    weights = Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors"
-    if not weights.is_file():
+    from ..models.digest import model_digest
+
+    if not (Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors").is_file():
         raise ModelError(f"{model_dir}: unet/diffusion_pytorch_model.safetensors is missing")
-    return sha256_file(weights)
+    return model_digest(model_dir)
 
 
 def near_records(images: torch.Tensor, task: T2ITask, k: int = 5) -> list[bool] | None:
