@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     # Model versions trained on data a deletion erased are retired this many days after it (0: at once).
     retention_grace_days: float = Field(30.0, ge=0, allow_inf_nan=False)
+    # The audit's hard limits (unlearn_lib.audit.gates.HARD_LIMITS) hold against any run's
+    # --audit-set. Operators only (settings file or environment, never a request): false lets a
+    # deployment's runs go beyond them, e.g. a test stack's deliberately cheap runs; every
+    # version audited that way is tagged unlearn.audit_hard_limits=off.
+    audit_hard_limits: bool = True
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(type(self).model_fields))

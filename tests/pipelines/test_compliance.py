@@ -252,6 +252,7 @@ def test_failed_audit_registers_a_candidate_and_nothing_is_served(weak_pipeline_
     assert tags["unlearn.audit_verdict"] == "fail"
     # The run's lighter audit is on the version, for whoever reads its card.
     assert tags["unlearn.audit_relaxed"] == "extraction_samples=200 (default 500); samples_per_class=10 (default 100)"
+    assert tags["unlearn.audit_hard_limits"] == "on"  # the default: no run's options go past them
     # The purged revision was prepared on the run's ref and never served; the ref is gone too.
     ws = weak_pipeline_run["ws"]
     assert ws.head() == ws.served() == weak_pipeline_run["rev_before"]

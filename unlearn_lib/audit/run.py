@@ -411,6 +411,7 @@ def run_audit(
     progress: bool = False,
     strict: bool = True,
     device: str = "auto",
+    hard_limits: bool = True,
 ) -> AuditResult:
     """Audit ``model_dir`` (unlearned from ``base_dir``) for ``targets``; write audit.json and the report."""
     from .report import ForgetGuard, neighbourhood_chunked, write_report
@@ -484,7 +485,7 @@ def run_audit(
         for role, (path, mdl) in models.items()
     }
     metrics = _metrics(meas, selection, params, conditional)
-    floor = hard_limit_metric(params)
+    floor = hard_limit_metric(params) if hard_limits else None
     if floor is not None:
         metrics.append(floor)
     passed = verdict(metrics)
@@ -511,6 +512,7 @@ def run_audit(
         "params": params.to_dict(),
         # Every setting looser than the defaults, kept with the verdict it produced.
         "relaxed": relaxations(params),
+        "hard_limits": hard_limits,
         "metrics": {m.name: m.to_dict() for m in metrics},
         "gates": [
             {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}

@@ -531,6 +531,7 @@ def audit_step(
                     evaluator_dir=_evaluator(ctx, judge_ds),
                     overwrite=True,
                     progress=False,
+                    hard_limits=ctx.settings.audit_hard_limits,
                 )
                 record = result.record
                 metrics = {f"audit.{m.name}": m.value for m in result.metrics if m.value is not None}
@@ -539,6 +540,7 @@ def audit_step(
             mlflow.log_metrics(metrics | {"audit.passed": float(passed)})
             mlflow.set_tag("unlearn.audit_verdict", record["verdict"])
             mlflow.set_tag("unlearn.audit_relaxed", relaxed_summary(record.get("relaxed") or {}))
+            mlflow.set_tag("unlearn.audit_hard_limits", "on" if record.get("hard_limits", True) else "off")
             mlflow.log_artifacts(audit_dir, artifact_path="audit")
         ctx.store.finish_step(
             run.run_id, "audit", {"verdict": record["verdict"], "metrics": metrics, "model_sha256": digest}
@@ -623,6 +625,7 @@ def register_step(
                     "audit_verdict": audit["verdict"],
                     # Every audit setting looser than the defaults that judged this version.
                     "audit_relaxed": relaxed_summary(audit.get("relaxed") or {}),
+                    "audit_hard_limits": "on" if audit.get("hard_limits", True) else "off",
                     "pipeline_run_id": ctx.lineage_run_id,
                     "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
                 }

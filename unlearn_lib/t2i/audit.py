@@ -161,6 +161,7 @@ def audit_t2i(
     overwrite: bool = False,
     progress: bool = True,
     context: dict | None = None,
+    hard_limits: bool = True,
 ) -> T2IAuditResult:
     """Judge ``model`` (unlearned from ``base``) and write ``audit.json`` and pictures at ``out``.
 
@@ -273,7 +274,7 @@ def audit_t2i(
         extraction,
         attack,
     )
-    floor = hard_limit_metric(p)
+    floor = hard_limit_metric(p) if hard_limits else None
     if floor is not None:
         metrics.append(floor)
     passed = verdict(metrics)
@@ -291,6 +292,7 @@ def audit_t2i(
         **(context or {}),
         "params": asdict(p),
         "relaxed": relaxations(p),
+        "hard_limits": hard_limits,
         "metrics": {m.name: m.to_dict() for m in metrics},
         "gates": gates,
         "forget_labels": forget_labels,
@@ -516,6 +518,7 @@ def audit_request(
     strict: bool = True,
     device: str = "auto",
     judge: str | None = None,
+    hard_limits: bool = True,
 ) -> T2IAuditResult:
     """Audit an erasure as it was asked for: the deleted records (``targets``) and/or the erased
     prompts. The classes judged as erased are those whose class prompt was itself erased (by a
@@ -589,4 +592,5 @@ def audit_request(
         overwrite=overwrite,
         progress=progress,
         context=context,
+        hard_limits=hard_limits,
     )
