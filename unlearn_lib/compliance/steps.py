@@ -809,7 +809,7 @@ def check_run_options(algorithm: str, options: Mapping[str, Any], audit_params: 
     """
     from ..audit import AuditParams
     from ..t2i.audit import T2IAuditParams
-    from ..t2i.erase import make_t2i_unlearner
+    from ..t2i.run import t2i_unlearner
     from ..unlearning import make_unlearner
     from ..unlearning.base import build_config
 
@@ -818,7 +818,7 @@ def check_run_options(algorithm: str, options: Mapping[str, Any], audit_params: 
         build_config(AuditParams, dict(audit_params), where="the audit").validate()
 
     def text_to_image() -> None:
-        make_t2i_unlearner(algorithm, {k: v for k, v in options.items() if k != "generate_per_prompt"})
+        t2i_unlearner(algorithm, dict(options))
         build_config(T2IAuditParams, dict(audit_params), where="the text-to-image audit").validate()
 
     try:

@@ -20,7 +20,7 @@ from ..measures.distances import flat01, neighbourhood_distance
 from ..models import accel
 from ..utils import atomic_output_dir, write_json
 from ..viz import grid_image, save_loss_curve
-from .erase import RECORDS_NEEDED, T2IResult, T2ITask, make_t2i_unlearner
+from .erase import RECORDS_NEEDED, T2IResult, T2ITask, T2IUnlearner, make_t2i_unlearner
 from .model import TextToImageModel
 
 UNLEARNING_JSON = "unlearning.json"
@@ -187,6 +187,18 @@ def build_task(
     return task, summary
 
 
+def t2i_unlearner(algorithm: str, overrides: dict[str, Any] | None) -> tuple[T2IUnlearner, int]:
+    """The configured unlearner, and how many images per prompt a prompt-only request generates
+    (``generate_per_prompt``: an option of the request, not of the algorithm)."""
+    options = dict(overrides or {})
+    value = options.pop("generate_per_prompt", 64)
+    try:
+        per_prompt = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"generate_per_prompt must be an integer, got {value!r}") from None
+    return make_t2i_unlearner(algorithm, options), per_prompt
+
+
 def erase_t2i(
     model_dir: str | os.PathLike[str],
     dataset_dir: str | os.PathLike[str] | None,
@@ -211,9 +223,7 @@ def erase_t2i(
     out = Path(out)
     if out.exists() and not overwrite:
         raise UnlearnError(f"output folder {out} already exists (pass --overwrite to replace it)")
-    overrides = dict(overrides or {})
-    per_prompt = int(overrides.pop("generate_per_prompt", 64))
-    unlearner = make_t2i_unlearner(algorithm, overrides)
+    unlearner, per_prompt = t2i_unlearner(algorithm, overrides)
     # Refused before the model loads: a wrong request costs nothing.
     check_request(targets, forget_prompts, dataset_dir is not None)
     if unlearner.needs_records and (forget_prompts or dataset_dir is None or targets is None or targets.is_empty()):
