@@ -523,4 +523,4 @@ def test_two_run_pending_at_once_on_postgresql_process_each_request_once(workspa
     assert [r.state for r in runs] == ["succeeded"]
     assert [sorted(e["request_ids"]) for e in ws.ledger()] == [["REQ-A", "REQ-B"]]
     # The other process found the model's lease taken, or the requests already claimed.
-    assert sum(("is held by run" in out) or ("no pending deletion requests" in out) for out in outputs) == 1
+    assert sum(("is held by run" in out) or ("no pending deletion requests" in out) for out in outputs) == 1, outputs

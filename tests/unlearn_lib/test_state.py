@@ -460,6 +460,8 @@ def test_four_processes_race_for_one_lease_and_one_wins(store, state_url, lease)
     winners = [i for i, r in enumerate(results) if r["ok"]]
     assert len(winners) == 1, results
     assert all(r["type"] == "LeaseBusy" for r in results if not r["ok"]), results
+    # Each loser is told who won, also when both wrote at once (the INSERT's or UPDATE's conflict).
+    assert all(f"{LEASE} is held by run run-{winners[0]} (pid " in r["error"] for r in results if not r["ok"]), results
     assert store.lease(LEASE).run_id == f"run-{winners[0]}"
     taken = [e for e in store.events() if e["kind"] == "lease.taken_over"]
     assert [e["run_id"] for e in taken] == ([f"run-{winners[0]}"] if lease == "expired" else [])

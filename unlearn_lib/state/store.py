@@ -588,22 +588,19 @@ class StateStore:
                             )
                         )
                 except IntegrityError:
-                    raise LeaseBusy(f"{name} was taken by another run just now") from None
+                    raise LeaseBusy(_taken_just_now(conn, name)) from None
                 self.event(conn, "lease.acquired", run_id=run_id, lease=name)
                 return LeaseRow(name, run_id, holder, now, expires)
             cur = LeaseRow.of(row)
             if cur.run_id != run_id and cur.expires_at > now and not holder_is_dead(cur.holder):
-                raise LeaseBusy(
-                    f"{name} is held by run {cur.run_id} ({cur.holder.split(':')[0]} "
-                    f"{':'.join(cur.holder.split(':')[1:3])}) until {cur.expires_at:%Y-%m-%d %H:%M:%S} UTC"
-                )
+                raise LeaseBusy(_held_by(name, cur))
             res = conn.execute(
                 update(t.leases)
                 .where(and_(t.leases.c.name == name, t.leases.c.run_id == cur.run_id, t.leases.c.holder == cur.holder))
                 .values(run_id=run_id, holder=holder, acquired_at=now, expires_at=expires)
             )
             if res.rowcount != 1:
-                raise LeaseBusy(f"{name} was taken by another run just now")
+                raise LeaseBusy(_taken_just_now(conn, name))
             if cur.run_id != run_id:
                 self.event(conn, "lease.taken_over", run_id=run_id, lease=name, previous=cur.run_id)
         return LeaseRow(name, run_id, holder, now, expires)
@@ -629,6 +626,19 @@ class StateStore:
 
 
 _EVENT_KEYS = ("last_error", "version", "reason", "retryable", "attempts")
+
+
+def _held_by(name: str, cur: LeaseRow) -> str:
+    kind, _, rest = cur.holder.partition(":")
+    where = ":".join(rest.split(":")[:2])
+    return f"{name} is held by run {cur.run_id} ({kind} {where}) until {cur.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _taken_just_now(conn: Any, name: str) -> str:
+    # Another process wrote the lease between our read and our write: name the run that has it,
+    # as when it was already held (the caller tells its user who is on the model).
+    row = conn.execute(select(t.leases).where(t.leases.c.name == name)).first()
+    return _held_by(name, LeaseRow.of(row)) if row else f"{name} was taken by another run just now"
 
 
 def model_lease(model: str) -> str:
