@@ -23,3 +23,11 @@ class ModelError(UnlearnError):
 
 class ConfigError(UnlearnError):
     """A hyper-parameter or option is invalid."""
+
+
+class StopNotLanded(ConfigError):
+    """The calibrated stop could not land within the step budget with these options.
+
+    Deterministic for a given model, data and options: a retry reaches the same verdict, so the
+    compliance pipeline fails the run permanently (it is a ``ConfigError``).
+    """

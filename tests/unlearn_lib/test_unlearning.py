@@ -33,6 +33,7 @@ from unlearn_lib.unlearning.sa import diagonal_fisher
 from unlearn_lib.unlearning.salun import pseudo_mapping, saliency_mask
 
 FORGET = 3
+CANARY = ForgetTargets.build(subject_ids=["subject-canary"])
 PER_CLASS = 50  # samples per class for the evaluator's verdicts
 SEED = 1
 
@@ -141,6 +142,62 @@ def test_calibrated_stop_requires_reference(canary_task):
     )
     with pytest.raises(ConfigError, match="needs hold-out reference"):
         make_unlearner("erasediff", {"stop": "calibrated"}).run(no_ref, progress=False)
+
+
+def test_a_stop_that_cannot_land_fails_early_naming_why_and_writes_nothing(
+    base_model_dir, digits_dir, canary_task, tmp_path
+):
+    from unlearn_lib.errors import StopNotLanded
+    from unlearn_lib.unlearning import erase
+
+    out = tmp_path / "erased"
+    # Steps far too small to move the canaries: at half the budget the pace says it cannot land.
+    opts = {"lr": 1e-9, "steps": 20, "must_land": True, "stop_extraction_samples": 0}
+    with pytest.raises(StopNotLanded) as err:
+        erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
+    msg = str(err.value)
+    assert "cannot land within 20 steps: after 10 steps" in msg and "Raise lr (now 1e-09)" in msg, msg
+    assert "\n" not in msg
+    assert not out.exists() and not (tmp_path / "erased.checkpoints").exists()
+    # A budget the user set is theirs: without must_land the run ends there and says it did not stop.
+    opts = {"lr": 1e-9, "steps": 4, "stop_extraction_samples": 0}
+    result = make_unlearner("erasediff", opts).run(canary_task, progress=False)
+    assert result.steps == 4 and result.stop is None
+
+
+def test_a_run_resumed_at_the_crossing_still_lands_between_the_last_two_iterates(
+    base_model_dir, digits_dir, canary_model_dir, tmp_path
+):
+    from unlearn_lib.unlearning import erase
+    from unlearn_lib.unlearning import loop as loop_mod
+
+    straight = json.loads((canary_model_dir / "unlearning.json").read_text())["stop"]
+    crossed = straight["crossed_at"]
+    assert 0 < straight["interpolation"] < 1  # it did bisect
+    original = loop_mod.UnlearningLoop.maybe_checkpoint
+
+    def die_at_the_crossing(self, done, optimizers, extra=None):
+        original(self, done, optimizers, extra)
+        if done == crossed:  # the checkpoint is written, the stop has not looked yet
+            raise KeyboardInterrupt
+
+    out = tmp_path / "erased"
+    loop_mod.UnlearningLoop.maybe_checkpoint = die_at_the_crossing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            erase(base_model_dir, digits_dir, CANARY, "erasediff", out, {"checkpoint_every": 1}, progress=False)
+    finally:
+        loop_mod.UnlearningLoop.maybe_checkpoint = original
+    erase(base_model_dir, digits_dir, CANARY, "erasediff", out, {"checkpoint_every": 1}, progress=False)
+    record = json.loads((out / "unlearning.json").read_text())
+    assert record["resumed_from"] == crossed
+    resumed = record["stop"]
+    assert resumed["crossed_at"] == crossed
+    assert resumed["interpolation"] == pytest.approx(straight["interpolation"])
+    assert resumed["ratio_at_stop"] >= 1 + EraseDiffConfig().calibrate_margin
+    a, b = DiffusionModel.load(canary_model_dir).unet.state_dict(), DiffusionModel.load(out).unet.state_dict()
+    for k, v in a.items():
+        assert torch.allclose(v, b[k], atol=1e-5), k
 
 
 def test_bome_lambda_adapts(class_task):

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.tensors import to_model_space
-from ..errors import ConfigError
+from ..errors import ConfigError, StopNotLanded
 from ..models.objectives import drop_labels
 from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
 from .calibration import CalibratedStop, ExtractionCheck
@@ -167,6 +167,9 @@ class EraseDiffConfig(CommonConfig):
     stop_extraction_samples: int = 256
     stop_extraction_min_ratio: float = 1.15
     stop_extraction_every: int = 5
+    # Must the stop land (else the run fails, naming why)? None: yes when the step budget is the
+    # scope's default, no when the user set steps (then the run ends at their budget).
+    must_land: bool | None = None
     # Classes erased by earlier deletions in the model's lineage stay under the forgetting
     # constraint (L_f gains a term sending them where they were sent), not only out of the retain set.
     keep_forgotten: bool = True
@@ -351,10 +354,19 @@ class EraseDiff(Unlearner):
         extractor = self._extractor(cfg, task) if stopper is not None else None
         resumed = loop.resume(optimizers)
 
+        # The last iterate still under the stop's level: bisection lands between it and the first
+        # one over. Checkpointed, so that a run resumed just after the crossing can still bisect.
         prev: list[torch.Tensor] | None = None
+        if resumed.get("prev") is not None:
+            prev = [t.to(loop.device) for t in resumed["prev"]]
         # Once the forget error has crossed the hold-out level, ``crossing`` holds that measurement
         # and the remaining condition is that no forget record can be regenerated.
         crossing: dict | None = resumed.get("crossing")
+        level = 1 + cfg.calibrate_margin
+        # With the step budget left to the scope, the stop decides when the run ends, and a run
+        # whose stop cannot land fails (naming why) instead of handing the audit a model that
+        # trained on for the whole budget.
+        must_land = self.config.steps is None if cfg.must_land is None else cfg.must_land  # type: ignore[attr-defined]
         # L_f* of the current round; a run resumed inside a round continues with the round's value.
         lf_star: torch.Tensor | None = None
         if resumed.get("lf_star") is not None:
@@ -371,18 +383,40 @@ class EraseDiff(Unlearner):
                 loop.log(
                     calib_step=step, calib_forget_error=m["forget_error"], calib_reference_error=m["reference_error"]
                 )
-                if m["forget_error"] < (1 + cfg.calibrate_margin) * m["reference_error"]:
+                if m["forget_error"] < level * m["reference_error"]:
                     prev = [p.detach().clone() for p in loop.params]
+                    if must_land:
+                        self._check_landing(cfg, loop, step, level)  # raises when it cannot land
                     return None
                 alpha = 1.0
                 if prev is not None:
-                    alpha, m = stopper.bisect(
-                        loop.model.unet, loop.params, prev, cfg.calibrate_bisect, 1 + cfg.calibrate_margin
-                    )
+                    alpha, m = stopper.bisect(loop.model.unet, loop.params, prev, cfg.calibrate_bisect, level)
                 crossing = {"crossed_at": step, "interpolation": alpha, **m}
+                now = m
             elif (step - crossing["crossed_at"]) % cfg.stop_extraction_every:
                 return None
-            result = {"reason": "calibrated", "step": step, **crossing, **stopper.describe()}
+            else:
+                # Training went on after the crossing (the records were still extractable), and the
+                # retain loss can pull the forget error back under the level: both conditions must
+                # hold at the step the run stops, so the crossing is measured again.
+                now = stopper.measure(loop.model.unet)
+                loop.log(
+                    calib_step=step,
+                    calib_forget_error=now["forget_error"],
+                    calib_reference_error=now["reference_error"],
+                )
+                if now["forget_error"] < level * now["reference_error"]:
+                    loop.log(crossing_lost_at=step)
+                    crossing, prev = None, [p.detach().clone() for p in loop.params]
+                    return None
+            result = {
+                "reason": "calibrated",
+                "step": step,
+                **crossing,
+                "ratio_at_stop": now["ratio"],
+                "crossings_lost": len(loop.history.get("crossing_lost_at", [])),
+                **stopper.describe(),
+            }
             if extractor is None:
                 return result
             e = extractor.measure(loop.model)
@@ -426,9 +460,12 @@ class EraseDiff(Unlearner):
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(L_r=f"{loss_r.item():.4f}", L_f=f"{loss_f.item():.4f}", lam=f"{lam.item():.3f}")
-            loop.maybe_checkpoint(step, optimizers, {"crossing": crossing, "lf_star": lf_star})
+            loop.maybe_checkpoint(step, optimizers, {"crossing": crossing, "lf_star": lf_star, "prev": prev})
             stop = stop_check(step)
         bar.close()
+        if stopper is not None and stop is None and must_land:
+            loop.discard_checkpoints()
+            raise StopNotLanded(self._not_landed(cfg, loop, level))
         result = loop.finish(step, stop)
         result.config["resolved_target"] = target_fn.describe()
         if kept is not None:
@@ -495,6 +532,58 @@ class EraseDiff(Unlearner):
                 p.copy_(s)
         inner_opt.zero_grad(set_to_none=True)
         return total / n
+
+    @staticmethod
+    def _check_landing(cfg: EraseDiffConfig, loop: UnlearningLoop, step: int, level: float) -> None:
+        """Fail now when, at its recent pace, the forget error cannot reach the level in the budget.
+
+        Checked from half the budget on, over the last fifth of it: the forget error usually
+        climbs faster as the memorized records give way, so the recent pace is the optimistic
+        one, and the run fails only when even twice the steps left would not be enough.
+        """
+        if step < cfg.steps // 2:
+            return
+        h = loop.history
+        steps = [int(v) for v in h["calib_step"]]
+        ratios = [
+            float(f) / max(float(r), 1e-12)
+            for f, r in zip(h["calib_forget_error"], h["calib_reference_error"], strict=True)
+        ]
+        window = max(5, cfg.steps // 5)
+        first = next(i for i, s in enumerate(steps) if s >= step - window)
+        if steps[-1] - steps[first] < window // 2:
+            return
+        pace = (ratios[-1] - ratios[first]) / (steps[-1] - steps[first])
+        needed = level - ratios[-1]
+        if pace > 0 and needed / pace <= 2 * (cfg.steps - step):
+            return
+        loop.discard_checkpoints()  # a rerun would only reach the same verdict
+        raise StopNotLanded(
+            f"the calibrated stop cannot land within {cfg.steps} steps: after {step} steps the forget records' "
+            f"denoising error is {ratios[-1]:.2f}x the hold-out's (the stop needs {level:.2f}x) and rose "
+            f"{pace * 100:+.3f} per 100 steps over the last {steps[-1] - steps[first]}; nothing was written. "
+            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+        )
+
+    @staticmethod
+    def _not_landed(cfg: EraseDiffConfig, loop: UnlearningLoop, level: float) -> str:
+        h = loop.history
+        ratio = float(h["calib_forget_error"][-1]) / max(float(h["calib_reference_error"][-1]), 1e-12)
+        if ratio < level:
+            why = (
+                f"the forget records' denoising error reached {ratio:.2f}x the hold-out's (the stop needs {level:.2f}x)"
+            )
+        else:
+            worst = float(h["min_extraction_ratio"][-1]) if h.get("min_extraction_ratio") else float("nan")
+            why = (
+                f"the forget records' denoising error is past the level ({ratio:.2f}x) but a record can still be "
+                f"regenerated (nearest generated sample at {worst:.2f} of the extraction threshold, "
+                f"{cfg.stop_extraction_min_ratio:g} needed)"
+            )
+        return (
+            f"the calibrated stop did not land within {cfg.steps} steps: {why}; nothing was written. "
+            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+        )
 
     @staticmethod
     def _extractor(cfg: EraseDiffConfig, task: UnlearningTask) -> ExtractionCheck | None:

@@ -103,6 +103,7 @@ class UnlearningLoop:
     def adam(self, lr: float) -> torch.optim.Adam:
         """Adam over the trainable parameters; fused (one kernel for all tensors) on CUDA."""
         return torch.optim.Adam(self.params, lr=lr, fused=self.device.type == "cuda")
+
     def _draw(self, n: int, size: int) -> torch.Tensor:
         return torch.randint(0, n, (size,), generator=self.gen, device=self.device)
 
@@ -263,6 +264,10 @@ class UnlearningLoop:
             dynamic_ncols=True,
         )
 
+    def discard_checkpoints(self) -> None:
+        if self.ckpt is not None and self.is_main:
+            self.ckpt.clear()
+
     def finish(self, steps_done: int, stop: dict | None = None) -> UnlearningResult:
         if self.ema is not None:
             self.ema.copy_to(self.params)
@@ -270,8 +275,7 @@ class UnlearningLoop:
             p.requires_grad_(True)
         self.model.unet.eval()
         self.model.to("cpu")
-        if self.ckpt is not None and self.is_main:
-            self.ckpt.clear()
+        self.discard_checkpoints()
         return UnlearningResult(
             model=self.model,
             algorithm=self.name,
