@@ -181,3 +181,27 @@ def test_saved_training_metadata(base_model_dir):
     assert meta["training"]["config"]["steps"] == 2000
     assert meta["num_classes"] == 10 and meta["preset"] == "digits"
     assert (base_model_dir / "loss_curve.png").is_file()
+
+
+@pytest.mark.parametrize("batch_size", [512, 7])
+def test_per_sample_denoising_error_is_the_mean_over_its_noise_draws(base_model, digits, batch_size):
+    from unlearn_lib.data import to_model_space
+    from unlearn_lib.models import ForwardProcess, per_sample_denoising_error
+    from unlearn_lib.models.objectives import predict_eps
+
+    data = TensorSet.from_records(digits, digits.train[:5])
+    x0, y = to_model_space(data.images), data.labels.clamp(min=0)
+    fp = ForwardProcess(base_model.scheduler, torch.device("cpu"))
+    timesteps, draws, seed = [10, 200, 600], 3, 11
+    got = per_sample_denoising_error(base_model.unet, fp, x0, y, timesteps, draws, seed, batch_size=batch_size)
+    # The definition, one (draw, timestep) at a time on the same noise.
+    eps = torch.randn((draws, len(timesteps), *x0.shape), generator=torch.Generator().manual_seed(seed))
+    want = torch.zeros(5, len(timesteps))
+    with torch.no_grad():
+        for d in range(draws):
+            for j, tv in enumerate(timesteps):
+                t = torch.full((5,), tv, dtype=torch.long)
+                pred = predict_eps(base_model.unet, fp.add_noise(x0, eps[d, j], t), t, y)
+                want[:, j] += (pred - eps[d, j]).pow(2).flatten(1).mean(1) / draws
+    assert got.shape == (5, 3)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -65,14 +65,17 @@ def per_sample_denoising_error(
     device = x0.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     eps_all = torch.randn((noise_draws, len(timesteps), *x0.shape), generator=gen).to(device)
-    out = torch.zeros(n, len(timesteps), device=device)
-    for d in range(noise_draws):
-        for j, t_val in enumerate(timesteps):
-            for start in range(0, n, batch_size):
-                sl = slice(start, start + batch_size)
-                xb = x0[sl]
-                t = torch.full((xb.shape[0],), t_val, device=device, dtype=torch.long)
-                eps = eps_all[d, j, sl]
-                pred = predict_eps(unet, fp.add_noise(xb, eps, t), t, None if labels is None else labels[sl])
-                out[sl, j] += (pred - eps).pow(2).flatten(1).mean(1)
-    return (out / noise_draws).cpu()
+    # Every (draw, timestep, image) triple in one flat batch: on small images a forward pass costs
+    # about the same for 3 images as for 400, and the calibrated stop measures after every step.
+    reps = noise_draws * len(timesteps)
+    eps = eps_all.reshape(reps * n, *x0.shape[1:])
+    t_all = torch.tensor(timesteps, device=device, dtype=torch.long).repeat_interleave(n).repeat(noise_draws)
+    y_all = None if labels is None else labels.repeat(reps)
+    total = reps * n
+    err = torch.empty(total, device=device)
+    for start in range(0, total, batch_size):
+        rows = torch.arange(start, min(start + batch_size, total), device=device)
+        xb, t, e = x0[rows % n], t_all[rows], eps[rows]
+        pred = predict_eps(unet, fp.add_noise(xb, e, t), t, None if y_all is None else y_all[rows])
+        err[rows] = (pred - e).pow(2).flatten(1).mean(1)
+    return err.reshape(noise_draws, len(timesteps), n).mean(0).T.contiguous().cpu()
