@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import time
 from pathlib import Path
 
 import torch
+from bench_digits import machine  # benchmarks/ is the script's folder: on sys.path
 from tqdm import tqdm
 
 from unlearn_lib.audit import AuditParams, run_audit, train_evaluator
@@ -36,12 +36,6 @@ from unlearn_lib.unlearning import erase
 # 3-10 marked images, 10-40 copies, several digits and dataset seeds (issue 11, part 3).
 DEFAULT_CONFIGS = ["3x40@7s0", "10x10@3s1", "6x20@1s2", "5x40@9s3", "10x40@0s4", "3x10@5s5", "8x25@2s6"]
 MAX_COST = 0.3  # of a retrain
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
 
 
 def parse_config(text: str) -> DigitsConfig:

@@ -372,6 +372,12 @@ class EraseDiff(Unlearner):
         if resumed.get("lf_star") is not None:
             lf_star = torch.as_tensor(resumed["lf_star"], device=loop.device)
 
+        def measured(step: int) -> dict:
+            assert stopper is not None
+            m = stopper.measure(loop.model.unet)
+            loop.log(calib_step=step, calib_forget_error=m["forget_error"], calib_reference_error=m["reference_error"])
+            return m
+
         def stop_check(step: int) -> dict | None:
             nonlocal prev, crossing
             if stopper is None:
@@ -379,10 +385,7 @@ class EraseDiff(Unlearner):
             if crossing is None:
                 if step % cfg.calibrate_every:
                     return None
-                m = stopper.measure(loop.model.unet)
-                loop.log(
-                    calib_step=step, calib_forget_error=m["forget_error"], calib_reference_error=m["reference_error"]
-                )
+                m = measured(step)
                 if m["forget_error"] < level * m["reference_error"]:
                     prev = [p.detach().clone() for p in loop.params]
                     if must_land:
@@ -399,12 +402,7 @@ class EraseDiff(Unlearner):
                 # Training went on after the crossing (the records were still extractable), and the
                 # retain loss can pull the forget error back under the level: both conditions must
                 # hold at the step the run stops, so the crossing is measured again.
-                now = stopper.measure(loop.model.unet)
-                loop.log(
-                    calib_step=step,
-                    calib_forget_error=now["forget_error"],
-                    calib_reference_error=now["reference_error"],
-                )
+                now = measured(step)
                 if now["forget_error"] < level * now["reference_error"]:
                     loop.log(crossing_lost_at=step)
                     crossing, prev = None, [p.detach().clone() for p in loop.params]
@@ -543,12 +541,7 @@ class EraseDiff(Unlearner):
         """
         if step < cfg.steps // 2:
             return
-        h = loop.history
-        steps = [int(v) for v in h["calib_step"]]
-        ratios = [
-            float(f) / max(float(r), 1e-12)
-            for f, r in zip(h["calib_forget_error"], h["calib_reference_error"], strict=True)
-        ]
+        steps, ratios = _calibration_ratios(loop.history)
         window = max(5, cfg.steps // 5)
         first = next(i for i, s in enumerate(steps) if s >= step - window)
         if steps[-1] - steps[first] < window // 2:
@@ -568,7 +561,7 @@ class EraseDiff(Unlearner):
     @staticmethod
     def _not_landed(cfg: EraseDiffConfig, loop: UnlearningLoop, level: float) -> str:
         h = loop.history
-        ratio = float(h["calib_forget_error"][-1]) / max(float(h["calib_reference_error"][-1]), 1e-12)
+        ratio = _calibration_ratios(h)[1][-1]
         if ratio < level:
             why = (
                 f"the forget records' denoising error reached {ratio:.2f}x the hold-out's (the stop needs {level:.2f}x)"
@@ -619,3 +612,10 @@ class EraseDiff(Unlearner):
             cfg.seed,
             task.base.conditional,
         )
+
+
+def _calibration_ratios(history: dict) -> tuple[list[int], list[float]]:
+    """The steps at which the stop measured, and the forget / hold-out error ratio at each."""
+    forget, reference = history["calib_forget_error"], history["calib_reference_error"]
+    ratios = [float(f) / max(float(r), 1e-12) for f, r in zip(forget, reference, strict=True)]
+    return [int(v) for v in history["calib_step"]], ratios
