@@ -22,8 +22,11 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +225,24 @@ def holder_is_dead(holder: str) -> bool:
 
 # ---- the store -----------------------------------------------------------------------------------
 
+def _set_wal(cur: Any, patience: float = 60.0) -> None:
+    """Switch a SQLite connection to WAL, waiting out other processes doing the same.
+
+    Two processes opening a fresh database at once both hold a shared lock while they ask for the
+    exclusive one the switch needs; SQLite sees the deadlock and answers "database is locked" at
+    once, without calling the busy handler, so the wait has to be ours.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.04)
+
+
 _ENGINES: dict[str, Engine] = {}
 _MIGRATED: set[str] = set()
 _LOCK = threading.Lock()
@@ -243,8 +264,8 @@ def _engine(url: str) -> Engine:
                 # transaction: a writer takes the lock up front instead of failing on upgrade.
                 dbapi_conn.isolation_level = None
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=60000")
+                _set_wal(cur)
                 cur.close()
 
             @event.listens_for(engine, "begin")
