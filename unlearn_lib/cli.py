@@ -310,6 +310,7 @@ def _erase_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         strict=not args.allow_unknown,
+        checkpoint_dir=args.checkpoint_dir,
     )
     sel = record["selection"]
     what = (

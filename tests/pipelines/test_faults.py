@@ -160,9 +160,10 @@ def assert_fulfilled_exactly_once(ctx: dict, run_id: str | None = None) -> None:
     (mv,) = _versions_with(settings, "REQ-FAULT")
     assert _production(settings) == str(mv.version) == row.version
     # The served dataset (revision, working tree, ledger) no longer holds the records, once.
+    erased = ctx.get("erased", lambda r: r.subject_id == "subject-canary")
     served = ws.dataset(ws.served())
-    assert not any(r.subject_id == "subject-canary" for r in served.records)
-    assert not any(r.subject_id == "subject-canary" for r in load_dataset(ws.root / "data" / "digits").records)
+    assert not any(erased(r) for r in served.records)
+    assert not any(erased(r) for r in load_dataset(ws.root / "data" / "digits").records)
     assert [e["request_ids"] for e in ws.ledger()] == [["REQ-FAULT"]]
     assert ws.git("status", "--porcelain").strip() == ""
     # No half-written leftovers, no prepared state of the run, the lease released.
@@ -174,7 +175,7 @@ def assert_fulfilled_exactly_once(ctx: dict, run_id: str | None = None) -> None:
         assert row.run_id == run_id  # resumed, not redone as another run
     assert ws.ref_sha(run_ref(row.run_id)) is None and not list(ws.root.glob("runs/worktrees/*"))
     assert not (ws.root / "checkpoints" / row.run_id).exists()
-    assert store.lease("model:digits-diffusion") is None
+    assert store.lease(f"model:{settings.model_name}") is None
 
 
 def _kill_at(ctx: dict, pipe: Pipeline, failpoint: str, what: str) -> object:
@@ -335,6 +336,59 @@ def test_a_run_killed_while_committing_is_not_undone_when_production_moved(ready
     assert (row.state, row.retryable) == ("failed", False) and "resolve by hand" in row.last_error
     # The deletion stays published; nothing put the records back.
     assert ws.served() == dead.purged_rev and _production(ctx["settings"]) == "3"
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_text_to_image_run_killed_mid_unlearning_resumes_from_its_checkpoint(workspace, tiny_sd_dir, tmp_path):
+    """The same transaction with a tiny-sd model: SIGKILL once its erasure has checkpointed; the
+    rerun continues that run's erasure from the checkpoint and fulfils the request once."""
+    model = "digits-t2i"
+    settings = Settings(workspace=str(workspace), model_name=model)
+    ws = Workspace(workspace)
+    env = {"UNLEARN_MODEL_NAME": model}
+    register = [sys.executable, "-m", "unlearn_lib.cli", "registry", "register-base", "--workspace", str(workspace)]
+    reg = subprocess.run(
+        [*register, "--model", str(tiny_sd_dir), "--name", model],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    assert reg.returncode == 0, reg.stdout + reg.stderr
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps(REQUEST | {"model": model, "targets": {"labels": [7]}}))
+    ctx = {"settings": settings, "ws": ws, "rev": ws.served(), "request": request, "erased": lambda r: r.label == 7}
+    pipe = Pipeline(workspace, tmp_path, env)
+    # The default erasure (150 steps), checkpointed every 10; a light text-to-image audit.
+    args = pipe.args(
+        "pipeline", "run", "--request", str(request), "--set", "checkpoint_every=10",
+        *[a for kv in ("samples_per_class=20", "extraction_samples=8", "attack_steps=10", "attack_samples=10")
+          for a in ("--audit-set", kv)],
+    )  # fmt: skip
+    proc = pipe.start(args)
+    pipe.wait_for(proc, lambda: _checkpoint_written(workspace), "the first text-to-image checkpoint")
+    pipe.kill(proc)
+    dead = _dead_run(ctx)
+    assert_nothing_visible_moved(ctx)
+    folder = workspace / "checkpoints" / dead.run_id / "unlearn-checkpoints"
+    kept = [int(p.stem.split("-")[1]) for p in folder.glob("step-*.pt")]
+    assert kept and max(kept) < 150
+
+    again = pipe.finish(args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming run {dead.run_id}" in again.stdout
+    assert_fulfilled_exactly_once(ctx, run_id=dead.run_id)
+    client = client_for(settings)
+    (step,) = client.search_runs(
+        [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
+        filter_string=f"tags.`unlearn.step` = 'unlearn' and tags.`unlearn.run_id` = '{dead.run_id}' "
+        "and attributes.status = 'FINISHED'",
+    )
+    record = json.load(open(client.download_artifacts(step.info.run_id, "unlearning.json")))
+    assert record["family"] == "text-to-image" and record["steps"] == 150
+    assert record["resumed_from"] == max(kept)  # continued from the newest checkpoint, not started over
+    assert client.get_model_version(model, _production(settings)).tags["unlearn.audit_verdict"] == "pass"
 
 
 # ---- servers that stop ------------------------------------------------------------------------------

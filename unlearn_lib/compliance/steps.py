@@ -396,13 +396,12 @@ def unlearn_step(
                 if is_text_to_image_folder(base_dir):
                     from ..t2i.run import erase_t2i
 
-                    # Each deleted record's influence, conditioned on its own caption (minutes: no
-                    # checkpoints, a retried attempt starts over).
-                    method, kept = erase_t2i, contextlib.nullcontext(None)
+                    # Each deleted record's influence, conditioned on its own caption.
+                    method = erase_t2i
                 else:
-                    # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
-                    method, kept = erase, files.checkpoints()
-                with kept as checkpoint_dir:
+                    method = erase
+                # Checkpoints belong to the run: a restarted or resumed attempt continues from them.
+                with files.checkpoints() as checkpoint_dir:
                     result, record = method(
                         base_dir,
                         ds.root,
@@ -412,7 +411,7 @@ def unlearn_step(
                         overrides=options,
                         overwrite=True,
                         progress=False,
-                        **({"checkpoint_dir": checkpoint_dir} if checkpoint_dir is not None else {}),
+                        checkpoint_dir=checkpoint_dir,
                     )
                 mlflow.log_metrics({"unlearning_steps": result.steps, "unlearning_seconds": result.seconds})
                 for key in ("loss_r", "loss_f", "lam"):

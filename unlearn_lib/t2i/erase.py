@@ -30,6 +30,7 @@ Which UNet parameters move: ``params`` = ``all`` | ``xattn`` (cross-attention, `
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..checkpoint import CheckpointManager, restore_rng, rng_state
 from ..data.manifest import Dataset, Record
 from ..data.tensors import TensorSet
 from ..errors import ConfigError
@@ -88,10 +90,14 @@ class T2IConfig:
     # instead of the weights; the result is saved merged and as an adapter.
     adapter: str = "none"
     lora_rank: int = 4
+    # Steps between checkpoints (when the run is given a checkpoint folder); 0: none.
+    checkpoint_every: int = 25
 
     def validate(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.batch_size < 1 or self.forget_batch_size < 1:
             raise ConfigError("steps must be >= 0, lr > 0, batch sizes >= 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.adapter not in ("none", "lora"):
             raise ConfigError(f"adapter must be none or lora, got {self.adapter!r}")
         if self.lora_rank < 1:
@@ -173,6 +179,8 @@ class T2IResult:
     trainable_parameters: int
     # adapter=lora: the LoRA weights (peft state dict of the UNet) before merging.
     adapter: dict[str, torch.Tensor] | None = None
+    # The step a restarted run continued from (its checkpoint), or None.
+    resumed_from: int | None = None
 
 
 class T2IUnlearner:
@@ -225,6 +233,76 @@ class T2IUnlearner:
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.history: dict[str, list[float]] = {}
         self.empty = self.model.encode_prompts([""])
+        self.ckpt: CheckpointManager | None = None
+        self.start_step = 0
+        self.resumed_from: int | None = None
+
+    # ---- checkpoints: a killed run (a preempted pod) continues where it was ------------------
+    def open_checkpoints(self, task: T2ITask, checkpoint_dir: str | os.PathLike[str] | None) -> None:
+        """Checkpoints of this run in ``checkpoint_dir``; another run's there are refused, not mixed in."""
+        if checkpoint_dir is None or self.config.checkpoint_every <= 0:
+            return
+        config = {k: v for k, v in asdict(self.config).items() if k != "checkpoint_every"}
+
+        def ids(records: TensorSet | None) -> list[str] | None:
+            return None if records is None else list(records.record_ids)
+
+        self.ckpt = CheckpointManager(
+            checkpoint_dir,
+            {
+                "algorithm": self.name,
+                "family": "text-to-image",
+                "config": config,
+                "mode": task.mode,
+                "concepts": task.concepts,
+                "prompts": [task.forget_prompts, task.anchor_prompts, task.retain_prompts],
+                "forget": ids(task.forget_records),
+                "retain": ids(task.retain_records),
+            },
+        )
+
+    def resume(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+        """Weights, optimizer moments, the random stream and the history of the newest checkpoint."""
+        if self.ckpt is None or (state := self.ckpt.latest()) is None:
+            return {}
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"], strict=True):
+                p.copy_(saved.to(p.device, p.dtype))
+        for key, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        restore_rng(self.gen, state["rng"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.start_step = self.resumed_from = int(state["step"])
+        return state.get("extra", {})
+
+    def maybe_checkpoint(
+        self, done: int, optimizers: dict[str, torch.optim.Optimizer], extra: dict[str, Any] | None = None
+    ) -> None:
+        every = self.config.checkpoint_every
+        if self.ckpt is None or not accel.is_main_process() or done % every or done >= self.config.steps:
+            return
+        self.ckpt.save(
+            done,
+            {
+                "params": [p.detach().cpu() for p in self.params],
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "rng": rng_state(self.gen),
+                "history": self.history,
+                "step": done,
+                "extra": extra or {},
+            },
+        )
+
+    def step_range(self, desc: str, progress: bool) -> tqdm:
+        """The loop's step numbers from where a resumed run left off."""
+        return tqdm(
+            range(self.start_step, self.config.steps),
+            total=self.config.steps,
+            initial=self.start_step,
+            desc=desc,
+            disable=not progress or not accel.is_main_process(),
+            mininterval=1.0,
+        )
 
     def log(self, **values: float) -> None:
         for k, v in values.items():
@@ -293,6 +371,8 @@ class T2IUnlearner:
             self.unet.unload_lora()
         self.unet.eval()
         self.model.clear_prompt_cache()
+        if self.ckpt is not None and accel.is_main_process():
+            self.ckpt.clear()
         return T2IResult(
             model=self.model,
             algorithm=self.name,
@@ -302,10 +382,19 @@ class T2IUnlearner:
             history=self.history,
             trainable_parameters=trainable,
             adapter=adapter,
+            resumed_from=self.resumed_from,
         )
 
-    def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
+    def run(
+        self, task: T2ITask, progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None
+    ) -> T2IResult:
         raise NotImplementedError
+
+
+def _as_random_state(state: Any) -> tuple:
+    """random.Random's state back from a checkpoint (which may hold its tuples as lists)."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
 
 
 T2I_REGISTRY: dict[str, type[T2IUnlearner]] = {}
@@ -366,13 +455,18 @@ class EraseDiffT2I(T2IUnlearner):
                 extra["target"] = self.base.eps(z_t, t, a)
         return idx, z_t, t, extra
 
-    def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
+    def run(
+        self, task: T2ITask, progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None
+    ) -> T2IResult:
         cfg: EraseDiffT2IConfig = self.config  # type: ignore[assignment]
         self.setup(task)
         opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         inner_opt = torch.optim.SGD(self.params, lr=cfg.inner_lr or cfg.lr)
+        optimizers = {"opt": opt, "inner": inner_opt}
+        self.open_checkpoints(task, checkpoint_dir)
+        self.resume(optimizers)
         t0 = time.perf_counter()
-        for _ in tqdm(range(cfg.steps), desc="erasediff-t2i", disable=not progress, mininterval=1.0):
+        for i in self.step_range("erasediff-t2i", progress):
             batch = self.forget_batch(task)
             # K inner steps approximate min_phi L_f from theta (theta is restored afterwards). L_f*
             # is a number, not a function of theta: it is logged, the update does not depend on it.
@@ -393,6 +487,7 @@ class EraseDiffT2I(T2IUnlearner):
             self.step(opt, total)
             lf = accel.mean_value(loss_f)
             self.log(loss_r=accel.mean_value(loss_r), loss_f=lf, loss_f_star=f_star, q=lf - f_star)
+            self.maybe_checkpoint(i + 1, optimizers)
         return self.finish(task, cfg.steps, t0)
 
 
@@ -402,18 +497,22 @@ class ESD(T2IUnlearner):
     summary = "ESD (Gandikota et al. 2023): negative guidance as the target; params=noxattn is ESD-u, xattn ESD-x"
     config_cls = ESDConfig
 
-    def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
+    def run(
+        self, task: T2ITask, progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None
+    ) -> T2IResult:
         from diffusers import DDIMScheduler
 
         cfg: ESDConfig = self.config  # type: ignore[assignment]
         self.setup(task)
         opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
+        self.open_checkpoints(task, checkpoint_dir)
+        self.resume({"opt": opt})
         sched = DDIMScheduler.from_config(self.model.scheduler.config)
         sched.set_timesteps(cfg.ddim_steps)
         w = self.base.meta.guidance_scale
         base = self.base
         t0 = time.perf_counter()
-        for _ in tqdm(range(cfg.steps), desc="esd", disable=not progress, mininterval=1.0):
+        for i in self.step_range("esd", progress):
             # ESD's training point: run the frozen model with the concept prompt part of the way
             # down a DDIM trajectory, then train at that (z_t, t).
             n = cfg.forget_batch_size
@@ -438,6 +537,7 @@ class ESD(T2IUnlearner):
             loss = F.mse_loss(self.model.eps(z, tt, c), target)
             self.step(opt, loss)
             self.log_mean(loss_esd=loss)
+            self.maybe_checkpoint(i + 1, {"opt": opt})
         return self.finish(task, cfg.steps, t0)
 
 
@@ -450,7 +550,9 @@ class SalUnT2I(T2IUnlearner):
     )
     config_cls = SalUnT2IConfig
 
-    def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
+    def run(
+        self, task: T2ITask, progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None
+    ) -> T2IResult:
         cfg: SalUnT2IConfig = self.config  # type: ignore[assignment]
         if not task.other_prompts:
             raise ConfigError("salun needs prompts to relabel the forget images with (the retained captions)")
@@ -472,8 +574,14 @@ class SalUnT2I(T2IUnlearner):
         masks = [(g >= cut).float() for g in grads]
         opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         rng = random.Random(cfg.seed)
+        # The mask above is recomputed from the base model on a resume (same draws, same mask);
+        # the checkpoint then carries on the random streams from where they were.
+        self.open_checkpoints(task, checkpoint_dir)
+        extra = self.resume({"opt": opt})
+        if "relabel_rng" in extra:
+            rng.setstate(_as_random_state(extra["relabel_rng"]))
         t0 = time.perf_counter()
-        for _ in tqdm(range(cfg.steps), desc="salun-t2i", disable=not progress, mininterval=1.0):
+        for i in self.step_range("salun-t2i", progress):
             idx = self.draw(n, cfg.forget_batch_size)
             z0 = task.forget_latents[idx].to(self.device)
             z_t, t, eps = self.noisy(z0)
@@ -492,6 +600,7 @@ class SalUnT2I(T2IUnlearner):
             loss_r = self.retain_loss(task)
             self.step(opt, loss_f + cfg.alpha * loss_r, masks)
             self.log_mean(loss_f=loss_f, loss_r=loss_r)
+            self.maybe_checkpoint(i + 1, {"opt": opt}, {"relabel_rng": rng.getstate()})
         result = self.finish(task, cfg.steps, t0)
         result.trainable_parameters = int(sum(m.sum() for m in masks))
         return result
@@ -527,7 +636,10 @@ class RetrainT2I(T2IUnlearner):
     config_cls = RetrainT2IConfig  # type: ignore[assignment]
     needs_records = True
 
-    def run(self, task: T2ITask, progress: bool = True) -> T2IResult:
+    def run(
+        self, task: T2ITask, progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None
+    ) -> T2IResult:
+        # A retrain of tiny-sd is minutes; it keeps no checkpoints (a killed one starts over).
         import tempfile
 
         from .training import T2ITrainConfig, train_t2i

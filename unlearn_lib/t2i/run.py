@@ -213,10 +213,13 @@ def erase_t2i(
     progress: bool = True,
     strict: bool = True,
     device: str = "auto",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[T2IResult, dict]:
     """Unlearn from the text-to-image model at ``model_dir``; write the new pipeline folder at ``out``.
 
     Options, the model, the dataset and the selection are all checked before any training.
+    Checkpoints go to ``checkpoint_dir`` (default ``OUT.checkpoints``): a killed run given the
+    same folder and request resumes from the newest one; they are removed when the run ends.
     """
     from ..utils import pick_device
 
@@ -246,7 +249,8 @@ def erase_t2i(
         seed=unlearner.config.seed,
         strict=strict,
     )
-    result = unlearner.run(task, progress=progress)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(f"{out}.checkpoints")
+    result = unlearner.run(task, progress=progress, checkpoint_dir=ckpt)
     parent = t2i_digest(model_dir)
     prior = list(base.meta.lineage.get("deletions", []))
     entry = {
@@ -271,6 +275,7 @@ def erase_t2i(
         "config": result.config,
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
+        "resumed_from": result.resumed_from,
         "trainable_parameters": result.trainable_parameters,
         "adapter": (
             {"kind": "lora", "rank": result.config["lora_rank"], "path": "lora/pytorch_lora_weights.safetensors"}
