@@ -370,10 +370,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 f"|x-{th['center']}| <= {th['value']:.3g}" if th["op"] == "within" else f"{th['op']} {th['value']:.3g}"
             )
         )
-        status = "" if m.passed is None else ("[green]PASS" if m.passed else "[red]FAIL")
+        colour = {"PASS": "[green]", "FAIL": "[red]", "INCONCLUSIVE": "[yellow]"}
+        status = colour.get(m.status, "") + m.status
         cells = [m.name, _num(m.value), _num(m.base), *((_num(m.retrain),) if args.retrain else ()), rule, status]
         table.add_row(*cells)
     console.print(table)
+    for m in result.metrics:
+        if m.status == "INCONCLUSIVE":
+            console.print(f"[yellow]{m.name} is inconclusive: {m.inconclusive}")
     if rec.get("relaxed"):
         from .audit.gates import relaxed_summary
 

@@ -148,6 +148,7 @@ def test_server_run_registers_an_audited_version_with_lineage(server_run, digits
     assert tags["unlearn.dataset_rev_before"] == server_run["rev_before"]
     assert tags["unlearn.dataset_rev_after"] == ws.head() != server_run["rev_before"]
     assert tags["unlearn.audit_verdict"] == "pass" and tags["unlearn.algorithm"] == "erasediff"
+    assert tags["unlearn.audit_inconclusive"] == "mia_auc"  # three canary images: too few to fail it
     assert tags["unlearn.pipeline_run_id"] == out.lineage_run_id and tags["unlearn.run_id"] == out.run_id
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "2"
     # The version's run lists the dataset versions it came from, as inputs with revision and digest.

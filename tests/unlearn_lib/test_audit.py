@@ -79,7 +79,7 @@ def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluato
     m = {x.name: x for x in res.metrics}
     assert not res.passed
     assert m["extracted_records"].value == 3 and m["extracted_records"].passed is False
-    assert m["mia_auc"].value > 0.9 and m["mia_auc"].passed is False
+    assert m["mia_auc"].value > 0.9 and m["mia_auc"].status == "FAIL"  # too weak to pass, strong enough to fail
     # The second attack (PIA), which nothing in the method calibrates against, sees them too.
     print("PIA on the base:", m["pia_auc"].value, m["pia_tpr_at_low_fpr"].value)
     assert m["pia_auc"].value > 0.9 and m["pia_auc"].passed is None  # reported, not gated
@@ -95,6 +95,10 @@ def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, model
     # (40 samples: a binomial standard error of about 5 points).
     assert m["forget_class_accuracy_drop"].passed
     assert res.passed, {x.name: (x.value, x.passed) for x in res.metrics if x.passed is not None}
+    # Three marked images: the membership gate did not fail, but at this size it could not have.
+    assert m["mia_auc"].status == "INCONCLUSIVE" and "3 forget images" in m["mia_auc"].inconclusive
+    assert "INCONCLUSIVE" in (tmp_path / "a" / "report.md").read_text()
+    assert {g["metric"] for g in res.record["gates"] if g.get("inconclusive")} == {"mia_auc"}
     print("PIA after the deletion:", m["pia_auc"].value, "base", m["pia_auc"].base)
     assert m["pia_auc"].value < m["pia_auc"].base
 
@@ -247,7 +251,7 @@ def test_cli_exit_code_tells_pass_or_fail(base_model_dir, digits_dir, evaluator_
 
     ok = cli_audit(models["canary"], "ok")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "verdict: PASS" in ok.stdout and "mia_auc" in ok.stdout
+    assert "verdict: PASS" in ok.stdout and "mia_auc is inconclusive: 3 forget images" in ok.stdout
     bad = cli_audit(base_model_dir, "bad")
     assert bad.returncode == 1 and "verdict: FAIL" in bad.stdout
     usage = cli_audit(base_model_dir, "u", "--set", "max_fid_ratio=high")
@@ -279,6 +283,24 @@ def test_extraction_ratio_counts_near_copies_only():
     res = extraction_test(forget, neighbourhood=torch.tensor([1.0, 1.0]), generated=generated, alpha=0.5, k=1)
     assert res.ratios[0] == pytest.approx(0.0) and res.ratios[1] == pytest.approx(1.2, abs=0.01)
     assert res.extracted == 1
+
+
+def test_a_membership_gate_too_weak_for_the_forget_set_says_so():
+    from unlearn_lib.audit.gates import Metric, gate, membership_too_weak, relaxations
+
+    p = AuditParams()
+    # The figures: +-0.385 for 3 forget images; one image can never fail.
+    assert "3 forget images" in membership_too_weak(3, 16, auc_null_std(3, 16), p)
+    assert membership_too_weak(1, 16, auc_null_std(1, 16), p) is not None
+    assert membership_too_weak(12, 40, auc_null_std(12, 40), p) is None
+    assert membership_too_weak(3, 16, auc_null_std(3, 16), AuditParams(mia_max_conclusive_tolerance=0.4)) is None
+    passed = gate(Metric("mia_auc", "memorization", 0.6, ""), "within", 0.37, center=0.5)
+    passed.inconclusive = "too few"
+    failed = gate(Metric("mia_auc", "memorization", 0.95, ""), "within", 0.37, center=0.5)
+    assert (passed.status, failed.status) == ("INCONCLUSIVE", "FAIL")
+    assert relaxations(AuditParams(mia_max_conclusive_tolerance=0.4)) == {
+        "mia_max_conclusive_tolerance": {"used": 0.4, "default": 0.25}
+    }
 
 
 def test_auc_null_std_matches_simulation():

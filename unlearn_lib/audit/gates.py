@@ -37,6 +37,10 @@ class AuditParams:
     max_extracted: int = 0
     mia_auc_tolerance: float | None = None  # None: mia_z standard deviations of the null AUC, at least 0.1
     mia_z: float = 2.0
+    # A membership gate whose tolerance, set by the forget set's size (mia_z null standard
+    # deviations), exceeds this cannot tell a member from a non-member: it reports INCONCLUSIVE
+    # instead of PASS (3 forget images against 16 hold-out records need +-0.37; 9 need +-0.25).
+    mia_max_conclusive_tolerance: float = 0.25
     max_forget_class_accuracy_drop: float = 0.15
 
     def validate(self) -> None:
@@ -57,6 +61,8 @@ class AuditParams:
             raise ConfigError("feature_extractor must be 'evaluator' or 'torchscript:<path>'")
         if self.mia_auc_tolerance is not None and not 0 < self.mia_auc_tolerance <= 0.5:
             raise ConfigError("mia_auc_tolerance must be in (0, 0.5]")
+        if not 0 < self.mia_max_conclusive_tolerance <= 0.5:
+            raise ConfigError("mia_max_conclusive_tolerance must be in (0, 0.5]")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +81,13 @@ class Metric:
     threshold: dict[str, Any] | None = None  # {"op": "<=" | ">=" | "within", "value": ...}
     passed: bool | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Why a gate that did not fail proves nothing (too few samples for the test): not a PASS.
+    inconclusive: str | None = None
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL, INCONCLUSIVE (a gate that did not fail but could not have), or "" (no gate)."""
+        return gate_status(self.passed, self.inconclusive)
 
     @property
     def gap_to_retrain(self) -> float | None:
@@ -110,7 +123,31 @@ def gate(metric: Metric, op: str, limit: float, center: float | None = None) -> 
     return metric
 
 
+def membership_too_weak(members: int, nonmembers: int, null_std: float, params: AuditParams) -> str | None:
+    """Why a membership gate at this size cannot fail, or None when it can.
+
+    ``null_std`` is the spread of the AUC under "no membership signal" for these sample sizes:
+    when even ``mia_z`` of it is wider than a meaningful tolerance, not failing proves nothing.
+    """
+    power = params.mia_z * null_std
+    if power <= params.mia_max_conclusive_tolerance:
+        return None
+    return (
+        f"{members} forget images against {nonmembers} hold-out records: the attack's chance spread is "
+        f"+-{power:.2f} (> {params.mia_max_conclusive_tolerance}), too wide for a pass to mean anything"
+    )
+
+
+def gate_status(passed: bool | None, inconclusive: str | None = None) -> str:
+    if passed is None:
+        return ""
+    if not passed:
+        return "FAIL"
+    return "INCONCLUSIVE" if inconclusive else "PASS"
+
+
 def verdict(metrics: list[Metric]) -> bool:
+    """No gate failed (an inconclusive gate does not fail a run; the other gates decide)."""
     gated = [m for m in metrics if m.passed is not None]
     return bool(gated) and all(m.passed for m in gated)
 
@@ -124,6 +161,7 @@ _LOOSER_WHEN_LARGER = (
     "max_extracted",
     "mia_auc_tolerance",
     "mia_z",
+    "mia_max_conclusive_tolerance",
     "max_forget_class_accuracy_drop",
     "max_attack_success",
 )

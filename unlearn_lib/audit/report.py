@@ -27,6 +27,7 @@ from ..data.manifest import Dataset
 from ..data.selection import Selection
 from ..data.tensors import TensorSet, to_uint8
 from ..viz import compose_panels, grid_image
+from .gates import gate_status
 from .memorization import _flat01
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ def metric_rows(record: dict) -> list[list[str]]:
             rule = f"|x - {th['center']}| <= {th['value']:.3g}"
         else:
             rule = f"{th['op']} {th['value']:.3g}"
-        status = "" if m["passed"] is None else ("PASS" if m["passed"] else "FAIL")
+        status = gate_status(m["passed"], m.get("inconclusive"))
         rows.append([name, m["group"], _fmt(m["value"]), _fmt(m["base"]), _fmt(m["retrain"]), rule, status])
     return rows
 
@@ -324,6 +325,10 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
             )
         ]
     )
+    for name, m in record["metrics"].items():
+        if m.get("inconclusive") and m.get("passed"):
+            lines.append([("code", name), ("", " did not fail but is "), ("strong", "INCONCLUSIVE"),
+                          ("", f": {m['inconclusive']}")])  # fmt: skip
     return lines
 
 

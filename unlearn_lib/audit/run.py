@@ -28,7 +28,7 @@ from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, class_figures, generate_class_samples
 from .evaluator import Evaluator, train_evaluator
-from .gates import AuditParams, Metric, gate, hard_limit_metric, relaxations, verdict
+from .gates import AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
 from .memorization import (
     ExtractionResult,
     MembershipResult,
@@ -344,6 +344,10 @@ def _metrics(
                 details={"unlearned": u.membership.to_dict(), "base": b.membership.to_dict()},
             )
             out.append(gate(mia, "within", tol, center=0.5))
+            weak = membership_too_weak(
+                len(u.membership.member_errors), len(u.membership.nonmember_errors), u.membership.null_std, params
+            )
+            mia.inconclusive = weak if mia.passed else None
             if r is not None and r.membership is not None:
                 # With a retrained reference the question is sharper than "like hold-out data":
                 # do the forget records look to the attack as they do to a model never trained on them?
@@ -357,6 +361,7 @@ def _metrics(
                     seed=seed,
                 )
                 out.append(gate(gap, "within", tol, center=0.0))
+                gap.inconclusive = weak if gap.passed else None
             out.append(
                 Metric(
                     name="mia_tpr_at_low_fpr",
@@ -515,7 +520,13 @@ def run_audit(
         "hard_limits": hard_limits,
         "metrics": {m.name: m.to_dict() for m in metrics},
         "gates": [
-            {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}
+            {
+                "metric": m.name,
+                **(m.threshold or {}),
+                "value": m.value,
+                "passed": m.passed,
+                **({"inconclusive": m.inconclusive} if m.inconclusive else {}),
+            }
             for m in metrics
             if m.passed is not None
         ],

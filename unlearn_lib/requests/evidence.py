@@ -342,6 +342,7 @@ def _audit_from_record(record: dict) -> dict[str, Any]:
                 "threshold": m.get("threshold"),
                 "threshold_text": _threshold_text(m.get("threshold")),
                 "passed": m.get("passed"),
+                "inconclusive": m.get("inconclusive"),
                 "samples": m.get("samples"),
                 "seed": m.get("seed"),
                 "gate": name in gates,
@@ -359,7 +360,9 @@ def _audit_from_record(record: dict) -> dict[str, Any]:
         "created_at": record.get("created_at"),
         "metrics": metrics,
         "gates_total": len(gates),
-        "gates_passed": sum(1 for g in record.get("gates", []) if g.get("passed")),
+        # A gate that could not have failed (too few samples) is not counted as passed.
+        "gates_passed": sum(1 for g in record.get("gates", []) if g.get("passed") and not g.get("inconclusive")),
+        "gates_inconclusive": [g["metric"] for g in record.get("gates", []) if g.get("inconclusive")],
         "failed_gates": [g["metric"] for g in record.get("gates", []) if g.get("passed") is False],
         "params": record.get("params", {}),
         "selection": {
@@ -403,6 +406,7 @@ def _audit_from_metrics(run: Any, note: str | None) -> dict[str, Any]:
         "metrics": metrics,
         "gates_total": None,
         "gates_passed": None,
+        "gates_inconclusive": [],
         "failed_gates": [],
         "params": {},
         "selection": {},
@@ -462,7 +466,9 @@ def _headline(ev: dict[str, Any]) -> str:
             return f"{rid} is done: already erased by {', '.join(ev['fulfilled_by'])}{where}"
         gates = ""
         if audit and audit.get("gates_total"):
-            gates = f" passed {audit['gates_passed']} of {audit['gates_total']} audit gates and"
+            weak = len(audit.get("gates_inconclusive") or [])
+            gates = f" passed {audit['gates_passed']} of {audit['gates_total']} audit gates"
+            gates += f" ({weak} inconclusive) and" if weak else " and"
         where = (
             "is production"
             if versions["new_is_production"]

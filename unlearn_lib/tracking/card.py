@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..audit.gates import gate_status
 from .lineage import TAG_PREFIX
 
 
@@ -49,6 +50,7 @@ def model_card(tags: dict[str, str], audit: dict, report_links: dict[str, str]) 
         f"| dataset revision after (purged) | `{tags.get('dataset_rev_after', '')}` |",
         f"| algorithm | {tags.get('algorithm', '')} |",
         f"| audit settings looser than the defaults | {tags.get('audit_relaxed', 'not recorded')} |",
+        f"| audit gates inconclusive (too few samples to fail) | {tags.get('audit_inconclusive', 'not recorded')} |",
         f"| compliance run | {tags.get('run_id', '')} (MLflow run {tags.get('pipeline_run_id', '')}) |",
         "",
         "### Gates",
@@ -62,7 +64,7 @@ def model_card(tags: dict[str, str], audit: dict, report_links: dict[str, str]) 
         m = metrics.get(name) if isinstance(metrics, dict) else None
         threshold = (m or {}).get("threshold") or {}
         limit = f"{threshold.get('op', gate.get('op', ''))} {_fmt(threshold.get('value'))}".strip()
-        result = "pass" if gate.get("passed") else ("fail" if gate.get("passed") is False else "n/a")
+        result = gate_status(gate.get("passed"), gate.get("inconclusive")).lower() or "n/a"
         samples = _fmt((m or {}).get("samples"))
         lines.append(f"| {name} | {_fmt(gate.get('value'))} | {limit} | {samples} | {result} |")
     lines += ["", "### Evidence", ""]
