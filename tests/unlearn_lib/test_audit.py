@@ -303,6 +303,17 @@ def test_a_membership_gate_too_weak_for_the_forget_set_says_so():
     }
 
 
+def test_the_audit_measures_membership_apart_from_the_calibrated_stop():
+    from unlearn_lib.unlearning.erasediff import EraseDiffConfig
+
+    params, stop = AuditParams(), EraseDiffConfig()
+    assert not set(params.mia_timesteps) & set(stop.calibrate_timesteps)
+    seeds = {params.stream_seed("membership"), AuditParams(seed=1).stream_seed("membership")}
+    seeds.add(params.stream_seed("another stream"))
+    # Three distinct streams, none of them an algorithm's own small seed.
+    assert len(seeds) == 3 and min(seeds) > 2**20
+
+
 def test_auc_null_std_matches_simulation():
     rng = np.random.default_rng(0)
     from sklearn.metrics import roc_auc_score

@@ -172,7 +172,12 @@ def measure_model(
         )
         if reference is not None and len(reference):
             m.membership = loss_attack(
-                model, forget_distinct, reference, params.mia_timesteps, params.mia_noise_draws, params.seed
+                model,
+                forget_distinct,
+                reference,
+                params.mia_timesteps,
+                params.mia_noise_draws,
+                params.stream_seed("membership"),
             )
             m.pia = pia_attack(model, forget_distinct, reference, params.pia_timestep)
     m.seconds = time.perf_counter() - t0
@@ -331,6 +336,7 @@ def _metrics(
         out.append(gate(ex, "<=", params.max_extracted))
         if u.membership is not None and b.membership is not None:
             tol = params.mia_auc_tolerance or max(0.1, params.mia_z * u.membership.null_std)
+            mia_seed = params.stream_seed("membership")
             mia = Metric(
                 name="mia_auc",
                 group="memorization",
@@ -340,7 +346,7 @@ def _metrics(
                 description="ROC AUC of the denoising-error attack, forget records vs. hold-out records "
                 "never trained on (0.5: indistinguishable; far below: over-forgotten, stands out)",
                 samples=len(u.membership.member_errors) + len(u.membership.nonmember_errors),
-                seed=seed,
+                seed=mia_seed,
                 details={"unlearned": u.membership.to_dict(), "base": b.membership.to_dict()},
             )
             out.append(gate(mia, "within", tol, center=0.5))
@@ -358,7 +364,7 @@ def _metrics(
                     description="membership AUC of the unlearned model minus the retrained model's, same "
                     "records, noise and timesteps (0: indistinguishable from retraining)",
                     samples=len(u.membership.member_errors) + len(u.membership.nonmember_errors),
-                    seed=seed,
+                    seed=mia_seed,
                 )
                 out.append(gate(gap, "within", tol, center=0.0))
                 gap.inconclusive = weak if gap.passed else None
@@ -371,7 +377,7 @@ def _metrics(
                     retrain=r.membership.tpr_at_low_fpr if r is not None and r.membership else None,
                     description=f"attack TPR at FPR {u.membership.low_fpr:.3f} (1%, or one hold-out "
                     "record when fewer than 100)",
-                    seed=seed,
+                    seed=mia_seed,
                 )
             )
         if u.pia is not None and b.pia is not None:
