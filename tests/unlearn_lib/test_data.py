@@ -174,6 +174,15 @@ def test_select_by_subject_keeps_only_training_records_in_forget(digits):
     # Matched non-members for calibration: the marked hold-out digits come first.
     ref = sel.reference(min_count=12)
     assert len(ref) == 12 and all("corner mark" in r.caption for r in ref)
+    # Split in two by image: what a calibrated stop may tune on, and what only the audit sees.
+    calibration, audit = sel.reference(16, part="calibration"), sel.reference(16, part="audit")
+    assert {r.sha256 for r in calibration}.isdisjoint({r.sha256 for r in audit})
+    for part in (calibration, audit):
+        assert len(part) >= 8 and {r.record_id for r in part} <= {r.record_id for r in sel.holdout}
+        marked = [r for r in part if "corner mark" in r.caption]
+        assert 0 < len(marked) < 12 and part[: len(marked)] == marked  # the marked look-alikes first
+    with pytest.raises(ValueError, match="part must be one of"):
+        sel.reference(16, part="both")
 
 
 def test_select_by_label_records_and_caption(digits):

@@ -469,7 +469,8 @@ def run_audit(
         dataset, [r for r in selection.holdout if retained is None or r.label in retained]
     )
     forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
-    ref_records = selection.reference(params.reference_min)
+    # The audit's half of the hold-out reference: no algorithm calibrated on these images.
+    ref_records = selection.reference(params.reference_min, part="audit")
     reference = TensorSet.from_records(dataset, ref_records).distinct() if ref_records else None
     train_pool = TensorSet.from_records(dataset, dataset.train)
     neighbourhood = None
@@ -519,7 +520,7 @@ def run_audit(
         },
         "dataset": {"path": str(dataset_dir), "digest": dataset.digest()},
         "selection": {k: v for k, v in selection.summary().items()},
-        "reference": {"records": len(reference) if reference is not None else 0},
+        "reference": {"records": len(reference) if reference is not None else 0, "part": "audit"},
         "params": params.to_dict(),
         # Every setting looser than the defaults, kept with the verdict it produced.
         "relaxed": relaxations(params),

@@ -97,12 +97,18 @@ class Selection:
             "forget_set_sha256": self.forget_set_sha256(),
         }
 
-    def reference(self, min_count: int = 16) -> list[Record]:
+    def reference(self, min_count: int = 16, part: str | None = None) -> list[Record]:
         """Hold-out non-members that look like the forget set, for calibration and audits.
 
         Prefer records that share a forget record's caption (e.g. marked canaries), then
         the forget labels, then any hold-out record, until ``min_count`` are found.
+
+        ``part``: ``"calibration"`` (what an algorithm may tune itself on, e.g. a calibrated
+        stop) or ``"audit"`` (what only the audit sees): each tier split in two by image
+        content, so no image (nor a copy of it) is in both, and filled to ``min_count // 2``.
         """
+        if part not in (None, *REFERENCE_PARTS):
+            raise ValueError(f"part must be one of {REFERENCE_PARTS} or None, got {part!r}")
         captions = {r.caption for r in self.forget if r.caption}
         labels = set(self.forget_labels)
         tiers = [
@@ -110,12 +116,23 @@ class Selection:
             [r for r in self.holdout if r.label in labels and r.caption not in captions],
             [r for r in self.holdout if r.label not in labels and r.caption not in captions],
         ]
+        if part is not None:
+            tiers = [[r for r in tier if reference_part(r) == part] for tier in tiers]
+            min_count = max(1, min_count // 2)
         chosen: list[Record] = []
         for tier in tiers:
             if len(chosen) >= min_count:
                 break
             chosen.extend(tier)
         return chosen
+
+
+REFERENCE_PARTS = ("calibration", "audit")
+
+
+def reference_part(record: Record) -> str:
+    """Which half of the hold-out reference a record belongs to, by its image's content hash."""
+    return REFERENCE_PARTS[int(record.sha256[:8], 16) % 2]
 
 
 def forget_set_sha256(records: Sequence[Record]) -> str:

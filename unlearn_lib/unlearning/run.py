@@ -47,7 +47,8 @@ def task_from_selection(
     """
     if prior is None:
         selection, prior = exclude_prior(selection, base.meta.lineage)
-    reference = selection.reference(reference_min)
+    # The calibration half of the hold-out reference: the audit judges with the other half.
+    reference = selection.reference(reference_min, part="calibration")
     held = [r for r in prior.excluded_train if r.label in set(prior.erased_labels)]
     # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
     again = set(selection.forget_labels) if selection.scope == "class" else set()
