@@ -347,12 +347,15 @@ def test_a_text_to_image_run_killed_mid_unlearning_resumes_from_its_checkpoint(w
     settings = Settings(workspace=str(workspace), model_name=model)
     ws = Workspace(workspace)
     env = {"UNLEARN_MODEL_NAME": model}
+    # Not this process's MLflow settings: an earlier test's mlflow.set_tracking_uri left
+    # MLFLOW_TRACKING_URI pointing at its own workspace; the children must use this one's.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     register = [sys.executable, "-m", "unlearn_lib.cli", "registry", "register-base", "--workspace", str(workspace)]
     reg = subprocess.run(
         [*register, "--model", str(tiny_sd_dir), "--name", model],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env={**clean, **env},
         timeout=300,
     )
     assert reg.returncode == 0, reg.stdout + reg.stderr
@@ -360,6 +363,7 @@ def test_a_text_to_image_run_killed_mid_unlearning_resumes_from_its_checkpoint(w
     request.write_text(json.dumps(REQUEST | {"model": model, "targets": {"labels": [7]}}))
     ctx = {"settings": settings, "ws": ws, "rev": ws.served(), "request": request, "erased": lambda r: r.label == 7}
     pipe = Pipeline(workspace, tmp_path, env)
+    pipe.env = {k: v for k, v in pipe.env.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     # The default erasure (150 steps), checkpointed every 10; a light text-to-image audit.
     args = pipe.args(
         "pipeline", "run", "--request", str(request), "--set", "checkpoint_every=10",

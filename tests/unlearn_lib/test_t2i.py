@@ -300,7 +300,7 @@ def test_salun_relabels_the_forget_prompt_and_forgets_seven(tiny_sd_dir, tiny_sd
     ids=["erasediff", "erasediff-lora", "salun", "esd"],
 )
 def test_a_killed_text_to_image_erasure_resumes_to_the_straight_runs_weights(
-    tiny_sd, digits, algorithm, opts, tmp_path
+    tiny_sd, digits, algorithm, opts, tmp_path, monkeypatch
 ):
     from unlearn_lib.t2i import erase as erase_mod
     from unlearn_lib.t2i.run import build_task
@@ -308,20 +308,22 @@ def test_a_killed_text_to_image_erasure_resumes_to_the_straight_runs_weights(
     task, _ = build_task(tiny_sd, digits, ForgetTargets.build(labels=[7]))
     opts = {"steps": 6, "checkpoint_every": 2, "batch_size": 8, "forget_batch_size": 4, **opts}
     straight = erase_mod.make_t2i_unlearner(algorithm, opts).run(task, progress=False)
-    original = erase_mod.T2IUnlearner.maybe_checkpoint
-
-    def die_after_step_5(self, done, optimizers, extra=None):
-        original(self, done, optimizers, extra)
-        if done == 5:  # a preempted pod: step 4's checkpoint on disk, step 5 done and lost
-            raise KeyboardInterrupt
-
     ck = tmp_path / "ck"
-    erase_mod.T2IUnlearner.maybe_checkpoint = die_after_step_5
-    try:
-        with pytest.raises(KeyboardInterrupt):
+
+    def killed_after_step_5() -> None:
+        """A preempted pod: step 4's checkpoint on disk, step 5 done and lost."""
+        original = erase_mod.T2IUnlearner.maybe_checkpoint
+
+        def die(self, done, optimizers, extra=None):
+            original(self, done, optimizers, extra)
+            if done == 5:
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+            m.setattr(erase_mod.T2IUnlearner, "maybe_checkpoint", die)
             erase_mod.make_t2i_unlearner(algorithm, opts).run(task, progress=False, checkpoint_dir=ck)
-    finally:
-        erase_mod.T2IUnlearner.maybe_checkpoint = original
+
+    killed_after_step_5()
     assert sorted(p.name for p in ck.glob("step-*.pt")) == ["step-00000002.pt", "step-00000004.pt"]
     resumed = erase_mod.make_t2i_unlearner(algorithm, opts).run(task, progress=False, checkpoint_dir=ck)
     assert resumed.resumed_from == 4 and not ck.exists()  # the finished run removed its checkpoints
@@ -331,12 +333,7 @@ def test_a_killed_text_to_image_erasure_resumes_to_the_straight_runs_weights(
     for key, values in straight.history.items():
         assert resumed.history[key] == pytest.approx(values, rel=1e-5, nan_ok=True), key
     # Another run's checkpoints are refused, not mixed in.
-    erase_mod.T2IUnlearner.maybe_checkpoint = die_after_step_5
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            erase_mod.make_t2i_unlearner(algorithm, opts).run(task, progress=False, checkpoint_dir=ck)
-    finally:
-        erase_mod.T2IUnlearner.maybe_checkpoint = original
+    killed_after_step_5()
     with pytest.raises(ConfigError, match="belong to a different run"):
         erase_mod.make_t2i_unlearner(algorithm, {**opts, "lr": 1e-5}).run(task, progress=False, checkpoint_dir=ck)
 
