@@ -52,6 +52,11 @@ class AuditParams:
         digest = hashlib.sha256(f"unlearn-audit/{stream}/{self.seed}".encode()).digest()
         return int.from_bytes(digest[:6], "little")
 
+    @property
+    def membership_seed(self) -> int:
+        """The noise of the membership (loss) attack, and the seed its metrics record."""
+        return self.stream_seed("membership")
+
     def validate(self) -> None:
         if self.redact_forget_images is not True:
             raise ConfigError(

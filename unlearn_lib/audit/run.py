@@ -177,7 +177,7 @@ def measure_model(
                 reference,
                 params.mia_timesteps,
                 params.mia_noise_draws,
-                params.stream_seed("membership"),
+                params.membership_seed,
             )
             m.pia = pia_attack(model, forget_distinct, reference, params.pia_timestep)
     m.seconds = time.perf_counter() - t0
@@ -336,7 +336,7 @@ def _metrics(
         out.append(gate(ex, "<=", params.max_extracted))
         if u.membership is not None and b.membership is not None:
             tol = params.mia_auc_tolerance or max(0.1, params.mia_z * u.membership.null_std)
-            mia_seed = params.stream_seed("membership")
+            mia_seed = params.membership_seed
             mia = Metric(
                 name="mia_auc",
                 group="memorization",

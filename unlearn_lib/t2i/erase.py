@@ -238,10 +238,14 @@ class T2IUnlearner:
         self.resumed_from: int | None = None
 
     # ---- checkpoints: a killed run (a preempted pod) continues where it was ------------------
-    def open_checkpoints(self, task: T2ITask, checkpoint_dir: str | os.PathLike[str] | None) -> None:
-        """Checkpoints of this run in ``checkpoint_dir``; another run's there are refused, not mixed in."""
+    def resume(
+        self, task: T2ITask, checkpoint_dir: str | os.PathLike[str] | None, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict:
+        """Open this run's checkpoints in ``checkpoint_dir`` (another run's there are refused, not
+        mixed in) and restore the newest: weights, optimizer moments, the random stream, the
+        history. Returns the algorithm's own saved state (``extra``), empty when starting fresh."""
         if checkpoint_dir is None or self.config.checkpoint_every <= 0:
-            return
+            return {}
         config = {k: v for k, v in asdict(self.config).items() if k != "checkpoint_every"}
 
         def ids(records: TensorSet | None) -> list[str] | None:
@@ -260,10 +264,7 @@ class T2IUnlearner:
                 "retain": ids(task.retain_records),
             },
         )
-
-    def resume(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict:
-        """Weights, optimizer moments, the random stream and the history of the newest checkpoint."""
-        if self.ckpt is None or (state := self.ckpt.latest()) is None:
+        if (state := self.ckpt.latest()) is None:
             return {}
         with torch.no_grad():
             for p, saved in zip(self.params, state["params"], strict=True):
@@ -391,12 +392,6 @@ class T2IUnlearner:
         raise NotImplementedError
 
 
-def _as_random_state(state: Any) -> tuple:
-    """random.Random's state back from a checkpoint (which may hold its tuples as lists)."""
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
-
-
 T2I_REGISTRY: dict[str, type[T2IUnlearner]] = {}
 RECORDS_NEEDED = (
     "{name} needs the records to leave out: erase records (--forget-caption, a request's targets) with "
@@ -463,8 +458,7 @@ class EraseDiffT2I(T2IUnlearner):
         opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         inner_opt = torch.optim.SGD(self.params, lr=cfg.inner_lr or cfg.lr)
         optimizers = {"opt": opt, "inner": inner_opt}
-        self.open_checkpoints(task, checkpoint_dir)
-        self.resume(optimizers)
+        self.resume(task, checkpoint_dir, optimizers)
         t0 = time.perf_counter()
         for i in self.step_range("erasediff-t2i", progress):
             batch = self.forget_batch(task)
@@ -505,8 +499,7 @@ class ESD(T2IUnlearner):
         cfg: ESDConfig = self.config  # type: ignore[assignment]
         self.setup(task)
         opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
-        self.open_checkpoints(task, checkpoint_dir)
-        self.resume({"opt": opt})
+        self.resume(task, checkpoint_dir, {"opt": opt})
         sched = DDIMScheduler.from_config(self.model.scheduler.config)
         sched.set_timesteps(cfg.ddim_steps)
         w = self.base.meta.guidance_scale
@@ -576,10 +569,9 @@ class SalUnT2I(T2IUnlearner):
         rng = random.Random(cfg.seed)
         # The mask above is recomputed from the base model on a resume (same draws, same mask);
         # the checkpoint then carries on the random streams from where they were.
-        self.open_checkpoints(task, checkpoint_dir)
-        extra = self.resume({"opt": opt})
+        extra = self.resume(task, checkpoint_dir, {"opt": opt})
         if "relabel_rng" in extra:
-            rng.setstate(_as_random_state(extra["relabel_rng"]))
+            rng.setstate(extra["relabel_rng"])
         t0 = time.perf_counter()
         for i in self.step_range("salun-t2i", progress):
             idx = self.draw(n, cfg.forget_batch_size)
