@@ -15,11 +15,10 @@ from PIL import Image
 
 from unlearn_lib.audit import (
     AuditParams,
+    RealReference,
     TorchScriptFeatures,
     audit_schema,
     extraction_test,
-    frechet_distance,
-    kernel_inception_distance,
     run_audit,
     validate_record,
 )
@@ -262,13 +261,36 @@ def test_cli_exit_code_tells_pass_or_fail(base_model_dir, digits_dir, evaluator_
 # ---- metric units ------------------------------------------------------------------------------
 
 
-def test_frechet_and_kernel_distances_behave():
+class _Flat:
+    """A feature extractor that is the identity on flattened images: FID has a closed form."""
+
+    name = "flat"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().flatten(1)
+
+
+def test_fid_and_kid_through_torchmetrics_behave():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(2000, 8, generator=g), torch.randn(2000, 8, generator=g)
-    assert frechet_distance(a, b) < 0.05
-    shifted = b + torch.tensor([2.0] + [0.0] * 7)
-    assert frechet_distance(a, shifted) == pytest.approx(4.0, rel=0.1)
-    assert abs(kernel_inception_distance(a, b)[0]) < 0.01 < kernel_inception_distance(a, shifted)[0]
+    a, b = torch.randn(2000, 8, 1, 1, generator=g), torch.randn(2000, 8, 1, 1, generator=g)
+    shifted = b + torch.tensor([2.0] + [0.0] * 7).view(1, 8, 1, 1)
+    ref = RealReference(_Flat(), a, seed=3)
+    same, moved = ref.measure(b), ref.measure(shifted)
+    assert same["fid"] < 0.05
+    # FID of N(0, I) against N(mu, I) is |mu|^2 = 4.
+    assert moved["fid"] == pytest.approx(4.0, rel=0.1)
+    assert abs(same["kid"]) < 0.01 < moved["kid"]
+    # The real statistics are kept across models, and KID's subsets are drawn from its own seed:
+    # measuring again gives the same figures and leaves the caller's random stream where it was.
+    torch.manual_seed(7)
+    before = torch.rand(1)
+    torch.manual_seed(7)
+    assert ref.measure(shifted) == moved
+    assert torch.equal(torch.rand(1), before)
+    # A small generated set takes smaller KID subsets instead of failing.
+    assert ref.measure(shifted[:50])["kid"] > 0.01
+    with pytest.raises(UnlearnError, match="at least 2 generated images"):
+        ref.measure(shifted[:1])
 
 
 def test_extraction_ratio_counts_near_copies_only():

@@ -12,10 +12,9 @@ from .memorization import ExtractionResult, MembershipResult, extraction_test, l
 from .run import AuditResult, run_audit
 from .utility import (
     EvaluatorFeatures,
+    RealReference,
     TorchScriptFeatures,
     denoising_loss,
-    frechet_distance,
-    kernel_inception_distance,
 )
 
 __all__ = [
@@ -30,14 +29,13 @@ __all__ = [
     "ExtractionResult",
     "MembershipResult",
     "Metric",
+    "RealReference",
     "TorchScriptFeatures",
     "audit_schema",
     "class_figures",
     "denoising_loss",
     "extraction_test",
-    "frechet_distance",
     "generate_class_samples",
-    "kernel_inception_distance",
     "loss_attack",
     "neighbourhood_distance",
     "run_audit",

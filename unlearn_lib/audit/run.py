@@ -40,10 +40,9 @@ from .memorization import (
 from .utility import (
     EvaluatorFeatures,
     FeatureExtractor,
+    RealReference,
     TorchScriptFeatures,
     denoising_loss,
-    frechet_distance,
-    kernel_inception_distance,
 )
 
 AUDIT_SCHEMA_VERSION = 1
@@ -100,8 +99,7 @@ def measure_model(
     reference: TensorSet | None,
     neighbourhood: torch.Tensor | None,
     forget_distinct: TensorSet,
-    features: FeatureExtractor,
-    retain_real_features: torch.Tensor,
+    real_reference: RealReference,
     holdout_retain: TensorSet,
     progress: bool,
 ) -> ModelMeasurements:
@@ -147,11 +145,7 @@ def measure_model(
             gen_retained = m.uncond_samples[~torch.isin(pred, torch.tensor(forget_labels))]
         else:
             gen_retained = m.uncond_samples
-    gen_feats = features.features(gen_retained)
-    m.figures["fid"] = frechet_distance(gen_feats, retain_real_features)
-    m.figures["kid"], m.figures["kid_std"] = kernel_inception_distance(
-        gen_feats, retain_real_features, seed=params.seed
-    )
+    m.figures.update(real_reference.measure(gen_retained))
     m.figures["retain_loss"] = denoising_loss(model, holdout_retain, seed=params.seed)
     if scope != "class":
         # Conditional models are asked for the forget records' classes, extraction_samples each.
@@ -464,7 +458,7 @@ def run_audit(
     retained = set(_retained_classes(models["base"][1], selection)) if conditional else None
     real = [r for r in selection.retain if retained is None or r.label in retained]
     retain_real = TensorSet.from_records(dataset, real).distinct()
-    retain_real_features = features.features(retain_real.images)
+    real_reference = RealReference(features, retain_real.images, seed=params.seed)
     holdout_retain = TensorSet.from_records(
         dataset, [r for r in selection.holdout if retained is None or r.label in retained]
     )
@@ -489,8 +483,7 @@ def run_audit(
             reference,
             neighbourhood,
             forget_distinct,
-            features,
-            retain_real_features,
+            real_reference,
             holdout_retain,
             progress,
         )

@@ -1,17 +1,18 @@
 """Utility: does the model still serve its users on what it was not asked to forget?
 
-FID and KID compare generated samples with real retained data in a feature space. The
-Inception network of the textbook FID cannot be downloaded here, so the extractor is
-pluggable: by default the evaluator's penultimate layer (trained on this dataset), or any
-TorchScript feature network a user has on disk (for example an Inception export).
+FID and KID compare generated samples with real retained data in a feature space; torchmetrics
+computes both (``RealReference``). The Inception network of the textbook FID cannot be
+downloaded here, so the extractor is pluggable: by default the evaluator's penultimate layer
+(trained on this dataset), or any TorchScript feature network a user has on disk (for example
+an Inception export).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,37 +68,67 @@ class TorchScriptFeatures:
         return torch.cat(out)
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets."""
-    x, y = a.double().numpy(), b.double().numpy()
-    mu1, mu2 = x.mean(0), y.mean(0)
-    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    # Tr sqrt(s1 s2) through the symmetric form sqrt(s1) s2 sqrt(s1), stable under round-off.
-    w, v = np.linalg.eigh(s1)
-    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = r1 @ s2 @ r1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+class _FeatureModule(torch.nn.Module):
+    """A :class:`FeatureExtractor` as the ``feature`` module torchmetrics' FID and KID take."""
+
+    def __init__(self, extractor: FeatureExtractor, num_features: int) -> None:
+        super().__init__()
+        self.extractor, self.num_features = extractor, num_features
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor.features(images).double()
 
 
-def kernel_inception_distance(
-    a: torch.Tensor, b: torch.Tensor, subsets: int = 10, subset_size: int = 200, seed: int = 0
-) -> tuple[float, float]:
-    """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (mean, std)."""
-    x, y = a.double().numpy(), b.double().numpy()
-    d = x.shape[1]
-    m = min(subset_size, len(x), len(y))
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(subsets):
-        xs = x[rng.choice(len(x), m, replace=False)]
-        ys = y[rng.choice(len(y), m, replace=False)]
-        kxx = (xs @ xs.T / d + 1) ** 3
-        kyy = (ys @ ys.T / d + 1) ** 3
-        kxy = (xs @ ys.T / d + 1) ** 3
-        mmd = (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
-        vals.append(mmd)
-    return float(np.mean(vals)), float(np.std(vals))
+class RealReference:
+    """FID and KID of generated images against one set of real images (torchmetrics).
+
+    The real images' statistics are extracted once and kept across models (torchmetrics'
+    ``reset_real_features=False``); each call measures one set of generated images. KID draws
+    its subsets from torch's global generator, so it runs under a forked generator seeded with
+    ``seed``: the same images give the same KID, and no caller's random stream moves.
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        real_images: torch.Tensor,
+        subsets: int = 10,
+        subset_size: int = 200,
+        seed: int = 0,
+    ) -> None:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        if real_images.shape[0] < 2:
+            raise ModelError(f"FID/KID need at least 2 real images, got {real_images.shape[0]}")
+        module = _FeatureModule(extractor, int(extractor.features(real_images[:2]).shape[1]))
+        self.name, self.seed, self.subset_size = extractor.name, seed, subset_size
+        self.n_real = int(real_images.shape[0])
+        self._fid = FrechetInceptionDistance(feature=module, reset_real_features=False)
+        with warnings.catch_warnings():
+            # "will save all extracted features in buffer": the audit's sets are a few thousand images.
+            warnings.filterwarnings("ignore", message=".*save all extracted features", category=UserWarning)
+            self._kid = KernelInceptionDistance(
+                feature=module, subsets=subsets, subset_size=min(subset_size, self.n_real), reset_real_features=False
+            )
+        self._fid.update(real_images, real=True)
+        self._kid.update(real_images, real=True)
+
+    def measure(self, fake_images: torch.Tensor) -> dict[str, float]:
+        """``{"fid", "kid", "kid_std"}`` of these generated images."""
+        if fake_images.shape[0] < 2:
+            raise ModelError(f"FID/KID need at least 2 generated images, got {fake_images.shape[0]}")
+        self._fid.reset()
+        self._kid.reset()
+        self._fid.update(fake_images, real=False)
+        self._kid.update(fake_images, real=False)
+        # A small generated set (few retained classes) takes smaller subsets rather than failing.
+        self._kid.subset_size = min(self.subset_size, self.n_real, int(fake_images.shape[0]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            kid, kid_std = self._kid.compute()
+        return {"fid": float(self._fid.compute()), "kid": float(kid), "kid_std": float(kid_std)}
 
 
 def denoising_loss(

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..audit.evaluator import Evaluator
 from ..audit.gates import Metric, gate, hard_limit_metric, relaxations, verdict
 from ..audit.report import Line, metric_rows, render_report
-from ..audit.utility import EvaluatorFeatures, frechet_distance, kernel_inception_distance
+from ..audit.utility import EvaluatorFeatures, RealReference
 from ..data.manifest import Dataset
 from ..data.selection import ForgetTargets
 from ..data.tensors import TensorSet, to_model_space, to_uint8
@@ -190,13 +190,12 @@ def audit_t2i(
     neighbours = {c: nearest_class(evaluator, real_all, c, kept) for c in forget_labels}
 
     # Utility: FID/KID in evaluator features between retained-class samples and real retained images.
-    feats = EvaluatorFeatures(evaluator)
     real = real_all.subset([i for i, y in enumerate(real_all.labels.tolist()) if y in kept][: p.utility_real])
-    real_f = feats.features(to_model_space(real.images))
+    ref = RealReference(EvaluatorFeatures(evaluator), to_model_space(real.images), seed=p.seed)
     fake = torch.cat([samples[c] for c in kept])
-    fid = frechet_distance(feats.features(fake), real_f)
-    fid_base = frechet_distance(feats.features(torch.cat([samples_base[c] for c in kept])), real_f)
-    kid, kid_std = kernel_inception_distance(feats.features(fake), real_f, subset_size=min(200, len(real)))
+    fid_base = ref.measure(torch.cat([samples_base[c] for c in kept]))["fid"]
+    utility = ref.measure(fake)
+    fid, kid, kid_std = utility["fid"], utility["kid"], utility["kid_std"]
     clip_score = clip_score_base = None
     if hasattr(evaluator, "clip_score"):
         kept_prompts = [base.meta.prompt_for(c) for c in kept for _ in range(n)]
