@@ -123,6 +123,22 @@ def _membership(scores_m: torch.Tensor, scores_n: torch.Tensor, per_t: dict[int,
 
 
 @torch.no_grad()
+def pia_scores(model: DiffusionModel, images: TensorSet, timestep: int, batch_size: int = 256) -> torch.Tensor:
+    """PIA's statistic per image (lower: member); see :func:`pia_attack`."""
+    device = model.device
+    abar = model.scheduler.alphas_cumprod.to(device)[timestep]
+    out = []
+    for i in range(0, len(images), batch_size):
+        x0 = to_model_space(images.images[i : i + batch_size]).to(device)
+        y = images.labels[i : i + batch_size].clamp(min=0).to(device) if model.conditional else None
+        zero = torch.zeros(x0.shape[0], dtype=torch.long, device=device)
+        e0 = model.unet(x0, zero, class_labels=y).sample.float()
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * e0
+        e_t = model.unet(x_t, zero + timestep, class_labels=y).sample.float()
+        out.append(((e_t - e0).abs() ** 4).flatten(1).sum(1).pow(0.25).cpu())
+    return torch.cat(out)
+
+
 def pia_attack(
     model: DiffusionModel, members: TensorSet, nonmembers: TensorSet, timestep: int, batch_size: int = 256
 ) -> MembershipResult:
@@ -133,22 +149,8 @@ def pia_attack(
     ``eps(x_t, t)`` and ``e0`` (lower: member). Deterministic (no noise draws) and unlike the
     loss attack, no unlearning method here optimizes or calibrates against it.
     """
-    device = model.device
-    abar = model.scheduler.alphas_cumprod.to(device)[timestep]
-
-    def scores(ts: TensorSet) -> torch.Tensor:
-        out = []
-        for i in range(0, len(ts), batch_size):
-            x0 = to_model_space(ts.images[i : i + batch_size]).to(device)
-            y = ts.labels[i : i + batch_size].clamp(min=0).to(device) if model.conditional else None
-            zero = torch.zeros(x0.shape[0], dtype=torch.long, device=device)
-            e0 = model.unet(x0, zero, class_labels=y).sample.float()
-            x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * e0
-            e_t = model.unet(x_t, zero + timestep, class_labels=y).sample.float()
-            out.append(((e_t - e0).abs() ** 4).flatten(1).sum(1).pow(0.25).cpu())
-        return torch.cat(out)
-
-    sm, sn = scores(members), scores(nonmembers)
+    sm = pia_scores(model, members, timestep, batch_size)
+    sn = pia_scores(model, nonmembers, timestep, batch_size)
     result = _membership(sm, sn, {})
     result.per_timestep_auc = {timestep: result.auc}
     return result

@@ -1,0 +1,256 @@
+"""Retrain-equivalence, the field's strictest test: the NeurIPS 2023 unlearning challenge's forget score.
+
+    python benchmarks/bench_forgetting_quality.py [--n 32] [--forget canary random]
+        [--methods erasediff erasediff-paper neggrad finetune] [--workdir DIR] [--threads 1]
+
+For each forget set (``canary``: the digits dataset's canary subject, 3 marked sevens x 40 copies;
+``random``: a random 2% of the training records, drawn with ``--random-seed``), one original
+model is trained on everything (2,000 steps, as ``dvc.yaml``'s ``train``), then
+
+* N models are retrained without the forget set (``erase --algorithm retrain``, seeds 0..N-1:
+  the base's configuration on the retained records), and
+* N unlearned models are made from the original by each method (seeds 0..N-1).
+
+Per forget record (distinct image) two membership statistics are measured on every model: the
+negative denoising loss over a fixed grid of timesteps and noise draws, and PIA's proximal
+statistic (Kong et al. 2024). ``unlearn_lib.audit.forget_quality`` turns the two samples of N
+values into an (epsilon, delta = 1e-5) estimate from the best threshold rule and buckets it
+into points; the forget score is the mean over records (1: no rule tells the method's models
+from retrained ones). "loss+pia" lets each record take the stronger of the two. A reference
+row splits the retrained models in two halves and scores one half against the other: the
+score sampling noise alone leaves at N/2 models a side, which the methods' rows (at N) should
+be read against.
+
+Over-erasure is reported separately: the evaluator's accuracy on samples of the forget records'
+classes (still retained classes when deleting records), and on all classes.
+
+Selective Amnesia and SalUn erase classes (their surrogate and random relabelling are defined
+per class) and refuse record deletions; they have no row here. Resumable: every model's
+statistics are written to ``DIR/<forget>/stats/<method>-<seed>.json`` when it is measured, and
+a second call only makes the models that are missing (an N = 32 run on 2 CPU cores takes hours:
+a retrain is about 2-3 minutes). Writes ``benchmarks/results/forgetting-quality-<device>.json``
+and a histogram figure per forget set, and prints the README table's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from bench_digits import machine
+from tqdm import tqdm
+
+from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples, train_evaluator
+from unlearn_lib.audit.forget_quality import combined_score, forget_score
+from unlearn_lib.audit.memorization import pia_scores
+from unlearn_lib.data import Dataset, DigitsConfig, ForgetTargets, TensorSet, build_digits, load_dataset, select
+from unlearn_lib.data.tensors import to_model_space
+from unlearn_lib.errors import UnlearnError
+from unlearn_lib.models import DiffusionModel, TrainConfig, ensure_base_model
+from unlearn_lib.models.objectives import ForwardProcess, per_sample_denoising_error
+from unlearn_lib.unlearning import make_unlearner, task_from_selection
+
+# Record-deletion methods: algorithm and options (the seed is added per model).
+METHODS: dict[str, tuple[str, dict]] = {
+    "erasediff": ("erasediff", {}),
+    "erasediff-paper": ("erasediff", {"preset": "paper"}),
+    "neggrad": ("neggrad", {}),
+    "finetune": ("finetune", {}),
+}
+LOSS_TIMESTEPS = [25, 50, 100, 200, 400]
+LOSS_DRAWS = 8
+LOSS_SEED = 20231
+PIA_T = 200
+JUDGE_PER_CLASS = 50
+JUDGE_SEED = 123
+
+
+def forget_targets(kind: str, dataset: Dataset, fraction: float, seed: int) -> ForgetTargets:
+    if kind == "canary":
+        return ForgetTargets.build(subject_ids=["subject-canary"])
+    ids = sorted(r.record_id for r in dataset.train)
+    k = max(1, round(fraction * len(ids)))
+    return ForgetTargets.build(record_ids=random.Random(seed).sample(ids, k))
+
+
+def statistics(model: DiffusionModel, records: TensorSet, evaluator: Evaluator, labels: list[int]) -> dict:
+    """The two membership statistics per record (higher: more member-like) and over-erasure figures."""
+    device = model.device
+    fp = ForwardProcess(model.scheduler, device)
+    y = records.labels.clamp(min=0).to(device) if model.conditional else None
+    err = per_sample_denoising_error(
+        model.unet, fp, to_model_space(records.images).to(device), y, LOSS_TIMESTEPS, LOSS_DRAWS, LOSS_SEED
+    )
+    pia = pia_scores(model, records, PIA_T)
+    figs = class_figures(generate_class_samples(model, evaluator, JUDGE_PER_CLASS, seed=JUDGE_SEED), [])
+    return {
+        "loss": (-err.mean(1)).tolist(),
+        "pia": (-pia).tolist(),
+        "forget_class_accuracy": float(np.mean([figs.accuracy[c] for c in labels])),
+        "accuracy": float(np.mean(list(figs.accuracy.values()))),
+    }
+
+
+def make_models(kind: str, args: argparse.Namespace, work: Path, evaluator: Evaluator) -> Path:
+    folder = work / kind
+    stats_dir = folder / "stats"
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(work / "data")
+    targets = forget_targets(kind, dataset, args.random_fraction, args.random_seed)
+    original, _ = ensure_base_model(dataset, folder / "original", TrainConfig(steps=args.base_steps), progress=False)
+    task = task_from_selection(dataset, select(dataset, targets), original)
+    records = TensorSet.from_records(dataset, select(dataset, targets).forget).distinct()
+    labels = sorted({int(v) for v in records.labels.tolist()})
+    (folder / "records.json").write_text(json.dumps({"n": len(records), "labels": labels}) + "\n")
+    if not (stats_dir / "original.json").exists():
+        (stats_dir / "original.json").write_text(json.dumps(statistics(original, records, evaluator, labels)))
+
+    jobs = [("retrain", "retrain", {}, i) for i in range(args.n)]
+    jobs += [(m, *METHODS[m], i) for i in range(args.n) for m in args.methods]
+    todo = [j for j in jobs if not (stats_dir / f"{j[0]}-{j[3]}.json").exists()]
+    for name, algorithm, options, seed in tqdm(todo, desc=f"{kind}: models", disable=not todo):
+        t0 = time.perf_counter()
+        try:
+            result = make_unlearner(algorithm, {**options, "seed": seed}).run(task, progress=False)
+        except UnlearnError as err:
+            # A refused run (e.g. the calibrated stop could not land) is counted, not measured.
+            row = {"refused": str(err).splitlines()[0]}
+        else:
+            row = {"steps": result.steps, "seconds": time.perf_counter() - t0}
+            row |= statistics(result.model, records, evaluator, labels)
+        (stats_dir / f"{name}-{seed}.json").write_text(json.dumps(row))
+    return folder
+
+
+def load_stats(folder: Path, name: str, n: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    rows = [json.loads((folder / "stats" / f"{name}-{i}.json").read_text()) for i in range(n)]
+    ok = [r for r in rows if "refused" not in r]
+    stats = {k: np.array([r[k] for r in ok]) for k in ("loss", "pia")} if ok else {}
+    return stats, rows
+
+
+def summarize(kind: str, folder: Path, methods: list[str], n: int) -> dict:
+    retrain, retrain_rows = load_stats(folder, "retrain", n)
+    half = n // 2
+    out: dict = {"records": json.loads((folder / "records.json").read_text()), "rows": {}}
+
+    def row(name: str, stats: dict, rows: list[dict], against: dict) -> dict:
+        scores = {k: forget_score(stats[k], against[k], k) for k in ("loss", "pia")}
+        both = combined_score(list(scores.values()))
+        ok = [r for r in rows if "refused" not in r]
+        return {
+            "models": len(ok),
+            "refused": len(rows) - len(ok),
+            "seconds": float(np.mean([r["seconds"] for r in ok])) if ok and "seconds" in ok[0] else None,
+            "forget_class_accuracy": float(np.mean([r["forget_class_accuracy"] for r in ok])),
+            "accuracy": float(np.mean([r["accuracy"] for r in ok])),
+            **{f"score_{k}": s.score for k, s in scores.items()},
+            "score_loss+pia": both.score,
+            "floor": both.floor,
+            "epsilon_median": float(np.median(both.epsilons)),
+        }
+
+    halves = ({k: v[:half] for k, v in retrain.items()}, {k: v[half:] for k, v in retrain.items()})
+    out["rows"]["retrain (one half against the other)"] = row("retrain", halves[0], retrain_rows[:half], halves[1])
+    out["rows"]["retrain (one half against the other)"]["n_a_side"] = half
+    out["rows"]["retrain"] = {
+        "models": len(retrain_rows),
+        "seconds": float(np.mean([r["seconds"] for r in retrain_rows])),
+        "forget_class_accuracy": float(np.mean([r["forget_class_accuracy"] for r in retrain_rows])),
+        "accuracy": float(np.mean([r["accuracy"] for r in retrain_rows])),
+    }
+    original = json.loads((folder / "stats" / "original.json").read_text())
+    strips = {"retrained": retrain}
+    for name in methods:
+        stats, rows = load_stats(folder, name, n)
+        if not stats:
+            out["rows"][name] = {"models": 0, "refused": len(rows)}
+            continue
+        out["rows"][name] = row(name, stats, rows, retrain)
+        strips[name] = stats
+    # One dot per model (its statistic averaged over the forget records), one row per method: a
+    # method whose dots sit among the retrained ones is what retrain-equivalence looks like.
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.45 * len(strips)))
+    for ax, k in zip(axes, ("loss", "pia"), strict=True):
+        for i, stats in enumerate(strips.values()):
+            ax.scatter(stats[k].mean(1), np.full(stats[k].shape[0], i), s=22, alpha=0.7)
+        ax.axvline(float(np.mean(original[k])), color="k", linestyle="--", label="original model")
+        ax.set_yticks(range(len(strips)), list(strips))
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_title(f"{kind}: {k} statistic per model (right: member-like)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    picture = Path(__file__).parent / "results" / f"forgetting-quality-{kind}.png"
+    fig.savefig(picture, dpi=110)
+    plt.close(fig)
+    out["figure"] = str(picture.relative_to(Path(__file__).parent))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=32, help="models a side (retrained, and unlearned per method)")
+    ap.add_argument("--forget", nargs="+", choices=("canary", "random"), default=["canary", "random"])
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    ap.add_argument("--random-fraction", type=float, default=0.02)
+    ap.add_argument("--random-seed", type=int, default=0)
+    ap.add_argument("--base-steps", type=int, default=2000)
+    ap.add_argument("--workdir", default="benchmarks/.work/forgetting-quality")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads for torch")
+    args = ap.parse_args()
+    if args.n < 4:
+        raise SystemExit("--n must be at least 4 (the reference row splits the retrained models in two)")
+    if not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "data" / "dataset.json").exists():
+        build_digits(work / "data", DigitsConfig(), overwrite=True)
+    evaluator_dir = work / "evaluator"
+    if not evaluator_dir.exists():
+        plain = build_digits(work / "plain-data", DigitsConfig(canaries=0, holdout_canaries=0), overwrite=True)
+        train_evaluator(plain, progress=False).save(evaluator_dir, overwrite=True)
+    evaluator = Evaluator.load(evaluator_dir)
+
+    out = {"machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "n": args.n}
+    for kind in args.forget:
+        folder = make_models(kind, args, work, evaluator)
+        out[kind] = summarize(kind, folder, args.methods, args.n)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(__file__).parent / "results" / f"forgetting-quality-{dev}.json"
+    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+
+    print(f"machine: {out['machine']}; N = {args.n} models a side")
+    print(
+        "| forget set | method | models | time a model | forget score: loss | PIA | loss+PIA | "
+        "median epsilon | forget-class accuracy | accuracy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind in args.forget:
+        for name, r in out[kind]["rows"].items():
+            if "score_loss" not in r:
+                t = f"{r['seconds']:.0f} s" if r.get("seconds") else "-"
+                acc = f"{r['forget_class_accuracy']:.3f} | {r['accuracy']:.3f}" if "accuracy" in r else "- | -"
+                print(f"| {kind} | {name} | {r['models']} | {t} | | | | | {acc} |")
+                continue
+            t = f"{r['seconds']:.0f} s" if r.get("seconds") else "-"
+            print(
+                f"| {kind} | {name} | {r['models']} (+{r['refused']} refused) | {t} | {r['score_loss']:.3f} | "
+                f"{r['score_pia']:.3f} | {r['score_loss+pia']:.3f} | {r['epsilon_median']:.2f} | "
+                f"{r['forget_class_accuracy']:.3f} | {r['accuracy']:.3f} |"
+            )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
