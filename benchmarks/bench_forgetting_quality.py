@@ -241,7 +241,8 @@ def main() -> None:
             if "score_loss" not in r:
                 t = f"{r['seconds']:.0f} s" if r.get("seconds") else "-"
                 acc = f"{r['forget_class_accuracy']:.3f} | {r['accuracy']:.3f}" if "accuracy" in r else "- | -"
-                print(f"| {kind} | {name} | {r['models']} | {t} | | | | | {acc} |")
+                models = f"{r['models']} (+{r['refused']} refused)" if r.get("refused") else str(r["models"])
+                print(f"| {kind} | {name} | {models} | {t} | | | | | {acc} |")
                 continue
             t = f"{r['seconds']:.0f} s" if r.get("seconds") else "-"
             print(
