@@ -108,8 +108,9 @@ def make_models(kind: str, args: argparse.Namespace, work: Path, evaluator: Eval
     dataset = load_dataset(work / "data")
     targets = forget_targets(kind, dataset, args.random_fraction, args.random_seed)
     original, _ = ensure_base_model(dataset, folder / "original", TrainConfig(steps=args.base_steps), progress=False)
-    task = task_from_selection(dataset, select(dataset, targets), original)
-    records = TensorSet.from_records(dataset, select(dataset, targets).forget).distinct()
+    selection = select(dataset, targets)
+    task = task_from_selection(dataset, selection, original)
+    records = TensorSet.from_records(dataset, selection.forget).distinct()
     labels = sorted({int(v) for v in records.labels.tolist()})
     (folder / "records.json").write_text(json.dumps({"n": len(records), "labels": labels}) + "\n")
     if not (stats_dir / "original.json").exists():

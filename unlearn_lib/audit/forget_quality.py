@@ -76,17 +76,6 @@ class ForgetScore:
         n = min(self.n_unlearned, self.n_retrained)
         return bucket_points(math.log(n - 1)) if n > 2 else math.nan
 
-    def to_dict(self) -> dict:
-        return {
-            "statistic": self.statistic,
-            "score": self.score,
-            "floor": self.floor,
-            "n_unlearned": self.n_unlearned,
-            "n_retrained": self.n_retrained,
-            "epsilon_median": float(np.median(self.epsilons)) if self.epsilons else math.nan,
-            "epsilons": self.epsilons,
-        }
-
 
 def forget_score(unlearned: np.ndarray, retrained: np.ndarray, statistic: str, delta: float = DELTA) -> ForgetScore:
     """``unlearned`` ``[N_u, R]`` and ``retrained`` ``[N_r, R]``: one row per model, one column per record."""

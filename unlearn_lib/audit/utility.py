@@ -68,25 +68,27 @@ class TorchScriptFeatures:
         return torch.cat(out)
 
 
-class _FeatureModule(torch.nn.Module):
-    """A :class:`FeatureExtractor` as the ``feature`` module torchmetrics' FID and KID take."""
+class _Features(torch.nn.Module):
+    """The ``feature`` module handed to torchmetrics: features are extracted once by our own
+    extractor before ``update`` (FID and KID would otherwise each run it on the same images), so
+    here they only pass through."""
 
-    def __init__(self, extractor: FeatureExtractor, num_features: int) -> None:
+    def __init__(self, num_features: int) -> None:
         super().__init__()
-        self.extractor, self.num_features = extractor, num_features
+        self.num_features = num_features
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.extractor.features(images).double()
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.double()
 
 
 class RealReference:
     """FID and KID of generated images against one set of real images (torchmetrics).
 
-    The real images' statistics are extracted once and kept across models (torchmetrics'
-    ``reset_real_features=False``); each call measures one set of generated images. KID draws
-    its subsets from torch's global generator, so it runs under a forked generator seeded with
-    ``seed``: the same images give the same KID, and no caller's random stream moves.
+    Images go through ``extractor`` once per set; torchmetrics computes both distances on those
+    features. The real images' statistics are kept across models (``reset_real_features=False``);
+    each call measures one set of generated images. KID draws its subsets from torch's global
+    generator, so it runs under a forked generator seeded with ``seed``: the same images give the
+    same KID, and no caller's random stream moves.
     """
 
     def __init__(
@@ -102,9 +104,10 @@ class RealReference:
 
         if real_images.shape[0] < 2:
             raise ModelError(f"FID/KID need at least 2 real images, got {real_images.shape[0]}")
-        module = _FeatureModule(extractor, int(extractor.features(real_images[:2]).shape[1]))
-        self.name, self.seed, self.subset_size = extractor.name, seed, subset_size
-        self.n_real = int(real_images.shape[0])
+        real = extractor.features(real_images)
+        module = _Features(int(real.shape[1]))
+        self.extractor, self.seed, self.subset_size = extractor, seed, subset_size
+        self.n_real = int(real.shape[0])
         self._fid = FrechetInceptionDistance(feature=module, reset_real_features=False)
         with warnings.catch_warnings():
             # "will save all extracted features in buffer": the audit's sets are a few thousand images.
@@ -112,17 +115,18 @@ class RealReference:
             self._kid = KernelInceptionDistance(
                 feature=module, subsets=subsets, subset_size=min(subset_size, self.n_real), reset_real_features=False
             )
-        self._fid.update(real_images, real=True)
-        self._kid.update(real_images, real=True)
+        self._fid.update(real, real=True)
+        self._kid.update(real, real=True)
 
     def measure(self, fake_images: torch.Tensor) -> dict[str, float]:
         """``{"fid", "kid", "kid_std"}`` of these generated images."""
         if fake_images.shape[0] < 2:
             raise ModelError(f"FID/KID need at least 2 generated images, got {fake_images.shape[0]}")
+        fake = self.extractor.features(fake_images)
         self._fid.reset()
         self._kid.reset()
-        self._fid.update(fake_images, real=False)
-        self._kid.update(fake_images, real=False)
+        self._fid.update(fake, real=False)
+        self._kid.update(fake, real=False)
         # A small generated set (few retained classes) takes smaller subsets rather than failing.
         self._kid.subset_size = min(self.subset_size, self.n_real, int(fake_images.shape[0]))
         with torch.random.fork_rng(devices=[]):
