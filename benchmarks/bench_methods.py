@@ -1,14 +1,17 @@
 """Every unlearning method on one digits class erasure, on this machine: forgetting, utility, time.
 
-    python benchmarks/bench_methods.py [--scale small|published] [--methods erasediff erasediff-paper ...]
-                                       [--base DIR --evaluator DIR] [--per-class 100] [--workdir DIR]
+    python benchmarks/bench_methods.py [--scale small|published|both] [--methods erasediff erasediff-paper ...]
+                                       [--skip sa@published] [--base DIR --evaluator DIR] [--per-class 100]
 
 Methods: ``erasediff`` (our defaults), ``erasediff-paper`` (``preset=paper``: the official CIFAR-10
 configuration and the paper's uniform-noise loss), ``sa`` (Selective Amnesia), ``salun`` (SalUn),
 ``neggrad``, ``finetune``, ``retrain``. ``--scale published`` runs each with its published or
 shipped defaults; ``--scale small`` shrinks the costly ones (SA, SalUn, retrain) to what 2 CPU
 cores finish in minutes (the overrides are printed and recorded). EraseDiff, paper mode,
-NegGrad and finetune run their defaults at both scales.
+NegGrad and finetune run their defaults at both scales. ``--scale both`` runs both
+configurations of SA and SalUn in the same invocation (rows ``sa@small``, ``sa@published``, ...),
+so that the whole table comes from one run on one base model; ``--skip`` leaves a configuration
+out and the results say which.
 
 Each model is judged by the evaluator on ``--per-class`` samples per class (25 DDIM steps, the
 model's guidance 2.0, fixed seed): P(forgotten) is its mean probability of the forgotten class
@@ -66,6 +69,24 @@ METHODS: dict[str, tuple[str, dict, dict]] = {
 }
 
 
+def configurations(methods: list[str], scale: str, skip: list[str]) -> list[tuple[str, str, dict]]:
+    """(row name, algorithm, options) for each run: ``name@scale`` where the two scales differ."""
+    bad = [s for s in skip if s.split("@")[0] not in METHODS or s.partition("@")[2] not in ("small", "published")]
+    if bad:
+        raise SystemExit(f"--skip takes METHOD@small or METHOD@published, got {bad}")
+    out = []
+    for name in methods:
+        algorithm, published, small = METHODS[name]
+        scales = {"small": small, "published": published}
+        if scale != "both":
+            out.append((name, algorithm, scales[scale]))
+        elif published == small:
+            out.append((name, algorithm, small))
+        else:
+            out += [(f"{name}@{k}", algorithm, v) for k, v in scales.items() if f"{name}@{k}" not in skip]
+    return out
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -90,7 +111,19 @@ def judge(model: DiffusionModel, evaluator: Evaluator, per_class: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scale", choices=("small", "published"), default="small")
+    ap.add_argument(
+        "--scale",
+        choices=("small", "published", "both"),
+        default="small",
+        help="both: every method at both scales in one run (one row where they are the same)",
+    )
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="METHOD@SCALE",
+        help="configurations left out of --scale both, e.g. sa@published (hours on 2 CPU cores)",
+    )
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--base", help="a trained digits base model folder (default: train one)")
     ap.add_argument("--evaluator", help="a trained evaluator folder (default: train one)")
@@ -125,9 +158,9 @@ def main() -> None:
         "base": {"path": args.base or str(work / "base"), **judge(base, evaluator, args.per_class)},
         "runs": {},
     }
-    for name in args.methods:
-        algorithm, published, small = METHODS[name]
-        options = {**(published if args.scale == "published" else small), "seed": args.seed}
+    out["skipped"] = list(args.skip)
+    for name, algorithm, options in configurations(args.methods, args.scale, args.skip):
+        options = {**options, "seed": args.seed}
         result = make_unlearner(algorithm, options).run(task, progress=False)
         out["runs"][name] = {
             "algorithm": algorithm,

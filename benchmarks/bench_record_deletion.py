@@ -80,7 +80,10 @@ def run_config(name: str, work: Path, base_steps: int, evaluator_dir: Path) -> d
         evaluator_dir=evaluator_dir,
         overwrite=True,
     )
-    gates = {g["metric"]: {"value": g.get("value"), "passed": g["passed"]} for g in audit.record["gates"]}
+    gates = {
+        g["metric"]: {"value": g.get("value"), "passed": g["passed"], "inconclusive": bool(g.get("inconclusive"))}
+        for g in audit.record["gates"]
+    }
     return {
         "config": name,
         "retrain_seconds": retrain_seconds,
@@ -129,16 +132,20 @@ def main() -> None:
     path = Path(__file__).parent / "results" / f"record-deletion-{dev}.json"
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
     print(f"machine: {out['machine']}")
-    print("| canaries (N x copies @ digit, seed) | steps | unlearning | retrain | cost | verdict | failed gates |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| canaries (N x copies @ digit, seed) | steps | unlearning | retrain | cost | verdict | failed gates "
+        "| inconclusive |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("refused"):
-            print(f"| {r['config']} | - | refused | {r['retrain_seconds']:.0f} s | - | - | {r['refused']} |")
+            print(f"| {r['config']} | - | refused | {r['retrain_seconds']:.0f} s | - | - | {r['refused']} | |")
             continue
         failed = ", ".join(k for k, g in r["gates"].items() if not g["passed"]) or "-"
+        weak = ", ".join(k for k, g in r["gates"].items() if g.get("inconclusive")) or "-"
         print(
             f"| {r['config']} | {r['steps']} | {r['unlearn_seconds']:.0f} s | {r['retrain_seconds']:.0f} s | "
-            f"{r['cost']:.2f}x | {r['verdict']} | {failed} |"
+            f"{r['cost']:.2f}x | {r['verdict']} | {failed} | {weak} |"
         )
     passed = sum(r["passed"] for r in rows)
     print(f"{passed} of {len(rows)} pass the audit at <= {MAX_COST}x a retrain; wrote {path}")

@@ -639,7 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="text-to-image models: torchscript:PATH[@SIZE] (a classifier over the class prompts) or "
         "clip:FOLDER (a local CLIP: zero-shot, plus the CLIP score) instead of the evaluator",
     )
-    p.add_argument("--retrain", help="a model retrained without the forget set, reported as the reference")
+    p.add_argument(
+        "--retrain",
+        nargs="+",
+        help="a model retrained without the forget set, reported as the reference; several (other training "
+        "seeds): the report also states where the unlearned model sits among them, per forget record",
+    )
     add_override_flags(p, "audit parameter", file_flag="--params", example="--set samples_per_class=50")
     p.add_argument("--device", default="auto", help="auto: CUDA when present (sampling in bf16), else CPU")
     p.add_argument("--overwrite", action="store_true")

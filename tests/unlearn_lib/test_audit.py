@@ -198,9 +198,17 @@ def test_report_files_open_and_audit_json_validates(base_model_dir, digits_dir, 
 def test_retrain_reference_is_reported_with_gaps(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
     from unlearn_lib.unlearning.run import erase as erase_fn
 
-    erase_fn(
-        base_model_dir, digits_dir, CANARY, "retrain", tmp_path / "retrain", overrides={"steps": 100}, progress=False
-    )
+    retrained = [tmp_path / f"retrain-{seed}" for seed in range(3)]
+    for seed, folder in enumerate(retrained):
+        erase_fn(
+            base_model_dir,
+            digits_dir,
+            CANARY,
+            "retrain",
+            folder,
+            overrides={"steps": 100, "seed": seed},
+            progress=False,
+        )
     res = run_audit(
         base_model_dir,
         models["canary"],
@@ -209,9 +217,28 @@ def test_retrain_reference_is_reported_with_gaps(base_model_dir, digits_dir, eva
         tmp_path / "a",
         params=params(samples_per_class=20, extraction_samples=100),
         evaluator_dir=evaluator_dir,
-        retrain_dir=tmp_path / "retrain",
+        retrain_dir=retrained,
     )
     m = {x.name: x for x in res.metrics}
+    # Where the models sit among the three retrained ones, per canary: the base model, trained on 40
+    # copies of each, denoises every canary better than any model that never saw them.
+    for name in ("loss_within_retrain_range", "pia_within_retrain_range"):
+        pos = m[name].details
+        assert m[name].passed is None and m[name].threshold is None  # reported, not gated
+        assert pos["base"]["below"] == 1.0 and m[name].base == 0.0
+        assert pos["unlearned"]["n_retrained"] == 3 and pos["unlearned"]["expected_within"] == pytest.approx(0.5)
+        assert m[name].value == pytest.approx(1 - pos["unlearned"]["below"] - pos["unlearned"]["above"])
+        assert np.asarray(pos["errors"]["retrained"]).shape == (3, 3)
+    assert m["loss_within_retrain_range"].details["errors"]["retrained"][0] == pytest.approx(
+        res.measurements["retrain"].membership.member_errors
+    )
+    assert [r["path"] for r in res.record["retrained_models"]] == [str(p) for p in retrained]
+    assert res.record["models"]["retrain"]["path"] == str(retrained[0])
+    validate_record(res.record)
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "against 3 retrained models (denoising error)" in report and "retrain_position.png" in report
+    with Image.open(tmp_path / "a" / "retrain_position.png") as im:
+        im.verify()
     assert m["mia_auc"].retrain is not None
     assert m["mia_auc"].gap_to_retrain == pytest.approx(m["mia_auc"].value - m["mia_auc"].retrain)
     # Gated on the gap as well: within the membership tolerance of the retrained model's AUC.

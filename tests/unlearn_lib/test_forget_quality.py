@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from unlearn_lib.audit.forget_quality import bucket_points, combined_score, forget_score, record_epsilon
+from unlearn_lib.audit.forget_quality import (
+    bucket_points,
+    combined_score,
+    forget_score,
+    record_epsilon,
+    retrain_position,
+)
 
 
 def test_buckets_halve_the_points_every_half_unit_of_epsilon():
@@ -68,3 +74,28 @@ def test_too_few_models_or_non_finite_values_are_refused():
         record_epsilon(np.zeros(1), np.zeros(5))
     with pytest.raises(ValueError, match="non-finite"):
         record_epsilon(np.array([0.0, np.nan]), np.zeros(5))
+
+
+def test_retrain_position_places_a_retrained_model_inside_and_a_remembering_one_below():
+    g = np.random.default_rng(3)
+    retrained = g.normal(1.0, 0.1, (19, 400))
+    like = retrain_position(g.normal(1.0, 0.1, 400), retrained, "loss")
+    # A 20th retrained model is outside the other 19's range on a record with chance 2/20.
+    assert like.expected_within == pytest.approx(0.9)
+    assert like.within == pytest.approx(0.9, abs=0.05)
+    assert like.median_percentile == pytest.approx(0.5, abs=0.1)
+    remembers = retrain_position(np.full(400, 0.5), retrained, "loss")
+    assert (remembers.below, remembers.above, remembers.within) == (1.0, 0.0, 0.0)
+    assert remembers.percentiles == [0.0] * 400
+    over = retrain_position(np.full(400, 2.0), retrained, "loss")
+    assert (over.below, over.above, over.median_percentile) == (0.0, 1.0, 1.0)
+    assert over.to_dict()["within"] == 0.0
+
+
+def test_retrain_position_refuses_a_single_retrain_and_mismatched_records():
+    with pytest.raises(ValueError, match="at least 2 retrained models"):
+        retrain_position(np.ones(3), np.ones((1, 3)), "loss")
+    with pytest.raises(ValueError, match=r"\[records\] row"):
+        retrain_position(np.ones(4), np.ones((3, 3)), "loss")
+    with pytest.raises(ValueError, match="non-finite"):
+        retrain_position(np.array([1.0, np.nan]), np.ones((3, 2)), "loss")

@@ -98,3 +98,64 @@ def combined_score(scores: list[ForgetScore]) -> ForgetScore:
         n_retrained=min(s.n_retrained for s in scores),
         epsilons=[float(e) for e in eps],
     )
+
+
+@dataclass
+class RetrainPosition:
+    """Where one model's per-record statistic sits among N retrained models' (lower: member-like).
+
+    ``percentiles[j]``: the share of retrained models that denoise record j *better* than the model
+    does (ties count half). Near 0 the model is more member-like than every retrained model (the
+    record is still remembered), near 1 less (over-forgotten: the record stands out as deleted).
+    A model drawn from the retrained distribution lands outside the retrained models' range on a
+    record with probability 2 / (N + 1): ``expected_within`` is what retrain-equivalence looks like.
+    """
+
+    statistic: str
+    n_retrained: int
+    percentiles: list[float]
+    below: float  # share of records more member-like than every retrained model
+    above: float  # share of records less member-like than every retrained model
+
+    @property
+    def within(self) -> float:
+        return 1.0 - self.below - self.above
+
+    @property
+    def expected_within(self) -> float:
+        return 1.0 - 2.0 / (self.n_retrained + 1)
+
+    @property
+    def median_percentile(self) -> float:
+        return float(np.median(self.percentiles))
+
+    def to_dict(self) -> dict:
+        return {
+            "statistic": self.statistic,
+            "n_retrained": self.n_retrained,
+            "within": self.within,
+            "expected_within": self.expected_within,
+            "below": self.below,
+            "above": self.above,
+            "median_percentile": self.median_percentile,
+            "percentiles": self.percentiles,
+        }
+
+
+def retrain_position(model: np.ndarray, retrained: np.ndarray, statistic: str) -> RetrainPosition:
+    """``model`` ``[R]``: one model's error per record; ``retrained`` ``[N, R]``: N retrained models'."""
+    m, r = np.asarray(model, dtype=float), np.asarray(retrained, dtype=float)
+    if m.ndim != 1 or r.ndim != 2 or r.shape[1] != m.shape[0]:
+        raise ValueError(f"need a [records] row and a [models, records] table, got {m.shape} and {r.shape}")
+    if r.shape[0] < 2:
+        raise ValueError(f"a retrained distribution needs at least 2 retrained models, got {r.shape[0]}")
+    if not (np.isfinite(m).all() and np.isfinite(r).all()):
+        raise ValueError("the statistic has non-finite values")
+    pct = ((r < m[None, :]).sum(0) + 0.5 * (r == m[None, :]).sum(0)) / r.shape[0]
+    return RetrainPosition(
+        statistic=statistic,
+        n_retrained=r.shape[0],
+        percentiles=[float(p) for p in pct],
+        below=float((m < r.min(0)).mean()),
+        above=float((m > r.max(0)).mean()),
+    )

@@ -248,6 +248,48 @@ def _extraction_distances(stage: Path, meas: dict[str, ModelMeasurements], guard
     return _save(fig, stage, "extraction_distances.png")
 
 
+def _retrain_position(stage: Path, record: dict) -> str | None:
+    """Per forget record, the retrained models' statistic (the band a retrained model falls in) and
+    where the unlearned and the base model sit: below the band the record is still remembered."""
+    panels = [
+        (record["metrics"][name], title)
+        for name, title in (
+            ("loss_within_retrain_range", "denoising error"),
+            ("pia_within_retrain_range", "PIA distance"),
+        )
+        if name in record["metrics"]
+    ]
+    if not panels:
+        return None
+    n_records = len(panels[0][0]["details"]["errors"]["unlearned"])
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(min(14.0, max(7.0, 4.0 + 0.3 * n_records)), 3.2 * len(panels)), squeeze=False
+    )
+    for ax, (metric, title) in zip(axes[:, 0], panels, strict=True):
+        errors = metric["details"]["errors"]
+        retrained = np.asarray(errors["retrained"])
+        order = np.argsort(np.median(retrained, axis=0), kind="stable")
+        x = np.arange(len(order))
+        lo, hi = retrained.min(0)[order], retrained.max(0)[order]
+        ax.vlines(x, lo, hi, colors="0.75", linewidth=6, label=f"range of {retrained.shape[0]} retrained models")
+        ax.scatter(np.repeat(x, retrained.shape[0]), retrained[:, order].T.ravel(), s=6, color="0.45")
+        for role in ("base", "unlearned"):
+            within = metric["value"] if role == "unlearned" else metric["base"]
+            ax.scatter(
+                x,
+                np.asarray(errors[role])[order],
+                marker=MARKERS[role],
+                s=26,
+                label=f"{ROLE_TITLES[role]}: {within:.0%} of records within",
+            )
+        ax.set_yscale("log")
+        ax.set_xticks([])
+        ax.set_xlabel("forget records (by the retrained models' median)")
+        ax.set_title(f"{title} per forget record (lower: member-like)", fontsize=10)
+        ax.legend(fontsize=8)
+    return _save(fig, stage, "retrain_position.png")
+
+
 def _fmt(v: object) -> str:
     if v is None:
         return "–"
@@ -325,6 +367,24 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
             )
         ]
     )
+    for name, title in (("loss_within_retrain_range", "denoising error"), ("pia_within_retrain_range", "PIA")):
+        if name not in record["metrics"]:
+            continue
+        d = record["metrics"][name]["details"]
+        u, b = d["unlearned"], d["base"]
+        lines.append(
+            [
+                ("", f"against {u['n_retrained']} retrained models ({title}): "),
+                ("strong", f"{u['within']:.0%}"),
+                (
+                    "",
+                    f" of forget records within their range ({u['expected_within']:.0%} expected of a retrained "
+                    f"model), {u['below']:.0%} below it (still remembered), {u['above']:.0%} above it "
+                    f"(over-forgotten); median percentile {u['median_percentile']:.2f} (0.5 for a retrained model); "
+                    f"the base model: {b['within']:.0%} within, {b['below']:.0%} below",
+                ),
+            ]
+        )
     for name, m in record["metrics"].items():
         if m.get("inconclusive") and m.get("passed"):
             lines.append([("code", name), ("", " did not fail but is "), ("strong", "INCONCLUSIVE"),
@@ -387,6 +447,7 @@ def write_report(
         ("mia_roc", lambda: _roc(stage, meas)),
         ("loss_histograms", lambda: _histograms(stage, meas)),
         ("extraction_distances", lambda: _extraction_distances(stage, meas, guard)),
+        ("retrain_position", lambda: _retrain_position(stage, record)),
     ):
         name = fn()
         if name:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -28,6 +29,7 @@ from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, class_figures, generate_class_samples
 from .evaluator import Evaluator, train_evaluator
+from .forget_quality import retrain_position
 from .gates import AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
 from .memorization import (
     ExtractionResult,
@@ -165,17 +167,66 @@ def measure_model(
             forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k
         )
         if reference is not None and len(reference):
-            m.membership = loss_attack(
-                model,
-                forget_distinct,
-                reference,
-                params.mia_timesteps,
-                params.mia_noise_draws,
-                params.membership_seed,
-            )
-            m.pia = pia_attack(model, forget_distinct, reference, params.pia_timestep)
+            m.membership, m.pia = membership_attacks(model, forget_distinct, reference, params)
     m.seconds = time.perf_counter() - t0
     return m
+
+
+def membership_attacks(
+    model: DiffusionModel, forget: TensorSet, reference: TensorSet, params: AuditParams
+) -> tuple[MembershipResult, MembershipResult]:
+    """The loss attack (the audit's timesteps, noise draws and seed) and PIA, forget vs. reference."""
+    loss = loss_attack(model, forget, reference, params.mia_timesteps, params.mia_noise_draws, params.membership_seed)
+    return loss, pia_attack(model, forget, reference, params.pia_timestep)
+
+
+def _retrain_distribution(
+    meas: dict[str, ModelMeasurements], extra: list[tuple[MembershipResult, MembershipResult]], params: AuditParams
+) -> list[Metric]:
+    """Where the unlearned (and the base) model sits among several retrained models, per forget record.
+
+    Reported, not gated: with a handful of retrained models the range is wide, and the question
+    it answers (is this model one of the retrained ones?) is the forget score's, which needs
+    several unlearned models too (``benchmarks/bench_forgetting_quality.py``).
+    """
+    u, b, r = meas["unlearned"], meas["base"], meas["retrain"]
+    if u.membership is None or b.membership is None or r.membership is None:
+        return []
+    out = []
+    n = 1 + len(extra)
+    for name, key, what in (
+        ("loss_within_retrain_range", "membership", f"denoising error (t = {params.mia_timesteps})"),
+        ("pia_within_retrain_range", "pia", f"PIA distance (t = {params.pia_timestep})"),
+    ):
+        first = getattr(r, key)
+        if first is None or getattr(u, key) is None or getattr(b, key) is None:
+            continue
+        table = np.array([first.member_errors, *[(e[0] if key == "membership" else e[1]).member_errors for e in extra]])
+        pos_u = retrain_position(np.array(getattr(u, key).member_errors), table, key)
+        pos_b = retrain_position(np.array(getattr(b, key).member_errors), table, key)
+        out.append(
+            Metric(
+                name=name,
+                group="memorization",
+                value=pos_u.within,
+                base=pos_b.within,
+                description=f"share of forget records whose {what} lies within the range of {n} retrained models' "
+                f"(a retrained model itself: {pos_u.expected_within:.2f} expected; below the range: still "
+                "remembered, above: over-forgotten)",
+                samples=len(pos_u.percentiles),
+                seed=params.membership_seed if key == "membership" else params.seed,
+                details={
+                    "unlearned": pos_u.to_dict(),
+                    "base": pos_b.to_dict(),
+                    "errors": {
+                        "unlearned": list(getattr(u, key).member_errors),
+                        "base": list(getattr(b, key).member_errors),
+                        "retrained": table.tolist(),
+                    },
+                },
+            )
+        )
+    return out
 
 
 def _relative_to_base(m: Metric, name: str, description: str, op: Callable[[float, float], float | None]) -> Metric:
@@ -411,14 +462,20 @@ def run_audit(
     out: str | os.PathLike[str],
     params: AuditParams | None = None,
     evaluator_dir: str | os.PathLike[str] | None = None,
-    retrain_dir: str | os.PathLike[str] | None = None,
+    retrain_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     overwrite: bool = False,
     progress: bool = False,
     strict: bool = True,
     device: str = "auto",
     hard_limits: bool = True,
 ) -> AuditResult:
-    """Audit ``model_dir`` (unlearned from ``base_dir``) for ``targets``; write audit.json and the report."""
+    """Audit ``model_dir`` (unlearned from ``base_dir``) for ``targets``; write audit.json and the report.
+
+    ``retrain_dir``: one model retrained without the forget set (measured like the others, the
+    reference of every gap), or several (different training seeds): the first is that reference,
+    and for record deletions the report also states where the unlearned model sits among all of
+    them, record by record.
+    """
     from .report import ForgetGuard, neighbourhood_chunked, write_report
 
     params = params or AuditParams()
@@ -434,9 +491,17 @@ def run_audit(
         "base": (base_dir, DiffusionModel.load(base_dir, device=dev)),
         "unlearned": (model_dir, DiffusionModel.load(model_dir, device=dev)),
     }
-    if retrain_dir is not None:
-        models["retrain"] = (retrain_dir, DiffusionModel.load(retrain_dir, device=dev))
-    for role, (_, mdl) in models.items():
+    if retrain_dir is None:
+        retrain_dirs: list[str | os.PathLike[str]] = []
+    elif isinstance(retrain_dir, (str, os.PathLike)):
+        retrain_dirs = [retrain_dir]
+    else:
+        retrain_dirs = list(retrain_dir)
+    if retrain_dirs:
+        models["retrain"] = (retrain_dirs[0], DiffusionModel.load(retrain_dirs[0], device=dev))
+    # Further retrained models (other seeds) are measured on the membership statistics only.
+    others = {f"retrain {i + 2}": (d, DiffusionModel.load(d, device=dev)) for i, d in enumerate(retrain_dirs[1:])}
+    for role, (_, mdl) in {**models, **others}.items():
         if tuple(mdl.meta.image_shape) != tuple(dataset.image_shape):
             raise ModelError(
                 f"the {role} model generates {mdl.meta.image_shape} images, the dataset holds {dataset.image_shape}"
@@ -490,6 +555,12 @@ def run_audit(
         for role, (path, mdl) in models.items()
     }
     metrics = _metrics(meas, selection, params, conditional)
+    distribution: list[dict] = []
+    if others and reference is not None and selection.scope != "class":
+        extra = [membership_attacks(mdl, forget_distinct, reference, params) for _, mdl in others.values()]
+        metrics += _retrain_distribution(meas, extra, params)
+        distribution = [{"path": str(meas["retrain"].path), "unet_sha256": meas["retrain"].sha256}]
+        distribution += [{"path": str(d), "unet_sha256": model_digest(d)} for d, _ in others.values()]
     floor = hard_limit_metric(params) if hard_limits else None
     if floor is not None:
         metrics.append(floor)
@@ -518,6 +589,8 @@ def run_audit(
         # Every setting looser than the defaults, kept with the verdict it produced.
         "relaxed": relaxations(params),
         "hard_limits": hard_limits,
+        # The retrained models behind *_within_retrain_range (the first is models.retrain).
+        **({"retrained_models": distribution} if distribution else {}),
         "metrics": {m.name: m.to_dict() for m in metrics},
         "gates": [
             {
