@@ -1,23 +1,32 @@
 """Shared fixtures: one digits dataset, one base model and one evaluator per test session.
 
-The base model takes about two minutes to train on 2 CPU cores; it is cached under
+The base model takes a few minutes to train on 2 CPU cores; it is cached under
 ``.cache/tests`` (or ``$UNLEARN_TEST_CACHE``) keyed by its configuration and the dataset
 digest, so local re-runs skip training. CI starts from a clean clone and trains it once.
+
+``make test`` runs the suite in two pytest-xdist workers (``--dist loadfile``: a file's tests,
+and so its module fixtures, stay in one worker). The expensive session fixtures are built once
+for the whole run, by whichever worker asks first, under a file lock (:func:`_once`); the other
+worker waits for them instead of building them a second time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -30,14 +39,55 @@ REPO = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("UNLEARN_TEST_CACHE", REPO / ".cache" / "tests"))
 BASE_CONFIG = TrainConfig(preset="digits", steps=2000, batch_size=64, lr=2e-3, seed=0)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+T = TypeVar("T")
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+if WORKERS > 1:
+    # Two workers on two cores: one thread each, and for the processes they start. Two threads
+    # each would oversubscribe the cores; one thread runs the digits model at ~0.7x of two.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` across processes (xdist workers, or two local runs on one cache)."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        yield
+
+
+def _once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(folder)`` once per test run, whichever xdist worker asks first; the others get its value.
+
+    The value is pickled beside the folder, so it must be plain data (paths, dataclasses); the
+    folder lives under the run's shared temporary root and every worker reads the same files.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    done = root.with_suffix(".pkl")
+    with _exclusive(root):
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        value = build(root)
+        done.write_bytes(pickle.dumps(value))
+        return value
 
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
-    build_digits(out, DigitsConfig())
-    return out
+    def build(root: Path) -> Path:
+        build_digits(root / "digits", DigitsConfig())
+        return root / "digits"
+
+    return _once(tmp_path_factory, "data", build)
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +104,10 @@ def base_model_dir(digits) -> Path:
     """The session's base model: trained with planted canaries, so it has memorized them."""
     key = _cache_key("base", asdict(BASE_CONFIG), digits.digest())
     out = CACHE / f"base-{key}"
-    if not (out / "unlearn_model.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        train_base(digits, out, BASE_CONFIG, progress=False)
+    with _exclusive(out):
+        if not (out / "unlearn_model.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            train_base(digits, out, BASE_CONFIG, progress=False)
     return out
 
 
@@ -71,9 +122,10 @@ def tiny_sd_dir(digits) -> Path:
     config = t2i_config()
     key = _cache_key("tiny-sd", asdict(config), digits.digest())
     out = CACHE / f"tiny-sd-{key}"
-    if not (out / "unlearn_model.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        train_t2i(digits, out, config, progress=False)
+    with _exclusive(out):
+        if not (out / "unlearn_model.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            train_t2i(digits, out, config, progress=False)
     return out
 
 
@@ -92,12 +144,13 @@ def base_model(base_model_dir: Path) -> DiffusionModel:
 def evaluator(digits) -> Evaluator:
     key = _cache_key("evaluator", digits.digest())
     out = CACHE / f"evaluator-{key}"
-    if (out / "evaluator.json").is_file():
-        return Evaluator.load(out)
-    ev = train_evaluator(digits, progress=False)
-    shutil.rmtree(out, ignore_errors=True)
-    ev.save(out)
-    return ev
+    with _exclusive(out):
+        if (out / "evaluator.json").is_file():
+            return Evaluator.load(out)
+        ev = train_evaluator(digits, progress=False)
+        shutil.rmtree(out, ignore_errors=True)
+        ev.save(out)
+        return ev
 
 
 # ---- real services on 127.0.0.1 -------------------------------------------------------------------
@@ -212,15 +265,18 @@ def workspace_template(tmp_path_factory, base_model_dir, digits) -> Path:
     from unlearn_lib.data import load_dataset
     from unlearn_lib.workspace import Workspace
 
-    root = tmp_path_factory.mktemp("workspace-template") / "ws"
-    ws = Workspace.init(root)
-    ws.dvc("repro", "prepare", "purge")
-    assert load_dataset(root / "data" / "digits").digest() == digits.digest()
-    shutil.copytree(base_model_dir, root / "models" / "base")
-    ws.dvc("commit", "-f", "train_base")
-    ws.git("add", "-A")
-    ws.git("commit", "-q", "-m", "base model")
-    return root
+    def build(folder: Path) -> Path:
+        root = folder / "ws"
+        ws = Workspace.init(root)
+        ws.dvc("repro", "prepare", "purge")
+        assert load_dataset(root / "data" / "digits").digest() == digits.digest()
+        shutil.copytree(base_model_dir, root / "models" / "base")
+        ws.dvc("commit", "-f", "train_base")
+        ws.git("add", "-A")
+        ws.git("commit", "-q", "-m", "base model")
+        return root
+
+    return _once(tmp_path_factory, "workspace-template", build)
 
 
 @pytest.fixture()
@@ -252,20 +308,23 @@ def weak_pipeline_run(workspace_template, tmp_path_factory) -> dict:
     from unlearn_lib.settings import Settings
     from unlearn_lib.workspace import Workspace
 
-    root = tmp_path_factory.mktemp("weak-run") / "ws"
-    shutil.copytree(workspace_template, root, symlinks=True)
-    settings = Settings(workspace=str(root))
-    ws = Workspace(root)
-    rev_before = ws.head()
-    ensure_base_registered(settings, ws)
-    outcome = run_local(
-        settings,
-        DeletionBatch((parse_request(WEAK_REQUEST),)),
-        options={"steps": 2, "stop": "none"},
-        audit_params={"samples_per_class": 10, "extraction_samples": 200},
-    )
-    runs = sorted((root / "runs" / "kfp" / outcome.run_id).glob("unlearn-compliance-*"))
-    return {"settings": settings, "outcome": outcome, "rev_before": rev_before, "run_dir": runs[-1], "ws": ws}
+    def build(folder: Path) -> dict:
+        root = folder / "ws"
+        shutil.copytree(workspace_template, root, symlinks=True)
+        settings = Settings(workspace=str(root))
+        ws = Workspace(root)
+        rev_before = ws.head()
+        ensure_base_registered(settings, ws)
+        outcome = run_local(
+            settings,
+            DeletionBatch((parse_request(WEAK_REQUEST),)),
+            options={"steps": 2, "stop": "none"},
+            audit_params={"samples_per_class": 10, "extraction_samples": 200},
+        )
+        runs = sorted((root / "runs" / "kfp" / outcome.run_id).glob("unlearn-compliance-*"))
+        return {"settings": settings, "outcome": outcome, "rev_before": rev_before, "run_dir": runs[-1], "ws": ws}
+
+    return _once(tmp_path_factory, "weak-run", build)
 
 
 # ---- unlearned models shared by the unlearning and audit tests -----------------------------------------
@@ -277,9 +336,12 @@ def class3_model_dir(base_model_dir, digits_dir, tmp_path_factory) -> Path:
     from unlearn_lib.data import ForgetTargets
     from unlearn_lib.unlearning import erase
 
-    out = tmp_path_factory.mktemp("erased") / "class3"
-    erase(base_model_dir, digits_dir, ForgetTargets.build(labels=[3]), "erasediff", out, progress=False)
-    return out
+    def build(folder: Path) -> Path:
+        out = folder / "class3"
+        erase(base_model_dir, digits_dir, ForgetTargets.build(labels=[3]), "erasediff", out, progress=False)
+        return out
+
+    return _once(tmp_path_factory, "erased-class3", build)
 
 
 @pytest.fixture(scope="session")
@@ -288,16 +350,13 @@ def canary_model_dir(base_model_dir, digits_dir, tmp_path_factory) -> Path:
     from unlearn_lib.data import ForgetTargets
     from unlearn_lib.unlearning import erase
 
-    out = tmp_path_factory.mktemp("erased") / "canary"
-    erase(
-        base_model_dir,
-        digits_dir,
-        ForgetTargets.build(subject_ids=["subject-canary"]),
-        "erasediff",
-        out,
-        progress=False,
-    )
-    return out
+    def build(folder: Path) -> Path:
+        out = folder / "canary"
+        targets = ForgetTargets.build(subject_ids=["subject-canary"])
+        erase(base_model_dir, digits_dir, targets, "erasediff", out, progress=False)
+        return out
+
+    return _once(tmp_path_factory, "erased-canary", build)
 
 
 # ---- a real PostgreSQL server for the state database ---------------------------------------------------
@@ -426,22 +485,24 @@ def demo_run(workspace_template, tmp_path_factory) -> dict:
     The tests of what a finished deletion leaves behind (nothing of the data) and of the evidence
     read this workspace; they must not change it.
     """
-    root = tmp_path_factory.mktemp("demo") / "workspace"
-    shutil.copytree(workspace_template, root, symlinks=True)
-    before = {
-        "head": subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip(),
-        "source": load_dataset(root / "data" / "source"),
-    }
-    # Nothing of the session's other services: earlier tests leave MLflow's and S3's variables set
-    # in this process (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to child processes).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "AWS_", "MLFLOW_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("unlearn")), "pipeline", "demo", "--workspace", str(root), "--keep"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"root": root, "before": before, "stdout": proc.stdout, "env": env}
+
+    def build(folder: Path) -> dict:
+        root = folder / "workspace"
+        shutil.copytree(workspace_template, root, symlinks=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        before = {"head": head, "source": load_dataset(root / "data" / "source")}
+        # Nothing of the session's other services: earlier tests leave MLflow's and S3's variables set
+        # in this process (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to child processes).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "AWS_", "MLFLOW_"))}
+        env["OMP_NUM_THREADS"] = "1"
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("unlearn")), "pipeline", "demo", "--workspace", str(root), "--keep"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return {"root": root, "before": before, "stdout": proc.stdout, "env": env}
+
+    return _once(tmp_path_factory, "demo", build)
