@@ -31,10 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-# The slower fault-injection scenarios (each kill point on its own, S3 down, rollback), each test
-# on its own workspace, so spread over the workers test by test.
+# The slower fault-injection scenarios (S3 down, rollback, kills after publishing or while
+# committing, text-to-image), each on its own workspace, so spread over the workers test by test.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load -m faults tests/pipelines/test_faults.py
 

@@ -4,10 +4,10 @@ The base model takes a few minutes to train on 2 CPU cores; it is cached under
 ``.cache/tests`` (or ``$UNLEARN_TEST_CACHE``) keyed by its configuration and the dataset
 digest, so local re-runs skip training. CI starts from a clean clone and trains it once.
 
-``make test`` runs the suite in two pytest-xdist workers (``--dist loadfile``: a file's tests,
-and so its module fixtures, stay in one worker). The expensive session fixtures are built once
-for the whole run, by whichever worker asks first, under a file lock (:func:`_once`); the other
-worker waits for them instead of building them a second time.
+``make test`` runs the suite in two pytest-xdist workers (``--dist loadgroup``: a file's tests,
+and so its module fixtures, stay in one worker; see ``pytest_collection_modifyitems``). The
+expensive session fixtures are built once for the whole run, by whichever worker asks first,
+under a file lock (:func:`_once`); the other worker waits for them instead of building them twice.
 """
 
 from __future__ import annotations
@@ -49,6 +49,44 @@ if WORKERS > 1:
     torch.set_num_threads(1)
 else:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# The files that take minutes, longest first (measured on 2 cores), then two light ones that need no
+# base model, to keep the second worker busy while the first trains it. xdist hands out files in
+# this order (``--no-loadscope-reorder``); its default puts files with many tests first, which
+# left the slowest file running alone at the end. A file missing here only runs later.
+RUN_FIRST = (
+    "tests/pipelines/test_faults.py",
+    "tests/unlearn_lib/test_requests.py",
+    "tests/unlearn_lib/test_state.py",
+    "tests/unlearn_lib/test_t2i.py",
+    "demo-workspace",
+    "tests/pipelines/test_t2i_compliance.py",
+    "tests/unlearn_lib/test_unlearning.py",
+    "tests/pipelines/test_compliance.py",
+    "tests/unlearn_lib/test_remote_workspace.py",
+    "tests/test_benchmarks.py",
+    "tests/unlearn_lib/test_audit.py",
+    "tests/unlearn_lib/test_successive.py",
+    "tests/pipelines/test_schedule.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``) a file's tests share a worker, so its module fixtures
+    are built once; files that share state beyond a session fixture name one ``xdist_group``
+    (the demo workspace, which two files strip to its stores for a while). Slow files go first."""
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+
+    def group(item: pytest.Item) -> str:
+        mark = item.get_closest_marker("xdist_group")
+        return str(mark.args[0]) if mark is not None else item.nodeid.split("::")[0]
+
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: rank.get(group(item), len(RUN_FIRST)))
 
 
 @contextlib.contextmanager
@@ -107,7 +145,13 @@ def base_model_dir(digits) -> Path:
     with _exclusive(out):
         if not (out / "unlearn_model.json").is_file():
             shutil.rmtree(out, ignore_errors=True)
-            train_base(digits, out, BASE_CONFIG, progress=False)
+            # Both cores: every model test needs it, so the other worker is mostly waiting for it.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
+            try:
+                train_base(digits, out, BASE_CONFIG, progress=False)
+            finally:
+                torch.set_num_threads(threads)
     return out
 
 

@@ -32,6 +32,9 @@ from unlearn_lib.settings import Settings
 from unlearn_lib.state import StateStore
 from unlearn_lib.tracking import client_for
 
+# Both this file and test_demo_erasure.py strip the demo's workspace to its stores for a while: one worker.
+pytestmark = pytest.mark.xdist_group("demo-workspace")
+
 # The demo's first request (pipelines/cli.py DEMO_REQUESTS): every record of the canaries' owner.
 REQ = "REQ-0001"
 REQUEST = {

@@ -248,17 +248,14 @@ def _extraction_distances(stage: Path, meas: dict[str, ModelMeasurements], guard
     return _save(fig, stage, "extraction_distances.png")
 
 
+# The audit's per-record position among retrained models, one per membership statistic.
+RETRAIN_POSITION = (("loss_within_retrain_range", "denoising error"), ("pia_within_retrain_range", "PIA distance"))
+
+
 def _retrain_position(stage: Path, record: dict) -> str | None:
     """Per forget record, the retrained models' statistic (the band a retrained model falls in) and
     where the unlearned and the base model sit: below the band the record is still remembered."""
-    panels = [
-        (record["metrics"][name], title)
-        for name, title in (
-            ("loss_within_retrain_range", "denoising error"),
-            ("pia_within_retrain_range", "PIA distance"),
-        )
-        if name in record["metrics"]
-    ]
+    panels = [(record["metrics"][name], title) for name, title in RETRAIN_POSITION if name in record["metrics"]]
     if not panels:
         return None
     n_records = len(panels[0][0]["details"]["errors"]["unlearned"])
@@ -367,7 +364,7 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
             )
         ]
     )
-    for name, title in (("loss_within_retrain_range", "denoising error"), ("pia_within_retrain_range", "PIA")):
+    for name, title in RETRAIN_POSITION:
         if name not in record["metrics"]:
             continue
         d = record["metrics"][name]["details"]

@@ -194,14 +194,17 @@ def _retrain_distribution(
         return []
     out = []
     n = 1 + len(extra)
-    for name, key, what in (
-        ("loss_within_retrain_range", "membership", f"denoising error (t = {params.mia_timesteps})"),
-        ("pia_within_retrain_range", "pia", f"PIA distance (t = {params.pia_timestep})"),
+    # ``extra`` holds (loss attack, PIA) per further retrained model: ``i`` picks the statistic.
+    for i, (name, key, what) in enumerate(
+        (
+            ("loss_within_retrain_range", "membership", f"denoising error (t = {params.mia_timesteps})"),
+            ("pia_within_retrain_range", "pia", f"PIA distance (t = {params.pia_timestep})"),
+        )
     ):
         first = getattr(r, key)
         if first is None or getattr(u, key) is None or getattr(b, key) is None:
             continue
-        table = np.array([first.member_errors, *[(e[0] if key == "membership" else e[1]).member_errors for e in extra]])
+        table = np.array([first.member_errors, *[e[i].member_errors for e in extra]])
         pos_u = retrain_position(np.array(getattr(u, key).member_errors), table, key)
         pos_b = retrain_position(np.array(getattr(b, key).member_errors), table, key)
         out.append(
