@@ -4,8 +4,8 @@ The base model takes a few minutes to train on 2 CPU cores; it is cached under
 ``.cache/tests`` (or ``$UNLEARN_TEST_CACHE``) keyed by its configuration and the dataset
 digest, so local re-runs skip training. CI starts from a clean clone and trains it once.
 
-``make test`` runs the suite in two pytest-xdist workers (``--dist loadgroup``: a file's tests,
-and so its module fixtures, stay in one worker; see ``pytest_collection_modifyitems``). The
+``make test`` runs the suite in two pytest-xdist workers (``--dist loadfile``: a file's tests,
+and so its module fixtures, stay in one worker; the slowest files go first). The
 expensive session fixtures are built once for the whole run, by whichever worker asks first,
 under a file lock (:func:`_once`); the other worker waits for them instead of building them twice.
 """
@@ -60,7 +60,8 @@ RUN_FIRST = (
     "tests/unlearn_lib/test_requests.py",
     "tests/unlearn_lib/test_state.py",
     "tests/unlearn_lib/test_t2i.py",
-    "demo-workspace",
+    "tests/pipelines/test_demo_erasure.py",
+    "tests/pipelines/test_evidence.py",
     "tests/pipelines/test_t2i_compliance.py",
     "tests/unlearn_lib/test_unlearning.py",
     "tests/pipelines/test_compliance.py",
@@ -72,21 +73,10 @@ RUN_FIRST = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (``make test``) a file's tests share a worker, so its module fixtures
-    are built once; files that share state beyond a session fixture name one ``xdist_group``
-    (the demo workspace, which two files strip to its stores for a while). Slow files go first."""
+    """Slow files first (``RUN_FIRST``); ``--dist loadfile`` keeps each file's tests in one worker."""
     rank = {name: i for i, name in enumerate(RUN_FIRST)}
-
-    def group(item: pytest.Item) -> str:
-        mark = item.get_closest_marker("xdist_group")
-        return str(mark.args[0]) if mark is not None else item.nodeid.split("::")[0]
-
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: rank.get(group(item), len(RUN_FIRST)))
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(RUN_FIRST)))
 
 
 @contextlib.contextmanager
@@ -550,3 +540,17 @@ def demo_run(workspace_template, tmp_path_factory) -> dict:
         return {"root": root, "before": before, "stdout": proc.stdout, "env": env}
 
     return _once(tmp_path_factory, "demo", build)
+
+
+@contextlib.contextmanager
+def demo_workspace_held(demo_run: dict) -> Iterator[None]:
+    """The demo's workspace to one test at a time across workers: some tests strip it to its stores
+    for a while (the evidence must come from MLflow and the state database alone)."""
+    with _exclusive(Path(demo_run["root"])):
+        yield
+
+
+@pytest.fixture()
+def demo_lock(demo_run) -> Iterator[None]:
+    with demo_workspace_held(demo_run):
+        yield

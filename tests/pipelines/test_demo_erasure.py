@@ -16,8 +16,9 @@ from unlearn_lib.settings import Settings
 from unlearn_lib.state import StateStore
 from unlearn_lib.workspace import Workspace, WorkspaceError
 
-# Both this file and test_evidence.py strip the demo's workspace to its stores for a while: one worker.
-pytestmark = pytest.mark.xdist_group("demo-workspace")
+# This file and test_evidence.py strip the demo's workspace to its stores for a while: one test at a
+# time reads it, whichever worker runs it.
+pytestmark = pytest.mark.usefixtures("demo_lock")
 
 # The demo's two requests (pipelines/cli.py DEMO_REQUESTS): a data owner's records, then class 3.
 DELETED = [ForgetTargets.build(subject_ids=["subject-canary"]), ForgetTargets.build(labels=[3])]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import demo_workspace_held
 from unlearn_lib.audit.gates import AuditParams
 from unlearn_lib.requests import parse_request
 from unlearn_lib.requests.evidence import NOT_ERASED, build_evidence, mlflow_links, render_html, write_evidence
@@ -32,8 +33,9 @@ from unlearn_lib.settings import Settings
 from unlearn_lib.state import StateStore
 from unlearn_lib.tracking import client_for
 
-# Both this file and test_demo_erasure.py strip the demo's workspace to its stores for a while: one worker.
-pytestmark = pytest.mark.xdist_group("demo-workspace")
+# This file and test_demo_erasure.py strip the demo's workspace to its stores for a while: one test at a
+# time reads it, whichever worker runs it.
+pytestmark = pytest.mark.usefixtures("demo_lock")
 
 # The demo's first request (pipelines/cli.py DEMO_REQUESTS): every record of the canaries' owner.
 REQ = "REQ-0001"
@@ -163,6 +165,11 @@ def only_the_stores(root: Path, aside: Path):
 @pytest.fixture(scope="module")
 def done(demo_run, digits) -> dict:
     """The demo's REQ-0001, erased by a real compliance run, as the demo left it (read only here)."""
+    with demo_workspace_held(demo_run):  # not while another test has stripped it to its stores
+        return _done(demo_run, digits)
+
+
+def _done(demo_run: dict, digits) -> dict:
     from unlearn_lib.data import ForgetTargets, select
 
     root = demo_run["root"]

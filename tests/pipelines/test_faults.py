@@ -219,16 +219,19 @@ KILL_POINTS = {
 
 
 def _unlearning_resumed_from(ctx: dict, run_id: str) -> list[int]:
-    """Each finished unlearn step of ``run_id`` (one per later attempt): the step it resumed from, as
-    its MLflow step run records it (the run's pipeline root is swept once the run succeeded)."""
+    """Each finished unlearn step of ``run_id`` that unlearned: the step it resumed from, as its MLflow
+    step run records it (the run's pipeline root is swept once the run succeeded)."""
     client = client_for(ctx["settings"])
     steps = client.search_runs(
         [client.get_experiment_by_name(ctx["settings"].mlflow_experiment).experiment_id],
         filter_string=f"tags.`unlearn.step` = 'unlearn' and tags.`unlearn.run_id` = '{run_id}' "
         "and attributes.status = 'FINISHED'",
     )
+    # An attempt that found the step already done finishes its step run without a record.
     return [
-        json.load(open(client.download_artifacts(s.info.run_id, "unlearning.json")))["resumed_from"] for s in steps
+        json.load(open(client.download_artifacts(s.info.run_id, "unlearning.json")))["resumed_from"]
+        for s in steps
+        if any(f.path == "unlearning.json" for f in client.list_artifacts(s.info.run_id))
     ]
 
 
