@@ -52,12 +52,10 @@ from tqdm import tqdm
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples, train_evaluator
 from unlearn_lib.audit.forget_quality import combined_score, forget_score
-from unlearn_lib.audit.memorization import pia_scores
+from unlearn_lib.audit.memorization import loss_scores, pia_scores
 from unlearn_lib.data import Dataset, DigitsConfig, ForgetTargets, TensorSet, build_digits, load_dataset, select
-from unlearn_lib.data.tensors import to_model_space
 from unlearn_lib.errors import UnlearnError
 from unlearn_lib.models import DiffusionModel, TrainConfig, ensure_base_model
-from unlearn_lib.models.objectives import ForwardProcess, per_sample_denoising_error
 from unlearn_lib.unlearning import make_unlearner, task_from_selection
 
 # Record-deletion methods: algorithm and options (the seed is added per model).
@@ -85,12 +83,7 @@ def forget_targets(kind: str, dataset: Dataset, fraction: float, seed: int) -> F
 
 def statistics(model: DiffusionModel, records: TensorSet, evaluator: Evaluator, labels: list[int]) -> dict:
     """The two membership statistics per record (higher: more member-like) and over-erasure figures."""
-    device = model.device
-    fp = ForwardProcess(model.scheduler, device)
-    y = records.labels.clamp(min=0).to(device) if model.conditional else None
-    err = per_sample_denoising_error(
-        model.unet, fp, to_model_space(records.images).to(device), y, LOSS_TIMESTEPS, LOSS_DRAWS, LOSS_SEED
-    )
+    err = loss_scores(model, records, LOSS_TIMESTEPS, LOSS_DRAWS, LOSS_SEED)
     pia = pia_scores(model, records, PIA_T)
     figs = class_figures(generate_class_samples(model, evaluator, JUDGE_PER_CLASS, seed=JUDGE_SEED), [])
     return {

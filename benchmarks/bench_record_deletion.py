@@ -1,6 +1,7 @@
 """Record deletion beyond the demo's canaries: does the default EraseDiff run pass the audit, cheaply?
 
     python benchmarks/bench_record_deletion.py [--workdir DIR] [--configs 3x40@7s0 10x10@3s1 ...]
+                                               [--set NAME=VALUE ... --tag NAME]
 
 A configuration ``NxC@DsS`` plants N marked images of digit D, each copied C times, into the
 digits training split built with seed S; a base model is trained on it (the same steps and
@@ -12,6 +13,9 @@ same steps at the same batch size on a dataset only the forget records smaller.
 Resumable: each configuration's result is written to ``DIR/<config>/result.json`` as it ends
 and the trained bases stay in ``DIR``; a second call only runs what is missing. Writes
 ``benchmarks/results/record-deletion-<device>.json`` and prints the README table's rows.
+``--set`` changes EraseDiff options from their defaults (a variant under study); give it a
+``--tag``, which names its result files (``result-<tag>.json``, ``record-deletion-<tag>-<device>.json``)
+so that the defaults' results stay.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from bench_digits import machine  # benchmarks/ is the script's folder: on sys.p
 from tqdm import tqdm
 
 from unlearn_lib.audit import AuditParams, run_audit, train_evaluator
+from unlearn_lib.cli import add_override_flags, overrides_from
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset
 from unlearn_lib.errors import UnlearnError
 from unlearn_lib.models import TrainConfig, ensure_base_model
@@ -46,7 +51,9 @@ def parse_config(text: str) -> DigitsConfig:
     return DigitsConfig(canaries=n, canary_copies=copies, canary_label=digit, seed=seed)
 
 
-def run_config(name: str, work: Path, base_steps: int, evaluator_dir: Path) -> dict:
+def run_config(
+    name: str, work: Path, base_steps: int, evaluator_dir: Path, overrides: dict | None = None, suffix: str = ""
+) -> dict:
     folder = work / name
     data_dir = folder / "data"
     if not (data_dir / "dataset.json").exists():
@@ -60,22 +67,30 @@ def run_config(name: str, work: Path, base_steps: int, evaluator_dir: Path) -> d
     retrain_seconds = json.loads(train_file.read_text())["seconds"]
 
     targets = ForgetTargets.build(subject_ids=["subject-canary"])
+    erased = folder / f"erased{suffix}"
     t0 = time.perf_counter()
     try:
         result, _ = erase(
-            folder / "base", data_dir, targets, "erasediff", folder / "erased", overwrite=True, progress=False
+            folder / "base", data_dir, targets, "erasediff", erased, overrides, overwrite=True, progress=False
         )
     except UnlearnError as err:
         # A run that cannot land its stop must say so (issue 11): that is a result, not a crash.
-        return {"config": name, "retrain_seconds": retrain_seconds, "refused": str(err), "cost": None, "passed": False}
+        return {
+            "config": name,
+            "overrides": overrides or {},
+            "retrain_seconds": retrain_seconds,
+            "refused": str(err),
+            "cost": None,
+            "passed": False,
+        }
     unlearn_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     audit = run_audit(
         folder / "base",
-        folder / "erased",
+        erased,
         data_dir,
         targets,
-        folder / "audit",
+        folder / f"audit{suffix}",
         params=AuditParams(),
         evaluator_dir=evaluator_dir,
         overwrite=True,
@@ -86,6 +101,7 @@ def run_config(name: str, work: Path, base_steps: int, evaluator_dir: Path) -> d
     }
     return {
         "config": name,
+        "overrides": overrides or {},
         "retrain_seconds": retrain_seconds,
         "unlearn_seconds": unlearn_seconds,
         "audit_seconds": time.perf_counter() - t0,
@@ -104,11 +120,18 @@ def main() -> None:
     ap.add_argument("--base-steps", type=int, default=2000)
     ap.add_argument("--workdir", default="benchmarks/.work/record-deletion")
     ap.add_argument("--fresh", action="store_true", help="re-run the deletions (the bases are kept)")
+    add_override_flags(ap, "EraseDiff option", example="--set lr=3e-4")
+    ap.add_argument("--tag", default="", help="names the result files of a run with --set")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads for torch")
     args = ap.parse_args()
     for name in args.configs:
         parse_config(name)
+    overrides = overrides_from(args.options, args.set)
+    if overrides and not args.tag:
+        raise SystemExit("--set changes the defaults: name the variant with --tag, so its results stay apart")
+    suffix = f"-{args.tag}" if args.tag else ""
     if not torch.cuda.is_available():
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     evaluator_dir = work / "evaluator"
@@ -119,17 +142,17 @@ def main() -> None:
 
     rows = []
     for name in tqdm(args.configs, desc="configurations"):
-        done = work / name / "result.json"
+        done = work / name / f"result{suffix}.json"
         if done.exists() and not args.fresh:
             rows.append(json.loads(done.read_text()))
             continue
-        row = run_config(name, work, args.base_steps, evaluator_dir)
+        row = run_config(name, work, args.base_steps, evaluator_dir, overrides, suffix)
         done.write_text(json.dumps(row, indent=2, default=float) + "\n")
         rows.append(row)
 
     out = {"machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(__file__).parent / "results" / f"record-deletion-{dev}.json"
+    path = Path(__file__).parent / "results" / f"record-deletion{suffix}-{dev}.json"
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
     print(f"machine: {out['machine']}")
     print(

@@ -136,6 +136,29 @@ def test_record_deletion_stops_when_forget_records_look_unseen(canary_task, base
     assert acc_a >= acc_b - 0.1, (acc_b, acc_a)
 
 
+def test_a_stop_whose_records_stay_extractable_fails_naming_the_extraction_check(
+    base_model_dir, digits_dir, tmp_path
+):
+    from unlearn_lib.errors import StopNotLanded
+
+    out = tmp_path / "erased"
+    # The level is crossed at once; no model puts its nearest sample at 100x the threshold, and
+    # from half the budget on the pace of the checks says so.
+    opts = {
+        "steps": 6,
+        "must_land": True,
+        "calibrate_margin": -0.99,
+        "stop_extraction_samples": 8,
+        "stop_extraction_min_ratio": 100.0,
+    }
+    with pytest.raises(StopNotLanded) as err:
+        erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
+    msg = str(err.value)
+    assert "cannot land within 6 steps: after 5 steps" in msg, msg
+    assert "a record can still be regenerated (nearest generated sample at" in msg and "100 needed" in msg, msg
+    assert "\n" not in msg and not out.exists()
+
+
 def test_calibrated_stop_requires_reference(canary_task):
     no_ref = type(canary_task)(
         base=canary_task.base, retain=canary_task.retain, forget=canary_task.forget, scope="records", reference=None

@@ -156,20 +156,29 @@ def pia_attack(
     return result
 
 
+def loss_scores(
+    model: DiffusionModel, images: TensorSet, timesteps: list[int], noise_draws: int, seed: int
+) -> torch.Tensor:
+    """The loss attack's statistic per image and timestep, ``[N, len(timesteps)]`` (lower: member)."""
+    device = model.device
+    labels = images.labels.clamp(min=0).to(device) if model.conditional else None
+    return per_sample_denoising_error(
+        model.unet,
+        ForwardProcess(model.scheduler, device),
+        to_model_space(images.images).to(device),
+        labels,
+        timesteps,
+        noise_draws,
+        seed,
+    )
+
+
 def loss_attack(
     model: DiffusionModel, members: TensorSet, nonmembers: TensorSet, timesteps: list[int], noise_draws: int, seed: int
 ) -> MembershipResult:
     """Score distinct member and non-member images by their denoising error (lower: member)."""
-    device = model.device
-    fp = ForwardProcess(model.scheduler, device)
-
-    def errors(ts: TensorSet) -> torch.Tensor:
-        labels = ts.labels.clamp(min=0).to(device) if model.conditional else None
-        return per_sample_denoising_error(
-            model.unet, fp, to_model_space(ts.images).to(device), labels, timesteps, noise_draws, seed
-        )
-
-    em, en = errors(members), errors(nonmembers)
+    em = loss_scores(model, members, timesteps, noise_draws, seed)
+    en = loss_scores(model, nonmembers, timesteps, noise_draws, seed)
     y = np.r_[np.ones(len(em)), np.zeros(len(en))]
     per_t = {t: float(roc_auc_score(y, -np.r_[em[:, j].numpy(), en[:, j].numpy()])) for j, t in enumerate(timesteps)}
     return _membership(em.mean(1), en.mean(1), per_t)

@@ -36,8 +36,10 @@ from .memorization import (
     MembershipResult,
     extraction_test,
     loss_attack,
+    loss_scores,
     neighbourhood_distance,
     pia_attack,
+    pia_scores,
 )
 from .utility import (
     EvaluatorFeatures,
@@ -180,8 +182,18 @@ def membership_attacks(
     return loss, pia_attack(model, forget, reference, params.pia_timestep)
 
 
+def member_statistics(model: DiffusionModel, forget: TensorSet, params: AuditParams) -> tuple[list, list]:
+    """The two membership statistics of :func:`membership_attacks`, on the forget records only.
+
+    What a further retrained model contributes to :func:`_retrain_distribution`: its scores of
+    the forget records, with the same timesteps, noise and seed; no hold-out images, no ROC.
+    """
+    loss = loss_scores(model, forget, params.mia_timesteps, params.mia_noise_draws, params.membership_seed)
+    return loss.mean(1).tolist(), pia_scores(model, forget, params.pia_timestep).tolist()
+
+
 def _retrain_distribution(
-    meas: dict[str, ModelMeasurements], extra: list[tuple[MembershipResult, MembershipResult]], params: AuditParams
+    meas: dict[str, ModelMeasurements], extra: list[tuple[list, list]], params: AuditParams
 ) -> list[Metric]:
     """Where the unlearned (and the base) model sits among several retrained models, per forget record.
 
@@ -194,7 +206,7 @@ def _retrain_distribution(
         return []
     out = []
     n = 1 + len(extra)
-    # ``extra`` holds (loss attack, PIA) per further retrained model: ``i`` picks the statistic.
+    # ``extra`` holds (loss attack, PIA) member scores per further retrained model: ``i`` picks one.
     for i, (name, key, what) in enumerate(
         (
             ("loss_within_retrain_range", "membership", f"denoising error (t = {params.mia_timesteps})"),
@@ -204,7 +216,7 @@ def _retrain_distribution(
         first = getattr(r, key)
         if first is None or getattr(u, key) is None or getattr(b, key) is None:
             continue
-        table = np.array([first.member_errors, *[e[i].member_errors for e in extra]])
+        table = np.array([first.member_errors, *[e[i] for e in extra]])
         pos_u = retrain_position(np.array(getattr(u, key).member_errors), table, key)
         pos_b = retrain_position(np.array(getattr(b, key).member_errors), table, key)
         out.append(
@@ -560,7 +572,7 @@ def run_audit(
     metrics = _metrics(meas, selection, params, conditional)
     distribution: list[dict] = []
     if others and reference is not None and selection.scope != "class":
-        extra = [membership_attacks(mdl, forget_distinct, reference, params) for _, mdl in others.values()]
+        extra = [member_statistics(mdl, forget_distinct, params) for _, mdl in others.values()]
         metrics += _retrain_distribution(meas, extra, params)
         distribution = [{"path": str(meas["retrain"].path), "unet_sha256": meas["retrain"].sha256}]
         distribution += [{"path": str(d), "unet_sha256": model_digest(d)} for d, _ in others.values()]
