@@ -163,10 +163,25 @@ def test_podman_socket_serves_the_docker_api_for_kfp(image, tmp_path):
     try:
         assert url == f"unix://{sock}" and ping(sock)
         assert podman_socket(path=sock, start=False) == url
-        client = docker.DockerClient(base_url=url)
+        # A bounded timeout: no call over the socket may hang the suite.
+        client = docker.DockerClient(base_url=url, timeout=120)
         known = {ref for img in client.images.list() for ref in img.tags + img.attrs.get("RepoDigests", [])}
         assert image["ref"] in known and image["image"] in known
-        assert client.containers.run(image["ref"], ["id", "-u"], remove=True, network_mode="none") == b"1000\n"
+        # Not containers.run(): its blocking /wait hung this suite once (a container that exits
+        # before podman 4's Docker-compat wait subscribes to the exit event is never reported;
+        # containers/podman#28514). kfp's runner streams the logs first, then waits.
+        container = client.containers.create(image["ref"], ["id", "-u"], network_mode="none")
+        try:
+            container.start()
+            deadline = time.monotonic() + 60
+            while container.status != "exited" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                container.reload()
+            assert container.status == "exited", container.status
+            assert container.logs() == b"1000\n"
+            assert container.attrs["State"]["ExitCode"] == 0
+        finally:
+            container.remove(force=True)
     finally:
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
