@@ -45,6 +45,7 @@ now (the earlier target, or along the chain when that was erased since). L_f* in
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -537,26 +538,38 @@ class EraseDiff(Unlearner):
         return total / n
 
     @staticmethod
-    def _out_of_reach(
-        cfg: EraseDiffConfig, step: int, steps: list[int], values: list[float], target: float
-    ) -> tuple[float, int] | None:
-        """(pace per step, span) when, at its recent pace, ``values`` cannot reach ``target`` in the budget.
+    def _refuse_when_out_of_reach(
+        cfg: EraseDiffConfig,
+        loop: UnlearningLoop,
+        step: int,
+        steps: list[int],
+        values: list[float],
+        target: float,
+        why: Callable[[float, int], str],
+    ) -> None:
+        """Fail now when, at its recent pace, ``values`` cannot reach ``target`` in the budget.
 
         Judged from half the budget on, over the last fifth of it: the measures climb faster as
-        the memorized records give way, so the recent pace is the optimistic one, and the verdict
-        is "out of reach" only when even twice the steps left would not be enough. None otherwise.
+        the memorized records give way, so the recent pace is the optimistic one, and the run
+        fails only when even twice the steps left would not be enough. ``why(pace, span)`` says
+        what is out of reach, in the one-line refusal.
         """
         if step < cfg.steps // 2 or not steps:
-            return None
+            return
         window = max(5, cfg.steps // 5)
         first = next(i for i, s in enumerate(steps) if s >= step - window)
         span = steps[-1] - steps[first]
         if span < window // 2:
-            return None
+            return
         pace = (values[-1] - values[first]) / span
         if pace > 0 and (target - values[-1]) / pace <= 2 * (cfg.steps - step):
-            return None
-        return pace, span
+            return
+        loop.discard_checkpoints()  # a rerun would only reach the same verdict
+        raise StopNotLanded(
+            f"the calibrated stop cannot land within {cfg.steps} steps: after {step} steps the forget records' "
+            f"{why(pace, span)}; nothing was written. "
+            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+        )
 
     @classmethod
     def _check_release(cls, cfg: EraseDiffConfig, loop: UnlearningLoop, step: int) -> None:
@@ -567,35 +580,36 @@ class EraseDiff(Unlearner):
         threshold from step 144 to 254 while the forget error climbed to 2x the hold-out's.
         """
         h = loop.history
-        steps = [int(v) for v in h["extraction_check_step"]]
         ratios = [float(v) for v in h["min_extraction_ratio"]]
-        verdict = cls._out_of_reach(cfg, step, steps, ratios, cfg.stop_extraction_min_ratio)
-        if verdict is None:
-            return
-        pace, span = verdict
-        loop.discard_checkpoints()
-        raise StopNotLanded(
-            f"the calibrated stop cannot land within {cfg.steps} steps: after {step} steps the forget records' "
-            f"denoising error is past the level but a record can still be regenerated (nearest generated sample "
-            f"at {ratios[-1]:.2f} of the extraction threshold, {cfg.stop_extraction_min_ratio:g} needed; it moved "
-            f"{pace * 100:+.3f} per 100 steps over the last {span}); nothing was written. "
-            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+        cls._refuse_when_out_of_reach(
+            cfg,
+            loop,
+            step,
+            [int(v) for v in h["extraction_check_step"]],
+            ratios,
+            cfg.stop_extraction_min_ratio,
+            lambda pace, span: (
+                f"denoising error is past the level but a record can still be regenerated (nearest generated "
+                f"sample at {ratios[-1]:.2f} of the extraction threshold, {cfg.stop_extraction_min_ratio:g} "
+                f"needed; it moved {pace * 100:+.3f} per 100 steps over the last {span})"
+            ),
         )
 
     @classmethod
     def _check_landing(cls, cfg: EraseDiffConfig, loop: UnlearningLoop, step: int, level: float) -> None:
         """Fail now when, at its recent pace, the forget error cannot reach the level in the budget."""
         steps, ratios = _calibration_ratios(loop.history)
-        verdict = cls._out_of_reach(cfg, step, steps, ratios, level)
-        if verdict is None:
-            return
-        pace, span = verdict
-        loop.discard_checkpoints()  # a rerun would only reach the same verdict
-        raise StopNotLanded(
-            f"the calibrated stop cannot land within {cfg.steps} steps: after {step} steps the forget records' "
-            f"denoising error is {ratios[-1]:.2f}x the hold-out's (the stop needs {level:.2f}x) and rose "
-            f"{pace * 100:+.3f} per 100 steps over the last {span}; nothing was written. "
-            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+        cls._refuse_when_out_of_reach(
+            cfg,
+            loop,
+            step,
+            steps,
+            ratios,
+            level,
+            lambda pace, span: (
+                f"denoising error is {ratios[-1]:.2f}x the hold-out's (the stop needs {level:.2f}x) and rose "
+                f"{pace * 100:+.3f} per 100 steps over the last {span}"
+            ),
         )
 
     @staticmethod
