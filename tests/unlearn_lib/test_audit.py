@@ -350,6 +350,12 @@ def test_a_membership_gate_too_weak_for_the_forget_set_says_so():
     assert relaxations(AuditParams(mia_max_conclusive_tolerance=0.4)) == {
         "mia_max_conclusive_tolerance": {"used": 0.4, "default": 0.25}
     }
+    # Needing more same-caption records before they alone are the reference keeps it diluted: looser.
+    assert relaxations(AuditParams(reference_same_caption_min=8)) == {
+        "reference_same_caption_min": {"used": 8, "default": 4}
+    }
+    with pytest.raises(ConfigError, match="reference_same_caption_min must be >= 1"):
+        AuditParams(reference_same_caption_min=0).validate()
 
 
 def test_the_audit_measures_membership_apart_from_the_calibrated_stop():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unlearn_lib.audit import AuditParams
 from unlearn_lib.data import (
     DigitsConfig,
     ForgetTargets,
@@ -180,7 +181,12 @@ def test_select_by_subject_keeps_only_training_records_in_forget(digits):
     for part in (calibration, audit):
         assert len(part) >= 8 and {r.record_id for r in part} <= {r.record_id for r in sel.holdout}
         marked = [r for r in part if "corner mark" in r.caption]
-        assert 0 < len(marked) < 12 and part[: len(marked)] == marked  # the marked look-alikes first
+        assert 0 < len(marked) < 8 and part[: len(marked)] == marked  # the marked look-alikes first
+        assert all(r.label == 7 for r in part[len(marked) :])  # then plain 7s fill it up
+    # The audit's reference: enough marked look-alikes are the reference alone, undiluted.
+    audit_only = sel.reference(16, part="audit", same_caption_min=AuditParams().reference_same_caption_min)
+    assert audit_only == [r for r in audit if "corner mark" in r.caption]
+    assert sel.reference(16, part="audit", same_caption_min=len(audit_only) + 1) == audit
     with pytest.raises(ValueError, match="part must be one of"):
         sel.reference(16, part="both")
 

@@ -9,6 +9,7 @@ import torch
 
 from unlearn_lib.audit import class_figures, generate_class_samples
 from unlearn_lib.data import ForgetTargets, select, to_model_space
+from unlearn_lib.data.selection import SAME_CAPTION_MIN
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.errors import ConfigError, UnlearnError
 from unlearn_lib.models import DiffusionModel, ForwardProcess, Preset, build_model, per_sample_denoising_error
@@ -111,7 +112,9 @@ def test_erasediff_leaves_the_base_model_untouched(class_task, base_model_dir):
     assert changed
 
 
-def test_record_deletion_stops_when_forget_records_look_unseen(canary_task, base_model, evaluator, canary_model_dir):
+def test_record_deletion_stops_when_forget_records_look_unseen(
+    canary_task, digits, base_model, evaluator, canary_model_dir
+):
     forget = canary_task.forget.distinct()
     ref = canary_task.reference
     before_f = _mean_error(base_model, forget.images, forget.labels)
@@ -121,6 +124,11 @@ def test_record_deletion_stops_when_forget_records_look_unseen(canary_task, base
     record = json.loads((canary_model_dir / "unlearning.json").read_text())
     model = DiffusionModel.load(canary_model_dir)
     assert record["stop"] is not None and record["stop"]["reason"] == "calibrated"
+    # The stop's reference is the calibration half's marked look-alikes alone, not filled up with
+    # plain 7s (which are easier to denoise: the stop would land short of "never trained on").
+    sel = select(digits, ForgetTargets.build(subject_ids=["subject-canary"]))
+    marked = [r for r in sel.reference(16, part="calibration") if "corner mark" in r.caption]
+    assert record["stop"]["reference_images"] == len(ref.distinct()) == len(marked) >= SAME_CAPTION_MIN
     assert record["config"]["resolved_target"]["remap_to"] == "neighbours"
     # The stop also required that no canary can be regenerated any more.
     assert record["stop"]["min_extraction_ratio"] >= EraseDiffConfig().stop_extraction_min_ratio

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..data.selection import SAME_CAPTION_MIN
 from ..errors import ConfigError
 
 
@@ -25,6 +26,10 @@ class AuditParams:
     mia_noise_draws: int = 4
     pia_timestep: int = 200  # PIA's t (Kong et al. 2024 attack DDPMs at t = 200 of 1000)
     reference_min: int = 16
+    # With at least this many hold-out records sharing the forget records' caption (per half),
+    # they alone are the membership attacks' non-members (Selection.reference): filled up with
+    # plain look-alikes, a retrained model failed mia_auc at 0.18-0.19 on two canary sets.
+    reference_same_caption_min: int = SAME_CAPTION_MIN
     feature_extractor: str = "evaluator"  # evaluator | torchscript:<path>
     # Reports never show the forget images nor generated near-copies of them (reports are kept
     # for years; the deleted images must not live on in them). Kept as a parameter so records and
@@ -63,7 +68,14 @@ class AuditParams:
                 f"audit parameter redact_forget_images cannot be turned off (got {self.redact_forget_images!r}): "
                 "reports never contain the forget images or generated samples near them"
             )
-        positive = ("sampling_steps", "samples_per_class", "extraction_samples", "extraction_k", "mia_noise_draws")
+        positive = (
+            "sampling_steps",
+            "samples_per_class",
+            "extraction_samples",
+            "extraction_k",
+            "mia_noise_draws",
+            "reference_same_caption_min",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"audit parameter {name} must be >= 1, got {getattr(self, name)}")
@@ -178,6 +190,7 @@ _LOOSER_WHEN_LARGER = (
     "mia_max_conclusive_tolerance",
     "max_forget_class_accuracy_drop",
     "max_attack_success",
+    "reference_same_caption_min",  # more same-caption records needed: the reference stays diluted
 )
 _AUTO_WHEN_NONE = ("mia_auc_tolerance",)  # None: computed from the forget-set size
 _LOOSER_WHEN_SMALLER = ("samples_per_class", "extraction_samples", "mia_noise_draws", "attack_samples")

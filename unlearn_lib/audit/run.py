@@ -544,7 +544,9 @@ def run_audit(
     )
     forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
     # The audit's half of the hold-out reference: no algorithm calibrated on these images.
-    ref_records = selection.reference(params.reference_min, part="audit")
+    ref_records = selection.reference(
+        params.reference_min, part="audit", same_caption_min=params.reference_same_caption_min
+    )
     reference = TensorSet.from_records(dataset, ref_records).distinct() if ref_records else None
     train_pool = TensorSet.from_records(dataset, dataset.train)
     neighbourhood = None

@@ -6,10 +6,14 @@ leak of who asked). The stop compares the mean denoising error of the forget ima
 that of hold-out images like them, on fixed noise, and fires when the forget error reaches
 ``(1 + margin)`` times the hold-out error.
 
-Hold-out look-alikes are an imperfect proxy for "never trained on": on the digits canaries a
-model retrained without them (the gold standard) denoised them 1.68x worse than their hold-out
-look-alikes, and stopping at 1.0x or 1.1x left a canary at the edge of extraction (nearest
-generated sample at 0.95-1.0 of the extraction threshold) on some base models. So the stop
+The look-alikes are the hold-out records that share the forget records' caption (the marked
+canaries' own kind) when the calibration half holds at least ``SAME_CAPTION_MIN`` of them.
+Filled up with plain records of the same label the reference was easier to denoise than the
+forget records could ever be: a model retrained without the canaries (the gold standard) sat at
+1.04x the marked look-alikes but 3.2x the plain ones, and a stop at 1.1x of the mixture left the
+canaries at 0.6-0.7x of the marked level, still memorized (an audit against the marked half
+found them at membership AUC 0.95-1.0 on three of five canary sets). So the level is the marked
+look-alikes' error itself (``calibrate_margin`` 0). The stop
 also requires that the records can no longer be regenerated: :class:`ExtractionCheck` samples
 from the model and applies the extraction criterion (with its own seed, sample count and a
 safety factor), and forgetting continues until both conditions hold. It computes the criterion
@@ -117,7 +121,8 @@ class ExtractionCheck:
     (1.3) trains on a little further, which narrows the tail without closing it: five steps
     later this draw said 1.51 and two of four draws of 500 still found a record at 0.98-0.99,
     where a model retrained without the records put its nearest at 1.56-1.61 in all four. The
-    deeper cause is the loss level the stop aims for (benchmarks/README.md, record deletion).
+    deeper cause was the loss level the stop aimed for, a diluted reference (module docstring):
+    aiming at the marked look-alikes' level, the stop hands over models at 1.57-1.72 here.
     """
 
     def __init__(

@@ -13,7 +13,7 @@ import torch
 
 from .. import __version__
 from ..data.manifest import Dataset, load_dataset
-from ..data.selection import ForgetTargets, Selection, select
+from ..data.selection import SAME_CAPTION_MIN, ForgetTargets, Selection, select
 from ..data.tensors import TensorSet
 from ..models.accel import is_main_process, wait_for_everyone
 from ..models.diffusion import DiffusionModel
@@ -48,7 +48,7 @@ def task_from_selection(
     if prior is None:
         selection, prior = exclude_prior(selection, base.meta.lineage)
     # The calibration half of the hold-out reference: the audit judges with the other half.
-    reference = selection.reference(reference_min, part="calibration")
+    reference = selection.reference(reference_min, part="calibration", same_caption_min=SAME_CAPTION_MIN)
     held = [r for r in prior.excluded_train if r.label in set(prior.erased_labels)]
     # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
     again = set(selection.forget_labels) if selection.scope == "class" else set()
