@@ -572,8 +572,7 @@ class EraseDiff(Unlearner):
         loop.discard_checkpoints()  # a rerun would only reach the same verdict
         raise StopNotLanded(
             f"the calibrated stop cannot land within {cfg.steps} steps: after {step} steps the forget records' "
-            f"{why(pace, span)}; nothing was written. "
-            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+            f"{why(pace, span)}; {_refusal_advice(cfg)}"
         )
 
     @classmethod
@@ -633,8 +632,7 @@ class EraseDiff(Unlearner):
                 f"{cfg.stop_extraction_min_ratio:g} needed)"
             )
         return (
-            f"the calibrated stop did not land within {cfg.steps} steps: {why}; nothing was written. "
-            f"Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+            f"the calibrated stop did not land within {cfg.steps} steps: {why}; {_refusal_advice(cfg)}"
         )
 
     @staticmethod
@@ -671,6 +669,11 @@ class EraseDiff(Unlearner):
             cfg.seed,
             task.base.conditional,
         )
+
+
+def _refusal_advice(cfg: EraseDiffConfig) -> str:
+    """How every refusal of the calibrated stop ends, early or at the end of the budget."""
+    return f"nothing was written. Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
 
 
 def _calibration_ratios(history: dict) -> tuple[list[int], list[float]]:
