@@ -61,10 +61,12 @@ RUN_FIRST = (
     "tests/unlearn_lib/test_state.py",
     "tests/unlearn_lib/test_t2i.py",
     "tests/pipelines/test_demo_erasure.py",
-    "tests/pipelines/test_evidence.py",
     "tests/pipelines/test_t2i_compliance.py",
     "tests/unlearn_lib/test_unlearning.py",
     "tests/pipelines/test_compliance.py",
+    # After two long files: next to test_demo_erasure, the other worker sat ~11 minutes waiting
+    # for the demo that one builds (both files' setup 660 s in one CI log).
+    "tests/pipelines/test_evidence.py",
     "tests/unlearn_lib/test_remote_workspace.py",
     "tests/test_benchmarks.py",
     "tests/unlearn_lib/test_audit.py",

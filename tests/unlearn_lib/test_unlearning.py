@@ -411,6 +411,35 @@ def test_paper_forgetting_loss_is_the_official_formula():
     assert abs(independent.item() - want.item()) > 1e-3
 
 
+def test_the_forgetting_loss_can_leave_the_smallest_timesteps_out():
+    """``forget_t_min``: the forget batch's timesteps come from [t_min, T), the retain loss keeps all."""
+    assert make_unlearner("erasediff", {}).config.forget_t_min == 0  # every timestep, as officially
+
+    for sampling in ("uniform", "antithetic"):
+        task = _tiny_task(n_forget=5)
+        c = make_unlearner("erasediff", {"forget_t_min": "900", "t_sampling": sampling, "seed": 1}).resolved(task)
+        loop = UnlearningLoop("erasediff", task, c, None, progress=False)
+        ts = torch.cat([draw_forget_batch(loop, build_target(c, task, loop), t_min=900).t for _ in range(40)])
+        assert int(ts.min()) >= 900 and int(ts.max()) <= 999, sampling
+        assert len(set(ts.tolist())) > 30  # drawn across the range, not pinned to one end
+        # The retain loss keeps every timestep.
+        assert int(loop.timesteps(200).min()) < 900
+
+    # The option reaches the run: one step from the same seed lands elsewhere.
+    def one_step(t_min: str) -> torch.Tensor:
+        opts = {"forget_t_min": t_min, "steps": "1", "seed": "0", "device": "cpu"}
+        result = make_unlearner("erasediff", opts).run(_tiny_task(), progress=False)
+        return torch.cat([p.flatten() for p in result.model.unet.parameters()])
+
+    assert torch.equal(one_step("0"), one_step("0"))
+    assert not torch.equal(one_step("0"), one_step("990"))
+
+    with pytest.raises(ConfigError, match="forget_t_min must be >= 0, got -1"):
+        make_unlearner("erasediff", {"forget_t_min": "-1"})
+    with pytest.raises(ConfigError, match="forget_t_min=1000: the model has timesteps 0-999"):
+        make_unlearner("erasediff", {"forget_t_min": "1000", "steps": "1"}).run(_tiny_task(), progress=False)
+
+
 def test_paper_preset_applies_the_official_configuration():
     cfg = make_unlearner("erasediff", {"preset": "paper"}).config
     assert cfg.preset == "paper"
@@ -423,12 +452,13 @@ def test_paper_preset_applies_the_official_configuration():
         "shared",
     )
     assert (cfg.steps, cfg.round_steps, cfg.lr, cfg.batch_size, cfg.forget_batch_size) == (288, 36, 1e-4, 128, 128)
-    assert (cfg.ema_decay, cfg.ema_warmup, cfg.cond_drop_prob, cfg.t_sampling, cfg.stop) == (
+    assert (cfg.ema_decay, cfg.ema_warmup, cfg.cond_drop_prob, cfg.t_sampling, cfg.stop, cfg.forget_t_min) == (
         0.99,
         False,
         0.0,
         "antithetic",
         "none",
+        0,
     )
     assert set(PAPER_PRESET.values) == set(PAPER_PRESET.sources)  # every value says where it was read
     assert make_unlearner("erasediff", {"preset": "paper", "lam": "0.5"}).config.lam == 0.5  # options win

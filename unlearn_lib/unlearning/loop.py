@@ -133,16 +133,19 @@ class UnlearningLoop:
             idx,
         )
 
-    def timesteps(self, n: int) -> torch.Tensor:
+    def timesteps(self, n: int, low: int = 0) -> torch.Tensor:
+        """``n`` timesteps drawn uniformly from [low, T) (antithetic pairs mirror within that range)."""
         T = self.fp.num_timesteps
         if self.cfg.t_sampling == "antithetic":
-            half = torch.randint(0, T, (n // 2 + 1,), generator=self.gen, device=self.device)
-            return torch.cat([half, T - 1 - half])[:n]
-        return torch.randint(0, T, (n,), generator=self.gen, device=self.device)
+            half = torch.randint(low, T, (n // 2 + 1,), generator=self.gen, device=self.device)
+            return torch.cat([half, T - 1 + low - half])[:n]
+        return torch.randint(low, T, (n,), generator=self.gen, device=self.device)
 
-    def noise_and_t(self, x0: torch.Tensor, uniform: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps, then the noise of q(x_t | x_0): N(0, I), or U[0, 1) for EraseDiff's paper target."""
-        t = self.timesteps(x0.shape[0])
+    def noise_and_t(
+        self, x0: torch.Tensor, uniform: bool = False, t_min: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (>= t_min), then the noise of q(x_t | x_0): N(0, I), or U[0, 1) for EraseDiff's paper target."""
+        t = self.timesteps(x0.shape[0], low=t_min)
         draw = torch.rand if uniform else torch.randn
         eps = draw(x0.shape, generator=self.gen, device=self.device)
         return eps, t
