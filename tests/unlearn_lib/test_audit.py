@@ -23,7 +23,7 @@ from unlearn_lib.audit import (
     validate_record,
 )
 from unlearn_lib.audit.memorization import auc_null_std
-from unlearn_lib.data import ForgetTargets, TensorSet
+from unlearn_lib.data import ForgetTargets, TensorSet, load_dataset
 from unlearn_lib.errors import ConfigError, UnlearnError
 from unlearn_lib.unlearning import erase
 
@@ -138,6 +138,7 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_p
     assert mg["retained_accuracy_drop"].passed and mg["fid_ratio"].passed and mg["retain_loss_ratio"].passed
     assert good.passed
     assert "extracted_records" not in mg  # memorization gates are for record-level deletions
+    assert "lookalike_loss" not in mg  # a class has no look-alikes outside it
 
 
 def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
@@ -247,6 +248,16 @@ def test_retrain_reference_is_reported_with_gaps(base_model_dir, digits_dir, eva
     assert gap.threshold == {"op": "within", "value": m["mia_auc"].threshold["value"], "center": 0.0}
     assert gap.passed == (abs(gap.value) <= m["mia_auc"].threshold["value"])
     assert "retrain" in res.record["models"]
+    # The canaries' marked look-alikes in the hold-out (never trained on, not deleted): what an
+    # erasure that strips the mark from everything marked costs, beside what retraining costs.
+    marked = [r for r in load_dataset(digits_dir).holdout if r.caption and "corner mark" in r.caption]
+    look = m["lookalike_loss"]
+    assert look.samples == len(marked) > 0 and look.base is not None and look.retrain is not None
+    assert look.passed is None and look.threshold is None  # reported, not gated
+    assert look.value > m["retain_loss"].value  # marked digits are the hard ones for the erased model
+    ratio = m["lookalike_loss_ratio_to_retrain"]
+    assert ratio.value == pytest.approx(look.value / look.retrain) and ratio.passed is None
+    assert "lookalike_loss" in report
 
 
 def test_audit_refuses_bad_input_and_writes_nothing(base_model_dir, digits_dir, evaluator_dir, tmp_path):

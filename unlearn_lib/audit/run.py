@@ -106,6 +106,7 @@ def measure_model(
     real_reference: RealReference,
     holdout_retain: TensorSet,
     progress: bool,
+    lookalikes: TensorSet | None = None,
 ) -> ModelMeasurements:
     t0 = time.perf_counter()
     m = ModelMeasurements(role=role, path=str(path), sha256=model_digest(path))
@@ -151,6 +152,9 @@ def measure_model(
             gen_retained = m.uncond_samples
     m.figures.update(real_reference.measure(gen_retained))
     m.figures["retain_loss"] = denoising_loss(model, holdout_retain, seed=params.seed)
+    if lookalikes is not None:
+        m.figures["lookalike_loss"] = denoising_loss(model, lookalikes, seed=params.seed)
+        m.figures["lookalike_records"] = len(lookalikes)
     if scope != "class":
         # Conditional models are asked for the forget records' classes, extraction_samples each.
         labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
@@ -365,6 +369,32 @@ def _metrics(
     out.append(loss)
     ratio = _ratio_to_base(loss, "retain_loss_ratio", "retain_loss of the unlearned model over the base model's")
     out.append(gate(ratio, "<=", params.max_retain_loss_ratio))
+    if fig(u, "lookalike_loss") is not None:
+        # Over-unlearning shows first on data like the forget records that nobody asked to delete:
+        # on 7 canary sets the erased model denoised them 1.1-2.0x worse than a retrain (the
+        # whole hold-out: 1.05-1.21x). Reported, not gated: see benchmarks/README.md.
+        look = metric(
+            "lookalike_loss",
+            "utility",
+            "lookalike_loss",
+            "denoising loss on the hold-out records that share a forget record's caption (look-alikes "
+            "never trained on, not deleted; compare with the retrained model's)",
+            None,
+        )
+        look.samples = int(u.figures["lookalike_records"])
+        out.append(look)
+        if look.value is not None and look.retrain:
+            out.append(
+                Metric(
+                    name="lookalike_loss_ratio_to_retrain",
+                    group="utility",
+                    value=look.value / look.retrain,
+                    description="lookalike_loss of the unlearned model over the retrained model's "
+                    "(above 1: the erasure took more from the look-alikes than never training on the "
+                    "forget records did)",
+                    seed=seed,
+                )
+            )
     if scope != "class":
         if conditional:
             fca = metric(
@@ -543,6 +573,9 @@ def run_audit(
         dataset, [r for r in selection.holdout if retained is None or r.label in retained]
     )
     forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
+    captions = {r.caption for r in selection.forget if r.caption}
+    lookalike_records = [r for r in selection.holdout if r.caption in captions] if selection.scope != "class" else []
+    lookalikes = TensorSet.from_records(dataset, lookalike_records) if lookalike_records else None
     # The audit's half of the hold-out reference: no algorithm calibrated on these images.
     ref_records = selection.reference(
         params.reference_min, part="audit", same_caption_min=params.reference_same_caption_min
@@ -568,6 +601,7 @@ def run_audit(
             real_reference,
             holdout_retain,
             progress,
+            lookalikes,
         )
         for role, (path, mdl) in models.items()
     }
