@@ -141,6 +141,20 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_p
     assert "lookalike_loss" not in mg  # a class has no look-alikes outside it
 
 
+def test_classes_erased_earlier_are_not_judged_as_retained(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+    # A second class deletion, 5 after 3: class 3 is gone from the base of this deletion (its
+    # lineage says so) and from the unlearned model alike. Counted as retained, its near-zero
+    # accuracy would sit in both averages and dilute the accuracy gate.
+    base = models["class3"]  # erased 3
+    res = audit(base, base, digits_dir, ForgetTargets.build(labels=[5]), tmp_path / "a", evaluator_dir)
+    acc = res.measurements["base"].figures["class_accuracy"]
+    judged = [c for c in range(10) if c not in (3, 5)]
+    m = {x.name: x for x in res.metrics}
+    assert m["retained_accuracy"].samples == PARAMS["samples_per_class"] * len(judged)
+    assert m["retained_accuracy"].base == pytest.approx(sum(acc[c] for c in judged) / len(judged))
+    assert acc[3] < 0.1 and m["retained_accuracy"].base > 0.85  # class 3 would have pulled it down
+
+
 def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
     base_model_dir, digits_dir, evaluator_dir, models, tmp_path
 ):

@@ -25,6 +25,7 @@ from ..data.tensors import TensorSet
 from ..errors import ConfigError, ModelError
 from ..models.diffusion import DiffusionModel
 from ..models.digest import model_digest
+from ..models.lineage import erased_labels, prior_deletions
 from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, class_figures, generate_class_samples
@@ -86,9 +87,17 @@ def _feature_extractor(params: AuditParams, evaluator: Evaluator) -> FeatureExtr
 
 
 def _retained_classes(model: DiffusionModel, selection: Selection) -> list[int]:
+    """The classes the model should still draw: not this deletion's, nor any its lineage erased.
+
+    A class erased earlier is gone from both the base and the unlearned model; counted as
+    "retained", it dilutes the accuracy gate (two erased classes of ten cut a 5-point drop on
+    the real ones to 3.75) and its samples would enter the FID.
+    """
     if not model.conditional:
         return []
-    gone = set(selection.forget_labels) if selection.scope == "class" else set()
+    gone = set(erased_labels(prior_deletions(model.meta.lineage)))
+    if selection.scope == "class":
+        gone |= set(selection.forget_labels)
     return [c for c in range(model.meta.num_classes) if c not in gone]
 
 
@@ -107,7 +116,9 @@ def measure_model(
     holdout_retain: TensorSet,
     progress: bool,
     lookalikes: TensorSet | None = None,
+    retained_classes: list[int] | None = None,
 ) -> ModelMeasurements:
+    """``retained_classes``: the base model's (every model is judged on the same classes)."""
     t0 = time.perf_counter()
     m = ModelMeasurements(role=role, path=str(path), sha256=model_digest(path))
     scope = selection.scope
@@ -124,16 +135,14 @@ def measure_model(
         )
         figs = class_figures(m.class_samples, forget_labels if scope == "class" else [])
         m.figures["class_accuracy"] = figs.accuracy
-        m.figures["retained_accuracy"] = (
-            figs.retained_accuracy if scope == "class" else (sum(figs.accuracy.values()) / len(figs.accuracy))
-        )
+        retained = _retained_classes(model, selection) if retained_classes is None else retained_classes
+        m.figures["retained_accuracy"] = sum(figs.accuracy[c] for c in retained) / len(retained)
         if scope == "class":
             m.figures["forgotten_probability"] = figs.mean_forgotten_probability
             m.figures["forgotten_rate"] = sum(figs.forgotten_rate.values()) / len(figs.forgotten_rate)
             m.figures["forgotten_entropy"] = sum(figs.forgotten_entropy.values()) / len(figs.forgotten_entropy)
         else:
             m.figures["forget_class_accuracy"] = sum(figs.accuracy[c] for c in forget_labels) / len(forget_labels)
-        retained = _retained_classes(model, selection)
         keep = torch.tensor([c in retained for c in m.class_samples.classes]).repeat_interleave(
             m.class_samples.per_class
         )
@@ -275,7 +284,11 @@ def _drop_from_base(m: Metric, name: str, description: str) -> Metric:
 
 
 def _metrics(
-    meas: dict[str, ModelMeasurements], selection: Selection, params: AuditParams, conditional: bool
+    meas: dict[str, ModelMeasurements],
+    selection: Selection,
+    params: AuditParams,
+    conditional: bool,
+    retained_classes: list[int] | None = None,
 ) -> list[Metric]:
     u, b, r = meas["unlearned"], meas["base"], meas.get("retrain")
     seed = params.seed
@@ -341,7 +354,12 @@ def _metrics(
             "utility",
             "retained_accuracy",
             "evaluator accuracy on samples conditioned on each retained class",
-            per_class * (n_classes - (len(selection.forget_labels) if scope == "class" else 0)),
+            per_class
+            * (
+                len(retained_classes)
+                if retained_classes is not None
+                else n_classes - (len(selection.forget_labels) if scope == "class" else 0)
+            ),
         )
         out.append(acc)
         drop = _drop_from_base(
@@ -602,10 +620,11 @@ def run_audit(
             holdout_retain,
             progress,
             lookalikes,
+            sorted(retained) if retained is not None else None,
         )
         for role, (path, mdl) in models.items()
     }
-    metrics = _metrics(meas, selection, params, conditional)
+    metrics = _metrics(meas, selection, params, conditional, sorted(retained) if retained is not None else None)
     distribution: list[dict] = []
     if others and reference is not None and selection.scope != "class":
         extra = [member_statistics(mdl, forget_distinct, params) for _, mdl in others.values()]

@@ -30,14 +30,12 @@ from typing import Any
 from ..data.manifest import Record
 from ..data.selection import ForgetTargets, Selection, target_matcher
 
+# Re-exported: they are part of this module's API; they live below the audit and the algorithms.
+from ..models.lineage import LINEAGE_KEY as LINEAGE_KEY
+from ..models.lineage import erased_labels as erased_labels
+from ..models.lineage import prior_deletions as prior_deletions
+
 log = logging.getLogger(__name__)
-
-LINEAGE_KEY = "deletions"
-
-
-def prior_deletions(lineage: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The deletions a model has absorbed, oldest first (empty for a base model)."""
-    return [dict(d) for d in (lineage or {}).get(LINEAGE_KEY, [])]
 
 
 def deletion_targets(entry: dict[str, Any]) -> ForgetTargets:
@@ -48,15 +46,6 @@ def deletion_targets(entry: dict[str, Any]) -> ForgetTargets:
         labels=t.get("labels", []),
         caption_pattern=t.get("caption_pattern"),
     )
-
-
-def erased_labels(deletions: list[dict[str, Any]]) -> list[int]:
-    """Classes erased as classes; a record deletion of a few 7s does not make 7 an erased class."""
-    out: set[int] = set()
-    for d in deletions:
-        if d.get("scope") == "class":
-            out.update(int(c) for c in d.get("forget_labels", d.get("targets", {}).get("labels", [])))
-    return sorted(out)
 
 
 def prior_class_mapping(deletions: list[dict[str, Any]]) -> dict[int, int]:

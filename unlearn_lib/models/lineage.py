@@ -1,0 +1,25 @@
+"""Reading the deletions a model has absorbed from its metadata (``unlearn_model.json``).
+
+Below both the algorithms (which honour earlier deletions) and the audit (which must not judge
+a model on classes it erased before this deletion), so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LINEAGE_KEY = "deletions"
+
+
+def prior_deletions(lineage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The deletions a model has absorbed, oldest first (empty for a base model)."""
+    return [dict(d) for d in (lineage or {}).get(LINEAGE_KEY, [])]
+
+
+def erased_labels(deletions: list[dict[str, Any]]) -> list[int]:
+    """Classes erased as classes; a record deletion of a few 7s does not make 7 an erased class."""
+    out: set[int] = set()
+    for d in deletions:
+        if d.get("scope") == "class":
+            out.update(int(c) for c in d.get("forget_labels", d.get("targets", {}).get("labels", [])))
+    return sorted(out)
