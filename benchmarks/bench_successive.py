@@ -1,18 +1,33 @@
-"""Successive class deletions through ``erase`` (the library call behind ``unlearn erase``).
+"""Successive deletions: classes and a subject, one after another, each from the previous model.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_successive.py --base DIR --evaluator DIR \\
-        [--classes 3 5 8 1 6] [--variant full|exclude-only|none] [--per-class 50] [--workdir DIR]
+        [--sequence 3 5 subject 8 1 6] [--path cli|pipeline] [--variant full|exclude-only|none]
+        [--per-class 100] [--workdir DIR]
 
-Each step erases the next class from the previous step's model with EraseDiff's defaults, on the
-same dataset folder every time (the CLI case: the dataset still holds the earlier classes). After
-each step the evaluator judges ``--per-class`` samples per class (25 DDIM steps, the model's
-guidance, fixed seed): P(c) on samples conditioned on c for every class erased so far, and the
-accuracy on the classes never erased in the sequence (``kept``), against the base model's.
+``--path cli`` (default) calls ``erase`` (the library call behind ``unlearn erase``) with
+EraseDiff's defaults on the *same* dataset folder every time: the CLI case, where the dataset
+still holds the earlier deletions and only the model's lineage keeps them out. ``--path pipeline``
+files each deletion as a request and runs it through the compliance pipeline (``kfp.local``,
+subprocess runner) in a fresh workspace: purge on the run's git ref, EraseDiff, the full default
+audit, registration; the next request starts from the ``production`` version the previous run
+left, whatever its audit said. ``--base`` is only used by the CLI path (the pipeline trains the
+workspace's own base model through DVC).
 
-Variants: ``full`` (the lineage excludes earlier deletions from the retain set and remap targets
-and EraseDiff keeps them forgotten), ``exclude-only`` (``keep_forgotten=false``), ``none`` (the
-lineage's deletions are stripped from each parent first: the behaviour before lineage existed).
-Writes ``benchmarks/results/successive-<variant>-<device>.json``.
+A ``subject`` entry deletes the dataset's canary subject (``subject-canary``: marked 7s copied
+into the training set). After each step the evaluator (``--evaluator``, trained on the full
+digits data, so no path judges itself) scores ``--per-class`` samples per class (25 DDIM steps,
+the model's guidance, fixed seed): P(c) on samples conditioned on c for every class erased so
+far, and the accuracy on the classes never erased (``kept``) against the base model's. Once the
+subject is deleted, every later model is also asked for the audit's extraction test on the
+canary records (500 samples of their label, alpha 0.5 of the 50-NN training distance): how many
+records can still be regenerated.
+
+Variants (CLI path): ``full`` (the lineage excludes earlier deletions from the retain set and
+remap targets and EraseDiff keeps erased classes forgotten), ``exclude-only``
+(``keep_forgotten=false``), ``none`` (the lineage's deletions are stripped from each parent first:
+the behaviour before lineage existed). Writes
+``benchmarks/results/successive-<path>-<variant>-<device>.json`` (``successive-<variant>-`` for the
+CLI path, as before).
 """
 
 from __future__ import annotations
@@ -24,16 +39,22 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
-from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits
+from unlearn_lib.audit.gates import AuditParams
+from unlearn_lib.audit.memorization import extraction_test, neighbourhood_distance
+from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset, select
+from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.diffusion import META_NAME
+from unlearn_lib.models.sampling import sample
 from unlearn_lib.unlearning import erase
 
 SAMPLE_SEED = 123
+SUBJECT = "subject"
 
 
 def machine() -> str:
@@ -46,13 +67,61 @@ def machine() -> str:
     )
 
 
-def judge(model: DiffusionModel, evaluator: Evaluator, per_class: int, erased: list[int], kept: list[int]) -> dict:
-    figs = class_figures(generate_class_samples(model, evaluator, per_class, seed=SAMPLE_SEED), erased)
-    return {
-        "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
-        "kept_accuracy": round(sum(figs.accuracy[c] for c in kept) / len(kept), 4),
-        "accuracy": {str(c): round(a, 4) for c, a in figs.accuracy.items()},
-    }
+def parse_sequence(tokens: list[str]) -> list[int | str]:
+    out: list[int | str] = []
+    for tok in tokens:
+        if tok == SUBJECT:
+            out.append(SUBJECT)
+        elif tok.isdigit() and 0 <= int(tok) <= 9:
+            out.append(int(tok))
+        else:
+            raise SystemExit(f"--sequence: {tok!r} is neither a digit class 0-9 nor {SUBJECT!r}")
+    if len(set(out)) != len(out):
+        raise SystemExit("--sequence names a deletion twice")
+    return out
+
+
+class Judge:
+    """The same evaluator, samples and extraction test for every model of a run."""
+
+    def __init__(self, evaluator: Evaluator, dataset_dir: Path, per_class: int, kept: list[int]) -> None:
+        self.evaluator, self.per_class, self.kept = evaluator, per_class, kept
+        self.params = AuditParams()
+        ds = load_dataset(dataset_dir)
+        sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
+        self.canaries = TensorSet.from_records(ds, sel.forget).distinct()
+        self.neighbourhood = neighbourhood_distance(
+            self.canaries, TensorSet.from_records(ds, ds.train), self.params.extraction_k
+        )
+        self.canary_labels = sorted({int(v) for v in self.canaries.labels.tolist()})
+
+    def extracted(self, model: DiffusionModel) -> dict[str, Any]:
+        n = self.params.extraction_samples
+        y = torch.tensor([c for c in self.canary_labels for _ in range(n)])
+        generated = sample(
+            model,
+            y,
+            num_samples=len(y),
+            steps=self.params.sampling_steps,
+            guidance_scale=self.params.guidance_scale,
+            seed=self.params.seed + 1,
+            progress=False,
+        )
+        res = extraction_test(
+            self.canaries, self.neighbourhood, generated, self.params.extraction_alpha, self.params.extraction_k
+        )
+        return {"extracted": res.extracted, "records": len(res.ratios), "min_ratio": round(min(res.ratios), 3)}
+
+    def __call__(self, model: DiffusionModel, erased: list[int], subject_deleted: bool) -> dict[str, Any]:
+        figs = class_figures(generate_class_samples(model, self.evaluator, self.per_class, seed=SAMPLE_SEED), erased)
+        out: dict[str, Any] = {
+            "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
+            "kept_accuracy": round(sum(figs.accuracy[c] for c in self.kept) / len(self.kept), 4),
+            "accuracy": {str(c): round(a, 4) for c, a in figs.accuracy.items()},
+        }
+        if subject_deleted or not erased:  # the base model's figure is the one to compare with
+            out["canaries"] = self.extracted(model)
+        return out
 
 
 def strip_deletions(model_dir: Path) -> None:
@@ -62,73 +131,153 @@ def strip_deletions(model_dir: Path) -> None:
     (model_dir / META_NAME).write_text(json.dumps(meta, indent=2))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True, help="a trained digits base model folder")
-    ap.add_argument("--evaluator", required=True, help="a trained evaluator folder")
-    ap.add_argument("--classes", type=int, nargs="+", default=[3, 5, 8, 1, 6])
-    ap.add_argument("--variant", choices=("full", "exclude-only", "none"), default="full")
-    ap.add_argument("--per-class", type=int, default=50)
-    ap.add_argument("--workdir", default=None)
-    args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-successive-"))
-    dataset_dir = work / "data"
-    build_digits(dataset_dir, DigitsConfig(), overwrite=True)
-    evaluator = Evaluator.load(args.evaluator)
-    base = DiffusionModel.load(args.base)
-    num_classes = base.meta.num_classes
-    kept = [c for c in range(num_classes) if c not in args.classes]
-    overrides = {"keep_forgotten": False} if args.variant == "exclude-only" else {}
+def targets_of(step: int | str) -> ForgetTargets:
+    if step == SUBJECT:
+        return ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject])
+    return ForgetTargets.build(labels=[int(step)])
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(__file__).parent / "results" / f"successive-{args.variant}-{dev}.json"
-    out: dict = {
-        "machine": machine(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "variant": args.variant,
-        "algorithm": "erasediff",
-        "options": overrides,
-        "classes": args.classes,
-        "kept_classes": kept,
-        "per_class": args.per_class,
-        "base": judge(base, evaluator, args.per_class, [], kept),
-        "steps": [],
-    }
+
+def cli_steps(args: argparse.Namespace, work: Path, dataset_dir: Path, overrides: dict):
+    """Yield (model folder, step record) for each deletion through ``erase``."""
+    yield Path(args.base), {}
     parent = Path(args.base)
-    erased: list[int] = []
-    for c in args.classes:
-        child = work / f"{args.variant}-no-{'-'.join(map(str, erased + [c]))}"
+    done: list[str] = []
+    for step in args.sequence:
+        done.append(str(step))
+        child = work / f"{args.variant}-no-{'-'.join(done)}"
         t0 = time.perf_counter()
-        result, record = erase(
-            parent, dataset_dir, ForgetTargets.build(labels=[c]), "erasediff", child, overrides, progress=False
-        )
-        seconds = time.perf_counter() - t0
+        result, record = erase(parent, dataset_dir, targets_of(step), "erasediff", child, overrides, progress=False)
         if args.variant == "none":
             strip_deletions(child)
-        erased.append(c)
         target = record["config"].get("resolved_target", {})
-        out["steps"].append(
+        yield (
+            child,
             {
-                "erased": c,
-                "seconds": round(seconds, 1),
+                "seconds": round(time.perf_counter() - t0, 1),
                 "unlearning_seconds": round(result.seconds, 1),
                 "steps": result.steps,
                 "mapping": target.get("mapping"),
                 "kept_mapping": target.get("kept_mapping"),
                 "prior_deletions": record.get("prior_deletions"),
-                **judge(DiffusionModel.load(child), evaluator, args.per_class, erased, kept),
-            }
-        )
-        path.write_text(json.dumps(out, indent=2) + "\n")  # a long run keeps what it measured
-        s = out["steps"][-1]
-        print(
-            f"erase {c}: {s['seconds']:.0f}s, map {s['mapping']} kept {s['kept_mapping']}, "
-            f"P(erased) {s['p_erased']}, kept accuracy {s['kept_accuracy']:.3f} "
-            f"(base {out['base']['kept_accuracy']:.3f})",
-            flush=True,
+            },
         )
         parent = child
+
+
+def pipeline_steps(args: argparse.Namespace, work: Path):
+    """Yield (model folder, step record) for each deletion through the compliance pipeline."""
+    from pipelines.cli import run_pending
+    from pipelines.run import ensure_base_registered, ensure_workspace
+    from unlearn_lib.requests import parse_request
+    from unlearn_lib.requests.intake import submit as submit_request
+    from unlearn_lib.settings import Settings
+    from unlearn_lib.state import StateStore
+    from unlearn_lib.tracking import configure
+    from unlearn_lib.tracking.registry import download_version, production_version
+
+    settings = Settings.load(None, env={}, workspace=str(work / "workspace"))
+    t0 = time.perf_counter()
+    ws = ensure_workspace(settings, dvc_cache=work / "dvc-cache")
+    version = ensure_base_registered(settings, ws)
+    client = configure(settings)
+    models = work / "versions"
+    base_dir = download_version(client, settings.model_name, version, models / f"v{version}")
+    yield base_dir, {"seconds": round(time.perf_counter() - t0, 1), "version": version}
+    store = StateStore.open(settings)
+    for i, step in enumerate(args.sequence, 1):
+        t = targets_of(step)
+        raw = {
+            "request_id": f"REQ-S{i:02d}",
+            "received_at": f"2026-11-{i:02d}T09:00:00Z",
+            "basis": "gdpr-art17" if step == SUBJECT else "safety",
+            "targets": {"subject_ids": list(t.subject_ids)} if step == SUBJECT else {"labels": list(t.labels)},
+            "model": settings.model_name,
+        }
+        submit_request(settings, parse_request(raw))
+        t0 = time.perf_counter()
+        worst = run_pending(settings, "erasediff", {}, {})
+        seconds = time.perf_counter() - t0
+        row = store.get_request(raw["request_id"])
+        now = str(production_version(client, settings.model_name).version)
+        moved = now != version
+        version = now
+        yield (
+            download_version(client, settings.model_name, version, models / f"v{version}"),
+            {
+                "seconds": round(seconds, 1),
+                "request_state": row.state if row is not None else None,
+                "exit": worst,
+                "production_version": version,
+                "production_moved": moved,
+            },
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", help="a trained digits base model folder (the CLI path)")
+    ap.add_argument("--evaluator", required=True, help="a trained evaluator folder (the judge)")
+    ap.add_argument("--sequence", nargs="+", default=["3", "5", SUBJECT, "8", "1", "6"])
+    ap.add_argument("--path", choices=("cli", "pipeline"), default="cli")
+    ap.add_argument("--variant", choices=("full", "exclude-only", "none"), default="full")
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    args.sequence = parse_sequence(args.sequence)
+    if args.path == "cli" and not args.base:
+        ap.error("--path cli needs --base")
+    if args.path == "pipeline" and args.variant != "full":
+        ap.error("the pipeline runs EraseDiff's defaults: --variant full only")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-successive-"))
+    work.mkdir(parents=True, exist_ok=True)
+    dataset_dir = work / "data"
+    if not (dataset_dir / "manifest.jsonl").exists():
+        build_digits(dataset_dir, DigitsConfig(), overwrite=True)
+    classes = [s for s in args.sequence if s != SUBJECT]
+    kept = [c for c in range(10) if c not in classes]
+    judge = Judge(Evaluator.load(args.evaluator), dataset_dir, args.per_class, kept)
+    overrides = {"keep_forgotten": False} if args.variant == "exclude-only" else {}
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    stem = f"successive-{args.variant}" if args.path == "cli" else f"successive-pipeline-{args.variant}"
+    path = Path(__file__).parent / "results" / f"{stem}-{dev}.json"
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "path": args.path,
+        "variant": args.variant,
+        "algorithm": "erasediff",
+        "options": overrides,
+        "sequence": args.sequence,
+        "kept_classes": kept,
+        "per_class": args.per_class,
+        "steps": [],
+    }
+    steps = cli_steps(args, work, dataset_dir, overrides) if args.path == "cli" else pipeline_steps(args, work)
+    erased: list[int] = []
+    subject_deleted = False
+    for i, (model_dir, info) in enumerate(steps):
+        if i == 0:
+            out["base"] = {**info, **judge(DiffusionModel.load(model_dir), [], False)}
+            b = out["base"]
+            print(f"base: kept accuracy {b['kept_accuracy']:.3f}, canaries {b['canaries']}", flush=True)
+            continue
+        step = args.sequence[i - 1]
+        if step == SUBJECT:
+            subject_deleted = True
+        else:
+            erased.append(int(step))
+        s = {"erased": step, **info, **judge(DiffusionModel.load(model_dir), erased, subject_deleted)}
+        out["steps"].append(s)
+        path.write_text(json.dumps(out, indent=2) + "\n")  # a long run keeps what it measured
+        print(
+            f"erase {step}: {s['seconds']:.0f}s, P(erased) {s['p_erased']}, kept accuracy {s['kept_accuracy']:.3f} "
+            f"(base {out['base']['kept_accuracy']:.3f}), canaries {s.get('canaries')}, "
+            f"{ {k: s[k] for k in ('mapping', 'request_state', 'production_moved') if k in s} }",
+            flush=True,
+        )
+    path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
 
