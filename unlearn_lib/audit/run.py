@@ -136,7 +136,9 @@ def measure_model(
         figs = class_figures(m.class_samples, forget_labels if scope == "class" else [])
         m.figures["class_accuracy"] = figs.accuracy
         retained = _retained_classes(model, selection) if retained_classes is None else retained_classes
-        m.figures["retained_accuracy"] = sum(figs.accuracy[c] for c in retained) / len(retained)
+        m.figures["retained_accuracy"] = (
+            sum(figs.accuracy[c] for c in retained) / len(retained) if retained else float("nan")
+        )
         if scope == "class":
             m.figures["forgotten_probability"] = figs.mean_forgotten_probability
             m.figures["forgotten_rate"] = sum(figs.forgotten_rate.values()) / len(figs.forgotten_rate)
