@@ -36,8 +36,7 @@ def main() -> None:
     for folder in sorted(p for p in Path(args.workdir).iterdir() if "@" in p.name):
         ds = load_dataset(folder / "data")
         sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
-        captions = {r.caption for r in sel.forget if r.caption}
-        look = TensorSet.from_records(ds, [r for r in sel.holdout if r.caption in captions])
+        look = TensorSet.from_records(ds, sel.lookalikes())
         whole = TensorSet.from_records(ds, sel.holdout)
         row: dict = {"lookalikes": len(look), "holdout": len(whole)}
         for role in ROLES:

@@ -45,12 +45,12 @@ import torch
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
 from unlearn_lib.audit.gates import AuditParams
-from unlearn_lib.audit.memorization import extraction_test, neighbourhood_distance
+from unlearn_lib.audit.memorization import neighbourhood_distance
+from unlearn_lib.audit.run import extraction_of
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset, select
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.diffusion import META_NAME
-from unlearn_lib.models.sampling import sample
 from unlearn_lib.unlearning import erase
 
 SAMPLE_SEED = 123
@@ -93,23 +93,9 @@ class Judge:
         self.neighbourhood = neighbourhood_distance(
             self.canaries, TensorSet.from_records(ds, ds.train), self.params.extraction_k
         )
-        self.canary_labels = sorted({int(v) for v in self.canaries.labels.tolist()})
 
     def extracted(self, model: DiffusionModel) -> dict[str, Any]:
-        n = self.params.extraction_samples
-        y = torch.tensor([c for c in self.canary_labels for _ in range(n)])
-        generated = sample(
-            model,
-            y,
-            num_samples=len(y),
-            steps=self.params.sampling_steps,
-            guidance_scale=self.params.guidance_scale,
-            seed=self.params.seed + 1,
-            progress=False,
-        )
-        res = extraction_test(
-            self.canaries, self.neighbourhood, generated, self.params.extraction_alpha, self.params.extraction_k
-        )
+        res = extraction_of(model, self.canaries, self.neighbourhood, self.params)
         return {"extracted": res.extracted, "records": len(res.ratios), "min_ratio": round(min(res.ratios), 3)}
 
     def __call__(self, model: DiffusionModel, erased: list[int], subject_deleted: bool) -> dict[str, Any]:

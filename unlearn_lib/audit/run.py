@@ -115,8 +115,8 @@ def measure_model(
     real_reference: RealReference,
     holdout_retain: TensorSet,
     progress: bool,
-    lookalikes: TensorSet | None = None,
-    retained_classes: list[int] | None = None,
+    lookalikes: TensorSet | None,
+    retained_classes: list[int],
 ) -> ModelMeasurements:
     """``retained_classes``: the base model's (every model is judged on the same classes)."""
     t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def measure_model(
         )
         figs = class_figures(m.class_samples, forget_labels if scope == "class" else [])
         m.figures["class_accuracy"] = figs.accuracy
-        retained = _retained_classes(model, selection) if retained_classes is None else retained_classes
+        retained = retained_classes
         m.figures["retained_accuracy"] = (
             sum(figs.accuracy[c] for c in retained) / len(retained) if retained else float("nan")
         )
@@ -167,26 +167,35 @@ def measure_model(
         m.figures["lookalike_loss"] = denoising_loss(model, lookalikes, seed=params.seed)
         m.figures["lookalike_records"] = len(lookalikes)
     if scope != "class":
-        # Conditional models are asked for the forget records' classes, extraction_samples each.
-        labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
-        y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)]) if labels else None
-        generated = sample(
-            model,
-            y if model.conditional else None,
-            num_samples=params.extraction_samples,
-            steps=params.sampling_steps,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed + 1,
-            progress=progress,
-        )
         assert neighbourhood is not None
-        m.extraction = extraction_test(
-            forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k
-        )
+        m.extraction = extraction_of(model, forget_distinct, neighbourhood, params, progress)
         if reference is not None and len(reference):
             m.membership, m.pia = membership_attacks(model, forget_distinct, reference, params)
     m.seconds = time.perf_counter() - t0
     return m
+
+
+def extraction_of(
+    model: DiffusionModel,
+    forget_distinct: TensorSet,
+    neighbourhood: torch.Tensor,
+    params: AuditParams,
+    progress: bool = False,
+) -> ExtractionResult:
+    """The audit's extraction test of ``model`` on the forget images (``neighbourhood``: theirs)."""
+    # Conditional models are asked for the forget records' classes, extraction_samples each.
+    labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
+    y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)]) if labels else None
+    generated = sample(
+        model,
+        y if model.conditional else None,
+        num_samples=params.extraction_samples,
+        steps=params.sampling_steps,
+        guidance_scale=params.guidance_scale,
+        seed=params.seed + 1,
+        progress=progress,
+    )
+    return extraction_test(forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k)
 
 
 def membership_attacks(
@@ -290,7 +299,7 @@ def _metrics(
     selection: Selection,
     params: AuditParams,
     conditional: bool,
-    retained_classes: list[int] | None = None,
+    retained_classes: list[int],
 ) -> list[Metric]:
     u, b, r = meas["unlearned"], meas["base"], meas.get("retrain")
     seed = params.seed
@@ -316,7 +325,6 @@ def _metrics(
 
     out: list[Metric] = []
     scope = selection.scope
-    n_classes = len(b.class_samples.classes) if b.class_samples is not None else 0
     if scope == "class":
         desc = (
             "mean evaluator probability of the forgotten class on samples conditioned on it"
@@ -356,12 +364,7 @@ def _metrics(
             "utility",
             "retained_accuracy",
             "evaluator accuracy on samples conditioned on each retained class",
-            per_class
-            * (
-                len(retained_classes)
-                if retained_classes is not None
-                else n_classes - (len(selection.forget_labels) if scope == "class" else 0)
-            ),
+            per_class * len(retained_classes),
         )
         out.append(acc)
         drop = _drop_from_base(
@@ -585,16 +588,16 @@ def run_audit(
     features = _feature_extractor(params, evaluator)
     conditional = models["base"][1].conditional
 
-    retained = set(_retained_classes(models["base"][1], selection)) if conditional else None
-    real = [r for r in selection.retain if retained is None or r.label in retained]
+    # Every model is judged on the base's retained classes (empty for unconditional models).
+    retained = _retained_classes(models["base"][1], selection)
+    real = [r for r in selection.retain if not conditional or r.label in retained]
     retain_real = TensorSet.from_records(dataset, real).distinct()
     real_reference = RealReference(features, retain_real.images, seed=params.seed)
     holdout_retain = TensorSet.from_records(
-        dataset, [r for r in selection.holdout if retained is None or r.label in retained]
+        dataset, [r for r in selection.holdout if not conditional or r.label in retained]
     )
     forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
-    captions = {r.caption for r in selection.forget if r.caption}
-    lookalike_records = [r for r in selection.holdout if r.caption in captions] if selection.scope != "class" else []
+    lookalike_records = selection.lookalikes() if selection.scope != "class" else []
     lookalikes = TensorSet.from_records(dataset, lookalike_records) if lookalike_records else None
     # The audit's half of the hold-out reference: no algorithm calibrated on these images.
     ref_records = selection.reference(
@@ -622,11 +625,11 @@ def run_audit(
             holdout_retain,
             progress,
             lookalikes,
-            sorted(retained) if retained is not None else None,
+            retained,
         )
         for role, (path, mdl) in models.items()
     }
-    metrics = _metrics(meas, selection, params, conditional, sorted(retained) if retained is not None else None)
+    metrics = _metrics(meas, selection, params, conditional, retained)
     distribution: list[dict] = []
     if others and reference is not None and selection.scope != "class":
         extra = [member_statistics(mdl, forget_distinct, params) for _, mdl in others.values()]

@@ -102,6 +102,11 @@ class Selection:
             "forget_set_sha256": self.forget_set_sha256(),
         }
 
+    def lookalikes(self) -> list[Record]:
+        """Hold-out records that share a forget record's caption (e.g. the canaries' marked kind)."""
+        captions = {r.caption for r in self.forget if r.caption}
+        return [r for r in self.holdout if r.caption in captions]
+
     def reference(
         self, min_count: int = 16, part: str | None = None, same_caption_min: int | None = None
     ) -> list[Record]:
@@ -126,7 +131,7 @@ class Selection:
         captions = {r.caption for r in self.forget if r.caption}
         labels = set(self.forget_labels)
         tiers = [
-            [r for r in self.holdout if r.caption in captions],
+            self.lookalikes(),
             [r for r in self.holdout if r.label in labels and r.caption not in captions],
             [r for r in self.holdout if r.label not in labels and r.caption not in captions],
         ]
