@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit import AuditParams, class_figures, generate_class_samples, run_audit, train_evaluator
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, select
@@ -27,12 +27,6 @@ from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
 
 PER_CLASS = 100
 FORGET = 3
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from bench_digits import machine
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 from tqdm import tqdm
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples, train_evaluator

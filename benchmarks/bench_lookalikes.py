@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit.utility import denoising_loss
 from unlearn_lib.data import DigitsConfig, ForgetTargets, load_dataset, select
@@ -54,7 +53,7 @@ def main() -> None:
         print(folder.name, json.dumps(row), flush=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     out = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "machine": machine(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,

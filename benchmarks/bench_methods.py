@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples, train_evaluator
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, select
@@ -85,15 +85,6 @@ def configurations(methods: list[str], scale: str, skip: list[str]) -> list[tupl
         else:
             out += [(f"{name}@{k}", algorithm, v) for k, v in scales.items() if f"{name}@{k}" not in skip]
     return out
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, load average {load:.1f}"
-    )
 
 
 def judge(model: DiffusionModel, evaluator: Evaluator, per_class: int) -> dict:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_digits import machine  # benchmarks/ is the script's folder: on sys.path
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 from tqdm import tqdm
 
 from unlearn_lib.audit import AuditParams, run_audit, train_evaluator

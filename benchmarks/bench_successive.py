@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
 from unlearn_lib.audit.gates import AuditParams
@@ -55,16 +54,6 @@ from unlearn_lib.unlearning import erase
 
 SAMPLE_SEED = 123
 SUBJECT = "subject"
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{torch.get_num_threads()} torch threads, load average {load:.1f}"
-    )
 
 
 def parse_sequence(tokens: list[str]) -> list[int | str]:

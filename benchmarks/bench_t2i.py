@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit import Evaluator, train_evaluator
 from unlearn_lib.data import DigitsConfig, ForgetTargets, TensorSet, build_digits, load_dataset, select
@@ -123,7 +122,7 @@ def main() -> None:
         print(json.dumps(row))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     meta = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{machine()}, torch {torch.__version__}",
         "device": device,
         "base": str(base_dir),
         "base_train_seconds": train_seconds,

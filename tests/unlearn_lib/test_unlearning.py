@@ -231,6 +231,24 @@ def test_a_run_resumed_at_the_crossing_still_lands_between_the_last_two_iterates
         assert torch.allclose(v, b[k], atol=1e-5), k
 
 
+def test_the_stop_fires_when_one_timestep_reaches_its_level_before_any_overshoots(canary_model_dir, canary_task):
+    # The default rule lands on the first timestep to reach the hold-out level; the old one
+    # (their average) let that timestep overshoot while the others caught up.
+    default = json.loads((canary_model_dir / "unlearning.json").read_text())["stop"]
+    assert default["rule"] == "any"
+    per_t = default["ratio_per_timestep"]
+    assert set(per_t) == {"50", "100", "200"}
+    assert 1.0 <= max(per_t.values()) <= 1.02, per_t  # bisected onto the crossing
+    mean = make_unlearner("erasediff", {"calibrate_rule": "mean", "stop_extraction_samples": 0}).run(
+        canary_task, progress=False
+    ).stop
+    assert mean["rule"] == "mean" and mean["ratio"] >= 1.0
+    assert default["crossed_at"] <= mean["crossed_at"]
+    assert max(mean["ratio_per_timestep"].values()) > max(per_t.values()), (mean["ratio_per_timestep"], per_t)
+    with pytest.raises(ConfigError, match="calibrate_rule must be one of mean, any, got 'median'"):
+        make_unlearner("erasediff", {"calibrate_rule": "median"})
+
+
 def test_bome_lambda_adapts(class_task):
     result = make_unlearner("erasediff", {"steps": 8, "lambda_mode": "bome", "eta": 0.5}).run(
         class_task, progress=False

@@ -31,6 +31,9 @@ from ..models.diffusion import DiffusionModel
 from ..models.objectives import ForwardProcess, per_sample_denoising_error
 from ..models.sampling import sample
 
+# How the per-timestep errors decide the crossing (see CalibratedStop.measure).
+RULES = ("mean", "any")
+
 
 class CalibratedStop:
     def __init__(
@@ -43,7 +46,11 @@ class CalibratedStop:
         noise_draws: int,
         seed: int,
         conditional: bool,
+        rule: str = "mean",
     ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"calibration rule must be one of {', '.join(RULES)}, got {rule!r}")
+        self.rule = rule
         self.forget = forget.distinct()
         self.reference = reference.distinct()
         self.fp, self.timesteps, self.draws, self.seed = fp, timesteps, noise_draws, seed
@@ -53,20 +60,38 @@ class CalibratedStop:
         self.yr = self.reference.labels.clamp(min=0).to(device) if conditional else None
         self.reference_error: float | None = None
 
-    def _mean_error(self, unet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float:
-        err = per_sample_denoising_error(unet, self.fp, x, y, self.timesteps, self.draws, self.seed)
-        return float(err.mean())
+    def _errors(self, unet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Mean denoising error at each calibration timestep, ``[len(timesteps)]``."""
+        return per_sample_denoising_error(unet, self.fp, x, y, self.timesteps, self.draws, self.seed).mean(0)
 
     def measure(self, unet: torch.nn.Module) -> dict:
+        """The forget and hold-out errors, and ``ratio``: the stop fires once it reaches the level.
+
+        ``mean``: the ratio of the errors averaged over the timesteps. ``any``: the largest of the
+        per-timestep ratios, so the stop fires as soon as one timestep reaches its own level.
+        """
         was_training = unet.training
         unet.eval()
-        forget = self._mean_error(unet, self.xf, self.yf)
+        forget_t = self._errors(unet, self.xf, self.yf)
         # Hold-out error moves little while forgetting, but it is cheap: measure it each time.
-        reference = self._mean_error(unet, self.xr, self.yr)
+        reference_t = self._errors(unet, self.xr, self.yr)
         if was_training:
             unet.train()
+        forget, reference = float(forget_t.mean()), float(reference_t.mean())
         self.reference_error = reference
-        return {"forget_error": forget, "reference_error": reference, "ratio": forget / max(reference, 1e-12)}
+        if self.rule == "any":
+            ratio = float((forget_t / reference_t.clamp(min=1e-12)).max())
+        else:
+            ratio = forget / max(reference, 1e-12)
+        return {
+            "forget_error": forget,
+            "reference_error": reference,
+            "ratio": ratio,
+            "ratio_per_timestep": {
+                str(t): float(f / max(float(r), 1e-12))
+                for t, f, r in zip(self.timesteps, forget_t, reference_t, strict=True)
+            },
+        }
 
     @torch.no_grad()
     def bisect(
@@ -91,7 +116,7 @@ class CalibratedStop:
             for p, b, a in zip(params, before, after, strict=True):
                 p.copy_(b + mid * (a - b))
             m = self.measure(unet)
-            if m["forget_error"] >= factor * m["reference_error"]:
+            if m["ratio"] >= factor:
                 hi, best = mid, (mid, m)
             else:
                 lo = mid
@@ -101,6 +126,7 @@ class CalibratedStop:
 
     def describe(self) -> dict:
         return {
+            "rule": self.rule,
             "timesteps": self.timesteps,
             "noise_draws": self.draws,
             "forget_images": len(self.forget),

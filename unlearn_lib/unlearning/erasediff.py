@@ -54,7 +54,7 @@ from ..data.tensors import to_model_space
 from ..errors import ConfigError, StopNotLanded
 from ..models.objectives import drop_labels
 from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
-from .calibration import CalibratedStop, ExtractionCheck
+from .calibration import RULES, CalibratedStop, ExtractionCheck
 from .loop import UnlearningLoop
 from .targets import (
     ClassRemapTarget,
@@ -177,6 +177,13 @@ class EraseDiffConfig(CommonConfig):
     # Stop once forget error >= (1 + margin) x the hold-out look-alikes' error. 0: their level is
     # where a retrained model sits (1.04x measured); above it the records start to stand out.
     calibrate_margin: float = 0.0
+    # any: the stop fires when one of calibrate_timesteps reaches its own level; mean: when their
+    # average does. The average is dominated by the smallest t, where the error is largest, and at
+    # its crossing the forget records had overshot there: deleting the canary subject after
+    # classes 3 and 5 stopped at step 103 with the audit's membership AUC 0.06 (0.0 at t = 40,
+    # over-forgotten: FAIL); "any" stopped at 89, AUC 0.22 (pass). On the seven canary sets of
+    # bench_record_deletion it took 7-37% fewer steps with the same four passing.
+    calibrate_rule: str = "any"
     # ... and no forget record can still be regenerated (0 samples: skip this check).
     stop_extraction_samples: int = 256
     # Well past the audit's 1.0: see ExtractionCheck for why 1.15 was not enough.
@@ -222,6 +229,8 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(f"forget_t_min must be >= 0, got {self.forget_t_min}")
         if self.stop not in ("auto", "none", "calibrated"):
             raise ConfigError(f"stop must be auto, none or calibrated, got {self.stop!r}")
+        if self.calibrate_rule not in RULES:
+            raise ConfigError(f"calibrate_rule must be one of {', '.join(RULES)}, got {self.calibrate_rule!r}")
         if self.stop_extraction_samples < 0 or self.stop_extraction_every < 1 or self.stop_extraction_min_ratio <= 0:
             raise ConfigError("stop_extraction_samples must be >= 0, stop_extraction_every >= 1, min_ratio > 0")
         if self.calibrate_every < 1 or self.calibrate_draws < 1 or not self.calibrate_timesteps:
@@ -397,7 +406,12 @@ class EraseDiff(Unlearner):
         def measured(step: int) -> dict:
             assert stopper is not None
             m = stopper.measure(loop.model.unet)
-            loop.log(calib_step=step, calib_forget_error=m["forget_error"], calib_reference_error=m["reference_error"])
+            loop.log(
+                calib_step=step,
+                calib_forget_error=m["forget_error"],
+                calib_reference_error=m["reference_error"],
+                calib_ratio=m["ratio"],
+            )
             return m
 
         def stop_check(step: int) -> dict | None:
@@ -408,7 +422,7 @@ class EraseDiff(Unlearner):
                 if step % cfg.calibrate_every:
                     return None
                 m = measured(step)
-                if m["forget_error"] < level * m["reference_error"]:
+                if m["ratio"] < level:
                     prev = [p.detach().clone() for p in loop.params]
                     if must_land:
                         self._check_landing(cfg, loop, step, level)  # raises when it cannot land
@@ -425,7 +439,7 @@ class EraseDiff(Unlearner):
                 # retain loss can pull the forget error back under the level: both conditions must
                 # hold at the step the run stops, so the crossing is measured again.
                 now = measured(step)
-                if now["forget_error"] < level * now["reference_error"]:
+                if now["ratio"] < level:
                     loop.log(crossing_lost_at=step)
                     crossing, prev = None, [p.detach().clone() for p in loop.params]
                     return None
@@ -685,6 +699,7 @@ class EraseDiff(Unlearner):
             cfg.calibrate_draws,
             cfg.seed,
             task.base.conditional,
+            cfg.calibrate_rule,
         )
 
 
@@ -694,7 +709,5 @@ def _refusal_advice(cfg: EraseDiffConfig) -> str:
 
 
 def _calibration_ratios(history: dict) -> tuple[list[int], list[float]]:
-    """The steps at which the stop measured, and the forget / hold-out error ratio at each."""
-    forget, reference = history["calib_forget_error"], history["calib_reference_error"]
-    ratios = [float(f) / max(float(r), 1e-12) for f, r in zip(forget, reference, strict=True)]
-    return [int(v) for v in history["calib_step"]], ratios
+    """The steps at which the stop measured, and the ratio its rule compares with the level at each."""
+    return [int(v) for v in history["calib_step"]], [float(v) for v in history["calib_ratio"]]
