@@ -188,6 +188,7 @@ def test_a_stop_that_cannot_land_fails_early_naming_why_and_writes_nothing(
         erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
     msg = str(err.value)
     assert "cannot land within 20 steps: after 10 steps" in msg and "Raise lr (now 1e-09)" in msg, msg
+    assert "x the hold-out's at the timestep nearest its level (the stop needs 1.00x)" in msg, msg
     assert "\n" not in msg
     assert not out.exists() and not (tmp_path / "erased.checkpoints").exists()
     # A budget the user set is theirs: without must_land the run ends there and says it did not stop.
@@ -236,6 +237,8 @@ def test_the_stop_fires_when_one_timestep_reaches_its_level_before_any_overshoot
     # (their average) let that timestep overshoot while the others caught up.
     default = json.loads((canary_model_dir / "unlearning.json").read_text())["stop"]
     assert default["rule"] == "any"
+    # Until one run crosses both follow the same steps; a crossing lost and found again would not.
+    assert default["crossings_lost"] == 0
     per_t = default["ratio_per_timestep"]
     assert set(per_t) == {"50", "100", "200"}
     assert 1.0 <= max(per_t.values()) <= 1.02, per_t  # bisected onto the crossing

@@ -2,9 +2,10 @@
 
 Under-forgetting leaves the records extractable; over-forgetting makes their denoising
 error *higher* than that of unseen records, so they stand out as deleted (a membership
-leak of who asked). The stop compares the mean denoising error of the forget images with
-that of hold-out images like them, on fixed noise, and fires when the forget error reaches
-``(1 + margin)`` times the hold-out error.
+leak of who asked). The stop compares the denoising error of the forget images with that of
+hold-out images like them, on fixed noise at each calibration timestep, and fires when the
+forget error reaches ``(1 + margin)`` times the hold-out error at any one of them (rule
+``any``; ``mean`` compares their averages, which let the smallest timestep overshoot).
 
 The look-alikes are the hold-out records that share the forget records' caption (the marked
 canaries' own kind) when the calibration half holds at least ``SAME_CAPTION_MIN`` of them.
@@ -46,7 +47,7 @@ class CalibratedStop:
         noise_draws: int,
         seed: int,
         conditional: bool,
-        rule: str = "mean",
+        rule: str = "any",
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"calibration rule must be one of {', '.join(RULES)}, got {rule!r}")
@@ -83,10 +84,13 @@ class CalibratedStop:
             ratio = float((forget_t / reference_t.clamp(min=1e-12)).max())
         else:
             ratio = forget / max(reference, 1e-12)
+        # forget_error / reference_error are the averages over the timesteps whatever the rule;
+        # "ratio" is what the rule compares with the level, "ratio_mean" the averages' ratio.
         return {
             "forget_error": forget,
             "reference_error": reference,
             "ratio": ratio,
+            "ratio_mean": forget / max(reference, 1e-12),
             "ratio_per_timestep": {
                 str(t): float(f / max(float(r), 1e-12))
                 for t, f, r in zip(self.timesteps, forget_t, reference_t, strict=True)
@@ -106,7 +110,7 @@ class CalibratedStop:
 
         One optimiser step can overshoot the hold-out level by far; the weights are set to
         ``before + alpha * (current - before)`` with ``alpha`` found by bisection so that the
-        forget error just reaches the reference error. Returns ``alpha`` and the measurement.
+        rule's ratio just reaches ``factor``. Returns ``alpha`` and the measurement.
         """
         after = [p.detach().clone() for p in params]
         lo, hi = 0.0, 1.0

@@ -174,7 +174,8 @@ class EraseDiffConfig(CommonConfig):
     calibrate_timesteps: list[int] = field(default_factory=lambda: [50, 100, 200])
     calibrate_draws: int = 4
     calibrate_bisect: int = 6  # bisection steps between the last two iterates when the stop fires
-    # Stop once forget error >= (1 + margin) x the hold-out look-alikes' error. 0: their level is
+    # Stop once the forget error reaches (1 + margin) x the hold-out look-alikes' error (as the
+    # rule below compares them). 0: their level is
     # where a retrained model sits (1.04x measured); above it the records start to stand out.
     calibrate_margin: float = 0.0
     # any: the stop fires when one of calibrate_timesteps reaches its own level; mean: when their
@@ -642,7 +643,8 @@ class EraseDiff(Unlearner):
             ratios,
             level,
             lambda pace, span: (
-                f"denoising error is {ratios[-1]:.2f}x the hold-out's (the stop needs {level:.2f}x) and rose "
+                f"denoising error is {ratios[-1]:.2f}x the hold-out's{_rule_words(cfg)} (the stop needs "
+                f"{level:.2f}x) and rose "
                 f"{pace * 100:+.3f} per 100 steps over the last {span}"
             ),
         )
@@ -653,7 +655,8 @@ class EraseDiff(Unlearner):
         ratio = _calibration_ratios(h)[1][-1]
         if ratio < level:
             why = (
-                f"the forget records' denoising error reached {ratio:.2f}x the hold-out's (the stop needs {level:.2f}x)"
+                f"the forget records' denoising error reached {ratio:.2f}x the hold-out's{_rule_words(cfg)} "
+                f"(the stop needs {level:.2f}x)"
             )
         else:
             worst = float(h["min_extraction_ratio"][-1]) if h.get("min_extraction_ratio") else float("nan")
@@ -706,6 +709,13 @@ class EraseDiff(Unlearner):
 def _refusal_advice(cfg: EraseDiffConfig) -> str:
     """How every refusal of the calibrated stop ends, early or at the end of the budget."""
     return f"nothing was written. Raise lr (now {cfg.lr:g}) or steps, or stop=none to run the whole budget"
+
+
+def _rule_words(cfg: EraseDiffConfig) -> str:
+    """Where the ratio of a refusal was taken, in its rule's words."""
+    if cfg.calibrate_rule == "any":
+        return " at the timestep nearest its level"
+    return " averaged over the timesteps"
 
 
 def _calibration_ratios(history: dict) -> tuple[list[int], list[float]]:
