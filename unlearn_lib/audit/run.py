@@ -135,9 +135,10 @@ def measure_model(
         )
         figs = class_figures(m.class_samples, forget_labels if scope == "class" else [])
         m.figures["class_accuracy"] = figs.accuracy
-        retained = retained_classes
         m.figures["retained_accuracy"] = (
-            sum(figs.accuracy[c] for c in retained) / len(retained) if retained else float("nan")
+            sum(figs.accuracy[c] for c in retained_classes) / len(retained_classes)
+            if retained_classes
+            else float("nan")
         )
         if scope == "class":
             m.figures["forgotten_probability"] = figs.mean_forgotten_probability
@@ -145,7 +146,7 @@ def measure_model(
             m.figures["forgotten_entropy"] = sum(figs.forgotten_entropy.values()) / len(figs.forgotten_entropy)
         else:
             m.figures["forget_class_accuracy"] = sum(figs.accuracy[c] for c in forget_labels) / len(forget_labels)
-        keep = torch.tensor([c in retained for c in m.class_samples.classes]).repeat_interleave(
+        keep = torch.tensor([c in retained_classes for c in m.class_samples.classes]).repeat_interleave(
             m.class_samples.per_class
         )
         gen_retained = m.class_samples.images[keep]

@@ -59,7 +59,6 @@ class CalibratedStop:
         self.xr = to_model_space(self.reference.images).to(device)
         self.yf = self.forget.labels.clamp(min=0).to(device) if conditional else None
         self.yr = self.reference.labels.clamp(min=0).to(device) if conditional else None
-        self.reference_error: float | None = None
 
     def _errors(self, unet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Mean denoising error at each calibration timestep, ``[len(timesteps)]``."""
@@ -79,22 +78,16 @@ class CalibratedStop:
         if was_training:
             unet.train()
         forget, reference = float(forget_t.mean()), float(reference_t.mean())
-        self.reference_error = reference
-        if self.rule == "any":
-            ratio = float((forget_t / reference_t.clamp(min=1e-12)).max())
-        else:
-            ratio = forget / max(reference, 1e-12)
+        per_t = forget_t / reference_t.clamp(min=1e-12)
+        ratio_mean = forget / max(reference, 1e-12)
         # forget_error / reference_error are the averages over the timesteps whatever the rule;
         # "ratio" is what the rule compares with the level, "ratio_mean" the averages' ratio.
         return {
             "forget_error": forget,
             "reference_error": reference,
-            "ratio": ratio,
-            "ratio_mean": forget / max(reference, 1e-12),
-            "ratio_per_timestep": {
-                str(t): float(f / max(float(r), 1e-12))
-                for t, f, r in zip(self.timesteps, forget_t, reference_t, strict=True)
-            },
+            "ratio": float(per_t.max()) if self.rule == "any" else ratio_mean,
+            "ratio_mean": ratio_mean,
+            "ratio_per_timestep": {str(t): float(v) for t, v in zip(self.timesteps, per_t, strict=True)},
         }
 
     @torch.no_grad()
