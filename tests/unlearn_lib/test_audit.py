@@ -137,6 +137,21 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_p
     assert mg["forgotten_probability"].passed and mg["forgotten_probability"].value < 0.05
     assert mg["retained_accuracy_drop"].passed and mg["fid_ratio"].passed and mg["retain_loss_ratio"].passed
     assert good.passed
+    # Beside the gate, the judge's own floor: its probability of 3 on the base model's genuine
+    # samples of the class 3 is now drawn as. Reported, never gated.
+    floor = mg["forgotten_probability_floor"]
+    dest = floor.details["destination"]["3"]
+    assert dest != 3 and floor.threshold is None and floor.passed is None
+    _, base_probs = good.measurements["base"].class_samples.for_class(dest)
+    assert floor.value == pytest.approx(float(base_probs[:, 3].mean()))
+    assert floor.value < 0.1 < mb["forgotten_probability"].value  # the judge knows a genuine {dest} from a 3
+    _, probs = good.measurements["unlearned"].class_samples.for_class(3)
+    assert floor.details["destination_share"]["3"] == pytest.approx(float((probs.argmax(-1) == dest).float().mean()))
+    report = (tmp_path / "good" / "report.md").read_text()
+    assert f"class 3 is now drawn as {dest}" in report
+    still = mb["forgotten_probability_floor"]
+    assert still.details["destination_share"]["3"] < 0.1  # the base model still draws 3s
+    assert "class 3 is not mostly drawn as any retained class" in (tmp_path / "base" / "report.md").read_text()
     assert "extracted_records" not in mg  # memorization gates are for record-level deletions
     assert "lookalike_loss" not in mg  # a class has no look-alikes outside it
 

@@ -382,6 +382,25 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
                 ),
             ]
         )
+    floor = record["metrics"].get("forgotten_probability_floor")
+    if floor is not None:
+        d = floor["details"]
+        for f, dest in d["destination"].items():
+            share = d["destination_share"][f]
+            drawn = (
+                f"class {f} is now drawn as {dest} ({share:.0%} of its samples)"
+                if share >= 0.5
+                else f"class {f} is not mostly drawn as any retained class (the judge's nearest: {dest}, "
+                f"{share:.0%} of its samples)"
+            )
+            lines.append(
+                [
+                    ("", f"{drawn}; the judge gives the base model's own {dest}s class {f} with probability "),
+                    ("strong", f"{d['floor'][f]:.3f}"),
+                    ("", ", what "), ("code", "forgotten_probability"),
+                    ("", " reads for a flawless erasure onto that class"),
+                ]
+            )  # fmt: skip
     for name, m in record["metrics"].items():
         if m.get("inconclusive") and m.get("passed"):
             lines.append([("code", name), ("", " did not fail but is "), ("strong", "INCONCLUSIVE"),

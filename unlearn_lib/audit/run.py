@@ -295,6 +295,55 @@ def _drop_from_base(m: Metric, name: str, description: str) -> Metric:
     return _relative_to_base(m, name, description, lambda v, b: b - v)
 
 
+def _judge_floor(
+    u: ModelMeasurements,
+    b: ModelMeasurements,
+    forget_labels: list[int],
+    retained_classes: list[int],
+    seed: int,
+) -> Metric | None:
+    """What ``forgotten_probability`` reads if the erasure were perfect: the judge's confusion.
+
+    An erased class is drawn as some retained class (its destination: the one the judge calls the
+    unlearned model's samples of it most often). The judge's mean probability of the forgotten class
+    on the *base* model's own samples of that destination is what a model that draws the destination
+    flawlessly would score. Erasing 3 onto 9 on digits left 0.017-0.035 where the judge gave the base's
+    9s 0.022 (benchmarks/README.md, "the remap target"); a gate set near this floor measures the judge.
+    """
+    if u.class_samples is None or b.class_samples is None or not retained_classes:
+        return None
+    destination: dict[str, int] = {}
+    floor: dict[str, float] = {}
+    share: dict[str, float] = {}
+    for f in forget_labels:
+        if f not in u.class_samples.classes:
+            continue
+        _, p = u.class_samples.for_class(f)
+        pred = p.argmax(-1)
+        counts = torch.tensor([int((pred == c).sum()) for c in retained_classes])
+        # A model that still draws the class has no destination of its own; its runner-up stands in.
+        d = retained_classes[int(counts.argmax() if counts.sum() else p[:, retained_classes].mean(0).argmax())]
+        if d not in b.class_samples.classes:
+            continue
+        _, pb = b.class_samples.for_class(d)
+        destination[str(f)] = d
+        floor[str(f)] = float(pb[:, f].mean())
+        share[str(f)] = float((pred == d).float().mean())
+    if not floor:
+        return None
+    return Metric(
+        name="forgotten_probability_floor",
+        group="efficacy",
+        value=sum(floor.values()) / len(floor),
+        description="the judge's mean probability of the forgotten class on the base model's own samples of "
+        "the class the erased one is now drawn as: what forgotten_probability reads for a flawless "
+        "erasure (the judge's confusion, not the model's memory)",
+        samples=b.class_samples.per_class * len(floor),
+        seed=seed,
+        details={"destination": destination, "floor": floor, "destination_share": share},
+    )
+
+
 def _metrics(
     meas: dict[str, ModelMeasurements],
     selection: Selection,
@@ -340,6 +389,9 @@ def _metrics(
             per_class * len(selection.forget_labels) if conditional else per_class * 10,
         )
         out.append(gate(m, "<=", params.max_forgotten_probability))
+        floor = _judge_floor(u, b, selection.forget_labels, retained_classes, seed)
+        if floor is not None:
+            out.append(floor)
         if conditional:
             out.append(
                 metric(
