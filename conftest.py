@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from unlearn_lib.audit import Evaluator, train_evaluator
+from unlearn_lib.audit.evaluator import RECIPE as EVALUATOR_RECIPE
 from unlearn_lib.data import DigitsConfig, build_digits, load_dataset
 from unlearn_lib.models import DiffusionModel, TrainConfig, train_base
 
@@ -174,7 +175,7 @@ def base_model(base_model_dir: Path) -> DiffusionModel:
 
 @pytest.fixture(scope="session")
 def evaluator(digits) -> Evaluator:
-    key = _cache_key("evaluator", digits.digest())
+    key = _cache_key("evaluator", EVALUATOR_RECIPE, digits.digest())
     out = CACHE / f"evaluator-{key}"
     with _exclusive(out):
         if (out / "evaluator.json").is_file():

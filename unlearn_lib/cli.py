@@ -207,9 +207,14 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
     from .audit import train_evaluator
     from .data import load_dataset
 
-    ev = train_evaluator(load_dataset(args.dataset), epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    if args.members < 1:
+        raise ConfigError(f"--members must be >= 1, got {args.members}")
+    ev = train_evaluator(
+        load_dataset(args.dataset), epochs=args.epochs, seed=args.seed, progress=not args.quiet, members=args.members
+    )
     ev.save(args.out, overwrite=args.overwrite)
-    print(f"evaluator saved to {args.out} (hold-out accuracy {ev.meta.holdout_accuracy:.3f})")
+    accs = ", ".join(f"{a:.3f}" for a in ev.meta.member_holdout_accuracy or [])
+    print(f"evaluator saved to {args.out} (hold-out accuracy {ev.meta.holdout_accuracy:.3f}; members {accs})")
     return 0
 
 
@@ -604,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--members", type=int, default=3, help="judges averaged, trained with seeds SEED, SEED+1, ... (default 3)"
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_evaluator)

@@ -15,11 +15,13 @@ from PIL import Image
 
 from unlearn_lib.audit import (
     AuditParams,
+    Evaluator,
     RealReference,
     TorchScriptFeatures,
     audit_schema,
     extraction_test,
     run_audit,
+    train_evaluator,
     validate_record,
 )
 from unlearn_lib.audit.memorization import auc_null_std
@@ -450,3 +452,36 @@ def test_unconditional_models_are_judged_by_the_share_of_forgotten_samples(digit
     assert 0.0 <= share.value <= 1.0 and share.value == share.base and share.samples == 50
     assert "retained_accuracy" not in m  # no class to ask for
     assert "unconditional" in share.description
+
+
+def test_the_judge_is_the_mean_of_members_trained_with_other_seeds(digits, tmp_path):
+    from unlearn_lib.audit.evaluator import MEMBER_WEIGHTS
+    from unlearn_lib.errors import ModelError
+
+    ev = train_evaluator(digits, epochs=2, progress=False, members=3)
+    single = train_evaluator(digits, epochs=2, progress=False, members=1)
+    x = torch.from_numpy(digits.images[:64])
+    # The first member is the single judge of the same seed, and the features are its own, so
+    # FID and KID read as they did before the ensemble.
+    assert Evaluator(ev.net, single.meta).fingerprint() == single.fingerprint()
+    assert torch.equal(ev.features(x), single.features(x))
+    probs = ev.predict_proba(x)
+    with torch.no_grad():
+        mean = torch.stack([m(ev._prep(x)).softmax(-1) for m in ev.members]).mean(0)
+    assert torch.allclose(probs, mean, atol=1e-6)
+    assert not torch.allclose(probs, single.predict_proba(x), atol=1e-3)  # the other members count
+    assert ev.meta.members == 3 and len(ev.meta.member_holdout_accuracy) == 3
+    assert ev.fingerprint() != single.fingerprint()
+
+    back = Evaluator.load(ev.save(tmp_path / "ensemble"))
+    assert back.fingerprint() == ev.fingerprint() and torch.allclose(back.predict_proba(x), probs)
+    # A folder saved before the ensemble (no member fields) is still one judge.
+    old = single.save(tmp_path / "old")
+    meta = json.loads((old / "evaluator.json").read_text())
+    for key in ("members", "member_holdout_accuracy"):
+        meta.pop(key)
+    (old / "evaluator.json").write_text(json.dumps(meta))
+    assert Evaluator.load(old).fingerprint() == single.fingerprint()
+    (tmp_path / "ensemble" / MEMBER_WEIGHTS).unlink()
+    with pytest.raises(ModelError, match="3 members"):
+        Evaluator.load(tmp_path / "ensemble")

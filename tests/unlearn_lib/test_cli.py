@@ -123,3 +123,14 @@ def test_algorithms_prints_the_paper_preset_with_its_sources(capsys):
     assert "target = 'noise'" in out and "steps = 288" in out and "our guidance_scale 3.0" in out
     assert main(["algorithms", "erasediff", "--preset", "cifar"]) == 2
     assert "algorithm 'erasediff' has no preset 'cifar' (presets: paper)" in capsys.readouterr().err
+
+
+def test_train_evaluator_averages_members_and_refuses_none(chain):
+    proc = run_cli("train-evaluator", "--dataset", "data", "--out", "judge", "--epochs", "1", "--quiet", cwd=chain)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((chain / "judge" / "evaluator.json").read_text())
+    assert meta["members"] == 3 and len(meta["member_holdout_accuracy"]) == 3
+    assert "members" in proc.stdout
+    bad = run_cli("train-evaluator", "--dataset", "data", "--out", "none", "--members", "0", cwd=chain)
+    assert bad.returncode == 2 and bad.stderr.strip() == "unlearn: error: --members must be >= 1, got 0"
+    assert not (chain / "none").exists()

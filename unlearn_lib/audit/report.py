@@ -317,6 +317,13 @@ HEADER = ["metric", "group", "unlearned", "base", "retrain", "gate", "result"]
 Line = list[tuple[str, str]]
 
 
+def _members(ev: dict) -> str:
+    accs = ev.get("member_holdout_accuracy") or []
+    if ev.get("members", 1) <= 1 or not accs:
+        return ""
+    return f" (the mean of {ev['members']} judges trained with other seeds: {', '.join(f'{a:.3f}' for a in accs)})"
+
+
 def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
     sel = record["selection"]
     lines: list[Line] = [
@@ -349,7 +356,7 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
         [
             (
                 "",
-                f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}; features: {ev['features']}; "
+                f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}{_members(ev)}; features: {ev['features']}; "
                 f"seed {record['params']['seed']}",
             )
         ]

@@ -707,6 +707,8 @@ def run_audit(
             "path": str(evaluator_dir) if evaluator_dir is not None else "evaluator",
             "sha256": evaluator.fingerprint(),
             "holdout_accuracy": evaluator.meta.holdout_accuracy,
+            "members": evaluator.meta.members,
+            "member_holdout_accuracy": evaluator.meta.member_holdout_accuracy,
             "dataset_digest": evaluator.meta.dataset_digest,
             "features": features.name,
         },

@@ -461,8 +461,9 @@ def _log_history(history: dict[str, list[float]]) -> None:
 def _evaluator(ctx: StepContext, ds: Dataset) -> Path:
     """One evaluator per dataset version, kept in the workspace so re-audits share the judge."""
     from ..audit import train_evaluator
+    from ..audit.evaluator import RECIPE
 
-    dest = cache_root(ctx.settings) / "evaluators" / ds.digest()[:16]
+    dest = cache_root(ctx.settings) / "evaluators" / f"{ds.digest()[:16]}-{RECIPE}"
     if not (dest / "evaluator.json").is_file():
         tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
