@@ -151,6 +151,7 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_p
     assert floor.details["destination_share"]["3"] == pytest.approx(float((probs.argmax(-1) == dest).float().mean()))
     report = (tmp_path / "good" / "report.md").read_text()
     assert f"class 3 is now drawn as {dest}" in report
+    assert "the mean of 3 judges trained with successive seeds; each alone: " in report
     still = mb["forgotten_probability_floor"]
     assert still.details["destination_share"]["3"] < 0.1  # the base model still draws 3s
     assert "class 3 is not mostly drawn as any retained class" in (tmp_path / "base" / "report.md").read_text()

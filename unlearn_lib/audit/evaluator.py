@@ -7,7 +7,7 @@ report can say how far its judgement can be trusted.
 The judgement is the mean probability of ``members`` CNNs that differ only in their training
 seed: a gate near the judge's own confusion must not turn on which seed trained it. Five judges
 of one pipeline's dataset version scored the same erased model's "8" at 0.031-0.053 against the
-gate's 0.05 (benchmarks/README.md, "One judge's seed"). Features (FID, KID) are the first
+gate's 0.05 (benchmarks/README.md, "The judge's floor and one judge's seed"). Features (FID, KID) are the first
 member's, which is the single judge of earlier versions.
 """
 

@@ -321,7 +321,8 @@ def _members(ev: dict) -> str:
     accs = ev.get("member_holdout_accuracy") or []
     if ev.get("members", 1) <= 1 or not accs:
         return ""
-    return f" (the mean of {ev['members']} judges trained with other seeds: {', '.join(f'{a:.3f}' for a in accs)})"
+    each = ", ".join(f"{a:.3f}" for a in accs)
+    return f" (the mean of {ev['members']} judges trained with successive seeds; each alone: {each})"
 
 
 def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
