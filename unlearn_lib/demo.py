@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .audit import Evaluator, class_figures, generate_class_samples, train_evaluator
+from .audit.evaluator import MEMBERS
 from .data import DigitsConfig, ForgetTargets, build_digits, load_dataset
 from .models import TrainConfig, ensure_base_model
 from .unlearning import erase
@@ -47,12 +48,14 @@ def run_demo(workspace: Path, forget_label: int = 3, base_steps: int = 2000, pro
         console.print(f"trained in {trained.seconds:.0f}s ({trained.steps_per_second:.1f} steps/s) -> {base_dir}")
 
     console.rule("[bold]3. evaluator")
-    if eval_dir.is_dir():
-        evaluator = Evaluator.load(eval_dir)
+    cached = Evaluator.load(eval_dir) if (eval_dir / "evaluator.json").is_file() else None
+    # A judge cached by an earlier version (one member) is replaced, so the demo judges as the audit does.
+    if cached is not None and cached.meta.members == MEMBERS:
+        evaluator = cached
         console.print(f"cached: {eval_dir}")
     else:
         evaluator = train_evaluator(dataset, progress=progress)
-        evaluator.save(eval_dir)
+        evaluator.save(eval_dir, overwrite=True)
     console.print(f"evaluator hold-out accuracy {evaluator.meta.holdout_accuracy:.3f}")
 
     console.rule(f"[bold]4. erase class {forget_label} with EraseDiff")

@@ -363,18 +363,21 @@ def test_retrain_trains_the_whole_pipeline_without_the_forget_records(
 
 
 class _Scripted(torch.nn.Module):
-    """The digits evaluator's network as a user would export a classifier of their own."""
+    """The digits evaluator's networks as a user would export a classifier of their own: the log
+    of the members' mean probability, and the first member's features, as the evaluator does."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, members: list[torch.nn.Module]) -> None:
         super().__init__()
-        self.net = net
+        self.members = torch.nn.ModuleList(members)
+        self.first = members[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        probs = [m(x).softmax(-1) for m in self.members]
+        return torch.stack(probs).mean(0).clamp_min(1e-12).log()
 
     @torch.jit.export
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.body(x)
+        return self.first.body(x)
 
 
 @pytest.mark.slow
@@ -398,7 +401,7 @@ def test_the_audit_takes_a_torchscript_or_clip_judge(tiny_sd_dir, erased_seven, 
         evaluator_dir=tmp_path / "evaluator",
         progress=False,
     ).record
-    torch.jit.script(_Scripted(evaluator.net).eval()).save(str(tmp_path / "judge.pt"))
+    torch.jit.script(_Scripted(evaluator.members).eval()).save(str(tmp_path / "judge.pt"))
     by_script = audit_request(
         tiny_sd_dir,
         model_dir,

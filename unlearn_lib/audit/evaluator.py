@@ -6,7 +6,7 @@ report can say how far its judgement can be trusted.
 
 The judgement is the mean probability of ``members`` CNNs that differ only in their training
 seed: a gate near the judge's own confusion must not turn on which seed trained it. Five judges
-of one pipeline's dataset version scored the same erased model's "8" at 0.031-0.053 against the
+of one pipeline's dataset version scored the same erased model's "8" at 0.033-0.053 against the
 gate's 0.05 (benchmarks/README.md, "The judge's floor and one judge's seed"). Features (FID, KID) are the first
 member's, which is the single judge of earlier versions.
 """
@@ -141,7 +141,7 @@ class Evaluator:
                     for k, v in m.state_dict().items()
                 }
                 save_file(rest, stage / MEMBER_WEIGHTS)
-            write_json(stage / META, asdict(self.meta))
+            write_json(stage / META, asdict(self.meta) | {"members": len(self.members)})
         return Path(out)
 
     @classmethod
@@ -155,7 +155,10 @@ class Evaluator:
 
         def member(state: dict[str, torch.Tensor]) -> ConvClassifier:
             net = ConvClassifier(meta.channels, meta.num_classes, meta.width, meta.feature_dim)
-            net.load_state_dict(state)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ModelError(f"{path}: an evaluator member's weights do not fit its network") from exc
             return net.to(device)
 
         others: list[ConvClassifier] = []

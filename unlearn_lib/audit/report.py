@@ -317,7 +317,8 @@ HEADER = ["metric", "group", "unlearned", "base", "retrain", "gate", "result"]
 Line = list[tuple[str, str]]
 
 
-def _members(ev: dict) -> str:
+def judge_members(ev: dict) -> str:
+    """`` (the mean of 3 judges ...; each alone: ...)`` for an audit record's evaluator block."""
     accs = ev.get("member_holdout_accuracy") or []
     if ev.get("members", 1) <= 1 or not accs:
         return ""
@@ -357,8 +358,8 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
         [
             (
                 "",
-                f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}{_members(ev)}; features: {ev['features']}; "
-                f"seed {record['params']['seed']}",
+                f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}{judge_members(ev)}; "
+                f"features: {ev['features']}; seed {record['params']['seed']}",
             )
         ]
     )

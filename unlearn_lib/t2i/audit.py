@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..audit.evaluator import Evaluator
 from ..audit.gates import Metric, gate, hard_limit_metric, relaxations, verdict
-from ..audit.report import Line, metric_rows, render_report
+from ..audit.report import Line, judge_members, metric_rows, render_report
 from ..audit.utility import EvaluatorFeatures, RealReference
 from ..data.manifest import Dataset
 from ..data.selection import ForgetTargets
@@ -494,8 +494,8 @@ def _summary(record: dict) -> list[Line]:
             [
                 (
                     "",
-                    f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}; features: evaluator; "
-                    f"seed {record['params']['seed']}",
+                    f"evaluator hold-out accuracy {ev['holdout_accuracy']:.3f}{judge_members(ev)}; "
+                    f"features: evaluator; seed {record['params']['seed']}",
                 )
             ]
         )
@@ -574,6 +574,11 @@ def audit_request(
             "sha256": evaluator.fingerprint(),
             "holdout_accuracy": evaluator.meta.holdout_accuracy if isinstance(evaluator, Evaluator) else None,
             "dataset_digest": evaluator.meta.dataset_digest if isinstance(evaluator, Evaluator) else None,
+            **(
+                {"members": evaluator.meta.members, "member_holdout_accuracy": evaluator.meta.member_holdout_accuracy}
+                if isinstance(evaluator, Evaluator)
+                else {}
+            ),
         },
         "dataset": {"path": str(dataset_dir), "digest": ds.digest()},
         "selection": selection,
