@@ -107,16 +107,20 @@ def test_the_production_version_generates_the_requested_class(registered, evalua
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@{PRODUCTION}")
     TIMINGS["pyfunc.load_model"] = time.perf_counter() - t
     assert model.metadata.get_input_schema().input_names() == ["prompt", "label", "num_images", "steps", "seed"]
-    request = pd.DataFrame([{"prompt": "a handwritten digit seven", "num_images": 8, "steps": 10, "seed": 3}])
+    request = pd.DataFrame([{"prompt": "a handwritten digit seven", "num_images": 16, "steps": 10, "seed": 3}])
     t = time.perf_counter()
     out = model.predict(request)
-    TIMINGS["predict (8 images, 10 steps)"] = time.perf_counter() - t
-    assert len(out) == 8 and set(out["label"]) == {7} and set(out["class_name"]) == {"7"}
-    assert list(out["index"]) == list(range(8)) and set(out["row"]) == {0} and set(out["seed"]) == {3}
+    TIMINGS["predict (16 images, 10 steps)"] = time.perf_counter() - t
+    assert len(out) == 16 and set(out["label"]) == {7} and set(out["class_name"]) == {"7"}
+    assert list(out["index"]) == list(range(16)) and set(out["row"]) == {0} and set(out["seed"]) == {3}
     images = [_decode(b) for b in out["image"]]
     assert {(im.size, im.mode) for im in images} == {((8, 8), "L")}
-    # The label is honoured: the audit's digit classifier reads the generated digits as sevens.
-    assert evaluator.accuracy(_uint8(images), torch.full((8,), 7)) >= 0.75
+    # The label is honoured: the audit's digit classifier reads the generated digits as sevens. The
+    # base model draws some 7s the judge reads as 2s (0.81-1.0 of 16 over seeds 3-8; 8 images at
+    # 0.75 sat on the edge), so 16 images and a margin.
+    predicted = evaluator.predict_proba(_uint8(images)).argmax(-1)
+    assert torch.bincount(predicted, minlength=10).argmax() == 7
+    assert evaluator.accuracy(_uint8(images), torch.full((16,), 7)) >= 0.7
     again = model.predict(request)
     assert list(again["image"]) == list(out["image"])  # a seed reproduces its images
 
