@@ -207,10 +207,12 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
     from .audit import train_evaluator
     from .data import load_dataset
 
-    if args.members < 1:
+    if args.members is not None and args.members < 1:
         raise ConfigError(f"--members must be >= 1, got {args.members}")
+    # Unset, train_evaluator's own default applies (audit.evaluator.MEMBERS), not a copy of it here.
+    members = {} if args.members is None else {"members": args.members}
     ev = train_evaluator(
-        load_dataset(args.dataset), epochs=args.epochs, seed=args.seed, progress=not args.quiet, members=args.members
+        load_dataset(args.dataset), epochs=args.epochs, seed=args.seed, progress=not args.quiet, **members
     )
     ev.save(args.out, overwrite=args.overwrite)
     accs = ", ".join(f"{a:.3f}" for a in ev.meta.member_holdout_accuracy or [])
@@ -610,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--members", type=int, default=3, help="judges averaged, trained with seeds SEED, SEED+1, ... (default 3)"
+        "--members", type=int, default=None, help="judges averaged, trained with seeds SEED, SEED+1, ... (default 3)"
     )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
