@@ -59,7 +59,7 @@ def cifar_unlearn_and_audit(work: Path, device: str, quick: bool) -> dict:
     """Part 1: EraseDiff (paper mode) on the CIFAR-size model, then the class-erasure audit."""
     torch.manual_seed(0)
     build_model("cifar10-ddpm", 10).save(work / "base")
-    steps = 4 if quick else PAPER_PRESET.values["steps"]
+    steps = 2 if quick else PAPER_PRESET.values["steps"]
     overrides = {
         "preset": "paper",
         "steps": steps,
@@ -78,8 +78,8 @@ def cifar_unlearn_and_audit(work: Path, device: str, quick: bool) -> dict:
     evaluator = train_evaluator(load_dataset(work / "data"), epochs=1 if quick else 10, device=device, progress=False)
     evaluator.save(work / "evaluator")
     params = AuditParams(
-        samples_per_class=4 if quick else 100,
-        extraction_samples=4 if quick else 500,
+        samples_per_class=2 if quick else 100,
+        extraction_samples=2 if quick else 500,
         sampling_steps=2 if quick else 25,
         mia_noise_draws=1 if quick else 4,
     )
@@ -190,20 +190,20 @@ def tiny_sd_64(work: Path, device: str, quick: bool) -> dict:
     from unlearn_lib.t2i.run import erase_t2i
     from unlearn_lib.t2i.training import T2I_PRESETS
 
-    captioned_64(work / "shapes64", per_class=8 if quick else 200)
+    captioned_64(work / "shapes64", per_class=4 if quick else 200)
     ds = load_dataset(work / "shapes64")
     preset = replace(T2I_PRESETS["tiny-sd"], name="tiny-sd-64", sample_size=64, channels=3, vae_channels=(32, 64, 64))
     T2I_PRESETS[preset.name] = preset
-    steps = 4 if quick else 1000
+    steps = 2 if quick else 1000
     cfg = T2ITrainConfig(
         preset=preset.name,
         steps=steps,
-        vae_steps=4 if quick else 500,
+        vae_steps=2 if quick else 500,
         device=device,
         mixed_precision="bf16" if device == "cuda" else "no",
     )
     _, trained = train_t2i(ds, work / "tiny-sd-64", cfg, progress=not quick)
-    erase_steps = 4 if quick else 150
+    erase_steps = 2 if quick else 150
     sync(device)
     t0 = time.perf_counter()
     result, _ = erase_t2i(

@@ -32,9 +32,9 @@ def test_the_gpu_benchmark_runs_every_part(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     cifar = result["cifar10_ddpm_forget_one_class"]
-    assert cifar["outer_steps"] == 4 and cifar["unlearn_seconds"] > 0 and cifar["audit_seconds"] > 0
+    assert cifar["outer_steps"] == 2 and cifar["unlearn_seconds"] > 0 and cifar["audit_seconds"] > 0
     assert result["official_loop_style_seconds_per_outer_step"] > 0 and result["speedup_per_outer_step"] > 0
-    assert result["tiny_sd_64"]["train_steps"] == 4 and result["tiny_sd_64"]["erase_steps"] == 4
+    assert result["tiny_sd_64"]["train_steps"] == 2 and result["tiny_sd_64"]["erase_steps"] == 2
     # The device is named: CPU here, the GPU's name on a CUDA machine.
     expected = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     assert result["quick"] is True and result["device"] == expected

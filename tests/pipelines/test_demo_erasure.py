@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,9 +81,18 @@ def test_nothing_of_the_runs_is_left_behind(demo_run):
     assert cached and all(name == served or Workspace(root).ledger(name) for name in cached)
     assert not list(root.rglob("*.partial*"))
     store = StateStore.open(_settings(root))
+    swept = {}
     for rid in ("REQ-0001", "REQ-0002"):
         (event,) = [e for e in store.events(request_id=rid) if e["kind"] == "data_erased"]
         assert '"blobs_local": ' in event["detail"] and '"records": ' in event["detail"]
+        swept[rid] = json.loads(event["detail"])["judges_swept"]
+    # The audit's judges are models of their training data. The class-3 erasure's judge had to know
+    # class 3 (fitted on the revision holding it): the erasure retired it with the data.
+    assert swept["REQ-0002"] >= 1, swept
+    judges = root / "registry-cache" / "evaluators"
+    for judge in judges.iterdir() if judges.is_dir() else []:
+        rev = json.loads((judge / "evaluator.json").read_text())["dataset_rev"]
+        Workspace(root).check_not_erased(rev, rev[:12])  # raises for a judge fitted on erased records
 
 
 def test_versions_trained_on_deleted_data_are_tombstones_and_cannot_come_back(demo_run, tmp_path):

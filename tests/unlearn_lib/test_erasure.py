@@ -70,3 +70,43 @@ def test_a_revision_from_before_the_deletion_refuses_to_materialize(workspace, t
             attempt()
     assert not (tmp_path / "old").exists()
     assert len(ws.dataset(after, cache_root=tmp_path / "c")) > 0
+
+
+def test_judges_fitted_on_erased_records_are_retired(workspace, tmp_path):
+    """The audit's cached judges are models of their training data: those fitted on a revision that
+    held the erased records go with the data; the judge of the purged revision stays."""
+    import json
+    import os
+    import time
+
+    from unlearn_lib.audit import Evaluator, train_evaluator
+    from unlearn_lib.audit.evaluator import META
+    from unlearn_lib.compliance.erasure import sweep_judges
+
+    ws = Workspace(workspace)
+    root = tmp_path / "evaluators"
+
+    def judge(name: str, rev: str | None) -> None:
+        ds = ws.dataset(rev or ws.head(), cache_root=tmp_path / "c")
+        ev = train_evaluator(ds, epochs=1, members=1, progress=False)
+        ev.meta.dataset_rev = rev
+        ev.save(root / name)
+
+    start = ws.head()
+    judge("before", start)
+    judge("legacy", None)  # cached before judges named their revision
+    stale, fresh = root / ".old.partial-1-x", root / ".new.partial-2-y"
+    for partial in (stale, fresh):
+        partial.mkdir()
+        (partial / "weights").write_bytes(b"half a judge")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+
+    before, after, _gone = _delete_canaries(ws, tmp_path, "REQ-E3")
+    assert before == start
+    judge("after", after)
+    assert sweep_judges(ws, root, live_seconds=600) == 2  # "before" and "legacy"
+    assert sorted(p.name for p in root.iterdir()) == [".new.partial-2-y", "after"]
+    kept = Evaluator.load(root / "after")
+    assert kept.meta.dataset_rev == after and json.loads((root / "after" / META).read_text())["dataset_rev"] == after
+    # Twice is once.
+    assert sweep_judges(ws, root, live_seconds=600) == 0

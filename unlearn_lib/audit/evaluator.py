@@ -74,6 +74,9 @@ class EvaluatorMeta:
     schema_version: int = 1
     members: int = 1  # folders from before the ensemble hold one
     member_holdout_accuracy: list[float] | None = None
+    # The dataset revision it was fitted on, where its trainer knows one (the compliance pipeline's
+    # judges: the erasure after a deletion retires those fitted on revisions that held the records).
+    dataset_rev: str | None = None
 
 
 class Evaluator:

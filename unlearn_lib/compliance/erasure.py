@@ -7,6 +7,7 @@ next ``unlearn requests run-pending`` (or ``unlearn registry prune``):
 
 - the DVC objects of the erased files leave the cache(s) and the remote (``Workspace.erase_blobs``),
 - materialized copies of revisions that still hold them are swept,
+- so are the audit's judges fitted on such revisions (a judge is a model of its training data),
 - an event ``data_erased`` per request records what went and when (the evidence reads it),
 - the retention policy retires the model versions that still hold the data.
 """
@@ -14,12 +15,15 @@ next ``unlearn requests run-pending`` (or ``unlearn registry prune``):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
 from ..state import DONE, StateStore
-from ..workspace import Workspace
+from ..workspace import Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +48,44 @@ def erase_committed(
     swept = ws.sweep_datasets()
     if settings.stateless:
         swept += ws.sweep_datasets(cache_root(settings) / "datasets")
-    counts |= {"datasets_swept": swept, "source_rev": after_rev, "records": records}
+    judges = sweep_judges(ws, cache_root(settings) / "evaluators", settings.lease_ttl_seconds)
+    counts |= {"datasets_swept": swept, "judges_swept": judges, "source_rev": after_rev, "records": records}
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for rid in request_ids:
         store.record_event(ERASED, request_id=rid, run_id=run_id, at=at, **counts)
     return counts
+
+
+def sweep_judges(ws: Workspace, root: Path, live_seconds: float = 300.0) -> int:
+    """Remove the cached judges fitted on revisions that hold erased records; returns how many went.
+
+    A class erasure's judge is trained on the revision that still holds the class (it must know
+    it), so after the commit it is a model of deleted data. A judge that does not name its
+    revision (cached before judges did) goes too: retraining one costs seconds. So do the
+    staging folders a killed audit left, unless touched in the last ``live_seconds`` (another
+    run may be writing one now).
+    """
+    import time
+
+    from ..audit.evaluator import META
+
+    if not root.is_dir():
+        return 0
+    gone = 0
+    for entry in sorted(p for p in root.iterdir() if p.is_dir()):
+        if entry.name.startswith("."):
+            if time.time() - entry.stat().st_mtime > live_seconds:
+                shutil.rmtree(entry, ignore_errors=True)
+            continue
+        try:
+            rev = json.loads((entry / META).read_text())["dataset_rev"]
+            ws.check_not_erased(rev, rev[:12])
+            continue
+        except (OSError, ValueError, KeyError, TypeError, WorkspaceError):
+            pass  # fitted on erased records, or nothing says what it was fitted on
+        shutil.rmtree(entry, ignore_errors=True)
+        gone += 1
+    return gone
 
 
 def erased(store: StateStore, request_id: str) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,18 +457,20 @@ def _log_history(history: dict[str, list[float]]) -> None:
 # ---- 3. audit -------------------------------------------------------------------------------------
 
 
-def _evaluator(ctx: StepContext, ds: Dataset) -> Path:
-    """One evaluator per dataset version, kept in the workspace so re-audits share the judge."""
+def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
+    """One evaluator per dataset version, kept in the workspace so re-audits share the judge.
+
+    The judge is a model fitted on ``rev``'s records and names that revision in its meta, so the
+    erasure after a commit retires it once those records are gone (``erasure.sweep_judges``).
+    """
     from ..audit import train_evaluator
-    from ..audit.evaluator import RECIPE
+    from ..audit.evaluator import META, RECIPE
 
     dest = cache_root(ctx.settings) / "evaluators" / f"{ds.digest()[:16]}-{RECIPE}"
-    if not (dest / "evaluator.json").is_file():
-        tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        train_evaluator(ds, progress=False).save(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+    if not (dest / META).is_file():
+        ev = train_evaluator(ds, progress=False)
+        ev.meta.dataset_rev = ctx.workspace.resolve(rev)
+        ev.save(dest, overwrite=True)  # staged and renamed: a killed step leaves no half judge
     return dest
 
 
@@ -518,6 +519,7 @@ def audit_step(
                 ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
                 # The judge of a class erasure must know the class; for record deletions it is trained
                 # on the purged version, so no model kept after the run was fitted on deleted records.
+                judge_rev = dataset_rev if sel.scope == "class" else purged_rev
                 judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
                 failpoint("audit.running")
                 audit = audit_request if t2i else run_audit
@@ -528,7 +530,7 @@ def audit_step(
                     ctx.batch.targets,
                     audit_dir,
                     params=params,
-                    evaluator_dir=_evaluator(ctx, judge_ds),
+                    evaluator_dir=_evaluator(ctx, judge_ds, judge_rev),
                     overwrite=True,
                     progress=False,
                     hard_limits=ctx.settings.audit_hard_limits,

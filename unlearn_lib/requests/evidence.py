@@ -175,11 +175,12 @@ def _purge(history: list[dict[str, Any]]) -> dict[str, Any]:
                 "records": d.get("records"),
                 "blobs_local": d.get("blobs_local"),
                 "blobs_remote": d.get("blobs_remote"),
+                "judges_swept": d.get("judges_swept"),
                 "source_rev": d.get("source_rev"),
                 "detail": {
                     k: v
                     for k, v in d.items()
-                    if k not in ("at", "records", "blobs_local", "blobs_remote", "source_rev")
+                    if k not in ("at", "records", "blobs_local", "blobs_remote", "judges_swept", "source_rev")
                 },
             }
         )
@@ -188,12 +189,13 @@ def _purge(history: list[dict[str, Any]]) -> dict[str, Any]:
         values = [v for ev in events if isinstance(v := ev[key], int) and not isinstance(v, bool)]
         return sum(values) if values else None
 
-    totals = {k: total(k) for k in ("records", "blobs_local", "blobs_remote")}
+    totals = {k: total(k) for k in ("records", "blobs_local", "blobs_remote", "judges_swept")}
     last = max(str(ev["at"]) for ev in events)
     words = {
         "records": "{} records",
         "blobs_local": "{} blobs from the DVC cache(s)",
         "blobs_remote": "{} from the remote",
+        "judges_swept": "{} audit judge(s) fitted on them",
     }
     parts = [words[k].format(v) for k, v in totals.items() if v is not None]
     message = f"erased from the stores on {last}" + (f": {', '.join(parts)}" if parts else "")
