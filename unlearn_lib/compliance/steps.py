@@ -517,8 +517,8 @@ def audit_step(
                         AuditParams, {"redact_forget_images": True, **audit_params}, where="the audit"
                     )
                 ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
-                # The judge of a class erasure must know the class; for record deletions it is trained
-                # on the purged version, so no model kept after the run was fitted on deleted records.
+                # The judge of a class erasure must know the class (the erasure after the commit
+                # retires it); for record deletions it is trained on the purged version.
                 judge_rev = dataset_rev if sel.scope == "class" else purged_rev
                 judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
                 failpoint("audit.running")
