@@ -151,13 +151,16 @@ class Workspace:
         """The deletions the served revision has published: each erased its records for good."""
         return self.ledger(self.served())
 
-    def check_not_erased(self, sha: str, rev: str, own: tuple[str, ...] = ()) -> None:
+    def check_not_erased(
+        self, sha: str, rev: str, own: tuple[str, ...] = (), published: list[dict] | None = None
+    ) -> None:
         """Refuse a revision that still holds records a published deletion erased, naming it.
 
         ``own``: the requests of the run asking. A run resumed mid-commit (its deletion published,
-        its data not yet erased) still reads the revision it started from.
+        its data not yet erased) still reads the revision it started from. ``published``: the
+        served revision's ledger (``erasures()``), when the caller checks many revisions.
         """
-        published = self.erasures()
+        published = self.erasures() if published is None else published
         if not published:
             return
         absorbed = {rid for e in self.ledger(sha) for rid in e.get("request_ids", [])}

@@ -94,7 +94,13 @@ def test_judges_fitted_on_erased_records_are_retired(workspace, tmp_path):
 
     start = ws.head()
     judge("before", start)
-    judge("legacy", None)  # cached before judges named their revision
+    judge("legacy", None)  # cached before judges named their revision: no such key at all
+    meta = json.loads((root / "legacy" / META).read_text())
+    del meta["dataset_rev"]
+    (root / "legacy" / META).write_text(json.dumps(meta))
+    judge("elsewhere", None)  # a revision this repository does not know
+    meta = json.loads((root / "elsewhere" / META).read_text()) | {"dataset_rev": "0" * 40}
+    (root / "elsewhere" / META).write_text(json.dumps(meta))
     stale, fresh = root / ".old.partial-1-x", root / ".new.partial-2-y"
     for partial in (stale, fresh):
         partial.mkdir()
@@ -104,7 +110,12 @@ def test_judges_fitted_on_erased_records_are_retired(workspace, tmp_path):
     before, after, _gone = _delete_canaries(ws, tmp_path, "REQ-E3")
     assert before == start
     judge("after", after)
-    assert sweep_judges(ws, root, live_seconds=600) == 2  # "before" and "legacy"
+    # When the served ledger cannot be read, nothing passes for "fitted on erased records".
+    (tmp_path / "not-a-repository").mkdir()
+    with pytest.raises(WorkspaceError):
+        sweep_judges(Workspace(tmp_path / "not-a-repository"), root, live_seconds=600)
+    assert len(list(root.iterdir())) == 6
+    assert sweep_judges(ws, root, live_seconds=600) == 3  # "before", "legacy", "elsewhere"
     assert sorted(p.name for p in root.iterdir()) == [".new.partial-2-y", "after"]
     kept = Evaluator.load(root / "after")
     assert kept.meta.dataset_rev == after and json.loads((root / "after" / META).read_text())["dataset_rev"] == after

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -154,7 +154,9 @@ class Evaluator:
             raise ModelError(f"{path} is not an evaluator folder ({WEIGHTS} and {META} expected)")
         import json
 
-        meta = EvaluatorMeta(**json.loads((path / META).read_text()))
+        # Keys a later release adds are ignored, so a judge it saves still loads here.
+        known = {f.name for f in fields(EvaluatorMeta)}
+        meta = EvaluatorMeta(**{k: v for k, v in json.loads((path / META).read_text()).items() if k in known})
 
         def member(state: dict[str, torch.Tensor]) -> ConvClassifier:
             net = ConvClassifier(meta.channels, meta.num_classes, meta.width, meta.feature_dim)

@@ -44,11 +44,12 @@ def erase_committed(
     """Delete what a published deletion removed from the data stores; record it per request."""
     from .runfiles import cache_root
 
+    # First, so that a failure here leaves everything to the retry, which then counts it all.
+    judges = sweep_judges(ws, cache_root(settings) / "evaluators", settings.lease_ttl_seconds)
     counts: dict[str, Any] = ws.erase_blobs(before_rev, after_rev)
     swept = ws.sweep_datasets()
     if settings.stateless:
         swept += ws.sweep_datasets(cache_root(settings) / "datasets")
-    judges = sweep_judges(ws, cache_root(settings) / "evaluators", settings.lease_ttl_seconds)
     counts |= {"datasets_swept": swept, "judges_swept": judges, "source_rev": after_rev, "records": records}
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for rid in request_ids:
@@ -60,10 +61,11 @@ def sweep_judges(ws: Workspace, root: Path, live_seconds: float = 300.0) -> int:
     """Remove the cached judges fitted on revisions that hold erased records; returns how many went.
 
     A class erasure's judge is trained on the revision that still holds the class (it must know
-    it), so after the commit it is a model of deleted data. A judge that does not name its
-    revision (cached before judges did) goes too: retraining one costs seconds. So do the
-    staging folders a killed audit left, unless touched in the last ``live_seconds`` (another
-    run may be writing one now).
+    it), so after the commit it is a model of deleted data. A judge that names no revision
+    (cached before judges did) or one this repository does not know goes too: retraining one
+    costs seconds. So do the staging folders a killed audit left, unless touched in the last
+    ``live_seconds`` (another run may be writing one now). The served ledger is read once, and a
+    failure to read it propagates: a store that is down must not pass for "fitted on erased data".
     """
     import time
 
@@ -71,20 +73,27 @@ def sweep_judges(ws: Workspace, root: Path, live_seconds: float = 300.0) -> int:
 
     if not root.is_dir():
         return 0
+    published = ws.erasures()
     gone = 0
     for entry in sorted(p for p in root.iterdir() if p.is_dir()):
-        if entry.name.startswith("."):
-            if time.time() - entry.stat().st_mtime > live_seconds:
-                shutil.rmtree(entry, ignore_errors=True)
-            continue
         try:
-            rev = json.loads((entry / META).read_text())["dataset_rev"]
-            ws.check_not_erased(rev, rev[:12])
-            continue
-        except (OSError, ValueError, KeyError, TypeError, WorkspaceError):
-            pass  # fitted on erased records, or nothing says what it was fitted on
+            if entry.name.startswith("."):  # Evaluator.save's staging and swap folders
+                if time.time() - entry.stat().st_mtime > live_seconds:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            rev = json.loads((entry / META).read_text()).get("dataset_rev")
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile by the run that wrote it
+        except (OSError, ValueError):
+            rev = None  # an unreadable judge says nothing of what it was fitted on
+        if isinstance(rev, str) and rev:
+            try:
+                ws.check_not_erased(rev, rev[:12], published=published)
+                continue
+            except WorkspaceError:
+                pass  # fitted on erased records, or on a revision this repository does not know
         shutil.rmtree(entry, ignore_errors=True)
-        gone += 1
+        gone += not entry.exists()
     return gone
 
 

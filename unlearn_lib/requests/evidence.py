@@ -180,7 +180,7 @@ def _purge(history: list[dict[str, Any]]) -> dict[str, Any]:
                 "detail": {
                     k: v
                     for k, v in d.items()
-                    if k not in ("at", "records", "blobs_local", "blobs_remote", "judges_swept", "source_rev")
+                    if k not in ("at", "records", "blobs_local", "blobs_remote", "source_rev")
                 },
             }
         )
@@ -195,9 +195,10 @@ def _purge(history: list[dict[str, Any]]) -> dict[str, Any]:
         "records": "{} records",
         "blobs_local": "{} blobs from the DVC cache(s)",
         "blobs_remote": "{} from the remote",
-        "judges_swept": "{} audit judge(s) fitted on them",
+        "judges_swept": "{} cached audit judge(s) fitted on them or of unknown origin",
     }
-    parts = [words[k].format(v) for k, v in totals.items() if v is not None]
+    # A record deletion's judge is fitted on the purged revision: "0 judges" would only be noise.
+    parts = [words[k].format(v) for k, v in totals.items() if v is not None and (v or k != "judges_swept")]
     message = f"erased from the stores on {last}" + (f": {', '.join(parts)}" if parts else "")
     return {
         "erased": True,
