@@ -146,6 +146,9 @@ def test_the_evidence_needs_only_mlflow_and_the_state_database(demo_run, tmp_pat
             ev = json.loads(proc.stdout)
             assert (ev["state"], ev["verdict"], ev["versions"]["new"]) == ("done", "pass", version)
             assert ev["purge"]["erased"] and ev["audit"]["gates_total"] >= 4
+            # The class erasure's judge went with class 3; the records' deletion had none to retire.
+            judges = "cached audit judge(s) fitted on them" in ev["purge"]["message"]
+            assert judges == (rid == "REQ-0002"), ev["purge"]["message"]
         page = _unlearn("requests", "evidence", "REQ-0001", "--format", "html", "--out", str(tmp_path), "--workspace",
                         str(root), env=env)
         assert page.returncode == 0 and (tmp_path / "evidence-REQ-0001.html").is_file(), page.stderr
