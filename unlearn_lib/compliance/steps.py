@@ -460,8 +460,9 @@ def _log_history(history: dict[str, list[float]]) -> None:
 def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
     """One evaluator per dataset version, kept in the workspace so re-audits share the judge.
 
-    The judge is a model fitted on ``rev``'s records and names that revision in its meta, so the
-    erasure after a commit retires it once those records are gone (``erasure.sweep_judges``).
+    The judge is a model fitted on ``rev``'s records (a commit the extract step resolved) and names
+    that revision in its meta, so the erasure after a commit retires it once those records are gone
+    (``erasure.sweep_judges``).
     """
     from ..audit import train_evaluator
     from ..audit.evaluator import META, RECIPE
@@ -469,7 +470,7 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
     dest = cache_root(ctx.settings) / "evaluators" / f"{ds.digest()[:16]}-{RECIPE}"
     if not (dest / META).is_file():
         ev = train_evaluator(ds, progress=False)
-        ev.meta.dataset_rev = ctx.workspace.resolve(rev)
+        ev.meta.dataset_rev = rev
         ev.save(dest, overwrite=True)  # staged and renamed: a killed step leaves no half judge
     return dest
 
