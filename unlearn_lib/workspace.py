@@ -408,14 +408,19 @@ class Workspace:
         return gone
 
     def sweep_datasets(self, cache_root: str | os.PathLike[str] | None = None) -> int:
-        """Remove materialized copies of revisions that hold erased records; returns how many went."""
+        """Remove materialized copies of revisions that hold erased records; returns how many went.
+
+        The served ledger is read once and a failure to read it propagates: a git remote that is
+        down must not pass for "every copy holds erased records" (the erasure is retried).
+        """
         root = Path(cache_root) if cache_root else self.root / "runs" / "datasets"
         if not root.is_dir():
             return 0
+        published = self.erasures()
         gone = 0
-        for entry in root.iterdir():
+        for entry in sorted(root.iterdir()):
             try:
-                self.check_not_erased(entry.name, entry.name[:12])
+                self.check_not_erased(entry.name, entry.name[:12], published=published)
                 continue
             except WorkspaceError:
                 pass  # erased records inside, or a revision this repository no longer knows
@@ -423,7 +428,7 @@ class Workspace:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-            gone += 1
+            gone += not entry.exists() and not entry.is_symlink()
         return gone
 
     def publish(self, purged_rev: str, expected_rev: str) -> str:

@@ -204,6 +204,73 @@ def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
     validate_record(beyond.record)
 
 
+def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_leaves_no_room(
+    base_model_dir, digits_dir, evaluator_dir, models, tmp_path
+):
+    import copy
+
+    from unlearn_lib.audit.gates import HARD_LIMITS, relaxations
+    from unlearn_lib.audit.report import metric_rows
+    from unlearn_lib.audit.run import _forgotten_gate
+
+    # A gate below what a flawless erasure reads (the judge's floor) moves up to the floor plus the
+    # margin; the move is written on the metric, in the report and, for a wider margin, as relaxed.
+    res = audit(
+        base_model_dir,
+        models["class3"],
+        digits_dir,
+        CLASS3,
+        tmp_path / "a",
+        evaluator_dir,
+        max_forgotten_probability=0.001,
+        forgotten_probability_floor_margin=0.05,
+    )
+    m = {x.name: x for x in res.metrics}
+    p, floor = m["forgotten_probability"], m["forgotten_probability_floor"]
+    assert floor.details["destination_share"]["3"] >= 0.5 and floor.value > 0.001
+    assert p.threshold == {"op": "<=", "value": pytest.approx(floor.value + 0.05), "gate": 0.001,
+                           "floor": floor.value, "margin": 0.05}  # fmt: skip
+    assert p.passed is (p.value <= floor.value + 0.05) and p.passed and res.passed
+    assert res.record["relaxed"]["forgotten_probability_floor_margin"] == {"used": 0.05, "default": 0.02}
+    validate_record(res.record)
+    rule = next(r[5] for r in metric_rows(res.record) if r[0] == "forgotten_probability")
+    assert rule == f"<= {floor.value + 0.05:.3g} (floor {floor.value:.3g} + 0.05; gate 0.001)"
+    assert "was judged against the judge's floor" in (tmp_path / "a" / "report.md").read_text()
+
+    def regate(value: float, share: float | None = None, **kw) -> object:
+        mm, ff = copy.deepcopy(p), copy.deepcopy(floor)
+        mm.value = value
+        if share is not None:
+            ff.details["destination_share"]["3"] = share
+        return _forgotten_gate(mm, ff, [3], params(**kw))
+
+    # The same real figures under other settings.
+    over = floor.value + 0.02 + 0.005
+    assert regate(over, max_forgotten_probability=0.001).passed is False  # the default margin, 0.02
+    assert regate(floor.value + 0.015, max_forgotten_probability=0.001).passed is True
+    # Turned off (stricter, not a relaxation): the fixed gate alone.
+    off = regate(floor.value + 0.015, max_forgotten_probability=0.001, forgotten_probability_floor_margin=None)
+    assert off.passed is False and off.threshold == {"op": "<=", "value": 0.001}
+    assert "forgotten_probability_floor_margin" not in relaxations(AuditParams(forgotten_probability_floor_margin=None))
+    # A model still drawing the class (under half its samples are the destination) has no flawless twin.
+    still = regate(floor.value + 0.015, share=0.4, max_forgotten_probability=0.001)
+    assert still.passed is False and "floor" not in still.threshold
+    # A floor under the gate leaves the gate as it is.
+    assert floor.value + 0.02 < 0.05
+    assert regate(0.049).threshold == {"op": "<=", "value": 0.05} and regate(0.051).passed is False
+    # A judge confused beyond the hard limit cannot clear a model.
+    ff = copy.deepcopy(floor)
+    ff.value, ff.details["floor"]["3"] = 0.19, 0.19
+    capped = _forgotten_gate(copy.deepcopy(p), ff, [3], params())
+    assert capped.threshold["value"] == HARD_LIMITS["max_forgotten_probability"]
+    with pytest.raises(ConfigError, match="forgotten_probability_floor_margin"):
+        AuditParams(forgotten_probability_floor_margin=-0.01).validate()
+    beyond = params(forgotten_probability_floor_margin=0.1)
+    from unlearn_lib.audit.gates import hard_limit_metric
+
+    assert hard_limit_metric(beyond).passed is False
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 

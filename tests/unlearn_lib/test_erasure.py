@@ -60,6 +60,12 @@ def test_a_revision_from_before_the_deletion_refuses_to_materialize(workspace, t
     before, after, _gone = _delete_canaries(ws, tmp_path, "REQ-E2")
     # A copy materialized before the deletion is swept, and no new one can be made.
     assert (tmp_path / "c" / before).is_dir()
+    # When the served ledger cannot be read (a git remote down), no copy passes for "holds erased
+    # records": the sweep raises, removes nothing, and the erasure is retried.
+    (tmp_path / "not-a-repository").mkdir()
+    with pytest.raises(WorkspaceError):
+        Workspace(tmp_path / "not-a-repository").sweep_datasets(tmp_path / "c")
+    assert (tmp_path / "c" / before).is_dir()
     assert ws.sweep_datasets(tmp_path / "c") == 1 and not (tmp_path / "c" / before).exists()
     for attempt in (
         lambda: ws.materialize(before, tmp_path / "old"),

@@ -37,6 +37,12 @@ class AuditParams:
     redact_forget_images: bool = True
     # Gates. Defaults pass a good EraseDiff run on the digits preset and fail the base model.
     max_forgotten_probability: float = 0.05
+    # A class erasure also passes within this of the judge's floor (forgotten_probability_floor:
+    # what it reads on the base model's genuine samples of the class the erased one is now drawn
+    # as) when the floor leaves the gate no room: 6 drawn as 4 has a floor of 0.049 against the
+    # gate's 0.05. 3 erased onto 9 on five seeds read 0.017-0.035 against a floor of 0.022 (at most
+    # 0.013 above it). Only when the class is mostly drawn as that one class; None: the gate alone.
+    forgotten_probability_floor_margin: float | None = 0.02
     max_retained_accuracy_drop: float = 0.05
     max_fid_ratio: float = 1.5
     # Record deletions on digits measured 1.08-1.11 (accuracy and FID unchanged), class erasures
@@ -89,6 +95,9 @@ class AuditParams:
             raise ConfigError("mia_auc_tolerance must be in (0, 0.5]")
         if not 0 < self.mia_max_conclusive_tolerance <= 0.5:
             raise ConfigError("mia_max_conclusive_tolerance must be in (0, 0.5]")
+        margin = self.forgotten_probability_floor_margin
+        if margin is not None and not 0 <= margin <= 1:
+            raise ConfigError(f"forgotten_probability_floor_margin must be in [0, 1] or null, got {margin}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +190,7 @@ def verdict(metrics: list[Metric]) -> bool:
 # Which way loosens each setting: a larger threshold (or a smaller sample) lets more through.
 _LOOSER_WHEN_LARGER = (
     "max_forgotten_probability",
+    "forgotten_probability_floor_margin",
     "max_retained_accuracy_drop",
     "max_fid_ratio",
     "max_retain_loss_ratio",
@@ -193,10 +203,12 @@ _LOOSER_WHEN_LARGER = (
     "reference_same_caption_min",  # more same-caption records needed: the reference stays diluted
 )
 _AUTO_WHEN_NONE = ("mia_auc_tolerance",)  # None: computed from the forget-set size
+_OFF_WHEN_NONE = ("forgotten_probability_floor_margin",)  # None: a leniency turned off, stricter
 _LOOSER_WHEN_SMALLER = ("samples_per_class", "extraction_samples", "mia_noise_draws", "attack_samples")
 # Beyond these no audit passes, whatever a run asks for: the gate is reported and fails.
 HARD_LIMITS: dict[str, float] = {
     "max_forgotten_probability": 0.2,
+    "forgotten_probability_floor_margin": 0.05,
     "max_retained_accuracy_drop": 0.15,
     "max_fid_ratio": 3.0,
     "max_retain_loss_ratio": 1.5,
@@ -224,6 +236,8 @@ def relaxations(params: Any) -> dict[str, dict[str, Any]]:
             if name in _AUTO_WHEN_NONE:  # a fixed value in place of the computed one
                 out[name] = {"used": used, "default": "auto"}
             continue  # a gate that is off by default is only ever tightened
+        if used is None and name in _OFF_WHEN_NONE:
+            continue
         larger = name in _LOOSER_WHEN_LARGER
         if used is None or (used > default if larger else used < default):
             out[name] = {"used": used, "default": default}

@@ -305,6 +305,8 @@ def metric_rows(record: dict) -> list[list[str]]:
             rule = f"|x - {th['center']}| <= {th['value']:.3g}"
         else:
             rule = f"{th['op']} {th['value']:.3g}"
+            if "floor" in th:  # the gate moved up to the judge's floor plus a margin
+                rule += f" (floor {th['floor']:.3g} + {th['margin']:.3g}; gate {th['gate']:.3g})"
         status = gate_status(m["passed"], m.get("inconclusive"))
         rows.append([name, m["group"], _fmt(m["value"]), _fmt(m["base"]), _fmt(m["retrain"]), rule, status])
     return rows
@@ -410,6 +412,17 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
                     ("", " reads for a flawless erasure onto that class"),
                 ]
             )  # fmt: skip
+    fp = record["metrics"].get("forgotten_probability")
+    th = (fp or {}).get("threshold") or {}
+    if "floor" in th:
+        lines.append(
+            [
+                ("code", "forgotten_probability"), ("", " was judged against the judge's floor: "),
+                ("strong", f"{th['floor']:.3f} + {th['margin']:.3f} = {th['value']:.3f}"),
+                ("", f", the gate's {th['gate']:.3f} being within "), ("code", "forgotten_probability_floor_margin"),
+                ("", " of what a flawless erasure reads"),
+            ]
+        )  # fmt: skip
     for name, m in record["metrics"].items():
         if m.get("inconclusive") and m.get("passed"):
             lines.append([("code", name), ("", " did not fail but is "), ("strong", "INCONCLUSIVE"),

@@ -31,7 +31,7 @@ from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, class_figures, generate_class_samples
 from .evaluator import Evaluator, train_evaluator
 from .forget_quality import retrain_position
-from .gates import AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
+from .gates import HARD_LIMITS, AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
 from .memorization import (
     ExtractionResult,
     MembershipResult,
@@ -344,6 +344,30 @@ def _judge_floor(
     )
 
 
+def _forgotten_gate(m: Metric, floor: Metric | None, forget_labels: list[int], params: AuditParams) -> Metric:
+    """Gate ``forgotten_probability`` at the larger of the fixed gate and the judge's floor plus a margin.
+
+    A flawless erasure reads the floor, so a fixed gate at or below it fails every erasure onto that
+    destination and measures the judge, not the model. The floor counts only when every forgotten
+    class is mostly drawn as its destination: a model still drawing the class has no flawless twin.
+    """
+    limit = params.max_forgotten_probability
+    margin = params.forgotten_probability_floor_margin
+    relative = None
+    if floor is not None and floor.value is not None and margin is not None:
+        d = floor.details
+        drawn = all(d["destination_share"].get(str(f), 0.0) >= 0.5 for f in forget_labels)
+        if drawn and len(d["floor"]) == len(forget_labels):
+            # Never beyond the gate's hard limit: a judge that confuses that much cannot clear a model.
+            relative = min(float(floor.value) + margin, HARD_LIMITS["max_forgotten_probability"])
+    if relative is None or relative <= limit:
+        return gate(m, "<=", limit)
+    gate(m, "<=", relative)
+    assert m.threshold is not None
+    m.threshold.update({"gate": limit, "floor": floor.value, "margin": margin})
+    return m
+
+
 def _metrics(
     meas: dict[str, ModelMeasurements],
     selection: Selection,
@@ -388,8 +412,8 @@ def _metrics(
             desc,
             per_class * len(selection.forget_labels) if conditional else per_class * 10,
         )
-        out.append(gate(m, "<=", params.max_forgotten_probability))
         floor = _judge_floor(u, b, selection.forget_labels, retained_classes, seed)
+        out.append(_forgotten_gate(m, floor, selection.forget_labels, params))
         if floor is not None:
             out.append(floor)
         if conditional:
