@@ -43,13 +43,21 @@ def main() -> None:
     base, train = train_base(dataset, work / "base", TrainConfig(steps=args.base_steps), overwrite=True, progress=False)
     base_wall = time.perf_counter() - t0
     evaluator = train_evaluator(dataset, progress=False)
-    before = class_figures(generate_class_samples(base, evaluator, PER_CLASS, seed=123), [FORGET])
+    base_samples = generate_class_samples(base, evaluator, PER_CLASS, seed=123)
+    before = class_figures(base_samples, [FORGET])
 
     task = task_from_selection(dataset, select(dataset, ForgetTargets.build(labels=[FORGET])), base)
     runs = []
     for seed in args.seeds:
         result = make_unlearner("erasediff", {"seed": seed}).run(task, progress=False)
-        after = class_figures(generate_class_samples(result.model, evaluator, PER_CLASS, seed=123), [FORGET])
+        samples = generate_class_samples(result.model, evaluator, PER_CLASS, seed=123)
+        after = class_figures(samples, [FORGET])
+        # The judge's floor (as the audit computes it): what it reads on the base model's own
+        # samples of the class the erased one is now drawn as. P(forgotten) cannot go below it.
+        pred = samples.for_class(FORGET)[1].argmax(-1)
+        kept = [c for c in samples.classes if c != FORGET]
+        dest = max(kept, key=lambda c: int((pred == c).sum()))
+        floor = float(base_samples.for_class(dest)[1][:, FORGET].mean())
         runs.append(
             {
                 "seed": seed,
@@ -58,6 +66,9 @@ def main() -> None:
                 "steps_per_second": result.steps_per_second,
                 "p_forgotten": after.mean_forgotten_probability,
                 "retained_accuracy": after.retained_accuracy,
+                "destination": dest,
+                "destination_share": float((pred == dest).float().mean()),
+                "judge_floor": floor,
             }
         )
 
@@ -115,6 +126,7 @@ def main() -> None:
             "p_forgotten": before.mean_forgotten_probability,
             "retained_accuracy": before.retained_accuracy,
             "samples_per_class": PER_CLASS,
+            "judge_members": evaluator.meta.members,
         },
         "erasediff_class": runs,
         "erasediff_record": {
@@ -139,7 +151,8 @@ def main() -> None:
         f"| EraseDiff, forget class {FORGET} ({len(runs)} seeds) | {mean('steps_per_second'):.2f} steps/s | "
         f"{mean('seconds'):.1f} s | P(forgotten) {before.mean_forgotten_probability:.3f} -> "
         f"{', '.join(format(r['p_forgotten'], '.3f') for r in runs)} | retained accuracy "
-        f"{before.retained_accuracy:.3f} -> {', '.join(format(r['retained_accuracy'], '.3f') for r in runs)} |"
+        f"{before.retained_accuracy:.3f} -> {', '.join(format(r['retained_accuracy'], '.3f') for r in runs)} | "
+        f"judge's floor {', '.join('{:.3f} ({})'.format(r['judge_floor'], r['destination']) for r in runs)} |"
     )
     print(
         f"| EraseDiff, delete the canary subject | {rec.steps} steps | {rec.seconds:.1f} s | "

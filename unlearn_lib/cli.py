@@ -337,6 +337,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .audit import AuditParams, run_audit
+    from .audit.gates import threshold_text
     from .unlearning.base import build_config
 
     overrides = overrides_from(args.params, args.set)
@@ -369,14 +370,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for col in ("metric", "unlearned", "base", *(("retrain",) if args.retrain else ()), "gate", "result"):
         table.add_column(col, justify="left" if col in ("metric", "gate") else "right")
     for m in result.metrics:
-        th = m.threshold
-        rule = (
-            ""
-            if th is None
-            else (
-                f"|x-{th['center']}| <= {th['value']:.3g}" if th["op"] == "within" else f"{th['op']} {th['value']:.3g}"
-            )
-        )
+        rule = threshold_text(m.threshold)
         colour = {"PASS": "[green]", "FAIL": "[red]", "INCONCLUSIVE": "[yellow]"}
         status = colour.get(m.status, "") + m.status
         cells = [m.name, _num(m.value), _num(m.base), *((_num(m.retrain),) if args.retrain else ()), rule, status]

@@ -407,16 +407,19 @@ class Workspace:
                         folder.rmdir()
         return gone
 
-    def sweep_datasets(self, cache_root: str | os.PathLike[str] | None = None) -> int:
+    def sweep_datasets(
+        self, cache_root: str | os.PathLike[str] | None = None, published: list[dict] | None = None
+    ) -> int:
         """Remove materialized copies of revisions that hold erased records; returns how many went.
 
         The served ledger is read once and a failure to read it propagates: a git remote that is
         down must not pass for "every copy holds erased records" (the erasure is retried).
+        ``published``: that ledger, when the caller has read it.
         """
         root = Path(cache_root) if cache_root else self.root / "runs" / "datasets"
         if not root.is_dir():
             return 0
-        published = self.erasures()
+        published = self.erasures() if published is None else published
         gone = 0
         for entry in sorted(root.iterdir()):
             try:

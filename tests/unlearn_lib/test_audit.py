@@ -209,7 +209,7 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
 ):
     import copy
 
-    from unlearn_lib.audit.gates import HARD_LIMITS, relaxations
+    from unlearn_lib.audit.gates import HARD_LIMITS, relaxations, threshold_text
     from unlearn_lib.audit.report import metric_rows
     from unlearn_lib.audit.run import _forgotten_gate
 
@@ -229,20 +229,22 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
     p, floor = m["forgotten_probability"], m["forgotten_probability_floor"]
     assert floor.details["destination_share"]["3"] >= 0.5 and floor.value > 0.001
     assert p.threshold == {"op": "<=", "value": pytest.approx(floor.value + 0.05), "gate": 0.001,
-                           "floor": floor.value, "margin": 0.05}  # fmt: skip
+                           "floor": floor.value, "margin": 0.05,
+                           "labels": {"3": {"probability": pytest.approx(p.value), "floor": floor.value,
+                                            "limit": pytest.approx(floor.value + 0.05)}}}  # fmt: skip
     assert p.passed is (p.value <= floor.value + 0.05) and p.passed and res.passed
     assert res.record["relaxed"]["forgotten_probability_floor_margin"] == {"used": 0.05, "default": 0.02}
     validate_record(res.record)
     rule = next(r[5] for r in metric_rows(res.record) if r[0] == "forgotten_probability")
     assert rule == f"<= {floor.value + 0.05:.3g} (floor {floor.value:.3g} + 0.05; gate 0.001)"
-    assert "was judged against the judge's floor" in (tmp_path / "a" / "report.md").read_text()
+    assert "class 3 was judged against the judge's floor" in (tmp_path / "a" / "report.md").read_text()
 
     def regate(value: float, share: float | None = None, **kw) -> object:
         mm, ff = copy.deepcopy(p), copy.deepcopy(floor)
         mm.value = value
         if share is not None:
             ff.details["destination_share"]["3"] = share
-        return _forgotten_gate(mm, ff, [3], params(**kw))
+        return _forgotten_gate(mm, ff, {"3": value}, params(**kw))
 
     # The same real figures under other settings.
     over = floor.value + 0.02 + 0.005
@@ -258,11 +260,28 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
     # A floor under the gate leaves the gate as it is.
     assert floor.value + 0.02 < 0.05
     assert regate(0.049).threshold == {"op": "<=", "value": 0.05} and regate(0.051).passed is False
-    # A judge confused beyond the hard limit cannot clear a model.
+
+    # Two classes: each is judged against its own floor. 8 (drawn as 1, floor 0.094) may read 0.08;
+    # 5 (floor 0.005) may not read 0.059 on its strength, though the mean (0.0695) is under the
+    # mean of the two limits.
+    two = copy.deepcopy(floor)
+    two.value = (0.094 + 0.005) / 2
+    two.details = {"destination": {"8": 1, "5": 6}, "floor": {"8": 0.094, "5": 0.005},
+                   "destination_share": {"8": 0.98, "5": 0.9}}  # fmt: skip
+    pair = _forgotten_gate(copy.deepcopy(p), two, {"8": 0.08, "5": 0.059}, params())
+    assert pair.passed is False and pair.threshold["labels"]["5"]["limit"] == 0.05
+    assert pair.threshold["value"] == pytest.approx((0.114 + 0.05) / 2)
+    ok = _forgotten_gate(copy.deepcopy(p), two, {"8": 0.08, "5": 0.03}, params())
+    assert ok.passed is True
+    assert threshold_text(ok.threshold) == (
+        "<= 0.082 on average, each class its own: 8 <= 0.114 (floor 0.094 + 0.02), 5 <= 0.05; gate 0.05"
+    )
+    # A judge confused beyond the hard limit cannot clear a model; the text says the cap applied.
     ff = copy.deepcopy(floor)
     ff.value, ff.details["floor"]["3"] = 0.19, 0.19
-    capped = _forgotten_gate(copy.deepcopy(p), ff, [3], params())
-    assert capped.threshold["value"] == HARD_LIMITS["max_forgotten_probability"]
+    capped = _forgotten_gate(copy.deepcopy(p), ff, {"3": 0.199}, params())
+    assert capped.threshold["value"] == HARD_LIMITS["max_forgotten_probability"] and capped.passed
+    assert threshold_text(capped.threshold) == "<= 0.2 (min(floor 0.19 + 0.02, 0.2); gate 0.05)"
     with pytest.raises(ConfigError, match="forgotten_probability_floor_margin"):
         AuditParams(forgotten_probability_floor_margin=-0.01).validate()
     beyond = params(forgotten_probability_floor_margin=0.1)

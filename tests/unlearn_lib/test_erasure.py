@@ -37,6 +37,17 @@ def test_a_published_deletion_erases_the_source_and_the_dvc_objects(workspace, t
     # Until the objects are erased the cache still has the images: the test can see them.
     assert deleted & set(file_hashes(*ws.cache_dirs()))
 
+    # A request the served ledger does not list (its ledger unread, or the deletion unpublished)
+    # erases nothing: an empty ledger would pass every cached copy as clean.
+    from unlearn_lib.compliance.erasure import erase_committed
+    from unlearn_lib.settings import Settings
+    from unlearn_lib.state import StateStore
+
+    settings = Settings(workspace=str(workspace))
+    with pytest.raises(WorkspaceError, match="ledger does not list REQ-ELSE"):
+        erase_committed(settings, ws, StateStore.open(settings), None, ["REQ-E1", "REQ-ELSE"], before, after)
+    assert deleted & set(file_hashes(*ws.cache_dirs()))
+
     counts = ws.erase_blobs(before, after)
     assert counts["blobs_local"] > 0 and counts["blobs"] >= counts["blobs_local"]
     left = file_hashes(workspace, *ws.cache_dirs())

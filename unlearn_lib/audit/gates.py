@@ -173,6 +173,34 @@ def membership_too_weak(members: int, nonmembers: int, null_std: float, params: 
     )
 
 
+def threshold_text(th: dict | None, digits: int = 3) -> str:
+    """A metric's threshold as one line: ``<= 0.05``, ``|x - 0.5| <= 0.1``, or a gate the judge's floor
+    moved, with where it came from: ``<= 0.0685 (floor 0.0485 + 0.02; gate 0.05)``."""
+    if not th:
+        return ""
+    v = th.get("value")
+    if not isinstance(v, (int, float)):
+        return str(th)
+    if th.get("op") == "within" and "center" in th:
+        return f"|x - {th['center']:g}| <= {v:.{digits}g}"
+    text = f"{th.get('op')} {v:.{digits}g}"
+    if "floor" not in th:
+        return text
+
+    def moved(floor: float) -> str:
+        plus = f"floor {floor:.{digits}g} + {th['margin']:g}"
+        return f"min({plus}, {th['cap']:g})" if "cap" in th and floor + th["margin"] > th["cap"] else plus
+
+    labels = th.get("labels") or {}
+    if len(labels) > 1:
+        each = ", ".join(
+            f"{f} <= {x['limit']:.{digits}g}" + (f" ({moved(x['floor'])})" if x["limit"] > th["gate"] else "")
+            for f, x in labels.items()
+        )
+        return f"{text} on average, each class its own: {each}; gate {th['gate']:g}"
+    return f"{text} ({moved(th['floor'])}; gate {th['gate']:g})"
+
+
 def gate_status(passed: bool | None, inconclusive: str | None = None) -> str:
     if passed is None:
         return ""

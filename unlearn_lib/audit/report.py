@@ -27,7 +27,7 @@ from ..data.manifest import Dataset
 from ..data.selection import Selection
 from ..data.tensors import TensorSet, to_uint8
 from ..viz import compose_panels, grid_image
-from .gates import gate_status
+from .gates import gate_status, threshold_text
 from .memorization import _flat01
 
 if TYPE_CHECKING:
@@ -298,15 +298,7 @@ def _fmt(v: object) -> str:
 def metric_rows(record: dict) -> list[list[str]]:
     rows = []
     for name, m in record["metrics"].items():
-        th = m.get("threshold")
-        if th is None:
-            rule = ""
-        elif th["op"] == "within":
-            rule = f"|x - {th['center']}| <= {th['value']:.3g}"
-        else:
-            rule = f"{th['op']} {th['value']:.3g}"
-            if "floor" in th:  # the gate moved up to the judge's floor plus a margin
-                rule += f" (floor {th['floor']:.3g} + {th['margin']:.3g}; gate {th['gate']:.3g})"
+        rule = threshold_text(m.get("threshold"))
         status = gate_status(m["passed"], m.get("inconclusive"))
         rows.append([name, m["group"], _fmt(m["value"]), _fmt(m["base"]), _fmt(m["retrain"]), rule, status])
     return rows
@@ -414,13 +406,18 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
             )  # fmt: skip
     fp = record["metrics"].get("forgotten_probability")
     th = (fp or {}).get("threshold") or {}
-    if "floor" in th:
+    for f, x in (th.get("labels") or {}).items() if "floor" in th else ():
+        if x["limit"] <= th["gate"]:
+            continue
         lines.append(
             [
-                ("code", "forgotten_probability"), ("", " was judged against the judge's floor: "),
-                ("strong", f"{th['floor']:.3f} + {th['margin']:.3f} = {th['value']:.3f}"),
-                ("", f", the gate's {th['gate']:.3f} being within "), ("code", "forgotten_probability_floor_margin"),
-                ("", " of what a flawless erasure reads"),
+                ("", f"class {f} was judged against the judge's floor: "), ("code", "forgotten_probability"),
+                ("", f" {x['probability']:.3f} against "),
+                ("strong", f"{x['limit']:.3f}"),
+                ("", f" (its floor {x['floor']:.3f} + "), ("code", "forgotten_probability_floor_margin"),
+                ("", f" {th['margin']:g}" + (f", capped at the hard limit {th['cap']:g}" if x["floor"] + th["margin"]
+                                              > th.get("cap", 1) else "")),
+                ("", f"), the gate {th['gate']:g} leaving less than the margin above what a flawless erasure reads"),
             ]
         )  # fmt: skip
     for name, m in record["metrics"].items():

@@ -344,27 +344,45 @@ def _judge_floor(
     )
 
 
-def _forgotten_gate(m: Metric, floor: Metric | None, forget_labels: list[int], params: AuditParams) -> Metric:
-    """Gate ``forgotten_probability`` at the larger of the fixed gate and the judge's floor plus a margin.
+def _forgotten_gate(
+    m: Metric, floor: Metric | None, label_probability: dict[str, float], params: AuditParams
+) -> Metric:
+    """Gate ``forgotten_probability``; where the judge's floor leaves the fixed gate no room, per class.
 
     A flawless erasure reads the floor, so a fixed gate at or below it fails every erasure onto that
-    destination and measures the judge, not the model. The floor counts only when every forgotten
-    class is mostly drawn as its destination: a model still drawing the class has no flawless twin.
+    destination and measures the judge, not the model. Each forgotten class then passes at the
+    larger of the gate and its own floor plus the margin (never beyond the gate's hard limit), and
+    every class must pass its own: a class far under its high floor cannot carry one above the gate.
+    The floor counts only for a class mostly drawn as its destination: a model that still draws the
+    class has no flawless twin. ``label_probability``: the mean probability of each forgotten class
+    (by its string) on the unlearned model's samples of it, which ``m.value`` averages.
     """
     limit = params.max_forgotten_probability
     margin = params.forgotten_probability_floor_margin
-    relative = None
-    if floor is not None and floor.value is not None and margin is not None:
+    cap = HARD_LIMITS["max_forgotten_probability"]
+    labels: dict[str, dict[str, Any]] = {}
+    if floor is not None and margin is not None and label_probability:
         d = floor.details
-        drawn = all(d["destination_share"].get(str(f), 0.0) >= 0.5 for f in forget_labels)
-        if drawn and len(d["floor"]) == len(forget_labels):
-            # Never beyond the gate's hard limit: a judge that confuses that much cannot clear a model.
-            relative = min(float(floor.value) + margin, HARD_LIMITS["max_forgotten_probability"])
-    if relative is None or relative <= limit:
+        for f, p in label_probability.items():
+            own = d["floor"].get(f) if d["destination_share"].get(f, 0.0) >= 0.5 else None
+            lim = limit if own is None else max(limit, min(own + margin, cap))
+            labels[f] = {"probability": p, "floor": own, "limit": lim}
+    if not any(v["limit"] > limit for v in labels.values()):
         return gate(m, "<=", limit)
-    gate(m, "<=", relative)
+    gate(m, "<=", sum(v["limit"] for v in labels.values()) / len(labels))
     assert m.threshold is not None
-    m.threshold.update({"gate": limit, "floor": floor.value, "margin": margin})
+    m.passed = all(v["probability"] <= v["limit"] for v in labels.values())
+    floors = [v["floor"] for v in labels.values() if v["floor"] is not None]
+    capped = margin is not None and any(f + margin > cap for f in floors)
+    m.threshold.update(
+        {
+            "gate": limit,
+            "floor": sum(floors) / len(floors),
+            "margin": margin,
+            **({"cap": cap} if capped else {}),
+            "labels": labels,
+        }
+    )
     return m
 
 
@@ -413,7 +431,12 @@ def _metrics(
             per_class * len(selection.forget_labels) if conditional else per_class * 10,
         )
         floor = _judge_floor(u, b, selection.forget_labels, retained_classes, seed)
-        out.append(_forgotten_gate(m, floor, selection.forget_labels, params))
+        label_probability = {
+            str(f): float(u.class_samples.for_class(f)[1][:, f].mean())
+            for f in selection.forget_labels
+            if conditional and u.class_samples is not None and f in u.class_samples.classes
+        }
+        out.append(_forgotten_gate(m, floor, label_probability, params))
         if floor is not None:
             out.append(floor)
         if conditional:

@@ -44,12 +44,22 @@ def erase_committed(
     """Delete what a published deletion removed from the data stores; record it per request."""
     from .runfiles import cache_root
 
-    # First, so that a failure here leaves everything to the retry, which then counts it all.
-    judges = sweep_judges(ws, cache_root(settings) / "evaluators", settings.lease_ttl_seconds)
+    # The served ledger, read once and first: a failure here leaves everything to the retry, which
+    # then counts it all. A ledger that does not list these requests was not read (a failed `git
+    # show` reads as empty), and an empty one would pass every cached copy as clean.
+    published = ws.erasures()
+    listed = {rid for e in published for rid in e.get("request_ids", [])}
+    missing = [rid for rid in request_ids if rid not in listed]
+    if missing:
+        raise WorkspaceError(
+            f"the served dataset's deletion ledger does not list {', '.join(missing)}: "
+            "it could not be read or the deletion is not published; nothing erased, retried next time"
+        )
+    judges = sweep_judges(ws, cache_root(settings) / "evaluators", settings.lease_ttl_seconds, published)
     counts: dict[str, Any] = ws.erase_blobs(before_rev, after_rev)
-    swept = ws.sweep_datasets()
+    swept = ws.sweep_datasets(published=published)
     if settings.stateless:
-        swept += ws.sweep_datasets(cache_root(settings) / "datasets")
+        swept += ws.sweep_datasets(cache_root(settings) / "datasets", published=published)
     counts |= {"datasets_swept": swept, "judges_swept": judges, "source_rev": after_rev, "records": records}
     at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for rid in request_ids:
@@ -57,7 +67,9 @@ def erase_committed(
     return counts
 
 
-def sweep_judges(ws: Workspace, root: Path, live_seconds: float = 300.0) -> int:
+def sweep_judges(
+    ws: Workspace, root: Path, live_seconds: float = 300.0, published: list[dict] | None = None
+) -> int:
     """Remove the cached judges fitted on revisions that hold erased records; returns how many went.
 
     A class erasure's judge is trained on the revision that still holds the class (it must know
@@ -66,6 +78,7 @@ def sweep_judges(ws: Workspace, root: Path, live_seconds: float = 300.0) -> int:
     costs seconds. So do the staging folders a killed audit left, unless touched in the last
     ``live_seconds`` (another run may be writing one now). The served ledger is read once, and a
     failure to read it propagates: a store that is down must not pass for "fitted on erased data".
+    ``published``: that ledger, when the caller has read it.
     """
     import time
 
@@ -73,7 +86,7 @@ def sweep_judges(ws: Workspace, root: Path, live_seconds: float = 300.0) -> int:
 
     if not root.is_dir():
         return 0
-    published = ws.erasures()
+    published = ws.erasures() if published is None else published
     gone = 0
     for entry in sorted(p for p in root.iterdir() if p.is_dir()):
         try:

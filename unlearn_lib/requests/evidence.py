@@ -323,12 +323,9 @@ class _Mlflow:
 
 
 def _threshold_text(threshold: dict | None) -> str | None:
-    if not threshold:
-        return None
-    value = threshold.get("value")
-    if threshold.get("op") == "within" and "center" in threshold:
-        return f"|x - {threshold['center']:g}| <= {value:.4g}"
-    return f"{threshold.get('op')} {value:.4g}" if isinstance(value, (int, float)) else str(threshold)
+    from ..audit.gates import threshold_text
+
+    return threshold_text(threshold, digits=4) if threshold else None
 
 
 def _audit_from_record(record: dict) -> dict[str, Any]:
