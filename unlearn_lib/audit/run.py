@@ -142,6 +142,7 @@ def measure_model(
         )
         if scope == "class":
             m.figures["forgotten_probability"] = figs.mean_forgotten_probability
+            m.figures["forgotten_probability_by_class"] = {str(c): p for c, p in figs.forgotten_probability.items()}
             m.figures["forgotten_rate"] = sum(figs.forgotten_rate.values()) / len(figs.forgotten_rate)
             m.figures["forgotten_entropy"] = sum(figs.forgotten_entropy.values()) / len(figs.forgotten_entropy)
         else:
@@ -431,12 +432,8 @@ def _metrics(
             per_class * len(selection.forget_labels) if conditional else per_class * 10,
         )
         floor = _judge_floor(u, b, selection.forget_labels, retained_classes, seed)
-        label_probability = {
-            str(f): float(u.class_samples.for_class(f)[1][:, f].mean())
-            for f in selection.forget_labels
-            if conditional and u.class_samples is not None and f in u.class_samples.classes
-        }
-        out.append(_forgotten_gate(m, floor, label_probability, params))
+        by_class = u.figures.get("forgotten_probability_by_class", {}) if conditional else {}
+        out.append(_forgotten_gate(m, floor, by_class, params))
         if floor is not None:
             out.append(floor)
         if conditional:

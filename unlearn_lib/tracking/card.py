@@ -63,11 +63,7 @@ def model_card(tags: dict[str, str], audit: dict, report_links: dict[str, str]) 
         name = gate.get("metric", "?")
         m = metrics.get(name) if isinstance(metrics, dict) else None
         threshold = (m or {}).get("threshold") or {}
-        limit = (
-            threshold_text(threshold, digits=4)
-            if threshold
-            else f"{threshold.get('op', gate.get('op', ''))} {_fmt(threshold.get('value'))}".strip()
-        )
+        limit = threshold_text(threshold, digits=4) if threshold else f"{gate.get('op', '')} -".strip()
         result = gate_status(gate.get("passed"), gate.get("inconclusive")).lower() or "n/a"
         samples = _fmt((m or {}).get("samples"))
         lines.append(f"| {name} | {_fmt(gate.get('value'))} | {limit} | {samples} | {result} |")
