@@ -197,6 +197,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=("full", "exclude-only", "none"), default="full")
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--tag", default="", help="added to the results file's name, so a new run keeps the last one")
     args = ap.parse_args()
     args.sequence = parse_sequence(args.sequence)
     if args.path == "cli" and not args.base:
@@ -215,6 +216,7 @@ def main() -> None:
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     stem = f"successive-{args.variant}" if args.path == "cli" else f"successive-pipeline-{args.variant}"
+    stem += f"-{args.tag}" if args.tag else ""
     path = Path(__file__).parent / "results" / f"{stem}-{dev}.json"
     out: dict[str, Any] = {
         "machine": machine(),

@@ -391,6 +391,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from rich.console import Console
 
+    from .audit.gates import threshold_text
     from .t2i.audit import T2IAuditParams, audit_request
     from .unlearning.base import build_config
 
@@ -416,7 +417,7 @@ def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         if m.threshold is None:
             continue
         status = "[green]PASS" if m.passed else "[red]FAIL"
-        console.print(f"{m.name:<32} {m.value:.4g} {m.threshold['op']} {m.threshold['value']:.4g}  {status}")
+        console.print(f"{m.name:<32} {m.value:.4g} {threshold_text(m.threshold, 4)}  {status}")
     for c, v in rec["adversarial_prompt"]["success"].items():
         plain = rec["forgotten_probability"][c]
         console.print(f"adversarial prompt, class {c}: success {v:.3f} (plain prompt {plain:.3f})")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 import pytest
+import torch
 
 from unlearn_lib.audit import class_figures, generate_class_samples
 from unlearn_lib.data import ForgetTargets, select
-from unlearn_lib.errors import SelectionError
+from unlearn_lib.errors import ConfigError, SelectionError
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
 from unlearn_lib.unlearning.erasediff import build_kept, build_target
@@ -63,6 +65,34 @@ def test_remap_targets_never_include_an_erased_class(digits, base_model):
     assert kept_mapping([3], {3: 5}, {}, [0, 2], null_class=10) == {3: 0}  # 5 erased, no chain: fallback
     with pytest.raises(Exception, match="every class has been erased"):
         kept_mapping([3], {}, {}, [], null_class=10)
+
+
+def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_model):
+    # Two earlier classes with unequal numbers of images: sharing one term, each weighed about half
+    # of the class erased now, and the one with more images more; 8 came back that way when 6 was
+    # erased after 3, 5, 8 and 1 (benchmarks/README.md, "Successive deletions").
+    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[8]), ForgetTargets.build(labels=[3]))
+    task = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[1])), parent)
+    cfg = make_unlearner("erasediff").resolved(task)
+    loop = UnlearningLoop("erasediff", task, cfg, None, progress=False)
+    target = build_target(cfg, task, loop)
+    kept = build_kept(cfg, task, loop, target)
+    counts = torch.bincount(kept.labels)
+    assert counts[3] != counts[8] and kept.scale == 2.0
+    batch = kept.draw(loop, 64)
+    # Within the batch each image counts 1 / its class's image count: the batch's weighted mean is
+    # the two classes' average loss, whichever class the draw favoured.
+    per_image = batch.weight.tolist()
+    assert all(w in (pytest.approx(1 / counts[3].item()), pytest.approx(1 / counts[8].item())) for w in per_image)
+    assert len({round(w, 9) for w in per_image}) == 2  # both classes drawn
+    unscaled = dataclasses.replace(batch, scale=1.0)
+    assert batch.loss(loop).item() == pytest.approx(2.0 * unscaled.loss(loop).item(), rel=1e-5)
+
+    half = dataclasses.replace(cfg, keep_forgotten_weight=0.5)
+    assert build_kept(half, task, loop, target).scale == 1.0
+    assert build_kept(dataclasses.replace(cfg, keep_forgotten_weight=0.0), task, loop, target) is None
+    with pytest.raises(ConfigError, match="keep_forgotten_weight must be >= 0"):
+        dataclasses.replace(cfg, keep_forgotten_weight=-1.0).validate()
 
 
 def test_dataset_still_holding_earlier_deletions_is_excluded_with_one_line(digits, base_model, caplog):

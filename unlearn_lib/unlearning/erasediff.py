@@ -38,7 +38,8 @@ is the mean loss over the last pass. ``round_steps`` outer steps share one L_f*.
 (:mod:`.lineage`), those classes are never a remap target, their records never in the retain
 set, and with ``keep_forgotten`` (default) L_f gains a second term: a batch labelled with the
 earlier classes, regressed onto the base model's prediction under the class each is sent to
-now (the earlier target, or along the chain when that was erased since). L_f* in
+now (the earlier target, or along the chain when that was erased since), each class weighing
+``keep_forgotten_weight`` (1: as much as the class erased now). L_f* in
 ``inner_data=epoch`` mode measures the current deletion's term only (it is only logged).
 """
 
@@ -196,6 +197,12 @@ class EraseDiffConfig(CommonConfig):
     # Classes erased by earlier deletions in the model's lineage stay under the forgetting
     # constraint (L_f gains a term sending them where they were sent), not only out of the retain set.
     keep_forgotten: bool = True
+    # How much each earlier class weighs in that term, relative to this deletion's own forgetting
+    # loss. Until 2026-11-30 the earlier classes shared one term (1/n each). Erasing 6 after 3, 5,
+    # 8 and 1, 8 came back less at 1 on every paired seed (by 0.009-0.053 of P(8)), though it
+    # still came back (benchmarks/README.md, "Each earlier class weighs as much as the class
+    # erased now").
+    keep_forgotten_weight: float = 1.0
 
     def validate(self) -> None:
         filled = dataclasses.replace(
@@ -226,6 +233,8 @@ class EraseDiffConfig(CommonConfig):
             )
         if self.neighbours < 1:
             raise ConfigError("neighbours must be >= 1")
+        if self.keep_forgotten_weight < 0:
+            raise ConfigError(f"keep_forgotten_weight must be >= 0, got {self.keep_forgotten_weight}")
         if self.forget_t_min < 0:
             raise ConfigError(f"forget_t_min must be >= 0, got {self.forget_t_min}")
         if self.stop not in ("auto", "none", "calibrated"):
@@ -249,10 +258,11 @@ class ForgetBatch:
     weight: torch.Tensor
     # Earlier erased classes kept forgotten: their loss is added to this batch's.
     kept: ForgetBatch | None = None
+    scale: float = 1.0  # the batch's loss is multiplied by this
 
     def loss(self, loop: UnlearningLoop) -> torch.Tensor:
         err = (loop.predict(self.x_t, self.t, self.y_in) - self.target).pow(2).flatten(1).mean(1)
-        loss = (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
+        loss = self.scale * (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
         return loss if self.kept is None else loss + self.kept.loss(loop)
 
 
@@ -263,6 +273,10 @@ class KeptForgotten:
     images: torch.Tensor  # uint8, on the loop's device
     labels: torch.Tensor
     target: ClassRemapTarget
+    # keep_forgotten_weight x the number of classes: a batch's mean, each image weighted by
+    # 1 / its class's image count, is one class's average loss, so this gives each earlier class
+    # the weight asked for, however many there are and however many images stand for each.
+    scale: float = 1.0
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
         idx = loop._draw(self.images.shape[0], size)
@@ -272,7 +286,8 @@ class KeptForgotten:
         eps, t = loop.noise_and_t(x0)
         x_t = loop.fp.add_noise(x0, eps, t)
         target, weight = self.target(x0, y, y_in, idx, t, eps, x_t)
-        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight)
+        counts = torch.bincount(self.labels).to(weight.dtype)
+        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight / counts[y], scale=self.scale)
 
 
 def draw_forget_batch(
@@ -341,7 +356,7 @@ def build_kept(
     retain set), else retained images of the class it is sent to: sampling under the erased label
     then starts from noise and should end in that class, so those are the inputs that matter.
     """
-    if not (cfg.keep_forgotten and task.erased_labels and task.base.conditional):
+    if not (cfg.keep_forgotten and cfg.keep_forgotten_weight > 0 and task.erased_labels and task.base.conditional):
         return None
     current = target_fn.mapping if isinstance(target_fn, ClassRemapTarget) else {}
     pools = [task.retain, task.forget] + ([task.erased] if task.erased is not None else [])
@@ -360,6 +375,7 @@ def build_kept(
         images=torch.cat(images).to(loop.device),
         labels=torch.cat(labels).to(loop.device),
         target=ClassRemapTarget(loop.frozen.unet, mapping, "kept"),
+        scale=cfg.keep_forgotten_weight * len(task.erased_labels),
     )
 
 

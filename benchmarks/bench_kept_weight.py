@@ -1,0 +1,148 @@
+"""How much each earlier-erased class weighs in EraseDiff's "keep forgotten" term, on one late step.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
+        [--version 6] [--erase 6] [--weights 0.25 1.0] [--seeds 0 1 2 3] [--per-class 300]
+
+Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
+``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
+(``<workdir>/data``) without every record the model's lineage says was deleted, which is what the
+pipeline's purges left. It erases ``--erase`` from that model with EraseDiff's defaults, once per
+``keep_forgotten_weight`` and unlearning seed, and judges each result with the independent
+evaluator (``--per-class`` samples a class, fixed sampling seed): P(c) on samples conditioned on
+each erased class, the accuracy on the classes never erased. With n earlier classes,
+``keep_forgotten_weight`` 1/n is what the term did before 2026-11-30 (the earlier classes shared
+one term), 1.0 the new default (each weighs as much as the class erased now).
+
+Writes ``benchmarks/results/kept-weight-<workdir name>-v<version>-erase<class>-<device>.json`` after every run
+(resumable: runs already recorded there for the same parent model are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from tqdm import tqdm
+
+from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
+from unlearn_lib.data import ForgetTargets
+from unlearn_lib.models import DiffusionModel
+from unlearn_lib.unlearning import erase
+from unlearn_lib.unlearning.lineage import LINEAGE_KEY
+
+
+def dataset_as_purged(source: Path, model: DiffusionModel, out: Path) -> dict[str, Any]:
+    """``source`` without the records of every deletion in ``model``'s lineage (labels, subjects, records)."""
+    deletions = (model.meta.lineage or {}).get(LINEAGE_KEY, [])
+    labels = {int(c) for d in deletions for c in d["targets"].get("labels", [])}
+    subjects = {s for d in deletions for s in d["targets"].get("subject_ids", [])}
+    records = {r for d in deletions for r in d["targets"].get("record_ids", [])}
+    if any(d["targets"].get("caption_pattern") for d in deletions):
+        raise SystemExit("the lineage holds a caption deletion: this bench only purges labels, subjects and records")
+    kept = 0
+    if not (out / "manifest.jsonl").exists():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "images").mkdir(parents=True)
+        shutil.copy(source / "dataset.json", tmp / "dataset.json")
+        with open(source / "manifest.jsonl") as f, open(tmp / "manifest.jsonl", "w") as g:
+            for line in f:
+                r = json.loads(line)
+                if r["label"] in labels or r["subject_id"] in subjects or r["record_id"] in records:
+                    continue
+                shutil.copy(source / r["path"], tmp / r["path"])
+                g.write(line)
+                kept += 1
+        tmp.rename(out)
+    else:
+        kept = sum(1 for line in open(out / "manifest.jsonl") if line.strip())
+    return {"labels": sorted(labels), "subjects": sorted(subjects), "records": len(records), "kept_records": kept}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", required=True, help="a bench_successive.py --path pipeline workdir")
+    ap.add_argument("--evaluator", required=True, help="a trained evaluator folder (the judge)")
+    ap.add_argument("--version", type=int, default=6, help="the model version to erase from")
+    ap.add_argument("--erase", type=int, default=6, help="the class to erase")
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 1.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--sample-seed", type=int, default=7)
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    parent_dir = work / "versions" / f"v{args.version}"
+    parent = DiffusionModel.load(parent_dir)
+    data = work / f"data-as-of-v{args.version}"
+    purged = dataset_as_purged(work / "data", parent, data)
+    if args.erase in purged["labels"]:
+        raise SystemExit(f"--erase {args.erase}: v{args.version} has already erased it")
+    erased = purged["labels"] + [args.erase]
+    kept = [c for c in range(parent.meta.num_classes) if c not in erased]
+    evaluator = Evaluator.load(args.evaluator)
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(__file__).parent / "results" / f"kept-weight-{work.name}-v{args.version}-erase{args.erase}-{dev}.json"
+    out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if out.get("parent_model") != str(parent_dir) or out.get("erase") != args.erase:
+        out = {"parent_model": str(parent_dir), "erase": args.erase, "runs": []}
+    out |= {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "dataset": purged,
+        "per_class": args.per_class,
+        "sample_seed": args.sample_seed,
+        "kept_classes": kept,
+    }
+
+    def judge(model: DiffusionModel) -> dict[str, Any]:
+        samples = generate_class_samples(model, evaluator, args.per_class, seed=args.sample_seed)
+        figs = class_figures(samples, erased)
+        return {
+            "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
+            "kept_accuracy": round(sum(figs.accuracy[c] for c in kept) / len(kept), 4),
+            "accuracy": {str(c): round(a, 4) for c, a in figs.accuracy.items()},
+        }
+
+    if "parent" not in out:
+        out["parent"] = judge(parent)
+    done = {(r["keep_forgotten_weight"], r["seed"]) for r in out["runs"]}
+    todo = [(w, s) for s in args.seeds for w in args.weights if (w, s) not in done]
+    for w, s in tqdm(todo, desc="erasures", unit="run"):
+        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-s{s}"
+        shutil.rmtree(child, ignore_errors=True)
+        overrides = {"keep_forgotten_weight": w, "seed": s}
+        result, record = erase(
+            parent_dir, data, ForgetTargets.build(labels=[args.erase]), "erasediff", child, overrides, progress=False
+        )
+        row = {
+            "keep_forgotten_weight": w,
+            "seed": s,
+            "unlearning_seconds": round(result.seconds, 1),
+            "steps": result.steps,
+            "kept_mapping": record["config"].get("resolved_target", {}).get("kept_mapping"),
+            **judge(DiffusionModel.load(child)),
+        }
+        out["runs"].append(row)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        tqdm.write(f"weight {w:g}, seed {s}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
+    for w in args.weights:
+        rows = [r for r in out["runs"] if r["keep_forgotten_weight"] == w]
+        if rows:
+            p = [r["p_erased"] for r in rows]
+            worst = {c: max(x[c] for x in p) for c in p[0]}
+            mean_kept = sum(r["kept_accuracy"] for r in rows) / len(rows)
+            print(f"weight {w:g} over {len(rows)} seeds: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
