@@ -10,8 +10,10 @@ pipeline's purges left. It erases ``--erase`` from that model with EraseDiff's d
 ``keep_forgotten_weight`` and unlearning seed, and judges each result with the independent
 evaluator (``--per-class`` samples a class, fixed sampling seed): P(c) on samples conditioned on
 each erased class, the accuracy on the classes never erased. With n earlier classes,
-``keep_forgotten_weight`` 1/n is what the term did before 2026-11-30 (the earlier classes shared
-one term), 1.0 the new default (each weighs as much as the class erased now).
+``keep_forgotten_weight`` 1/n is close to what the term did before 2026-11-30 (the earlier classes
+shared one term, without the class balance), 1.0 the new default (each weighs as much as the class
+erased now). The default ``--weights 0.25`` assumes four earlier classes (erasing 6 after 3, 5, 8, 1).
+The purged dataset is cached in ``<workdir>/data-as-of-v<N>``.
 
 Writes ``benchmarks/results/kept-weight-<workdir name>-v<version>-erase<class>-<device>.json`` after every run
 (resumable: runs already recorded there for the same parent model are skipped).
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
 from unlearn_lib.data import ForgetTargets
 from unlearn_lib.models import DiffusionModel
+from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY
 
@@ -46,6 +49,8 @@ def dataset_as_purged(source: Path, model: DiffusionModel, out: Path) -> dict[st
     if any(d["targets"].get("caption_pattern") for d in deletions):
         raise SystemExit("the lineage holds a caption deletion: this bench only purges labels, subjects and records")
     kept = 0
+    if out.exists() and not (out / "manifest.jsonl").exists():
+        shutil.rmtree(out)
     if not (out / "manifest.jsonl").exists():
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -89,16 +94,23 @@ def main() -> None:
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(__file__).parent / "results" / f"kept-weight-{work.name}-v{args.version}-erase{args.erase}-{dev}.json"
+    # Runs are resumed only when everything that decides their figures is the same.
+    same = {
+        "parent_model": str(parent_dir),
+        "parent_sha256": model_digest(parent_dir),
+        "erase": args.erase,
+        "evaluator": str(Path(args.evaluator).resolve()),
+        "per_class": args.per_class,
+        "sample_seed": args.sample_seed,
+    }
     out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    if out.get("parent_model") != str(parent_dir) or out.get("erase") != args.erase:
-        out = {"parent_model": str(parent_dir), "erase": args.erase, "runs": []}
+    if any(out.get(k) != v for k, v in same.items()):
+        out = {**same, "runs": []}
     out |= {
         "machine": machine(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "dataset": purged,
-        "per_class": args.per_class,
-        "sample_seed": args.sample_seed,
         "kept_classes": kept,
     }
 

@@ -80,8 +80,8 @@ def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_
     counts = torch.bincount(kept.labels)
     assert counts[3] != counts[8] and kept.scale == 2.0
     batch = kept.draw(loop, 64)
-    # Within the batch each image counts 1 / its class's image count: the batch's weighted mean is
-    # the two classes' average loss, whichever class the draw favoured.
+    # Each image counts 1 / its class's image count: over draws the batch's weighted mean is the two
+    # classes' average loss, not the loss of the class with more images.
     per_image = batch.weight.tolist()
     assert all(w in (pytest.approx(1 / counts[3].item()), pytest.approx(1 / counts[8].item())) for w in per_image)
     assert len({round(w, 9) for w in per_image}) == 2  # both classes drawn
@@ -91,8 +91,9 @@ def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_
     half = dataclasses.replace(cfg, keep_forgotten_weight=0.5)
     assert build_kept(half, task, loop, target).scale == 1.0
     assert build_kept(dataclasses.replace(cfg, keep_forgotten_weight=0.0), task, loop, target) is None
-    with pytest.raises(ConfigError, match="keep_forgotten_weight must be >= 0"):
-        dataclasses.replace(cfg, keep_forgotten_weight=-1.0).validate()
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="keep_forgotten_weight must be a number >= 0"):
+            dataclasses.replace(cfg, keep_forgotten_weight=bad).validate()
 
 
 def test_dataset_still_holding_earlier_deletions_is_excluded_with_one_line(digits, base_model, caplog):

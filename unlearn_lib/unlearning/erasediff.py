@@ -46,6 +46,7 @@ now (the earlier target, or along the chain when that was erased since), each cl
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -233,8 +234,8 @@ class EraseDiffConfig(CommonConfig):
             )
         if self.neighbours < 1:
             raise ConfigError("neighbours must be >= 1")
-        if self.keep_forgotten_weight < 0:
-            raise ConfigError(f"keep_forgotten_weight must be >= 0, got {self.keep_forgotten_weight}")
+        if not (math.isfinite(self.keep_forgotten_weight) and self.keep_forgotten_weight >= 0):
+            raise ConfigError(f"keep_forgotten_weight must be a number >= 0, got {self.keep_forgotten_weight}")
         if self.forget_t_min < 0:
             raise ConfigError(f"forget_t_min must be >= 0, got {self.forget_t_min}")
         if self.stop not in ("auto", "none", "calibrated"):
@@ -273,9 +274,9 @@ class KeptForgotten:
     images: torch.Tensor  # uint8, on the loop's device
     labels: torch.Tensor
     target: ClassRemapTarget
-    # keep_forgotten_weight x the number of classes: a batch's mean, each image weighted by
-    # 1 / its class's image count, is one class's average loss, so this gives each earlier class
-    # the weight asked for, however many there are and however many images stand for each.
+    # keep_forgotten_weight x the number of classes. Each image counts 1 / its class's image count,
+    # so over draws (not within one batch) the batch's weighted mean is the classes' average loss:
+    # each earlier class gets the weight asked for, however many images stand for it.
     scale: float = 1.0
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
@@ -375,7 +376,7 @@ def build_kept(
         images=torch.cat(images).to(loop.device),
         labels=torch.cat(labels).to(loop.device),
         target=ClassRemapTarget(loop.frozen.unet, mapping, "kept"),
-        scale=cfg.keep_forgotten_weight * len(task.erased_labels),
+        scale=cfg.keep_forgotten_weight * len({int(c) for c in torch.cat(labels).tolist()}),
     )
 
 
