@@ -8,12 +8,13 @@ Takes the model a ``bench_successive.py --path pipeline`` run left at ``--versio
 (``<workdir>/data``) without every record the model's lineage says was deleted, which is what the
 pipeline's purges left. It erases ``--erase`` from that model with EraseDiff's defaults, once per
 ``keep_forgotten_weight`` and unlearning seed, and judges each result with the independent
-evaluator (``--per-class`` samples a class, fixed sampling seed): P(c) on samples conditioned on
-each erased class, the accuracy on the classes never erased. With n earlier classes,
+evaluator (``bench_successive``'s judge: ``--per-class`` samples a class, fixed sampling seed):
+P(c) on samples conditioned on each erased class, the accuracy on the classes never erased. With n earlier classes,
 ``keep_forgotten_weight`` 1/n is close to what the term did before 2026-11-30 (the earlier classes
 shared one term, without the class balance), 1.0 the new default (each weighs as much as the class
 erased now). The default ``--weights 0.25`` assumes four earlier classes (erasing 6 after 3, 5, 8, 1).
-The purged dataset is cached in ``<workdir>/data-as-of-v<N>``.
+The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
+``<workdir>/data-as-of-v<N>``.
 
 Writes ``benchmarks/results/kept-weight-<workdir name>-v<version>-erase<class>-<device>.json`` after every run
 (resumable: runs already recorded there for the same parent model are skipped).
@@ -30,10 +31,13 @@ from typing import Any
 
 import torch
 from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from bench_successive import Judge
 from tqdm import tqdm
 
-from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
-from unlearn_lib.data import ForgetTargets
+from unlearn_lib.audit import Evaluator
+from unlearn_lib.data import ForgetTargets, load_dataset
+from unlearn_lib.data.manifest import MANIFEST_NAME
+from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
@@ -41,33 +45,21 @@ from unlearn_lib.unlearning.lineage import LINEAGE_KEY
 
 
 def dataset_as_purged(source: Path, model: DiffusionModel, out: Path) -> dict[str, Any]:
-    """``source`` without the records of every deletion in ``model``'s lineage (labels, subjects, records)."""
+    """``source`` purged of every deletion in ``model``'s lineage, by the pipeline's own purge.
+
+    The lineage's deletions carry their ``targets`` as the deletion ledger's lines do, so they are
+    written as a ledger beside ``out`` and purged from ``source`` like the pipeline purges.
+    """
     deletions = (model.meta.lineage or {}).get(LINEAGE_KEY, [])
-    labels = {int(c) for d in deletions for c in d["targets"].get("labels", [])}
-    subjects = {s for d in deletions for s in d["targets"].get("subject_ids", [])}
-    records = {r for d in deletions for r in d["targets"].get("record_ids", [])}
-    if any(d["targets"].get("caption_pattern") for d in deletions):
-        raise SystemExit("the lineage holds a caption deletion: this bench only purges labels, subjects and records")
-    kept = 0
-    if out.exists() and not (out / "manifest.jsonl").exists():
-        shutil.rmtree(out)
-    if not (out / "manifest.jsonl").exists():
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "images").mkdir(parents=True)
-        shutil.copy(source / "dataset.json", tmp / "dataset.json")
-        with open(source / "manifest.jsonl") as f, open(tmp / "manifest.jsonl", "w") as g:
-            for line in f:
-                r = json.loads(line)
-                if r["label"] in labels or r["subject_id"] in subjects or r["record_id"] in records:
-                    continue
-                shutil.copy(source / r["path"], tmp / r["path"])
-                g.write(line)
-                kept += 1
-        tmp.rename(out)
-    else:
-        kept = sum(1 for line in open(out / "manifest.jsonl") if line.strip())
-    return {"labels": sorted(labels), "subjects": sorted(subjects), "records": len(records), "kept_records": kept}
+    if not (out / MANIFEST_NAME).exists():
+        ledger = out.with_name(out.name + ".ledger.jsonl")
+        ledger.write_text("".join(json.dumps({"targets": d["targets"]}) + "\n" for d in deletions))
+        purge_dataset(source, ledger, out, overwrite=True)
+    return {
+        "labels": sorted({int(c) for d in deletions for c in d["targets"].get("labels", [])}),
+        "deletions": len(deletions),
+        "kept_records": len(load_dataset(out, verify_hashes=False)),
+    }
 
 
 def main() -> None:
@@ -90,7 +82,7 @@ def main() -> None:
         raise SystemExit(f"--erase {args.erase}: v{args.version} has already erased it")
     erased = purged["labels"] + [args.erase]
     kept = [c for c in range(parent.meta.num_classes) if c not in erased]
-    evaluator = Evaluator.load(args.evaluator)
+    judge = Judge(Evaluator.load(args.evaluator), work / "data", args.per_class, kept, seed=args.sample_seed)
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(__file__).parent / "results" / f"kept-weight-{work.name}-v{args.version}-erase{args.erase}-{dev}.json"
@@ -114,17 +106,8 @@ def main() -> None:
         "kept_classes": kept,
     }
 
-    def judge(model: DiffusionModel) -> dict[str, Any]:
-        samples = generate_class_samples(model, evaluator, args.per_class, seed=args.sample_seed)
-        figs = class_figures(samples, erased)
-        return {
-            "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
-            "kept_accuracy": round(sum(figs.accuracy[c] for c in kept) / len(kept), 4),
-            "accuracy": {str(c): round(a, 4) for c, a in figs.accuracy.items()},
-        }
-
     if "parent" not in out:
-        out["parent"] = judge(parent)
+        out["parent"] = judge(parent, erased, False)
     done = {(r["keep_forgotten_weight"], r["seed"]) for r in out["runs"]}
     todo = [(w, s) for s in args.seeds for w in args.weights if (w, s) not in done]
     for w, s in tqdm(todo, desc="erasures", unit="run"):
@@ -140,7 +123,7 @@ def main() -> None:
             "unlearning_seconds": round(result.seconds, 1),
             "steps": result.steps,
             "kept_mapping": record["config"].get("resolved_target", {}).get("kept_mapping"),
-            **judge(DiffusionModel.load(child)),
+            **judge(DiffusionModel.load(child), erased, False),
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")

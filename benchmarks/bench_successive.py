@@ -73,8 +73,10 @@ def parse_sequence(tokens: list[str]) -> list[int | str]:
 class Judge:
     """The same evaluator, samples and extraction test for every model of a run."""
 
-    def __init__(self, evaluator: Evaluator, dataset_dir: Path, per_class: int, kept: list[int]) -> None:
-        self.evaluator, self.per_class, self.kept = evaluator, per_class, kept
+    def __init__(
+        self, evaluator: Evaluator, dataset_dir: Path, per_class: int, kept: list[int], seed: int = SAMPLE_SEED
+    ) -> None:
+        self.evaluator, self.per_class, self.kept, self.seed = evaluator, per_class, kept, seed
         self.params = AuditParams()
         ds = load_dataset(dataset_dir)
         sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
@@ -88,7 +90,7 @@ class Judge:
         return {"extracted": res.extracted, "records": len(res.ratios), "min_ratio": round(min(res.ratios), 3)}
 
     def __call__(self, model: DiffusionModel, erased: list[int], subject_deleted: bool) -> dict[str, Any]:
-        figs = class_figures(generate_class_samples(model, self.evaluator, self.per_class, seed=SAMPLE_SEED), erased)
+        figs = class_figures(generate_class_samples(model, self.evaluator, self.per_class, seed=self.seed), erased)
         out: dict[str, Any] = {
             "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
             "kept_accuracy": round(sum(figs.accuracy[c] for c in self.kept) / len(self.kept), 4),

@@ -278,6 +278,10 @@ class KeptForgotten:
     # so over draws (not within one batch) the batch's weighted mean is the classes' average loss:
     # each earlier class gets the weight asked for, however many images stand for it.
     scale: float = 1.0
+    counts: torch.Tensor = field(init=False)  # images per class label
+
+    def __post_init__(self) -> None:
+        self.counts = torch.bincount(self.labels)
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
         idx = loop._draw(self.images.shape[0], size)
@@ -287,8 +291,8 @@ class KeptForgotten:
         eps, t = loop.noise_and_t(x0)
         x_t = loop.fp.add_noise(x0, eps, t)
         target, weight = self.target(x0, y, y_in, idx, t, eps, x_t)
-        counts = torch.bincount(self.labels).to(weight.dtype)
-        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight / counts[y], scale=self.scale)
+        counts = self.counts[y].to(weight.dtype)
+        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight / counts, scale=self.scale)
 
 
 def draw_forget_batch(
@@ -372,11 +376,12 @@ def build_kept(
             own = task.retain.images if dst == null else task.retain.images[task.retain.labels == dst]
         images.append(own)
         labels.append(torch.full((own.shape[0],), c, dtype=torch.long))
+    all_labels = torch.cat(labels)
     return KeptForgotten(
         images=torch.cat(images).to(loop.device),
-        labels=torch.cat(labels).to(loop.device),
+        labels=all_labels.to(loop.device),
         target=ClassRemapTarget(loop.frozen.unet, mapping, "kept"),
-        scale=cfg.keep_forgotten_weight * len({int(c) for c in torch.cat(labels).tolist()}),
+        scale=cfg.keep_forgotten_weight * all_labels.unique().numel(),
     )
 
 
