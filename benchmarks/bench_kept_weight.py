@@ -1,7 +1,8 @@
 """How much each earlier-erased class weighs in EraseDiff's "keep forgotten" term, on one late step.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
-        [--version 6] [--erase 6] [--weights 0.25 1.0] [--seeds 0 1 2 3] [--per-class 300]
+        [--version 6] [--erase 6] [--weights 0.25 1.0 3.0] [--seeds 0 1 2 3] [--inputs destination]
+        [--per-class 300]
 
 Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
 ``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
@@ -11,8 +12,10 @@ pipeline's purges left. It erases ``--erase`` from that model with EraseDiff's d
 evaluator (``bench_successive``'s judge: ``--per-class`` samples a class, fixed sampling seed):
 P(c) on samples conditioned on each erased class, the accuracy on the classes never erased. With n earlier classes,
 ``keep_forgotten_weight`` 1/n is close to what the term did before 2026-11-30 (the earlier classes
-shared one term, without the class balance), 1.0 the new default (each weighs as much as the class
-erased now). The default ``--weights 0.25`` assumes four earlier classes (erasing 6 after 3, 5, 8, 1).
+shared one term, without the class balance), 1.0 (the default) each weighs as much as the class
+erased now, 3.0 three times as much. The default ``--weights 0.25`` assumes four
+earlier classes (erasing 6 after 3, 5, 8, 1). ``--inputs`` picks what stands for the earlier classes
+(``keep_forgotten_inputs``: the destinations' images, the parent's replayed samples, or both).
 The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
 ``<workdir>/data-as-of-v<N>``.
 
@@ -41,6 +44,7 @@ from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
+from unlearn_lib.unlearning.erasediff import KEPT_INPUTS
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY
 
 
@@ -68,8 +72,11 @@ def main() -> None:
     ap.add_argument("--evaluator", required=True, help="a trained evaluator folder (the judge)")
     ap.add_argument("--version", type=int, default=6, help="the model version to erase from")
     ap.add_argument("--erase", type=int, default=6, help="the class to erase")
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 1.0])
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 1.0, 3.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument(
+        "--inputs", nargs="+", default=["destination"], choices=KEPT_INPUTS, help="keep_forgotten_inputs values"
+    )
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--sample-seed", type=int, default=7)
     args = ap.parse_args()
@@ -101,25 +108,28 @@ def main() -> None:
     out |= {
         "machine": machine(),
         "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
         "dataset": purged,
         "kept_classes": kept,
     }
 
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
-    done = {(r["keep_forgotten_weight"], r["seed"]) for r in out["runs"]}
-    todo = [(w, s) for s in args.seeds for w in args.weights if (w, s) not in done]
-    for w, s in tqdm(todo, desc="erasures", unit="run"):
-        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-s{s}"
+    # Rows written before keep_forgotten_inputs existed used the destination's images.
+    done = {(r["keep_forgotten_weight"], r["seed"], r.get("keep_forgotten_inputs", "destination")) for r in out["runs"]}
+    todo = [(w, s, i) for s in args.seeds for i in args.inputs for w in args.weights if (w, s, i) not in done]
+    for w, s, inputs in tqdm(todo, desc="erasures", unit="run"):
+        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-s{s}"
         shutil.rmtree(child, ignore_errors=True)
-        overrides = {"keep_forgotten_weight": w, "seed": s}
+        overrides = {"keep_forgotten_weight": w, "seed": s, "keep_forgotten_inputs": inputs}
         result, record = erase(
             parent_dir, data, ForgetTargets.build(labels=[args.erase]), "erasediff", child, overrides, progress=False
         )
         row = {
             "keep_forgotten_weight": w,
+            "keep_forgotten_inputs": inputs,
+            **({"keep_forgotten_replay": record["config"]["keep_forgotten_replay"]} if inputs != "destination" else {}),
             "seed": s,
+            "date": time.strftime("%Y-%m-%d"),
             "unlearning_seconds": round(result.seconds, 1),
             "steps": result.steps,
             "kept_mapping": record["config"].get("resolved_target", {}).get("kept_mapping"),
@@ -127,14 +137,18 @@ def main() -> None:
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")
-        tqdm.write(f"weight {w:g}, seed {s}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
-    for w in args.weights:
-        rows = [r for r in out["runs"] if r["keep_forgotten_weight"] == w]
+        tqdm.write(f"weight {w:g}, {inputs}, seed {s}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
+    for w, inputs in [(w, i) for i in args.inputs for w in args.weights]:
+        rows = [
+            r
+            for r in out["runs"]
+            if r["keep_forgotten_weight"] == w and r.get("keep_forgotten_inputs", "destination") == inputs
+        ]
         if rows:
             p = [r["p_erased"] for r in rows]
             worst = {c: max(x[c] for x in p) for c in p[0]}
             mean_kept = sum(r["kept_accuracy"] for r in rows) / len(rows)
-            print(f"weight {w:g} over {len(rows)} seeds: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
+            print(f"weight {w:g}, {inputs}, {len(rows)} seeds: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
