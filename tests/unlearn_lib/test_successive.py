@@ -117,7 +117,7 @@ def test_keep_forgotten_can_replay_the_base_models_own_samples(digits, base_mode
             p.add_(0.05)
     state = loop.gen.get_state()
     replay = build_kept(replay_cfg, task, loop, target)
-    # The training batches are drawn as they would be without replay.
+    # Replaying consumes none of the loop's random draws.
     assert torch.equal(loop.gen.get_state(), state)
     assert replay.labels.unique().tolist() == [3, 8] and torch.bincount(replay.labels)[[3, 8]].tolist() == [6, 6]
     expected = sample(parent, replay.labels.cpu(), seed=cfg.seed + 1)

@@ -401,8 +401,7 @@ def build_kept(
             labels.append(torch.full((own.shape[0],), c, dtype=torch.long))
     if cfg.keep_forgotten_inputs in ("replay", "both"):
         replay = torch.tensor(task.erased_labels, dtype=torch.long).repeat_interleave(cfg.keep_forgotten_replay)
-        # The base model's sampler, not the loop's generator: the draws of the training batches
-        # stay the same whether or not the term replays.
+        # Sampled with its own seeded generator: replaying consumes none of the loop's random draws.
         images.append(to_uint8(sample(loop.frozen, replay, seed=cfg.seed + 1)))
         labels.append(replay)
     all_labels = torch.cat(labels)
