@@ -66,6 +66,11 @@ def dataset_as_purged(source: Path, model: DiffusionModel, out: Path) -> dict[st
     }
 
 
+def inputs_of(row: dict[str, Any]) -> str:
+    """A row's ``keep_forgotten_inputs``: rows written before it existed used the destination's images."""
+    return row.get("keep_forgotten_inputs", "destination")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", required=True, help="a bench_successive.py --path pipeline workdir")
@@ -114,8 +119,7 @@ def main() -> None:
 
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
-    # Rows written before keep_forgotten_inputs existed used the destination's images.
-    done = {(r["keep_forgotten_weight"], r["seed"], r.get("keep_forgotten_inputs", "destination")) for r in out["runs"]}
+    done = {(r["keep_forgotten_weight"], r["seed"], inputs_of(r)) for r in out["runs"]}
     todo = [(w, s, i) for s in args.seeds for i in args.inputs for w in args.weights if (w, s, i) not in done]
     for w, s, inputs in tqdm(todo, desc="erasures", unit="run"):
         child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-s{s}"
@@ -139,11 +143,7 @@ def main() -> None:
         path.write_text(json.dumps(out, indent=2) + "\n")
         tqdm.write(f"weight {w:g}, {inputs}, seed {s}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
     for w, inputs in [(w, i) for i in args.inputs for w in args.weights]:
-        rows = [
-            r
-            for r in out["runs"]
-            if r["keep_forgotten_weight"] == w and r.get("keep_forgotten_inputs", "destination") == inputs
-        ]
+        rows = [r for r in out["runs"] if r["keep_forgotten_weight"] == w and inputs_of(r) == inputs]
         if rows:
             p = [r["p_erased"] for r in rows]
             worst = {c: max(x[c] for x in p) for c in p[0]}

@@ -294,14 +294,16 @@ class KeptForgotten:
     images: torch.Tensor  # uint8, on the loop's device
     labels: torch.Tensor
     target: ClassRemapTarget
-    # keep_forgotten_weight x the number of classes. Each image counts 1 / its class's image count,
+    weight: float = 1.0  # keep_forgotten_weight: each class's weight relative to the class erased now
+    counts: torch.Tensor = field(init=False)  # images per class label
+    # weight x the number of classes with images. Each image counts 1 / its class's image count,
     # so over draws (not within one batch) the batch's weighted mean is the classes' average loss:
     # each earlier class gets the weight asked for, however many images stand for it.
-    scale: float = 1.0
-    counts: torch.Tensor = field(init=False)  # images per class label
+    scale: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.counts = torch.bincount(self.labels)
+        self.scale = self.weight * int((self.counts > 0).sum())
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
         idx = loop._draw(self.images.shape[0], size)
@@ -404,12 +406,11 @@ def build_kept(
         # Sampled with its own seeded generator: replaying consumes none of the loop's random draws.
         images.append(to_uint8(sample(loop.frozen, replay, seed=cfg.seed + 1)))
         labels.append(replay)
-    all_labels = torch.cat(labels)
     return KeptForgotten(
         images=torch.cat(images).to(loop.device),
-        labels=all_labels.to(loop.device),
+        labels=torch.cat(labels).to(loop.device),
         target=ClassRemapTarget(loop.frozen.unet, mapping, "kept"),
-        scale=cfg.keep_forgotten_weight * all_labels.unique().numel(),
+        weight=cfg.keep_forgotten_weight,
     )
 
 
