@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 # TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-faults lint bench clean image stack demo-containers test-containers
+.PHONY: venv demo test test-long test-faults lint bench clean image stack demo-containers test-containers
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,16 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# The slower fault-injection scenarios (S3 down, rollback, kills after publishing or while
-# committing, text-to-image), each on its own workspace, so spread over the workers test by test.
+# The long tier (.ci/run runs it after `make test`): whole deletion requests end to end (the demo's
+# two, the server path's, the text-to-image one), the tests of the trained text-to-image model, the
+# GPU benchmark's smoke run, and the slower fault-injection scenarios. Handed out test by test,
+# except that the tests of one long fixture stay in one worker (conftest.LONG_FIXTURES).
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "long or faults"
+
+# The fault-injection scenarios alone (MLflow or S3 stopped mid-run, two run-pending at once on
+# PostgreSQL, rollback, kills after publishing or while committing, text-to-image), each on its
+# own workspace, so spread over the workers test by test.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load -m faults tests/pipelines/test_faults.py
 

@@ -4,8 +4,9 @@ The base model takes a few minutes to train on 2 CPU cores; it is cached under
 ``.cache/tests`` (or ``$UNLEARN_TEST_CACHE``) keyed by its configuration and the dataset
 digest, so local re-runs skip training. CI starts from a clean clone and trains it once.
 
-``make test`` runs the suite in two pytest-xdist workers (``--dist loadfile``: a file's tests,
-and so its module fixtures, stay in one worker; the slowest files go first). The
+``make test`` runs the suite but its long tier in two pytest-xdist workers (``--dist loadfile``: a
+file's tests, and so its module fixtures, stay in one worker; the slowest files go first);
+``make test-long`` runs the long tier (``LONG_FIXTURES`` and the fault scenarios). The
 expensive session fixtures are built once for the whole run, by whichever worker asks first,
 under a file lock (:func:`_once`); the other worker waits for them instead of building them twice.
 """
@@ -76,10 +77,36 @@ RUN_FIRST = (
 )
 
 
+# A test that needs one of these runs in the long tier (``make test-long``, and .ci/run), in the
+# worker that holds the fixture's group: a whole deletion request end to end (the demo's two, the
+# server path's, the text-to-image one) or the trained text-to-image model (five CPU minutes).
+# Grouped, the other worker never sits on the fixture's lock while one worker builds it.
+LONG_FIXTURES = {"demo_run": "demo", "server_run": "server-run", "tiny_sd_dir": "tiny-sd"}
+LONG_GROUPS_FIRST = ("tiny-sd", "demo", "server-run")  # longest first (measured: ~16, ~7, ~3 worker-minutes)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects and before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow files first (``RUN_FIRST``); ``--dist loadfile`` keeps each file's tests in one worker."""
+    """Mark the long tier (``LONG_FIXTURES``); then the slow files first (``RUN_FIRST``).
+
+    ``--dist loadfile`` (``make test``) keeps each file's tests in one worker; ``--dist loadgroup``
+    (``make test-long``) hands out tests one by one except a long fixture's group.
+    """
+    group_of: dict[str, int] = {}
+    for item in items:
+        groups = sorted({g for name, g in LONG_FIXTURES.items() if name in getattr(item, "fixturenames", ())})
+        if groups:
+            item.add_marker(pytest.mark.long)
+            item.add_marker(pytest.mark.xdist_group(groups[0]))
+            group_of[item.nodeid] = LONG_GROUPS_FIRST.index(groups[0])
     rank = {name: i for i, name in enumerate(RUN_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(RUN_FIRST)))
+    # A group is handed out as one unit when its first test comes up: the longest units go first.
+    items.sort(
+        key=lambda item: (
+            group_of.get(item.nodeid, len(LONG_GROUPS_FIRST)),
+            rank.get(item.nodeid.split("::")[0], len(RUN_FIRST)),
+        )
+    )
 
 
 @contextlib.contextmanager

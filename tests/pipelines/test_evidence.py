@@ -34,8 +34,7 @@ from unlearn_lib.state import StateStore
 from unlearn_lib.tracking import client_for
 
 # This file and test_demo_erasure.py strip the demo's workspace to its stores for a while: one test at a
-# time reads it, whichever worker runs it.
-pytestmark = pytest.mark.usefixtures("demo_lock")
+# time reads it, whichever worker runs it (``done`` holds it; the failed request's test needs no demo).
 
 # The demo's first request (pipelines/cli.py DEMO_REQUESTS): every record of the canaries' owner.
 REQ = "REQ-0001"
@@ -163,10 +162,16 @@ def only_the_stores(root: Path, aside: Path):
 
 
 @pytest.fixture(scope="module")
-def done(demo_run, digits) -> dict:
+def done_once(demo_run, digits) -> dict:
     """The demo's REQ-0001, erased by a real compliance run, as the demo left it (read only here)."""
     with demo_workspace_held(demo_run):  # not while another test has stripped it to its stores
         return _done(demo_run, digits)
+
+
+@pytest.fixture()
+def done(done_once, demo_lock) -> dict:
+    """``done_once``, with the demo's workspace held for the test (other tests strip it for a while)."""
+    return done_once
 
 
 def _done(demo_run: dict, digits) -> dict:

@@ -423,6 +423,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.faults
 def test_mlflow_down_before_register_fails_in_one_line_and_the_retry_resumes(workspace, tmp_path):
     from conftest import free_port
     from pipelines.run import ensure_base_registered
@@ -536,6 +537,7 @@ def test_s3_down_mid_upload_fails_cleanly_and_the_retry_registers_once(workspace
 # ---- overlapping runs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.faults
 def test_two_run_pending_at_once_on_postgresql_process_each_request_once(workspace, tmp_path, postgres_url):
     from pipelines.run import ensure_base_registered
 
