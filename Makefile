@@ -34,15 +34,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The long tier (.ci/run runs it after `make test`): whole deletion requests end to end (the demo's
-# two, the server path's, the text-to-image one), the tests of the trained text-to-image model, the
-# GPU benchmark's smoke run, and the slower fault-injection scenarios. Handed out test by test,
-# except that the tests of one long fixture stay in one worker (conftest.LONG_FIXTURES).
+# two, the server path's, the text-to-image one), the tests of the trained text-to-image model and
+# the GPU benchmark's smoke run, a file per worker; then the fault-injection scenarios.
 test-long: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "long or faults"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "long and not faults"
+	$(MAKE) test-faults
 
-# The fault-injection scenarios alone (MLflow or S3 stopped mid-run, two run-pending at once on
+# The fault-injection scenarios (MLflow or S3 stopped mid-run, two run-pending at once on
 # PostgreSQL, rollback, kills after publishing or while committing, text-to-image), each on its
-# own workspace, so spread over the workers test by test.
+# own workspace, so spread over the workers test by test. The SIGKILL-at-every-step sweep is in
+# `make test`.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load -m faults tests/pipelines/test_faults.py
 

@@ -6,7 +6,7 @@ digest, so local re-runs skip training. CI starts from a clean clone and trains 
 
 ``make test`` runs the suite but its long tier in two pytest-xdist workers (``--dist loadfile``: a
 file's tests, and so its module fixtures, stay in one worker; the slowest files go first);
-``make test-long`` runs the long tier (``LONG_FIXTURES`` and the fault scenarios). The
+``make test-long`` runs the long tier (``LONG_FIXTURES``), then the fault scenarios. The
 expensive session fixtures are built once for the whole run, by whichever worker asks first,
 under a file lock (:func:`_once`); the other worker waits for them instead of building them twice.
 """
@@ -53,60 +53,53 @@ else:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-# The files that take minutes, longest first (measured on 2 cores), then two light ones that need no
-# base model, to keep the second worker busy while the first trains it. xdist hands out files in
-# this order (``--no-loadscope-reorder``); its default puts files with many tests first, which
-# left the slowest file running alone at the end. A file missing here only runs later.
+# The order xdist hands files out in (``--no-loadscope-reorder``; its default puts files with many
+# tests first, which left the slowest file running alone at the end); a file missing here runs later.
+# test_faults goes first: its worker trains the base model (3.5 minutes), while the other works
+# through files that need no base model (test_cli trains its own tiny one) instead of waiting for
+# it. test_compliance builds the weak run early; test_evidence and the component tests, which read
+# it too, come late, when it is there (next to each other, one worker sat 90 s on its lock).
+# In the long tier (its own run) the files that build the long fixtures go first; a file that
+# needs a fixture another worker is building waits for it on its lock.
 RUN_FIRST = (
     "tests/pipelines/test_faults.py",
-    "tests/unlearn_lib/test_requests.py",
+    "tests/unlearn_lib/test_cli.py",
+    "tests/unlearn_lib/test_data.py",
     "tests/unlearn_lib/test_state.py",
+    "tests/unlearn_lib/test_requests.py",
+    "tests/unlearn_lib/test_ddp.py",
+    "tests/unlearn_lib/test_unlearning.py",
+    "tests/unlearn_lib/test_audit.py",
+    "tests/unlearn_lib/test_remote_workspace.py",
+    "tests/pipelines/test_compliance.py",
+    "tests/unlearn_lib/test_successive.py",
+    "tests/pipelines/test_schedule.py",
     "tests/unlearn_lib/test_t2i.py",
     "tests/pipelines/test_demo_erasure.py",
     "tests/pipelines/test_t2i_compliance.py",
-    "tests/unlearn_lib/test_unlearning.py",
-    "tests/pipelines/test_compliance.py",
-    # After two long files: next to test_demo_erasure, the other worker sat ~11 minutes waiting
-    # for the demo that one builds (both files' setup 660 s in one CI log).
-    "tests/pipelines/test_evidence.py",
-    "tests/unlearn_lib/test_remote_workspace.py",
     "tests/test_benchmarks.py",
-    "tests/unlearn_lib/test_audit.py",
-    "tests/unlearn_lib/test_successive.py",
-    "tests/pipelines/test_schedule.py",
 )
 
 
-# A test that needs one of these runs in the long tier (``make test-long``, and .ci/run), in the
-# worker that holds the fixture's group: a whole deletion request end to end (the demo's two, the
-# server path's, the text-to-image one) or the trained text-to-image model (five CPU minutes).
-# Grouped, the other worker never sits on the fixture's lock while one worker builds it.
-LONG_FIXTURES = {"demo_run": "demo", "server_run": "server-run", "tiny_sd_dir": "tiny-sd"}
-LONG_GROUPS_FIRST = ("tiny-sd", "demo", "server-run")  # longest first (measured: ~16, ~7, ~3 worker-minutes)
+# A test that needs one of these runs in the long tier (``make test-long``, and .ci/run): a whole
+# deletion request end to end (the demo's two, the server path's, the text-to-image one) or the
+# trained text-to-image model (four to five CPU minutes to train).
+LONG_FIXTURES = ("demo_run", "server_run", "tiny_sd_dir")
 
 
-@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects and before xdist reads the groups
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the long tier (``LONG_FIXTURES``); then the slow files first (``RUN_FIRST``).
 
-    ``--dist loadfile`` (``make test``) keeps each file's tests in one worker; ``--dist loadgroup``
-    (``make test-long``) hands out tests one by one except a long fixture's group.
+    ``--dist loadfile`` keeps each file's tests, and so its module fixtures, in one worker. (Not
+    ``loadgroup``: with pytest 9.2 it no longer groups, pytest-dev/pytest-xdist#1386; the long
+    tier's first run with it built the server run and the text-to-image run once in each worker.)
     """
-    group_of: dict[str, int] = {}
     for item in items:
-        groups = sorted({g for name, g in LONG_FIXTURES.items() if name in getattr(item, "fixturenames", ())})
-        if groups:
+        if any(name in getattr(item, "fixturenames", ()) for name in LONG_FIXTURES):
             item.add_marker(pytest.mark.long)
-            item.add_marker(pytest.mark.xdist_group(groups[0]))
-            group_of[item.nodeid] = LONG_GROUPS_FIRST.index(groups[0])
     rank = {name: i for i, name in enumerate(RUN_FIRST)}
-    # A group is handed out as one unit when its first test comes up: the longest units go first.
-    items.sort(
-        key=lambda item: (
-            group_of.get(item.nodeid, len(LONG_GROUPS_FIRST)),
-            rank.get(item.nodeid.split("::")[0], len(RUN_FIRST)),
-        )
-    )
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(RUN_FIRST)))
 
 
 @contextlib.contextmanager
