@@ -173,6 +173,70 @@ def test_classes_erased_earlier_are_not_judged_as_retained(base_model_dir, digit
     assert acc[3] < 0.1 and m["retained_accuracy"].base > 0.85  # class 3 would have pulled it down
 
 
+def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, models, canary_model_dir, tmp_path):
+    from unlearn_lib.data.purge import purge_dataset
+
+    # The pipeline judges a later deletion with a judge fitted on the served data, which no longer
+    # holds the classes erased before: it cannot read P(3). Here the canary owner's deletion was made
+    # from the wrong parent (the original base, not the model that erased 3), so 3 is back.
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text(json.dumps({"targets": {"labels": [3]}}) + "\n")
+    served, removed = purge_dataset(digits_dir, ledger, tmp_path / "served")
+    assert removed > 0 and 3 not in {r.label for r in served.records}
+    judge = train_evaluator(served, epochs=10, members=1, progress=False)
+    judge.save(tmp_path / "judge")
+    parent = models["class3"]
+
+    # The same model from the same noise: nothing moved (judged as a class erasure of 5: no
+    # extraction test, so the cheaper audit).
+    held = audit(
+        parent, parent, tmp_path / "served", ForgetTargets.build(labels=[5]), tmp_path / "held", tmp_path / "judge"
+    )
+    m = {x.name: x for x in held.metrics}["earlier_erasure_drop"]
+    assert m.passed and m.value == 0.0
+    three = m.details["classes"]["3"]
+    assert three["destination"] != 3 and three["base_share"] >= 0.5
+
+    back = audit(parent, canary_model_dir, tmp_path / "served", CANARY, tmp_path / "back", tmp_path / "judge")
+    m = {x.name: x for x in back.metrics}["earlier_erasure_drop"]
+    assert not back.passed and m.passed is False and m.value > 0.5, m.details
+    assert m.details["classes"]["3"]["destination"] == three["destination"]
+    report = (tmp_path / "back" / "report.md").read_text()
+    assert f"class 3, erased earlier, is drawn as {three['destination']} in" in report
+    validate_record(back.record)
+
+
+def test_earlier_erasures_follow_the_chain_and_skip_a_class_drawn_as_nothing_in_particular():
+    from unlearn_lib.audit.efficacy import ClassSamples
+    from unlearn_lib.audit.gates import HARD_LIMITS, relaxations
+    from unlearn_lib.audit.run import ModelMeasurements, _earlier_erasures
+
+    def measured(drawn: dict[int, list[int]]) -> ModelMeasurements:
+        probs = torch.zeros(40, 10)
+        for c in range(10):
+            for i, k in enumerate(drawn.get(c, [c] * 4)):
+                probs[c * 4 + i, k] = 1.0
+        samples = ClassSamples(list(range(10)), 4, torch.zeros(40, 1, 8, 8), probs)
+        return ModelMeasurements(role="x", path="x", sha256="0" * 64, class_samples=samples)
+
+    # 3 went to 9 and half of it is back; 8 went to 1, which is erased now (a new destination);
+    # the base draws 6 as nothing in particular.
+    base = measured({3: [9, 9, 9, 9], 8: [1, 1, 1, 2], 6: [0, 2, 4, 7]})
+    unlearned = measured({3: [9, 9, 3, 3], 8: [5, 5, 5, 5], 6: [0, 0, 0, 0]})
+    m = _earlier_erasures(unlearned, base, [3, 8, 6], [1], [0, 2, 4, 5, 7, 9], AuditParams())
+    assert m.value == 0.5 and m.passed is False
+    assert m.details["classes"] == {"3": {"destination": 9, "base_share": 1.0, "share": 0.5, "drop": 0.5}}
+    assert "erased now" in m.details["not_checked"]["8"] and "no one class" in m.details["not_checked"]["6"]
+    assert _earlier_erasures(unlearned, base, [], [1], [0, 2], AuditParams()) is None
+
+    loose = AuditParams(max_earlier_erasure_drop=0.5)
+    assert _earlier_erasures(unlearned, base, [3], [1], [0, 2, 4, 5, 7, 9], loose).passed
+    assert relaxations(loose) == {"max_earlier_erasure_drop": {"used": 0.5, "default": 0.2}}
+    assert HARD_LIMITS["max_earlier_erasure_drop"] == 0.5
+    with pytest.raises(ConfigError, match="max_earlier_erasure_drop"):
+        AuditParams(max_earlier_erasure_drop=1.5).validate()
+
+
 def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
     base_model_dir, digits_dir, evaluator_dir, models, tmp_path
 ):

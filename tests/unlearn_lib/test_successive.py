@@ -14,6 +14,7 @@ from unlearn_lib.data import ForgetTargets, select
 from unlearn_lib.data.tensors import to_uint8
 from unlearn_lib.errors import ConfigError, SelectionError
 from unlearn_lib.models import DiffusionModel
+from unlearn_lib.models.objectives import predict_eps
 from unlearn_lib.models.sampling import sample
 from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
 from unlearn_lib.unlearning.erasediff import build_kept, build_target
@@ -99,6 +100,40 @@ def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="keep_forgotten_weight must be a number >= 0"):
             dataclasses.replace(cfg, keep_forgotten_weight=bad).validate()
+
+
+def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, base_model):
+    # 8 read 0.05-0.08 after erasing 6 with the conditional term, 0.01-0.02 with the guided one:
+    # guidance multiplies what the conditional branch still knows (benchmarks/README.md).
+    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[8]), ForgetTargets.build(labels=[3]))
+    task = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[1])), parent)
+    cfg = make_unlearner("erasediff").resolved(task)
+    assert cfg.keep_forgotten_target == "guided"
+    loop = UnlearningLoop("erasediff", task, cfg, None, progress=False)
+    target = build_target(cfg, task, loop)
+    kept = build_kept(cfg, task, loop, target)
+    w = parent.meta.guidance_scale
+    assert kept.guidance == w and w != 1.0
+    batch = kept.draw(loop, 32)
+    # No label dropped to the null class: the guided combination holds the unconditional branch.
+    assert set(batch.y_in.tolist()) <= {3, 8}
+    assert torch.equal(batch.null, torch.full_like(batch.y_in, parent.null_class))
+
+    # Before any step the model is its parent, so each image's error is w^2 |e_c(y) - e_c(dest)|^2:
+    # the guided predictions differ only by the conditional branch, multiplied by the scale.
+    dest = kept.target.table.to(batch.y_in.device)[batch.y_in]
+    with torch.no_grad():
+        e_y = predict_eps(parent.unet, batch.x_t, batch.t, batch.y_in)
+        e_dest = predict_eps(parent.unet, batch.x_t, batch.t, dest)
+        per_image = (w**2) * (e_y - e_dest).pow(2).flatten(1).mean(1)
+        expected = kept.scale * (batch.weight * per_image).sum() / batch.weight.sum()
+        assert batch.loss(loop).item() == pytest.approx(expected.item(), rel=1e-4)
+
+    # conditional: the term before 2026-12-01, the conditional prediction alone.
+    conditional = build_kept(dataclasses.replace(cfg, keep_forgotten_target="conditional"), task, loop, target)
+    assert conditional.guidance is None and conditional.draw(loop, 8).guidance is None
+    with pytest.raises(ConfigError, match="keep_forgotten_target must be one of guided, conditional"):
+        dataclasses.replace(cfg, keep_forgotten_target="cfg").validate()
 
 
 def test_keep_forgotten_can_replay_the_base_models_own_samples(digits, base_model):

@@ -43,6 +43,10 @@ class AuditParams:
     # gate's 0.05. 3 erased onto 9 on five seeds read 0.017-0.035 against a floor of 0.022 (at most
     # 0.013 above it). Only when the class is mostly drawn as that one class; None: the gate alone.
     forgotten_probability_floor_margin: float | None = 0.02
+    # Classes erased earlier in the lineage: how far the share of their samples drawn as where they
+    # were sent may fall from the base model's (earlier_erasure_drop; the judge cannot read the
+    # class itself). Erasing 5 after 3 without the lineage brought 3 back to 0.92 accuracy.
+    max_earlier_erasure_drop: float = 0.2
     max_retained_accuracy_drop: float = 0.05
     max_fid_ratio: float = 1.5
     # Record deletions on digits measured 1.08-1.11 (accuracy and FID unchanged), class erasures
@@ -91,6 +95,8 @@ class AuditParams:
             raise ConfigError("audit parameter extraction_alpha must be > 0")
         if self.feature_extractor != "evaluator" and not self.feature_extractor.startswith("torchscript:"):
             raise ConfigError("feature_extractor must be 'evaluator' or 'torchscript:<path>'")
+        if not 0 <= self.max_earlier_erasure_drop <= 1:
+            raise ConfigError(f"max_earlier_erasure_drop must be in [0, 1], got {self.max_earlier_erasure_drop}")
         if self.mia_auc_tolerance is not None and not 0 < self.mia_auc_tolerance <= 0.5:
             raise ConfigError("mia_auc_tolerance must be in (0, 0.5]")
         if not 0 < self.mia_max_conclusive_tolerance <= 0.5:
@@ -219,6 +225,7 @@ def verdict(metrics: list[Metric]) -> bool:
 _LOOSER_WHEN_LARGER = (
     "max_forgotten_probability",
     "forgotten_probability_floor_margin",
+    "max_earlier_erasure_drop",
     "max_retained_accuracy_drop",
     "max_fid_ratio",
     "max_retain_loss_ratio",
@@ -237,6 +244,7 @@ _LOOSER_WHEN_SMALLER = ("samples_per_class", "extraction_samples", "mia_noise_dr
 HARD_LIMITS: dict[str, float] = {
     "max_forgotten_probability": 0.2,
     "forgotten_probability_floor_margin": 0.05,
+    "max_earlier_erasure_drop": 0.5,
     "max_retained_accuracy_drop": 0.15,
     "max_fid_ratio": 3.0,
     "max_retain_loss_ratio": 1.5,

@@ -404,6 +404,19 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
                     ("", " reads for a flawless erasure onto that class"),
                 ]
             )  # fmt: skip
+    earlier = record["metrics"].get("earlier_erasure_drop")
+    if earlier is not None:
+        d = earlier["details"]
+        for c, x in d["classes"].items():
+            lines.append(
+                [
+                    ("", f"class {c}, erased earlier, is drawn as {x['destination']} in "),
+                    ("strong", f"{x['share']:.0%}"),
+                    ("", f" of its samples ({x['base_share']:.0%} by the base model)"),
+                ]
+            )
+        for c, why in d["not_checked"].items():
+            lines.append([("", f"class {c}, erased earlier, is not checked: {why}")])
     fp = record["metrics"].get("forgotten_probability")
     th = (fp or {}).get("threshold") or {}
     for f, x in (th.get("labels") or {}).items() if "floor" in th else ():

@@ -345,6 +345,65 @@ def _judge_floor(
     )
 
 
+def _earlier_erasures(
+    u: ModelMeasurements,
+    b: ModelMeasurements,
+    earlier: Sequence[int],
+    erased_now: Sequence[int],
+    retained_classes: list[int],
+    params: AuditParams,
+) -> Metric | None:
+    """Do the classes erased earlier in the lineage still draw what the base model draws under them?
+
+    A later deletion's judge never knows those classes (the compliance judge is fitted on the served
+    data, which no longer holds them), so it cannot read P(c). It can tell what the samples under c
+    look like among the classes it knows: the base's are mostly one class, where the earlier erasure
+    sent c; if c comes back, the unlearned model's samples leave that class, and its share falls.
+    Both models sample from the same noise (the audit's seed), so the two shares are paired. A class
+    whose destination is erased now follows the chain to a new one and is not checked, nor one the
+    base draws as no class in particular (under half its samples on its most common class).
+    """
+    if u.class_samples is None or b.class_samples is None or not earlier:
+        return None
+    known = sorted(set(retained_classes) | set(erased_now))
+    checked: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for c in earlier:
+        if c not in b.class_samples.classes or c not in u.class_samples.classes or not known:
+            continue
+        _, pb = b.class_samples.for_class(c)
+        _, pu = u.class_samples.for_class(c)
+        pred_b, pred_u = pb.argmax(-1), pu.argmax(-1)
+        counts = torch.tensor([int((pred_b == k).sum()) for k in known])
+        d = known[int(counts.argmax())]
+        share_b = float((pred_b == d).float().mean())
+        if d in erased_now:
+            skipped[str(c)] = f"drawn as {d}, the class erased now: it follows the chain to a new destination"
+            continue
+        if share_b < 0.5:
+            skipped[str(c)] = f"the base draws it as no one class ({share_b:.0%} of its samples as {d})"
+            continue
+        share_u = float((pred_u == d).float().mean())
+        checked[str(c)] = {"destination": d, "base_share": share_b, "share": share_u, "drop": share_b - share_u}
+    if not checked and not skipped:
+        return None
+    m = Metric(
+        name="earlier_erasure_drop",
+        group="efficacy",
+        value=max((x["drop"] for x in checked.values()), default=None),
+        description="largest fall, over the classes erased earlier in the model's lineage, in the share of "
+        "samples under that class drawn as the class the base model draws it as (a class coming back "
+        "leaves its destination; the judge never saw the class itself)",
+        samples=params.samples_per_class * len(checked) if checked else None,
+        seed=params.seed,
+        details={"classes": checked, "not_checked": skipped},
+    )
+    if not checked:
+        m.details["why"] = "no earlier erased class has a destination the judge can check"
+        return m
+    return gate(m, "<=", params.max_earlier_erasure_drop)
+
+
 def _forgotten_gate(
     m: Metric, floor: Metric | None, label_probability: dict[str, float], params: AuditParams
 ) -> Metric:
@@ -393,7 +452,9 @@ def _metrics(
     params: AuditParams,
     conditional: bool,
     retained_classes: list[int],
+    earlier_labels: Sequence[int] = (),
 ) -> list[Metric]:
+    """``earlier_labels``: the classes the base model's lineage erased before this deletion."""
     u, b, r = meas["unlearned"], meas["base"], meas.get("retrain")
     seed = params.seed
     per_class = params.samples_per_class
@@ -456,6 +517,11 @@ def _metrics(
                 )
             )
     if conditional:
+        earlier = _earlier_erasures(
+            u, b, earlier_labels, selection.forget_labels if scope == "class" else [], retained_classes, params
+        )
+        if earlier is not None:
+            out.append(earlier)
         acc = metric(
             "retained_accuracy",
             "utility",
@@ -726,7 +792,8 @@ def run_audit(
         )
         for role, (path, mdl) in models.items()
     }
-    metrics = _metrics(meas, selection, params, conditional, retained)
+    earlier = erased_labels(prior_deletions(models["base"][1].meta.lineage)) if conditional else []
+    metrics = _metrics(meas, selection, params, conditional, retained, earlier)
     distribution: list[dict] = []
     if others and reference is not None and selection.scope != "class":
         extra = [member_statistics(mdl, forget_distinct, params) for _, mdl in others.values()]

@@ -86,6 +86,16 @@ class ClassRemapTarget(ForgetTarget):
         target = predict_eps(self.unet, x_t, t, labels)
         return target, torch.ones(x0.shape[0], device=x0.device)
 
+    @torch.no_grad()
+    def guided(
+        self, x_t: torch.Tensor, t: torch.Tensor, y_true: torch.Tensor, null: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """The base's classifier-free guided prediction under each label's destination."""
+        table = self.table.to(x_t.device)
+        e_u = predict_eps(self.unet, x_t, t, null)
+        e_d = predict_eps(self.unet, x_t, t, table[y_true.clamp(min=0, max=len(table) - 1)])
+        return e_u + scale * (e_d - e_u)
+
     def describe(self) -> dict:
         return {"target": "remap", "remap_to": self.mode, "mapping": {str(k): v for k, v in self.mapping.items()}}
 
