@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
         [--version 6] [--erase 6] [--weights 0.25 1.0 3.0] [--seeds 0 1 2 3] [--inputs destination]
-        [--targets guided] [--per-class 300]
+        [--targets conditional] [--per-class 300]
 
 Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
 ``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
@@ -16,8 +16,8 @@ shared one term, without the class balance), 1.0 (the default) each weighs as mu
 erased now, 3.0 three times as much. The default ``--weights 0.25`` assumes four
 earlier classes (erasing 6 after 3, 5, 8, 1). ``--inputs`` picks what stands for the earlier classes
 (``keep_forgotten_inputs``: the destinations' images, the parent's replayed samples, or both),
-``--targets`` what the term compares (``keep_forgotten_target``: guided predictions, the default
-since 2026-12-01, or the conditional ones, as before).
+``--targets`` what the term compares (``keep_forgotten_target``: the conditional predictions, the
+default, or the guided ones).
 The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
 ``<workdir>/data-as-of-v<N>``.
 
@@ -90,7 +90,7 @@ def main() -> None:
         "--inputs", nargs="+", default=["destination"], choices=KEPT_INPUTS, help="keep_forgotten_inputs values"
     )
     ap.add_argument(
-        "--targets", nargs="+", default=["guided"], choices=KEPT_TARGETS, help="keep_forgotten_target values"
+        "--targets", nargs="+", default=["conditional"], choices=KEPT_TARGETS, help="keep_forgotten_target values"
     )
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--sample-seed", type=int, default=7)

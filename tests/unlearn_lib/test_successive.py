@@ -107,8 +107,10 @@ def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, bas
     # guidance multiplies what the conditional branch still knows (benchmarks/README.md).
     parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[8]), ForgetTargets.build(labels=[3]))
     task = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[1])), parent)
-    cfg = make_unlearner("erasediff").resolved(task)
-    assert cfg.keep_forgotten_target == "guided"
+    default = make_unlearner("erasediff").resolved(task)
+    # Not the default: in whole sequences it held earlier classes at the cost of the class erased now.
+    assert default.keep_forgotten_target == "conditional"
+    cfg = dataclasses.replace(default, keep_forgotten_target="guided")
     loop = UnlearningLoop("erasediff", task, cfg, None, progress=False)
     target = build_target(cfg, task, loop)
     kept = build_kept(cfg, task, loop, target)
@@ -129,8 +131,8 @@ def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, bas
         expected = kept.scale * (batch.weight * per_image).sum() / batch.weight.sum()
         assert batch.loss(loop).item() == pytest.approx(expected.item(), rel=1e-4)
 
-    # conditional: the term before 2026-12-01, the conditional prediction alone.
-    conditional = build_kept(dataclasses.replace(cfg, keep_forgotten_target="conditional"), task, loop, target)
+    # conditional (the default): the conditional prediction alone.
+    conditional = build_kept(default, task, loop, target)
     assert conditional.guidance is None and conditional.draw(loop, 8).guidance is None
     with pytest.raises(ConfigError, match="keep_forgotten_target must be one of guided, conditional"):
         dataclasses.replace(cfg, keep_forgotten_target="cfg").validate()
