@@ -44,8 +44,8 @@ class is ``keep_forgotten_inputs``: the destination's training images (default),
 own samples under the erased label (replayed), or both. With ``keep_forgotten_target=guided`` the
 term compares guided predictions, the model's e_u + w (e_c - e_u) under the erased label with the
 base's under the destination (guidance is how users sample, and it amplifies what the conditional
-branch still knows); by default it compares the conditional ones. L_f* in ``inner_data=epoch`` mode measures the current
-deletion's term only (it is only logged).
+branch still knows); by default it compares the conditional ones. L_f* in ``inner_data=epoch``
+mode measures the current deletion's term only (it is only logged).
 """
 
 from __future__ import annotations
