@@ -363,13 +363,13 @@ def _earlier_erasures(
     whose destination is erased now follows the chain to a new one and is not checked, nor one the
     base draws as no class in particular (under half its samples on its most common class).
     """
-    if u.class_samples is None or b.class_samples is None or not earlier:
-        return None
     known = sorted(set(retained_classes) | set(erased_now))
+    if u.class_samples is None or b.class_samples is None or not earlier or not known:
+        return None
     checked: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for c in earlier:
-        if c not in b.class_samples.classes or c not in u.class_samples.classes or not known:
+        if c not in b.class_samples.classes or c not in u.class_samples.classes:
             continue
         _, pb = b.class_samples.for_class(c)
         _, pu = u.class_samples.for_class(c)

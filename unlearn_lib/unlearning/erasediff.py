@@ -339,28 +339,28 @@ class KeptForgotten:
         idx = loop._draw(self.images.shape[0], size)
         x0 = to_model_space(self.images[idx])
         y = self.labels[idx]
-        if self.guidance is not None:
-            # No label dropping: the guided combination holds the unconditional branch already.
-            eps, t = loop.noise_and_t(x0)
-            x_t = loop.fp.add_noise(x0, eps, t)
-            null = torch.full_like(y, loop.model.null_class)
-            target = self.target.guided(x_t, t, y, null, self.guidance)
-            return ForgetBatch(
-                x_t=x_t,
-                t=t,
-                y_in=y,
-                target=target,
-                weight=1.0 / self.counts[y].to(target.dtype),
-                scale=self.scale,
-                guidance=self.guidance,
-                null=null,
-            )
-        y_in = drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
+        # Guided: no label dropping, the guided combination holds the unconditional branch already.
+        y_in = y if self.guidance is not None else drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
         eps, t = loop.noise_and_t(x0)
         x_t = loop.fp.add_noise(x0, eps, t)
-        target, weight = self.target(x0, y, y_in, idx, t, eps, x_t)
+        if self.guidance is None:
+            null = None
+            target, weight = self.target(x0, y, y_in, idx, t, eps, x_t)
+        else:
+            null = torch.full_like(y, loop.model.null_class)
+            target = self.target.guided(x_t, t, y, null, self.guidance)
+            weight = torch.ones(y.shape[0], device=x0.device)
         counts = self.counts[y].to(weight.dtype)
-        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight / counts, scale=self.scale)
+        return ForgetBatch(
+            x_t=x_t,
+            t=t,
+            y_in=y_in,
+            target=target,
+            weight=weight / counts,
+            scale=self.scale,
+            guidance=self.guidance,
+            null=null,
+        )
 
 
 def draw_forget_batch(

@@ -79,11 +79,14 @@ class ClassRemapTarget(ForgetTarget):
         for src, dst in mapping.items():
             self.table[src] = dst
 
+    def destinations(self, y_true: torch.Tensor) -> torch.Tensor:
+        """Where each label is sent (labels outside the mapping stay themselves)."""
+        table = self.table.to(y_true.device)
+        return table[y_true.clamp(min=0, max=len(table) - 1)]
+
     @torch.no_grad()
     def __call__(self, x0, y_true, y_in, idx, t, eps, x_t):  # noqa: ANN001
-        table = self.table.to(x0.device)
-        labels = table[y_true.clamp(min=0, max=len(table) - 1)]
-        target = predict_eps(self.unet, x_t, t, labels)
+        target = predict_eps(self.unet, x_t, t, self.destinations(y_true))
         return target, torch.ones(x0.shape[0], device=x0.device)
 
     @torch.no_grad()
@@ -91,9 +94,8 @@ class ClassRemapTarget(ForgetTarget):
         self, x_t: torch.Tensor, t: torch.Tensor, y_true: torch.Tensor, null: torch.Tensor, scale: float
     ) -> torch.Tensor:
         """The base's classifier-free guided prediction under each label's destination."""
-        table = self.table.to(x_t.device)
         e_u = predict_eps(self.unet, x_t, t, null)
-        e_d = predict_eps(self.unet, x_t, t, table[y_true.clamp(min=0, max=len(table) - 1)])
+        e_d = predict_eps(self.unet, x_t, t, self.destinations(y_true))
         return e_u + scale * (e_d - e_u)
 
     def describe(self) -> dict:
