@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_successive.py --base DIR --evaluator DIR \\
         [--sequence 3 5 subject 8 1 6] [--path cli|pipeline] [--variant full|exclude-only|none]
-        [--per-class 100] [--workdir DIR]
+        [--per-class 100] [--workdir DIR] [--set NAME=VALUE ... --tag NAME]
 
 ``--path cli`` (default) calls ``erase`` (the library call behind ``unlearn erase``) with
 EraseDiff's defaults on the *same* dataset folder every time: the CLI case, where the dataset
@@ -21,6 +21,10 @@ far, and the accuracy on the classes never erased (``kept``) against the base mo
 subject is deleted, every later model is also asked for the audit's extraction test on the
 canary records (500 samples of their label, alpha 0.5 of the 50-NN training distance): how many
 records can still be regenerated.
+
+``--set`` changes EraseDiff options from their defaults on both paths (a variant under study: the
+pipeline gets them as the run's algorithm options); give it a ``--tag`` so the defaults' results
+file stays.
 
 Variants (CLI path): ``full`` (the lineage excludes earlier deletions from the retain set and
 remap targets and EraseDiff keeps erased classes forgotten), ``exclude-only``
@@ -46,6 +50,7 @@ from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
 from unlearn_lib.audit.gates import AuditParams
 from unlearn_lib.audit.memorization import neighbourhood_distance
 from unlearn_lib.audit.run import extraction_of
+from unlearn_lib.cli import add_override_flags, overrides_from
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset, select
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
@@ -141,7 +146,7 @@ def cli_steps(args: argparse.Namespace, work: Path, dataset_dir: Path, overrides
         parent = child
 
 
-def pipeline_steps(args: argparse.Namespace, work: Path):
+def pipeline_steps(args: argparse.Namespace, work: Path, overrides: dict):
     """Yield (model folder, step record) for each deletion through the compliance pipeline."""
     from pipelines.cli import run_pending
     from pipelines.run import ensure_base_registered, ensure_workspace
@@ -172,7 +177,7 @@ def pipeline_steps(args: argparse.Namespace, work: Path):
         }
         submit_request(settings, parse_request(raw))
         t0 = time.perf_counter()
-        worst = run_pending(settings, "erasediff", {}, {})
+        worst = run_pending(settings, "erasediff", overrides, {})
         seconds = time.perf_counter() - t0
         row = store.get_request(raw["request_id"])
         now = str(production_version(client, settings.model_name).version)
@@ -200,12 +205,16 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--tag", default="", help="added to the results file's name, so a new run keeps the last one")
+    add_override_flags(ap, "EraseDiff option", example="--set keep_forgotten_target=guided")
     args = ap.parse_args()
+    options = overrides_from(args.options, args.set)
+    if options and not args.tag:
+        ap.error("--set/--options describe a variant: give it a --tag")
     args.sequence = parse_sequence(args.sequence)
     if args.path == "cli" and not args.base:
         ap.error("--path cli needs --base")
     if args.path == "pipeline" and args.variant != "full":
-        ap.error("the pipeline runs EraseDiff's defaults: --variant full only")
+        ap.error("the pipeline runs with the lineage's exclusions: --variant full only")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-successive-"))
     work.mkdir(parents=True, exist_ok=True)
     dataset_dir = work / "data"
@@ -214,7 +223,7 @@ def main() -> None:
     classes = [s for s in args.sequence if s != SUBJECT]
     kept = [c for c in range(10) if c not in classes]
     judge = Judge(Evaluator.load(args.evaluator), dataset_dir, args.per_class, kept)
-    overrides = {"keep_forgotten": False} if args.variant == "exclude-only" else {}
+    overrides = {**options, **({"keep_forgotten": False} if args.variant == "exclude-only" else {})}
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     stem = f"successive-{args.variant}" if args.path == "cli" else f"successive-pipeline-{args.variant}"
@@ -233,7 +242,9 @@ def main() -> None:
         "per_class": args.per_class,
         "steps": [],
     }
-    steps = cli_steps(args, work, dataset_dir, overrides) if args.path == "cli" else pipeline_steps(args, work)
+    steps = (
+        cli_steps(args, work, dataset_dir, overrides) if args.path == "cli" else pipeline_steps(args, work, overrides)
+    )
     erased: list[int] = []
     subject_deleted = False
     for i, (model_dir, info) in enumerate(steps):
