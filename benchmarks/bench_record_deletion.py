@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from _common import erasediff_options, machine  # benchmarks/ is the script's folder: on sys.path
 from tqdm import tqdm
 
 from unlearn_lib.audit import AuditParams, run_audit, train_evaluator
@@ -154,7 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     for name in args.configs:
         parse_config(name)
-    overrides = overrides_from(args.options, args.set)
+    overrides = erasediff_options(overrides_from(args.options, args.set))
     if overrides and not args.tag:
         raise SystemExit("--set changes the defaults: name the variant with --tag, so its results stay apart")
     suffix = f"-{args.tag}" if args.tag else ""

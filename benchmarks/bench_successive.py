@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from _common import erasediff_options, machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
 from unlearn_lib.audit.gates import AuditParams
@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="added to the results file's name, so a new run keeps the last one")
     add_override_flags(ap, "EraseDiff option", example="--set keep_forgotten_target=guided")
     args = ap.parse_args()
-    options = overrides_from(args.options, args.set)
+    options = erasediff_options(overrides_from(args.options, args.set))
     if options and not args.tag:
         ap.error("--set/--options describe a variant: give it a --tag")
     args.sequence = parse_sequence(args.sequence)
