@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from typing import Any
@@ -20,19 +21,32 @@ def machine() -> str:
     )
 
 
-def erasediff_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``--set``/``--options`` checked against EraseDiff's options and typed as a run gets them.
+def add_erasediff_variant_flags(ap: argparse.ArgumentParser, example: str) -> None:
+    """``--set``/``--options`` (EraseDiff options for a variant under study) and the ``--tag`` naming it."""
+    from unlearn_lib.cli import add_override_flags
+
+    add_override_flags(ap, "EraseDiff option", example=example)
+    ap.add_argument("--tag", default="", help="names the results of a run with --set/--options, so the defaults' stay")
+
+
+def erasediff_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The variant's ``--set``/``--options``, checked against EraseDiff's options and typed as a run gets them.
 
     A misspelt or invalid option stops the benchmark before its first model (not a pipeline run
-    later), and the results file records ``0.25``, not the ``"0.25"`` the command line gave.
+    later), and the results file records ``0.25``, not the ``"0.25"`` the command line gave. A
+    variant must carry a ``--tag``: its results would otherwise overwrite the defaults'.
     """
+    from unlearn_lib.cli import overrides_from
     from unlearn_lib.errors import ConfigError
     from unlearn_lib.unlearning.base import build_config
     from unlearn_lib.unlearning.erasediff import EraseDiffConfig
 
+    options = overrides_from(args.options, args.set)
     try:
         config = build_config(EraseDiffConfig, options, where="EraseDiff")
         config.validate()
     except ConfigError as err:
         raise SystemExit(f"--set/--options: {err}") from None
+    if options and not args.tag:
+        raise SystemExit("--set/--options describe a variant: name it with --tag, so its results stay apart")
     return {key: getattr(config, key.replace("-", "_")) for key in options}

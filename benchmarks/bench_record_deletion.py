@@ -33,11 +33,14 @@ import time
 from pathlib import Path
 
 import torch
-from _common import erasediff_options, machine  # benchmarks/ is the script's folder: on sys.path
+from _common import (  # benchmarks/ is the script's folder: on sys.path
+    add_erasediff_variant_flags,
+    erasediff_options,
+    machine,
+)
 from tqdm import tqdm
 
 from unlearn_lib.audit import AuditParams, run_audit, train_evaluator
-from unlearn_lib.cli import add_override_flags, overrides_from
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset
 from unlearn_lib.errors import UnlearnError
 from unlearn_lib.models import TrainConfig, ensure_base_model
@@ -142,8 +145,7 @@ def main() -> None:
     ap.add_argument("--base-steps", type=int, default=2000)
     ap.add_argument("--workdir", default="benchmarks/.work/record-deletion")
     ap.add_argument("--fresh", action="store_true", help="re-run the deletions (the bases are kept)")
-    add_override_flags(ap, "EraseDiff option", example="--set lr=3e-4")
-    ap.add_argument("--tag", default="", help="names the result files of a run with --set")
+    add_erasediff_variant_flags(ap, example="--set lr=3e-4")
     ap.add_argument(
         "--retrain",
         action="store_true",
@@ -154,9 +156,7 @@ def main() -> None:
     args = ap.parse_args()
     for name in args.configs:
         parse_config(name)
-    overrides = erasediff_options(overrides_from(args.options, args.set))
-    if overrides and not args.tag:
-        raise SystemExit("--set changes the defaults: name the variant with --tag, so its results stay apart")
+    overrides = erasediff_options(args)
     suffix = f"-{args.tag}" if args.tag else ""
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)

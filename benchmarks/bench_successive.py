@@ -44,13 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import erasediff_options, machine  # benchmarks/ is the script's folder: on sys.path
+from _common import (  # benchmarks/ is the script's folder: on sys.path
+    add_erasediff_variant_flags,
+    erasediff_options,
+    machine,
+)
 
 from unlearn_lib.audit import Evaluator, class_figures, generate_class_samples
 from unlearn_lib.audit.gates import AuditParams
 from unlearn_lib.audit.memorization import neighbourhood_distance
 from unlearn_lib.audit.run import extraction_of
-from unlearn_lib.cli import add_override_flags, overrides_from
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset, select
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
@@ -204,12 +207,9 @@ def main() -> None:
     ap.add_argument("--variant", choices=("full", "exclude-only", "none"), default="full")
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--tag", default="", help="added to the results file's name, so a new run keeps the last one")
-    add_override_flags(ap, "EraseDiff option", example="--set keep_forgotten_target=guided")
+    add_erasediff_variant_flags(ap, example="--set keep_forgotten_target=guided")
     args = ap.parse_args()
-    options = erasediff_options(overrides_from(args.options, args.set))
-    if options and not args.tag:
-        ap.error("--set/--options describe a variant: give it a --tag")
+    options = erasediff_options(args)
     args.sequence = parse_sequence(args.sequence)
     if args.path == "cli" and not args.base:
         ap.error("--path cli needs --base")
