@@ -147,6 +147,9 @@ def test_hold_constraint_adds_the_least_multiple_that_keeps_the_step_from_raisin
     # The step already lowers c: the direction is left as it is.
     d, mu = _hold_constraint([torch.tensor([0.5, 1.0]), torch.tensor([3.0])], g)
     assert mu.item() == 0.0 and torch.equal(d[0], torch.tensor([0.5, 1.0]))
+    # At a rate, the step must lower c by rate |g_c|^2 (BOME's rule for q): d . g_c = 1 x 1 after.
+    d, mu = _hold_constraint([torch.tensor([0.5, 1.0]), torch.tensor([3.0])], g, rate=1.0)
+    assert mu.item() == pytest.approx(0.5) and torch.allclose(d[0], torch.tensor([1.0, 1.0]))
     # No gradient: nothing to hold, and no division by zero.
     zero = [torch.zeros(2), torch.zeros(1)]
     d, mu = _hold_constraint([torch.tensor([-2.0, 1.0]), torch.tensor([3.0])], zero)
@@ -169,6 +172,8 @@ def test_keep_forgotten_as_a_constraint_never_steps_against_the_earlier_classes(
     assert penalty.history["loss_f"][0] > h["loss_f"][0]
     with pytest.raises(ConfigError, match="keep_forgotten_mode must be one of penalty, constraint"):
         make_unlearner("erasediff", {"keep_forgotten_mode": "projection"})
+    with pytest.raises(ConfigError, match="keep_forgotten_rate must be a number >= 0"):
+        make_unlearner("erasediff", {"keep_forgotten_rate": -1.0})
 
 
 def test_keep_forgotten_can_replay_the_base_models_own_samples(digits, base_model):

@@ -238,6 +238,9 @@ class EraseDiffConfig(CommonConfig):
     # mu g_kept with mu = max(0, -d.g_kept / |g_kept|^2), the least that keeps d.g_kept >= 0, so
     # the term costs the erasure nothing while the step leaves the earlier classes alone.
     keep_forgotten_mode: str = "penalty"
+    # constraint mode: the rate at which each step must lower the term, as eta is for L_f under
+    # lambda_mode=bome: mu = max(0, (rate |g_kept|^2 - d.g_kept) / |g_kept|^2). 0: it must not rise.
+    keep_forgotten_rate: float = 0.0
 
     def validate(self) -> None:
         filled = dataclasses.replace(
@@ -282,6 +285,8 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(
                 f"keep_forgotten_mode must be one of {', '.join(KEPT_MODES)}, got {self.keep_forgotten_mode!r}"
             )
+        if not (math.isfinite(self.keep_forgotten_rate) and self.keep_forgotten_rate >= 0):
+            raise ConfigError(f"keep_forgotten_rate must be a number >= 0, got {self.keep_forgotten_rate}")
         if self.keep_forgotten_replay < 1:
             raise ConfigError(f"keep_forgotten_replay must be >= 1, got {self.keep_forgotten_replay}")
         if self.forget_t_min < 0:
@@ -394,15 +399,18 @@ def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.T
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 
-def _hold_constraint(direction: list[torch.Tensor], g_c: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``direction + mu g_c`` with the least ``mu >= 0`` for which a step along it does not raise c.
+def _hold_constraint(
+    direction: list[torch.Tensor], g_c: list[torch.Tensor], rate: float = 0.0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``direction + mu g_c`` with the least ``mu >= 0`` for which a step along it lowers c at ``rate``.
 
-    Gradient descent moves by ``-direction``, so c falls to first order when ``direction . g_c``
-    is >= 0: ``mu = max(0, -direction . g_c / |g_c|^2)``. When the step already lowers c, mu is 0
-    and the direction is unchanged.
+    Gradient descent moves by ``-direction``, so c falls to first order by ``direction . g_c``; it
+    must be at least ``rate |g_c|^2`` (0: c must not rise), as BOME asks of q at rate eta:
+    ``mu = max(0, (rate |g_c|^2 - direction . g_c) / |g_c|^2)``. When the step already lowers c
+    that fast, mu is 0 and the direction is unchanged.
     """
     norm2 = flat_dot(g_c, g_c)
-    mu = torch.clamp(-flat_dot(direction, g_c) / norm2.clamp(min=1e-20), min=0.0)
+    mu = torch.clamp((rate * norm2 - flat_dot(direction, g_c)) / norm2.clamp(min=1e-20), min=0.0)
     return [d + mu * g for d, g in zip(direction, g_c, strict=True)], mu
 
 
@@ -617,7 +625,7 @@ class EraseDiff(Unlearner):
                 assert kept_batch is not None
                 loss_k = kept_batch.loss(loop)
                 g_k = loop.all_reduce_mean(_grads(loss_k, loop.params))
-                direction, mu = _hold_constraint(direction, g_k)
+                direction, mu = _hold_constraint(direction, g_k, cfg.keep_forgotten_rate)
                 extra = {"loss_kept": loss_k, "mu_kept": mu}
             grad_norm = loop.apply(optimizer, direction, reduced=True)
             cos = dot / (q_norm2.sqrt() * flat_dot(g_r, g_r).sqrt()).clamp(min=1e-20)
