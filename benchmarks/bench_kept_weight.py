@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
         [--version 6] [--erase 6] [--weights 0.25 1.0 3.0] [--seeds 0 1 2 3] [--inputs destination]
-        [--targets conditional] [--modes penalty] [--rates 0] [--per-class 300]
+        [--targets conditional] [--per-class 300]
 
 Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
 ``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
@@ -17,8 +17,7 @@ erased now, 3.0 three times as much. The default ``--weights 0.25`` assumes four
 earlier classes (erasing 6 after 3, 5, 8, 1). ``--inputs`` picks what stands for the earlier classes
 (``keep_forgotten_inputs``: the destinations' images, the parent's replayed samples, or both),
 ``--targets`` what the term compares (``keep_forgotten_target``: the conditional predictions, the
-default, or the guided ones), ``--modes`` how it enters the step (``keep_forgotten_mode``: a penalty
-inside L_f, the default, or a constraint held at ``keep_forgotten_rate``, one per ``--rates``).
+default, or the guided ones).
 The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
 ``<workdir>/data-as-of-v<N>``.
 
@@ -47,7 +46,7 @@ from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
-from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_MODES, KEPT_TARGETS
+from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_TARGETS
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY
 
 
@@ -79,12 +78,6 @@ def target_of(row: dict[str, Any]) -> str:
     return row.get("keep_forgotten_target", "conditional")
 
 
-def mode_of(row: dict[str, Any]) -> tuple[str, float | None]:
-    """A row's ``keep_forgotten_mode`` and (constraint only) rate: older rows were penalties."""
-    mode = row.get("keep_forgotten_mode", "penalty")
-    return mode, row.get("keep_forgotten_rate") if mode == "constraint" else None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", required=True, help="a bench_successive.py --path pipeline workdir")
@@ -99,8 +92,6 @@ def main() -> None:
     ap.add_argument(
         "--targets", nargs="+", default=["conditional"], choices=KEPT_TARGETS, help="keep_forgotten_target values"
     )
-    ap.add_argument("--modes", nargs="+", default=["penalty"], choices=KEPT_MODES, help="keep_forgotten_mode values")
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.0], help="keep_forgotten_rate values (constraint)")
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--sample-seed", type=int, default=7)
     args = ap.parse_args()
@@ -138,24 +129,17 @@ def main() -> None:
 
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
-    done = {(r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r), mode_of(r)) for r in out["runs"]}
-    modes = [("penalty", None)] if "penalty" in args.modes else []
-    modes += [("constraint", r) for r in args.rates] if "constraint" in args.modes else []
-    variants = [(i, g, m) for i in args.inputs for g in args.targets for m in modes]
-    todo = [
-        (w, s, i, g, m) for s in args.seeds for i, g, m in variants for w in args.weights if (w, s, i, g, m) not in done
-    ]
-    for w, s, inputs, target, (mode, rate) in tqdm(todo, desc="erasures", unit="run"):
-        how = "" if mode == "penalty" else f"-constraint{rate:g}"
-        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}{how}-s{s}"
+    done = {(r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r)) for r in out["runs"]}
+    variants = [(i, g) for i in args.inputs for g in args.targets]
+    todo = [(w, s, i, g) for s in args.seeds for i, g in variants for w in args.weights if (w, s, i, g) not in done]
+    for w, s, inputs, target in tqdm(todo, desc="erasures", unit="run"):
+        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-s{s}"
         shutil.rmtree(child, ignore_errors=True)
         overrides = {
             "keep_forgotten_weight": w,
             "seed": s,
             "keep_forgotten_inputs": inputs,
             "keep_forgotten_target": target,
-            "keep_forgotten_mode": mode,
-            **({"keep_forgotten_rate": rate} if mode == "constraint" else {}),
         }
         result, record = erase(
             parent_dir, data, ForgetTargets.build(labels=[args.erase]), "erasediff", child, overrides, progress=False
@@ -164,8 +148,6 @@ def main() -> None:
             "keep_forgotten_weight": w,
             "keep_forgotten_inputs": inputs,
             "keep_forgotten_target": target,
-            "keep_forgotten_mode": mode,
-            **({"keep_forgotten_rate": rate} if mode == "constraint" else {}),
             **({"keep_forgotten_replay": record["config"]["keep_forgotten_replay"]} if inputs != "destination" else {}),
             "seed": s,
             "date": time.strftime("%Y-%m-%d"),
@@ -176,23 +158,19 @@ def main() -> None:
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")
-        what = f"weight {w:g}, {inputs}, {target}, {mode if rate is None else f'{mode} {rate:g}'}, seed {s}"
+        what = f"weight {w:g}, {inputs}, {target}, seed {s}"
         tqdm.write(f"{what}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
-    for w, inputs, target, mode in [(w, i, g, m) for i, g, m in variants for w in args.weights]:
+    for w, inputs, target in [(w, i, g) for i, g in variants for w in args.weights]:
         rows = [
             r
             for r in out["runs"]
-            if r["keep_forgotten_weight"] == w
-            and inputs_of(r) == inputs
-            and target_of(r) == target
-            and mode_of(r) == mode
+            if r["keep_forgotten_weight"] == w and inputs_of(r) == inputs and target_of(r) == target
         ]
         if rows:
             p = [r["p_erased"] for r in rows]
             worst = {c: max(x[c] for x in p) for c in p[0]}
             mean_kept = sum(r["kept_accuracy"] for r in rows) / len(rows)
-            how = mode[0] if mode[1] is None else f"{mode[0]} {mode[1]:g}"
-            what = f"weight {w:g}, {inputs}, {target}, {how}, {len(rows)} seeds"
+            what = f"weight {w:g}, {inputs}, {target}, {len(rows)} seeds"
             print(f"{what}: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

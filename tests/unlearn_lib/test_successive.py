@@ -17,7 +17,7 @@ from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.objectives import predict_eps
 from unlearn_lib.models.sampling import sample
 from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
-from unlearn_lib.unlearning.erasediff import _hold_constraint, build_kept, build_target
+from unlearn_lib.unlearning.erasediff import build_kept, build_target
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY, deletion_entry, exclude_prior
 from unlearn_lib.unlearning.loop import UnlearningLoop
 from unlearn_lib.unlearning.run import model_digest
@@ -136,44 +136,6 @@ def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, bas
     assert conditional.guidance is None and conditional.draw(loop, 8).guidance is None
     with pytest.raises(ConfigError, match="keep_forgotten_target must be one of guided, conditional"):
         dataclasses.replace(cfg, keep_forgotten_target="cfg").validate()
-
-
-def test_hold_constraint_adds_the_least_multiple_that_keeps_the_step_from_raising_it():
-    g = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])]
-    # The step (-d) would raise c: mu is exactly what brings d . g_c to 0, not more.
-    d, mu = _hold_constraint([torch.tensor([-2.0, 1.0]), torch.tensor([3.0])], g)
-    assert mu.item() == pytest.approx(2.0)
-    assert torch.equal(d[0], torch.tensor([0.0, 1.0])) and torch.equal(d[1], torch.tensor([3.0]))
-    # The step already lowers c: the direction is left as it is.
-    d, mu = _hold_constraint([torch.tensor([0.5, 1.0]), torch.tensor([3.0])], g)
-    assert mu.item() == 0.0 and torch.equal(d[0], torch.tensor([0.5, 1.0]))
-    # At a rate, the step must lower c by rate |g_c|^2 (BOME's rule for q): d . g_c = 1 x 1 after.
-    d, mu = _hold_constraint([torch.tensor([0.5, 1.0]), torch.tensor([3.0])], g, rate=1.0)
-    assert mu.item() == pytest.approx(0.5) and torch.allclose(d[0], torch.tensor([1.0, 1.0]))
-    # No gradient: nothing to hold, and no division by zero.
-    zero = [torch.zeros(2), torch.zeros(1)]
-    d, mu = _hold_constraint([torch.tensor([-2.0, 1.0]), torch.tensor([3.0])], zero)
-    assert mu.item() == 0.0 and torch.isfinite(d[0]).all()
-
-
-def test_keep_forgotten_as_a_constraint_never_steps_against_the_earlier_classes(digits, base_model):
-    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[8]), ForgetTargets.build(labels=[3]))
-    task = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[1])), parent)
-    assert make_unlearner("erasediff").resolved(task).keep_forgotten_mode == "penalty"
-    result = make_unlearner("erasediff", {"steps": 4, "keep_forgotten_mode": "constraint"}).run(task, progress=False)
-    h = result.history
-    # The term is held apart from L_f and gets its own multiplier each step, never negative.
-    assert len(h["mu_kept"]) == len(h["loss_kept"]) == 4
-    assert all(m >= 0 for m in h["mu_kept"]) and all(v > 0 for v in h["loss_kept"])
-    assert set(result.config["resolved_target"]["kept_mapping"]) == {"3", "8"}
-    # penalty: the term is inside L_f (larger than the class's own term alone), with no multiplier.
-    penalty = make_unlearner("erasediff", {"steps": 4}).run(task, progress=False)
-    assert "mu_kept" not in penalty.history
-    assert penalty.history["loss_f"][0] > h["loss_f"][0]
-    with pytest.raises(ConfigError, match="keep_forgotten_mode must be one of penalty, constraint"):
-        make_unlearner("erasediff", {"keep_forgotten_mode": "projection"})
-    with pytest.raises(ConfigError, match="keep_forgotten_rate must be a number >= 0"):
-        make_unlearner("erasediff", {"keep_forgotten_rate": -1.0})
 
 
 def test_keep_forgotten_can_replay_the_base_models_own_samples(digits, base_model):

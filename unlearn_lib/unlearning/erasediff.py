@@ -44,11 +44,8 @@ class is ``keep_forgotten_inputs``: the destination's training images (default),
 own samples under the erased label (replayed), or both. With ``keep_forgotten_target=guided`` the
 term compares guided predictions, the model's e_u + w (e_c - e_u) under the erased label with the
 base's under the destination (guidance is how users sample, and it amplifies what the conditional
-branch still knows); by default it compares the conditional ones. With
-``keep_forgotten_mode=constraint`` the term is not added to L_f but held as a second
-constraint, first-order like the first: each step gains the least multiple of the term's
-gradient that keeps the step from raising it. L_f* in ``inner_data=epoch`` mode measures the
-current deletion's term only (it is only logged).
+branch still knows); by default it compares the conditional ones. L_f* in ``inner_data=epoch``
+mode measures the current deletion's term only (it is only logged).
 """
 
 from __future__ import annotations
@@ -231,16 +228,6 @@ class EraseDiffConfig(CommonConfig):
     # of six pipeline requests then failed their audits), so it is not the default
     # (benchmarks/README.md, "The term on the guided prediction").
     keep_forgotten_target: str = "conditional"
-    # How that term enters the step. penalty: added to L_f at keep_forgotten_weight, so it pushes
-    # the earlier classes' residue down all the time and competes with the class erased now for the
-    # same steps. constraint: a second constraint of the problem, "the earlier classes' term must
-    # not rise", held first-order as EraseDiff holds its own: the step d = g_r + lambda g_f gains
-    # mu g_kept with mu = max(0, -d.g_kept / |g_kept|^2), the least that keeps d.g_kept >= 0, so
-    # the term costs the erasure nothing while the step leaves the earlier classes alone.
-    keep_forgotten_mode: str = "penalty"
-    # constraint mode: the rate at which each step must lower the term, as eta is for L_f under
-    # lambda_mode=bome: mu = max(0, (rate |g_kept|^2 - d.g_kept) / |g_kept|^2). 0: it must not rise.
-    keep_forgotten_rate: float = 0.0
 
     def validate(self) -> None:
         filled = dataclasses.replace(
@@ -281,12 +268,6 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(
                 f"keep_forgotten_target must be one of {', '.join(KEPT_TARGETS)}, got {self.keep_forgotten_target!r}"
             )
-        if self.keep_forgotten_mode not in KEPT_MODES:
-            raise ConfigError(
-                f"keep_forgotten_mode must be one of {', '.join(KEPT_MODES)}, got {self.keep_forgotten_mode!r}"
-            )
-        if not (math.isfinite(self.keep_forgotten_rate) and self.keep_forgotten_rate >= 0):
-            raise ConfigError(f"keep_forgotten_rate must be a number >= 0, got {self.keep_forgotten_rate}")
         if self.keep_forgotten_replay < 1:
             raise ConfigError(f"keep_forgotten_replay must be >= 1, got {self.keep_forgotten_replay}")
         if self.forget_t_min < 0:
@@ -303,7 +284,6 @@ class EraseDiffConfig(CommonConfig):
 
 KEPT_INPUTS = ("destination", "replay", "both")
 KEPT_TARGETS = ("guided", "conditional")
-KEPT_MODES = ("penalty", "constraint")
 
 
 @dataclass
@@ -397,21 +377,6 @@ def draw_forget_batch(
 def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-
-
-def _hold_constraint(
-    direction: list[torch.Tensor], g_c: list[torch.Tensor], rate: float = 0.0
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``direction + mu g_c`` with the least ``mu >= 0`` for which a step along it lowers c at ``rate``.
-
-    Gradient descent moves by ``-direction``, so c falls to first order by ``direction . g_c``; it
-    must be at least ``rate |g_c|^2`` (0: c must not rise), as BOME asks of q at rate eta:
-    ``mu = max(0, (rate |g_c|^2 - direction . g_c) / |g_c|^2)``. When the step already lowers c
-    that fast, mu is 0 and the direction is unchanged.
-    """
-    norm2 = flat_dot(g_c, g_c)
-    mu = torch.clamp((rate * norm2 - flat_dot(direction, g_c)) / norm2.clamp(min=1e-20), min=0.0)
-    return [d + mu * g for d, g in zip(direction, g_c, strict=True)], mu
 
 
 def resolve_remap(cfg: EraseDiffConfig, task: UnlearningTask) -> str:
@@ -511,7 +476,6 @@ class EraseDiff(Unlearner):
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
         target_fn = build_target(cfg, task, loop)
         kept = build_kept(cfg, task, loop, target_fn)
-        kept_constraint = kept is not None and cfg.keep_forgotten_mode == "constraint"
         optimizer = loop.adam(cfg.lr)
         shared = cfg.inner_optimizer == "shared"
         inner_opt = optimizer if shared else loop.adam(cfg.inner_lr or cfg.lr)
@@ -603,9 +567,8 @@ class EraseDiff(Unlearner):
             if cfg.inner_data == "epoch" and (lf_star is None or step % cfg.round_steps == 0):
                 lf_star = self._inner_minimum_epochs(cfg, loop, inner_opt, target_fn)
             batch = draw_forget_batch(loop, target_fn, t_min=cfg.forget_t_min)
-            kept_batch = kept.draw(loop, cfg.forget_batch_size) if kept is not None else None
-            if not kept_constraint:
-                batch.kept = kept_batch
+            if kept is not None:
+                batch.kept = kept.draw(loop, cfg.forget_batch_size)
             if cfg.inner_data == "batch" and (lf_star is None or step % cfg.round_steps == 0):
                 lf_star = self._inner_minimum(cfg, loop, inner_opt, batch)
             x_r, y_r = loop.retain_batch()
@@ -619,18 +582,9 @@ class EraseDiff(Unlearner):
                 lam = torch.clamp((cfg.eta * q_norm2 - dot) / q_norm2.clamp(min=1e-20), min=0.0)
             else:
                 lam = torch.tensor(cfg.lam, device=loop.device)
-            direction = [gr + lam * gq for gr, gq in zip(g_r, g_q, strict=True)]
-            extra: dict = {}
-            if kept_constraint:
-                assert kept_batch is not None
-                loss_k = kept_batch.loss(loop)
-                g_k = loop.all_reduce_mean(_grads(loss_k, loop.params))
-                direction, mu = _hold_constraint(direction, g_k, cfg.keep_forgotten_rate)
-                extra = {"loss_kept": loss_k, "mu_kept": mu}
-            grad_norm = loop.apply(optimizer, direction, reduced=True)
+            grad_norm = loop.apply(optimizer, [gr + lam * gq for gr, gq in zip(g_r, g_q, strict=True)], reduced=True)
             cos = dot / (q_norm2.sqrt() * flat_dot(g_r, g_r).sqrt()).clamp(min=1e-20)
             loop.log(
-                **extra,
                 loss_r=loss_r,
                 loss_f=loss_f,
                 loss_f_star=lf_star,
@@ -809,7 +763,9 @@ class EraseDiff(Unlearner):
                 f"regenerated (nearest generated sample at {worst:.2f} of the extraction threshold, "
                 f"{cfg.stop_extraction_min_ratio:g} needed)"
             )
-        return f"the calibrated stop did not land within {cfg.steps} steps: {why}; {_refusal_advice(cfg)}"
+        return (
+            f"the calibrated stop did not land within {cfg.steps} steps: {why}; {_refusal_advice(cfg)}"
+        )
 
     @staticmethod
     def _extractor(cfg: EraseDiffConfig, task: UnlearningTask) -> ExtractionCheck | None:
