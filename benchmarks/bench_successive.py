@@ -109,12 +109,11 @@ class Judge:
     def __call__(self, model: DiffusionModel, erased: list[int], subject_deleted: bool) -> dict[str, Any]:
         samples = generate_class_samples(model, self.evaluator, self.per_class, seed=self.seed)
         figs = class_figures(samples, erased)
-        keep = torch.tensor([c in self.kept for c in samples.classes]).repeat_interleave(samples.per_class)
         out: dict[str, Any] = {
             "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
             "kept_accuracy": round(sum(figs.accuracy[c] for c in self.kept) / len(self.kept), 4),
             "accuracy": {str(c): round(a, 4) for c, a in figs.accuracy.items()},
-            "kept_fid": round(self.real.measure(samples.images[keep])["fid"], 3),
+            "kept_fid": round(self.real.measure(samples.images_of(self.kept))["fid"], 3),
         }
         if subject_deleted or not erased:  # the base model's figure is the one to compare with
             out["canaries"] = self.extracted(model)

@@ -296,6 +296,12 @@ def cmd_erase(args: argparse.Namespace) -> int:
         f"{args.algorithm}: forgot {sel['forget']} records ({sel['forget_distinct_images']} distinct images, "
         f"scope {sel['scope']}) in {result.steps} steps, {result.seconds:.1f}s{stop}; saved to {args.out}"
     )
+    if still := sel.get("forget_still_retained"):
+        print(
+            f"note: {len(still)} of them ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}) hold images "
+            "that retained records also hold: deleted from the data, but the model keeps learning them from "
+            "the other records (not unlearned, not audited)"
+        )
     return 0
 
 

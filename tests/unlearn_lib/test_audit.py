@@ -237,6 +237,33 @@ def test_earlier_erasures_follow_the_chain_and_skip_a_class_drawn_as_nothing_in_
         AuditParams(max_earlier_erasure_drop=1.5).validate()
 
 
+def test_membership_weights_give_the_nonmembers_the_members_mix():
+    from unlearn_lib.audit.memorization import _membership
+
+    members = torch.tensor([1.0, 2.0, 3.0])
+    # Two easy non-members like the members, and two hard ones of a kind the members lack.
+    nonmembers = torch.tensor([1.5, 2.5, 9.0, 9.5])
+    plain = _membership(members, nonmembers, {})
+    weighted = _membership(members, nonmembers, {}, torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    alone = _membership(members, nonmembers[:2], {})
+    assert plain.auc > weighted.auc == pytest.approx(alone.auc)
+    assert weighted.nonmembers_effective == pytest.approx(2.0) and weighted.null_std == pytest.approx(alone.null_std)
+    d = weighted.to_dict()
+    assert d["nonmembers"] == 4 and d["nonmembers_effective"] == 2.0
+    assert d["nonmember_error_mean"] == pytest.approx(2.0)
+
+
+def test_class_samples_images_of_picks_each_named_class_block_in_grid_order():
+    from unlearn_lib.audit.efficacy import ClassSamples
+
+    # A grid over classes 2, 5, 7 with 3 samples each; each image's value names its class.
+    images = torch.tensor([2.0] * 3 + [5.0] * 3 + [7.0] * 3).view(9, 1, 1, 1)
+    samples = ClassSamples([2, 5, 7], 3, images, torch.zeros(9, 10))
+    assert samples.images_of([7, 2]).flatten().tolist() == [2.0] * 3 + [7.0] * 3
+    assert samples.images_of({5, 9}).flatten().tolist() == [5.0] * 3  # 9 was not drawn
+    assert samples.images_of([]).shape == (0, 1, 1, 1)
+
+
 def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
     base_model_dir, digits_dir, evaluator_dir, models, tmp_path
 ):

@@ -80,6 +80,8 @@ def test_train_base_is_cached_and_refuses_a_different_config(chain):
         (("--forget-subjects", "subject-canary", "--algorithm", "salun"), "salun relabels a forgotten class"),
         (("--forget-records", "digits-0000", "--options", "missing.yaml"), "options file missing.yaml does not exist"),
         ((), "the deletion targets are empty"),
+        # One copy of a 40-copy canary: its image stays in the data under the other 39.
+        (("--forget-records", "canary-0-copy-01"), "also held by a retained record (canary-0-copy-01)"),
     ],
 )
 def test_erase_refusals_are_one_line_and_change_nothing(chain, args, message):

@@ -14,11 +14,13 @@ from unlearn_lib.audit import AuditParams
 from unlearn_lib.data import (
     DigitsConfig,
     ForgetTargets,
+    Record,
     build_digits,
     forget_set_sha256,
     load_dataset,
     select,
 )
+from unlearn_lib.data.selection import composition_weights
 from unlearn_lib.errors import DatasetError, SelectionError, UnlearnError
 
 
@@ -202,6 +204,48 @@ def test_select_by_label_records_and_caption(digits):
     assert by_caption.scope == "concept" and len(by_caption.forget) == 120 and len(by_caption.purged_holdout) == 12
     union = select(digits, ForgetTargets.build(record_ids=ids, labels=[5]))
     assert len(union.forget) == len(select(digits, ForgetTargets.build(labels=[5])).forget) + 2
+
+
+def test_a_forget_image_that_retained_records_also_hold_is_purged_but_not_unlearned(digits):
+    """One copy of a 40-copy canary in a deletion: its image stays in the data under the other 39."""
+    plain = [r.record_id for r in digits.train if not r.caption.endswith("corner mark")][:6]
+    copy = next(r for r in digits.train if r.subject_id == "subject-canary")
+    sel = select(digits, ForgetTargets.build(record_ids=[*plain, copy.record_id]))
+    assert len(sel.forget) == 7  # all of them are deleted from the data
+    assert [r.record_id for r in sel.still_retained] == [copy.record_id]
+    assert [r.record_id for r in sel.erasable] == plain
+    assert sel.summary()["forget_still_retained"] == [copy.record_id]
+    # The reference looks like what is unlearned: the copy does not bring the marked look-alikes in.
+    assert not any("corner mark" in r.caption for r in sel.reference(16, part="calibration", same_caption_min=4))
+    alone = select(digits, ForgetTargets.build(record_ids=[copy.record_id]))
+    refusal = f"also held by a retained record \\({copy.record_id}\\).*nothing to unlearn"
+    with pytest.raises(SelectionError, match=refusal):
+        alone.erasable_or_refuse()
+    # Every copy named: the image leaves the data, nothing is still retained.
+    whole = select(digits, ForgetTargets.build(subject_ids=["subject-canary"]))
+    assert whole.still_retained == [] and whole.erasable == whole.forget
+
+
+def test_composition_weights_give_the_reference_the_forget_sets_mix_of_kinds(digits):
+    def rec(i: int, caption: str, sha: str | None = None) -> Record:
+        return Record(f"r{i}", None, 7, caption, f"{i}.png", sha or f"{i:064x}", "holdout")
+
+    plain, marked = "a handwritten digit seven", "a handwritten digit seven with a corner mark"
+    # 9 plain and 1 marked forget images; a reference of 5 plain and 5 marked.
+    forget = [rec(100 + i, plain) for i in range(9)] + [rec(200, marked)]
+    reference = [rec(i, plain) for i in range(5)] + [rec(10 + i, marked) for i in range(5)]
+    w = composition_weights(forget, reference)
+    assert sum(w) == pytest.approx(10) and w[:5] == pytest.approx([1.8] * 5) and w[5:] == pytest.approx([0.2] * 5)
+    # Copies of one image count once: 9 copies of a marked image and one plain image are half and half.
+    copies = [rec(300 + i, marked, sha="f" * 64) for i in range(9)] + [rec(400, plain)]
+    assert composition_weights(copies, reference) == pytest.approx([1.0] * 10)
+    # A kind the reference lacks spreads its share over all of it; one kind alone: all weights 1.
+    other = [rec(500, "a handwritten digit one")] + [rec(101, plain)]
+    assert composition_weights(other, reference) == pytest.approx([1.5] * 5 + [0.5] * 5)
+    assert composition_weights(forget[:3], reference[:5]) == [1.0] * 5
+    assert composition_weights([], reference) == [1.0] * 10 and composition_weights(forget, []) == []
+    # Reference records of a kind the forget set does not have weigh nothing when all its kinds are covered.
+    assert composition_weights(forget[:3], reference) == pytest.approx([2.0] * 5 + [0.0] * 5)
 
 
 def test_forget_set_hash_depends_on_ids_and_content(digits):

@@ -11,7 +11,7 @@ from unlearn_lib.audit import class_figures, generate_class_samples
 from unlearn_lib.data import ForgetTargets, select, to_model_space
 from unlearn_lib.data.selection import SAME_CAPTION_MIN
 from unlearn_lib.data.tensors import TensorSet
-from unlearn_lib.errors import ConfigError, UnlearnError
+from unlearn_lib.errors import ConfigError, SelectionError, UnlearnError
 from unlearn_lib.models import DiffusionModel, ForwardProcess, Preset, build_model, per_sample_denoising_error
 from unlearn_lib.unlearning import (
     REGISTRY,
@@ -167,12 +167,64 @@ def test_a_stop_whose_records_stay_extractable_fails_naming_the_extraction_check
     assert "\n" not in msg and not out.exists()
 
 
+def test_a_deletion_of_only_images_the_retained_data_still_holds_is_refused_and_writes_nothing(
+    base_model_dir, digits, digits_dir, tmp_path
+):
+    from unlearn_lib.unlearning import erase
+
+    copy = next(r for r in digits.train if r.subject_id == "subject-canary").record_id
+    out = tmp_path / "erased"
+    with pytest.raises(SelectionError, match=f"also held by a retained record \\({copy}\\).*name the records"):
+        erase(base_model_dir, digits_dir, ForgetTargets.build(record_ids=[copy]), "erasediff", out, progress=False)
+    assert not out.exists() and not (tmp_path / "erased.checkpoints").exists()
+
+
+def test_an_image_the_retained_data_still_holds_is_left_out_of_the_unlearning_task(digits, base_model):
+    """Ordinary records plus one copy of a 40-copy canary: the copy is purged but not unlearned, and
+    its kind (marked sevens) does not enter the stop's reference."""
+    plain = [r.record_id for r in digits.train if r.subject_id != "subject-canary"][:20]
+    copy = next(r for r in digits.train if r.subject_id == "subject-canary").record_id
+    task = task_from_selection(digits, select(digits, ForgetTargets.build(record_ids=[*plain, copy])), base_model)
+    assert task.forget.record_ids == plain
+    assert task.reference is not None and task.reference_weights is not None
+    assert len(task.reference_weights) == len(task.reference) == len(task.reference.distinct())
+    assert float(task.reference_weights.mean()) == pytest.approx(1.0)
+    marked = {r.sha256 for r in digits.holdout if r.caption.endswith("corner mark")}
+    assert not marked & set(task.reference.sha256)
+
+
 def test_calibrated_stop_requires_reference(canary_task):
     no_ref = type(canary_task)(
         base=canary_task.base, retain=canary_task.retain, forget=canary_task.forget, scope="records", reference=None
     )
     with pytest.raises(ConfigError, match="needs hold-out reference"):
         make_unlearner("erasediff", {"stop": "calibrated"}).run(no_ref, progress=False)
+
+
+def test_the_stops_level_is_the_reference_weighted_to_the_forget_sets_mix(canary_task):
+    from unlearn_lib.data.tensors import to_model_space
+    from unlearn_lib.models.objectives import ForwardProcess, per_sample_denoising_error
+    from unlearn_lib.unlearning.calibration import CalibratedStop
+
+    model = canary_task.base
+    fp = ForwardProcess(model.scheduler, model.device)
+    ref = canary_task.reference.distinct()
+
+    def stop(reference, weights=None):
+        return CalibratedStop(
+            canary_task.forget, reference, fp, model.device, [50, 100], 2, 0, True, "any", weights
+        ).measure(model.unet)
+
+    # Weights that pick out the first three images read exactly those three images' errors.
+    picked = torch.zeros(len(ref))
+    picked[:3] = 1.0
+    x = to_model_space(ref.images).to(model.device)
+    errors = per_sample_denoising_error(model.unet.eval(), fp, x, ref.labels.to(model.device), [50, 100], 2, 0)
+    assert stop(ref, picked)["reference_error"] == pytest.approx(float(errors[:3].mean()), rel=1e-5)
+    assert stop(ref)["reference_error"] == pytest.approx(float(errors.mean()), rel=1e-5)
+    assert stop(ref, torch.full((len(ref),), 3.0)) == stop(ref)  # only their proportions count
+    with pytest.raises(ValueError, match="weights for"):
+        stop(ref, torch.ones(len(ref) + 1))
 
 
 def test_a_stop_that_cannot_land_fails_early_naming_why_and_writes_nothing(

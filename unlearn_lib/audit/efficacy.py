@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,12 @@ class ClassSamples:
         i = self.classes.index(c)
         sl = slice(i * self.per_class, (i + 1) * self.per_class)
         return self.images[sl], self.probs[sl]
+
+    def images_of(self, classes: Iterable[int]) -> torch.Tensor:
+        """The samples conditioned on any of `classes`, in grid order."""
+        wanted = set(classes)
+        mask = torch.tensor([c in wanted for c in self.classes]).repeat_interleave(self.per_class)
+        return self.images[mask]
 
 
 def generate_class_samples(

@@ -83,6 +83,13 @@ class MembershipResult:
     fpr: list[float]
     tpr: list[float]
     null_std: float  # std of the AUC under "no membership signal" for these sample sizes
+    # The non-members' weights (mean 1) giving them the members' mix of kinds; None: all equal.
+    nonmember_weights: list[float] | None = None
+
+    @property
+    def nonmembers_effective(self) -> float:
+        """Kish's effective number of non-members: what the weighted reference is worth."""
+        return _effective_size(self.nonmember_weights, len(self.nonmember_errors))
 
     def to_dict(self) -> dict:
         return {
@@ -92,10 +99,18 @@ class MembershipResult:
             "per_timestep_auc": {str(k): v for k, v in self.per_timestep_auc.items()},
             "members": len(self.member_errors),
             "nonmembers": len(self.nonmember_errors),
+            "nonmembers_effective": round(self.nonmembers_effective, 2),
             "null_std": self.null_std,
             "member_error_mean": float(np.mean(self.member_errors)),
-            "nonmember_error_mean": float(np.mean(self.nonmember_errors)),
+            "nonmember_error_mean": float(np.average(self.nonmember_errors, weights=self.nonmember_weights)),
         }
+
+
+def _effective_size(weights: list[float] | None, n: int) -> float:
+    if weights is None:
+        return float(n)
+    w = np.asarray(weights, dtype=float)
+    return float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
 
 
 def auc_null_std(n_members: int, n_nonmembers: int) -> float:
@@ -103,14 +118,36 @@ def auc_null_std(n_members: int, n_nonmembers: int) -> float:
     return math.sqrt((n_members + n_nonmembers + 1) / (12.0 * n_members * n_nonmembers))
 
 
-def _membership(scores_m: torch.Tensor, scores_n: torch.Tensor, per_t: dict[int, float]) -> MembershipResult:
-    """ROC of scores where lower means member."""
+def _sample_weight(n_members: int, nonmember_weights: torch.Tensor | None) -> np.ndarray | None:
+    if nonmember_weights is None:
+        return None
+    w = nonmember_weights.double().numpy()
+    return np.r_[np.ones(n_members), w * len(w) / w.sum()]
+
+
+def _auc(scores_m: torch.Tensor, scores_n: torch.Tensor, nonmember_weights: torch.Tensor | None = None) -> float:
+    """ROC AUC of scores where lower means member, the non-members weighted to the members' mix."""
     y = np.r_[np.ones(len(scores_m)), np.zeros(len(scores_n))]
     score = -np.r_[scores_m.numpy(), scores_n.numpy()]
-    fpr, tpr, _ = roc_curve(y, score)
-    low = max(0.01, 1.0 / len(scores_n))
+    return float(roc_auc_score(y, score, sample_weight=_sample_weight(len(scores_m), nonmember_weights)))
+
+
+def _membership(
+    scores_m: torch.Tensor,
+    scores_n: torch.Tensor,
+    per_t: dict[int, float],
+    nonmember_weights: torch.Tensor | None = None,
+) -> MembershipResult:
+    """ROC of scores where lower means member (non-members weighted by ``nonmember_weights``)."""
+    y = np.r_[np.ones(len(scores_m)), np.zeros(len(scores_n))]
+    score = -np.r_[scores_m.numpy(), scores_n.numpy()]
+    weight = _sample_weight(len(scores_m), nonmember_weights)
+    fpr, tpr, _ = roc_curve(y, score, sample_weight=weight)
+    weights = None if weight is None else weight[len(scores_m) :].tolist()
+    n_eff = _effective_size(weights, len(scores_n))
+    low = max(0.01, 1.0 / n_eff)
     return MembershipResult(
-        auc=float(roc_auc_score(y, score)),
+        auc=float(roc_auc_score(y, score, sample_weight=weight)),
         tpr_at_low_fpr=float(tpr[fpr <= low + 1e-12].max()),
         low_fpr=low,
         per_timestep_auc=per_t,
@@ -118,7 +155,9 @@ def _membership(scores_m: torch.Tensor, scores_n: torch.Tensor, per_t: dict[int,
         nonmember_errors=scores_n.tolist(),
         fpr=fpr.tolist(),
         tpr=tpr.tolist(),
-        null_std=auc_null_std(len(scores_m), len(scores_n)),
+        # Weighted non-members are worth their effective number for the AUC's spread.
+        null_std=auc_null_std(len(scores_m), max(1, round(n_eff))),
+        nonmember_weights=weights,
     )
 
 
@@ -140,7 +179,12 @@ def pia_scores(model: DiffusionModel, images: TensorSet, timestep: int, batch_si
 
 
 def pia_attack(
-    model: DiffusionModel, members: TensorSet, nonmembers: TensorSet, timestep: int, batch_size: int = 256
+    model: DiffusionModel,
+    members: TensorSet,
+    nonmembers: TensorSet,
+    timestep: int,
+    batch_size: int = 256,
+    nonmember_weights: torch.Tensor | None = None,
 ) -> MembershipResult:
     """PIA (Kong et al., ICLR 2024): the proximal initialization attack.
 
@@ -151,7 +195,7 @@ def pia_attack(
     """
     sm = pia_scores(model, members, timestep, batch_size)
     sn = pia_scores(model, nonmembers, timestep, batch_size)
-    result = _membership(sm, sn, {})
+    result = _membership(sm, sn, {}, nonmember_weights)
     result.per_timestep_auc = {timestep: result.auc}
     return result
 
@@ -174,11 +218,21 @@ def loss_scores(
 
 
 def loss_attack(
-    model: DiffusionModel, members: TensorSet, nonmembers: TensorSet, timesteps: list[int], noise_draws: int, seed: int
+    model: DiffusionModel,
+    members: TensorSet,
+    nonmembers: TensorSet,
+    timesteps: list[int],
+    noise_draws: int,
+    seed: int,
+    nonmember_weights: torch.Tensor | None = None,
 ) -> MembershipResult:
-    """Score distinct member and non-member images by their denoising error (lower: member)."""
+    """Score distinct member and non-member images by their denoising error (lower: member).
+
+    ``nonmember_weights`` (one per non-member image) give the hold-out images the members' mix of
+    kinds (``data.selection.composition_weights``): unweighted, a few hard-to-denoise kinds in the
+    reference make ordinary members look memorized.
+    """
     em = loss_scores(model, members, timesteps, noise_draws, seed)
     en = loss_scores(model, nonmembers, timesteps, noise_draws, seed)
-    y = np.r_[np.ones(len(em)), np.zeros(len(en))]
-    per_t = {t: float(roc_auc_score(y, -np.r_[em[:, j].numpy(), en[:, j].numpy()])) for j, t in enumerate(timesteps)}
-    return _membership(em.mean(1), en.mean(1), per_t)
+    per_t = {t: _auc(em[:, j], en[:, j], nonmember_weights) for j, t in enumerate(timesteps)}
+    return _membership(em.mean(1), en.mean(1), per_t, nonmember_weights)

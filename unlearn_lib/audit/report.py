@@ -329,6 +329,16 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
             ("code", f"{sel['forget_set_sha256'][:16]}…"),
             ("", f"; retained: {sel['retain']} records"),
         ],
+    ]
+    if still := sel.get("forget_still_retained"):
+        shown = ", ".join(still[:5]) + (", ..." if len(still) > 5 else "")
+        lines.append(
+            [
+                ("strong", f"{len(still)} forget record(s) not measured: "),
+                ("", f"{shown} hold images that retained records also hold, so no erasure can remove them"),
+            ]
+        )
+    lines += [
         [
             ("", "dataset: "),
             ("code", record["dataset"]["path"]),

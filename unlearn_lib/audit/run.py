@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..data.manifest import Dataset, load_dataset
-from ..data.selection import ForgetTargets, Selection, select
+from ..data.selection import ForgetTargets, Selection, composition_weights, distinct_records, select
 from ..data.tensors import TensorSet
 from ..errors import ConfigError, ModelError
 from ..models.diffusion import DiffusionModel
@@ -117,8 +117,12 @@ def measure_model(
     progress: bool,
     lookalikes: TensorSet | None,
     retained_classes: list[int],
+    reference_weights: torch.Tensor | None = None,
 ) -> ModelMeasurements:
-    """``retained_classes``: the base model's (every model is judged on the same classes)."""
+    """``retained_classes``: the base model's (every model is judged on the same classes).
+
+    ``reference_weights``: one per ``reference`` image, giving it the forget set's mix of kinds.
+    """
     t0 = time.perf_counter()
     m = ModelMeasurements(role=role, path=str(path), sha256=model_digest(path))
     scope = selection.scope
@@ -147,10 +151,7 @@ def measure_model(
             m.figures["forgotten_entropy"] = sum(figs.forgotten_entropy.values()) / len(figs.forgotten_entropy)
         else:
             m.figures["forget_class_accuracy"] = sum(figs.accuracy[c] for c in forget_labels) / len(forget_labels)
-        keep = torch.tensor([c in retained_classes for c in m.class_samples.classes]).repeat_interleave(
-            m.class_samples.per_class
-        )
-        gen_retained = m.class_samples.images[keep]
+        gen_retained = m.class_samples.images_of(retained_classes)
     else:
         n = params.samples_per_class * max(1, dataset.num_classes)
         m.uncond_samples = sample(
@@ -172,7 +173,7 @@ def measure_model(
         assert neighbourhood is not None
         m.extraction = extraction_of(model, forget_distinct, neighbourhood, params, progress)
         if reference is not None and len(reference):
-            m.membership, m.pia = membership_attacks(model, forget_distinct, reference, params)
+            m.membership, m.pia = membership_attacks(model, forget_distinct, reference, params, reference_weights)
     m.seconds = time.perf_counter() - t0
     return m
 
@@ -200,12 +201,28 @@ def extraction_of(
     return extraction_test(forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k)
 
 
+def _kish(weights: torch.Tensor) -> float:
+    return float(weights.sum() ** 2 / (weights**2).sum().clamp(min=1e-12))
+
+
 def membership_attacks(
-    model: DiffusionModel, forget: TensorSet, reference: TensorSet, params: AuditParams
+    model: DiffusionModel,
+    forget: TensorSet,
+    reference: TensorSet,
+    params: AuditParams,
+    reference_weights: torch.Tensor | None = None,
 ) -> tuple[MembershipResult, MembershipResult]:
     """The loss attack (the audit's timesteps, noise draws and seed) and PIA, forget vs. reference."""
-    loss = loss_attack(model, forget, reference, params.mia_timesteps, params.mia_noise_draws, params.membership_seed)
-    return loss, pia_attack(model, forget, reference, params.pia_timestep)
+    loss = loss_attack(
+        model,
+        forget,
+        reference,
+        params.mia_timesteps,
+        params.mia_noise_draws,
+        params.membership_seed,
+        nonmember_weights=reference_weights,
+    )
+    return loss, pia_attack(model, forget, reference, params.pia_timestep, nonmember_weights=reference_weights)
 
 
 def member_statistics(model: DiffusionModel, forget: TensorSet, params: AuditParams) -> tuple[list, list]:
@@ -717,6 +734,8 @@ def run_audit(
     t_start = time.perf_counter()
     dataset = load_dataset(dataset_dir)
     selection = select(dataset, targets, strict=strict)
+    # Images that retained records still hold stay learned whatever the method did: not measured.
+    erasable = selection.erasable_or_refuse()
     dev = pick_device(device)
     models = {
         "base": (base_dir, DiffusionModel.load(base_dir, device=dev)),
@@ -759,14 +778,16 @@ def run_audit(
     holdout_retain = TensorSet.from_records(
         dataset, [r for r in selection.holdout if not conditional or r.label in retained]
     )
-    forget_distinct = TensorSet.from_records(dataset, selection.forget).distinct()
+    forget_distinct = TensorSet.from_records(dataset, erasable).distinct()
     lookalike_records = selection.lookalikes() if selection.scope != "class" else []
     lookalikes = TensorSet.from_records(dataset, lookalike_records) if lookalike_records else None
     # The audit's half of the hold-out reference: no algorithm calibrated on these images.
-    ref_records = selection.reference(
-        params.reference_min, part="audit", same_caption_min=params.reference_same_caption_min
+    ref_records = distinct_records(
+        selection.reference(params.reference_min, part="audit", same_caption_min=params.reference_same_caption_min)
     )
-    reference = TensorSet.from_records(dataset, ref_records).distinct() if ref_records else None
+    reference = TensorSet.from_records(dataset, ref_records) if ref_records else None
+    # Weighted to the forget set's mix of kinds, so that a few hard kinds do not set the bar.
+    ref_weights = torch.tensor(composition_weights(erasable, ref_records)) if ref_records else None
     train_pool = TensorSet.from_records(dataset, dataset.train)
     neighbourhood = None
     if selection.scope != "class":
@@ -789,6 +810,7 @@ def run_audit(
             progress,
             lookalikes,
             retained,
+            ref_weights,
         )
         for role, (path, mdl) in models.items()
     }
@@ -825,7 +847,12 @@ def run_audit(
         },
         "dataset": {"path": str(dataset_dir), "digest": dataset.digest()},
         "selection": {k: v for k, v in selection.summary().items()},
-        "reference": {"records": len(reference) if reference is not None else 0, "part": "audit"},
+        "reference": {
+            "records": len(reference) if reference is not None else 0,
+            "part": "audit",
+            # Kish's effective size of the reference once weighted to the forget set's mix of kinds.
+            "effective_records": round(_kish(ref_weights), 2) if ref_weights is not None else 0,
+        },
         "params": params.to_dict(),
         # Every setting looser than the defaults, kept with the verdict it produced.
         "relaxed": relaxations(params),

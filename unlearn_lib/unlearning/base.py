@@ -36,6 +36,9 @@ class UnlearningTask:
     scope: Scope
     # Hold-out records never trained on that resemble the forget set (calibration, audits).
     reference: TensorSet | None = None
+    # One weight per reference image (distinct images, mean 1) giving it the forget set's mix of
+    # kinds (``data.selection.composition_weights``); None: all equal.
+    reference_weights: torch.Tensor | None = None
     forget_labels: list[int] = field(default_factory=list)
     # Classes erased by earlier deletions in the base model's lineage: never a retained class or a
     # remap target, and kept forgotten by algorithms that can (EraseDiff's ``keep_forgotten``).

@@ -5,7 +5,9 @@ error *higher* than that of unseen records, so they stand out as deleted (a memb
 leak of who asked). The stop compares the denoising error of the forget images with that of
 hold-out images like them, on fixed noise at each calibration timestep, and fires when the
 forget error reaches ``(1 + margin)`` times the hold-out error at any one of them (rule
-``any``; ``mean`` compares their averages, which let the smallest timestep overshoot).
+``any``; ``mean`` compares their averages, which let the smallest timestep overshoot). The
+hold-out error is weighted to the forget set's mix of kinds (``reference_weights``, see
+``data.selection.composition_weights``).
 
 The look-alikes are the hold-out records that share the forget records' caption (the marked
 canaries' own kind) when the calibration half holds at least ``SAME_CAPTION_MIN`` of them.
@@ -48,12 +50,21 @@ class CalibratedStop:
         seed: int,
         conditional: bool,
         rule: str = "any",
+        reference_weights: torch.Tensor | None = None,
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"calibration rule must be one of {', '.join(RULES)}, got {rule!r}")
         self.rule = rule
         self.forget = forget.distinct()
         self.reference = reference.distinct()
+        if reference_weights is None:
+            reference_weights = torch.ones(len(self.reference))
+        if len(reference_weights) != len(self.reference):
+            raise ValueError(
+                f"{len(reference_weights)} reference weights for {len(self.reference)} distinct reference images"
+            )
+        # The level is the weighted mean error: the hold-out reference in the forget set's mix of kinds.
+        self.weights = (reference_weights.float() / reference_weights.float().sum()).to(device)
         self.fp, self.timesteps, self.draws, self.seed = fp, timesteps, noise_draws, seed
         self.xf = to_model_space(self.forget.images).to(device)
         self.xr = to_model_space(self.reference.images).to(device)
@@ -61,8 +72,8 @@ class CalibratedStop:
         self.yr = self.reference.labels.clamp(min=0).to(device) if conditional else None
 
     def _errors(self, unet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Mean denoising error at each calibration timestep, ``[len(timesteps)]``."""
-        return per_sample_denoising_error(unet, self.fp, x, y, self.timesteps, self.draws, self.seed).mean(0)
+        """Per image and calibration timestep denoising error, ``[N, len(timesteps)]``."""
+        return per_sample_denoising_error(unet, self.fp, x, y, self.timesteps, self.draws, self.seed)
 
     def measure(self, unet: torch.nn.Module) -> dict:
         """The forget and hold-out errors, and ``ratio``: the stop fires once it reaches the level.
@@ -72,9 +83,9 @@ class CalibratedStop:
         """
         was_training = unet.training
         unet.eval()
-        forget_t = self._errors(unet, self.xf, self.yf)
+        forget_t = self._errors(unet, self.xf, self.yf).mean(0)
         # Hold-out error moves little while forgetting, but it is cheap: measure it each time.
-        reference_t = self._errors(unet, self.xr, self.yr)
+        reference_t = (self.weights[:, None] * self._errors(unet, self.xr, self.yr)).sum(0)
         if was_training:
             unet.train()
         forget, reference = float(forget_t.mean()), float(reference_t.mean())
@@ -128,6 +139,8 @@ class CalibratedStop:
             "noise_draws": self.draws,
             "forget_images": len(self.forget),
             "reference_images": len(self.reference),
+            # Kish's effective sample size: how many equally weighted images the weighted level is worth.
+            "reference_effective_images": round(float(1.0 / (self.weights**2).sum()), 2),
         }
 
 

@@ -801,6 +801,7 @@ class EraseDiff(Unlearner):
             cfg.seed,
             task.base.conditional,
             cfg.calibrate_rule,
+            task.reference_weights,
         )
 
 

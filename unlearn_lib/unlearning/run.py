@@ -13,7 +13,14 @@ import torch
 
 from .. import __version__
 from ..data.manifest import Dataset, load_dataset
-from ..data.selection import SAME_CAPTION_MIN, ForgetTargets, Selection, select
+from ..data.selection import (
+    SAME_CAPTION_MIN,
+    ForgetTargets,
+    Selection,
+    composition_weights,
+    distinct_records,
+    select,
+)
 from ..data.tensors import TensorSet
 from ..models.accel import is_main_process, wait_for_everyone
 from ..models.diffusion import DiffusionModel
@@ -48,15 +55,20 @@ def task_from_selection(
     if prior is None:
         selection, prior = exclude_prior(selection, base.meta.lineage)
     # The calibration half of the hold-out reference: the audit judges with the other half.
-    reference = selection.reference(reference_min, part="calibration", same_caption_min=SAME_CAPTION_MIN)
+    reference = distinct_records(
+        selection.reference(reference_min, part="calibration", same_caption_min=SAME_CAPTION_MIN)
+    )
+    erasable = selection.erasable_or_refuse()
     held = [r for r in prior.excluded_train if r.label in set(prior.erased_labels)]
     # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
     again = set(selection.forget_labels) if selection.scope == "class" else set()
     return UnlearningTask(
         base=base,
         retain=TensorSet.from_records(dataset, selection.retain),
-        forget=TensorSet.from_records(dataset, selection.forget),
+        # Images the retained data still holds stay learned, as in a model retrained without the records.
+        forget=TensorSet.from_records(dataset, erasable),
         reference=TensorSet.from_records(dataset, reference) if reference else None,
+        reference_weights=torch.tensor(composition_weights(erasable, reference)) if reference else None,
         scope=selection.scope,
         forget_labels=selection.forget_labels if selection.scope == "class" else [],
         erased_labels=[c for c in prior.erased_labels if c not in again],
