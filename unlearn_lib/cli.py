@@ -298,8 +298,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     )
     if still := sel.get("forget_still_retained"):
         print(
-            f"note: {len(still)} of them ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}) hold images "
-            "that retained records also hold: deleted from the data, but the model keeps learning them from "
+            f"note: {len(still)} of them ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}) share their "
+            "image with retained records: deleted from the data, but the model keeps learning the image from "
             "the other records (not unlearned, not audited)"
         )
     return 0
