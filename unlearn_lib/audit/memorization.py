@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ..data.selection import effective_size
 from ..data.tensors import TensorSet, to_model_space
 from ..measures.distances import extraction_ratios
 from ..measures.distances import flat01 as _flat01  # noqa: F401  (report.py takes it from here)
@@ -107,10 +108,7 @@ class MembershipResult:
 
 
 def _effective_size(weights: list[float] | None, n: int) -> float:
-    if weights is None:
-        return float(n)
-    w = np.asarray(weights, dtype=float)
-    return float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
+    return float(n) if weights is None else effective_size(weights)
 
 
 def auc_null_std(n_members: int, n_nonmembers: int) -> float:

@@ -20,7 +20,14 @@ import torch
 
 from .. import __version__
 from ..data.manifest import Dataset, load_dataset
-from ..data.selection import ForgetTargets, Selection, composition_weights, distinct_records, select
+from ..data.selection import (
+    ForgetTargets,
+    Selection,
+    composition_weights,
+    distinct_records,
+    effective_size,
+    select,
+)
 from ..data.tensors import TensorSet
 from ..errors import ConfigError, ModelError
 from ..models.diffusion import DiffusionModel
@@ -199,10 +206,6 @@ def extraction_of(
         progress=progress,
     )
     return extraction_test(forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k)
-
-
-def _kish(weights: torch.Tensor) -> float:
-    return float(weights.sum() ** 2 / (weights**2).sum().clamp(min=1e-12))
 
 
 def membership_attacks(
@@ -851,7 +854,7 @@ def run_audit(
             "records": len(reference) if reference is not None else 0,
             "part": "audit",
             # Kish's effective size of the reference once weighted to the forget set's mix of kinds.
-            "effective_records": round(_kish(ref_weights), 2) if ref_weights is not None else 0,
+            "effective_records": round(effective_size(ref_weights.tolist()), 2) if ref_weights is not None else 0,
         },
         "params": params.to_dict(),
         # Every setting looser than the defaults, kept with the verdict it produced.

@@ -99,7 +99,7 @@ class Selection:
         hold-out's; 1.00x without it). They are purged with the rest but left out of the unlearning
         task and of the audit's memorization tests, and counted in :meth:`summary`.
         """
-        kept = {r.sha256 for r in self.retain}
+        kept = self._retained_images()
         return [r for r in self.forget if r.sha256 in kept]
 
     def erasable_or_refuse(self) -> list[Record]:
@@ -121,8 +121,11 @@ class Selection:
     @property
     def erasable(self) -> list[Record]:
         """The forget records whose image leaves the training data with them (see :attr:`still_retained`)."""
-        kept = {r.sha256 for r in self.retain}
+        kept = self._retained_images()
         return [r for r in self.forget if r.sha256 not in kept]
+
+    def _retained_images(self) -> set[str]:
+        return {r.sha256 for r in self.retain}
 
     def summary(self) -> dict:
         return {
@@ -204,6 +207,13 @@ def distinct_records(records: Sequence[Record]) -> list[Record]:
 def record_kind(record: Record) -> str:
     """What a record is an instance of, when a reference is matched to a forget set: its caption, else its label."""
     return f"caption: {record.caption}" if record.caption else f"label: {record.label}"
+
+
+def effective_size(weights: Sequence[float]) -> float:
+    """Kish's effective sample size of weighted observations: what equally weighted ones they are worth."""
+    total = float(sum(weights))
+    squares = float(sum(w * w for w in weights))
+    return total * total / squares if squares > 0 else 0.0
 
 
 def composition_weights(forget: Sequence[Record], reference: Sequence[Record]) -> list[float]:

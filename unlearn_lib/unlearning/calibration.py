@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.selection import effective_size
 from ..data.tensors import TensorSet, to_model_space
 from ..measures.distances import extraction_ratios, neighbourhood_distance
 from ..models.diffusion import DiffusionModel
@@ -140,7 +141,7 @@ class CalibratedStop:
             "forget_images": len(self.forget),
             "reference_images": len(self.reference),
             # Kish's effective sample size: how many equally weighted images the weighted level is worth.
-            "reference_effective_images": round(float(1.0 / (self.weights**2).sum()), 2),
+            "reference_effective_images": round(effective_size(self.weights.tolist()), 2),
         }
 
 
