@@ -103,7 +103,7 @@ class Judge:
         self.real = RealReference(EvaluatorFeatures(evaluator), real.images, seed=self.params.seed)
 
     def extracted(self, model: DiffusionModel) -> dict[str, Any]:
-        res = extraction_of(model, self.canaries, self.neighbourhood, self.params)
+        res, _ = extraction_of(model, self.canaries, self.neighbourhood, self.params)
         return {"extracted": res.extracted, "records": len(res.ratios), "min_ratio": round(min(res.ratios), 3)}
 
     def __call__(self, model: DiffusionModel, erased: list[int], subject_deleted: bool) -> dict[str, Any]:

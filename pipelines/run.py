@@ -96,7 +96,8 @@ def preflight(settings: Settings, batch: DeletionBatch, dataset_rev: str) -> str
     if settings.s3_bucket:
         store_from_settings(settings).check()
     check_model_registered(settings)
-    select(ws.dataset(rev), batch.targets, strict=True)
+    # A batch whose every image stays under retained records would be purged, then refused by unlearning.
+    select(ws.dataset(rev), batch.targets, strict=True).erasable_or_refuse()
     return rev
 
 

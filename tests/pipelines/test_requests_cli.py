@@ -121,6 +121,14 @@ def test_intake_queues_a_valid_request_and_stores_refused_ones_rejected(register
             {"targets": {"labels": list(range(10))}},
             "the deletion targets select every training record; nothing would remain",
         ),
+        # One of a canary's 40 uploads: its image stays in the data under the other 39. Refused
+        # at intake, before a purge that the unlearning step would then refuse to follow.
+        "REQ-COPY": (
+            {"targets": {"record_ids": ["canary-0-copy-01"]}},
+            "every forget record's image is also held by a retained record (canary-0-copy-01): deleting "
+            "them leaves the images in the training data, so there is nothing to unlearn; name the records "
+            "holding the same images too",
+        ),
     }
     files = [write(tmp_path / "REQ-1.json", request("REQ-1"))]
     files += [write(tmp_path / f"{rid}.json", request(rid, **change)) for rid, (change, _) in refusals.items()]
@@ -159,6 +167,25 @@ def test_intake_queues_a_valid_request_and_stores_refused_ones_rejected(register
     assert refused(changed) == (
         "request REQ-1 already exists (pending) with other content; a request ID names one request"
     )
+
+
+def test_preflight_refuses_a_batch_whose_images_all_stay_before_anything_is_purged(registered):
+    """The same check again just before a run (a request queued earlier may meet it there)."""
+    from pipelines.run import preflight
+    from unlearn_lib.errors import SelectionError
+    from unlearn_lib.requests import DeletionBatch
+    from unlearn_lib.workspace import Workspace
+
+    ws = Workspace(registered)
+    served = ws.served()
+    copies = request("REQ-PRE", targets={"record_ids": ["canary-0-copy-01", "canary-0-copy-02"]})
+    with pytest.raises(SelectionError, match=r"^every forget record's image is also held by a retained record"):
+        preflight(Settings(workspace=str(registered)), DeletionBatch((parse_request(copies),)), "HEAD")
+    assert ws.served() == served  # nothing purged, nothing published
+    # With a record whose image does leave the data, the batch may run (the copy is purged beside it).
+    plain = next(r.record_id for r in ws.dataset(served).train if r.record_id.startswith("digits-"))
+    mixed = request("REQ-PRE2", targets={"record_ids": ["canary-0-copy-01", plain]})
+    assert preflight(Settings(workspace=str(registered)), DeletionBatch((parse_request(mixed),)), "HEAD") == served
 
 
 def test_malformed_input_is_refused_in_one_line_and_nothing_is_stored(registered, tmp_path):

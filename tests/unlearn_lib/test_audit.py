@@ -24,7 +24,7 @@ from unlearn_lib.audit import (
     train_evaluator,
     validate_record,
 )
-from unlearn_lib.audit.memorization import auc_null_std
+from unlearn_lib.audit.memorization import auc_null_std, chance_allowance
 from unlearn_lib.data import ForgetTargets, TensorSet, load_dataset
 from unlearn_lib.errors import ConfigError, UnlearnError
 from unlearn_lib.unlearning import erase
@@ -80,10 +80,52 @@ def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluato
     m = {x.name: x for x in res.metrics}
     assert not res.passed
     assert m["extracted_records"].value == 3 and m["extracted_records"].passed is False
+    # The chance control, the canaries' marked look-alikes in the hold-out, passes nowhere against
+    # the same samples: no allowance, the strict count stands.
+    control = m["extracted_records"].details["control"]
+    assert control["records"] > 0 and control["extracted"]["unlearned"] == 0 and control["allowance"] == 0
+    assert m["extracted_records"].threshold["value"] == 0
     assert m["mia_auc"].value > 0.9 and m["mia_auc"].status == "FAIL"  # too weak to pass, strong enough to fail
     # The second attack (PIA), which nothing in the method calibrates against, sees them too.
     print("PIA on the base:", m["pia_auc"].value, m["pia_tpr_at_low_fpr"].value)
     assert m["pia_auc"].value > 0.9 and m["pia_auc"].passed is None  # reported, not gated
+
+
+@pytest.mark.long
+def test_the_untouched_base_model_never_passes_a_memorization_gate_outright(
+    base_model_dir, digits_dir, evaluator_dir, tmp_path
+):
+    """Ordinary records (one plain copy each): the base model, audited as if it had erased them.
+
+    It barely memorized them, so it sits inside the membership tolerance and its extraction hits
+    are of the order of never-seen records'. A gate it passes as well shows nothing was erased:
+    each memorization gate reads FAIL or INCONCLUSIVE, never PASS.
+    """
+    digits = load_dataset(digits_dir)
+    plain = [r.record_id for r in digits.train if r.record_id.startswith("digits-") and "mark" not in r.caption]
+    plain = plain[::37][:34]
+    res = audit(
+        base_model_dir,
+        base_model_dir,
+        digits_dir,
+        ForgetTargets.build(record_ids=plain),
+        tmp_path / "a",
+        evaluator_dir,
+        extraction_samples=500,
+    )
+    m = {x.name: x for x in res.metrics}
+    print({n: (m[n].value, m[n].status, m[n].details.get("control")) for n in ("extracted_records", "mia_auc")})
+    for name in ("extracted_records", "mia_auc"):
+        assert m[name].status in ("FAIL", "INCONCLUSIVE"), m[name].to_dict()
+        if m[name].status == "INCONCLUSIVE":
+            assert "base model, trained on these records, passes it too" in m[name].inconclusive
+    ex = m["extracted_records"]
+    control = ex.details["control"]
+    # The control: the audit's hold-out half, of the forget records' classes, never trained on.
+    assert control["records"] >= 16
+    expected = chance_allowance(control["extracted"]["unlearned"], control["records"], len(plain))
+    assert control["allowance"] == expected and ex.threshold["value"] == expected
+    assert "INCONCLUSIVE" in (tmp_path / "a" / "report.md").read_text()
 
 
 def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
@@ -538,6 +580,18 @@ def test_fid_and_kid_through_torchmetrics_behave():
     assert ref.measure(shifted[:50])["kid"] > 0.01
     with pytest.raises(UnlearnError, match="at least 2 generated images"):
         ref.measure(shifted[:1])
+
+
+def test_extraction_is_read_against_never_seen_records_of_the_same_kind():
+    # No control hit allows nothing, whatever the sizes: one extracted canary of three still fails.
+    assert chance_allowance(0, 16, 3) == 0 and chance_allowance(0, 60, 34) == 0
+    # Ordinary digits: 1 of 60 never-seen records passes by chance; of 34 records, up to 2 may too
+    # (at rate 1/60, P(X <= 1) = 0.89 < 0.95 <= P(X <= 2) = 0.98).
+    assert chance_allowance(1, 60, 34) == 2
+    assert chance_allowance(1, 60, 3) == 0  # P(X = 0) = 0.95 at 3 records
+    assert chance_allowance(6, 60, 34) > chance_allowance(1, 60, 34)  # a higher rate allows more
+    assert chance_allowance(1, 60, 0) == 0 and chance_allowance(1, 0, 5) == 0
+    assert chance_allowance(60, 60, 7) == 7  # every control passes: the test tells nothing apart
 
 
 def test_extraction_ratio_counts_near_copies_only():

@@ -73,6 +73,25 @@ def extraction_test(
     )
 
 
+def chance_allowance(control_hits: int, control_records: int, records: int, level: float = 0.95) -> int:
+    """How many of ``records`` may pass the extraction criterion by chance alone.
+
+    The control: hold-out records of the same kind, never trained on, tested against the same
+    samples. ``control_hits`` of ``control_records`` passing is the criterion's false-positive rate
+    for that kind; the allowance is the ``level`` quantile of Binomial(``records``, that rate).
+    The rate is the plain share: a control with no hit allows nothing, so a distinctive kind
+    (canaries, whose look-alikes are never near a sample) keeps the strict "no record extracted".
+    On ordinary 8x8 digits 1 of 60 never-seen records passes against the original model's 500
+    samples per class, and a model retrained without a random 2% of the records "extracted" 1 of
+    them: the strict count failed the gold standard itself.
+    """
+    if records <= 0 or control_records <= 0 or control_hits <= 0:
+        return 0
+    from scipy.stats import binom
+
+    return int(binom.ppf(level, records, min(1.0, control_hits / control_records)))
+
+
 @dataclass
 class MembershipResult:
     auc: float

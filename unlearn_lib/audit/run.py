@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.manifest import Dataset, load_dataset
+from ..data.manifest import Dataset, Record, load_dataset
 from ..data.selection import (
     ForgetTargets,
     Selection,
@@ -42,6 +42,7 @@ from .gates import HARD_LIMITS, AuditParams, Metric, gate, hard_limit_metric, me
 from .memorization import (
     ExtractionResult,
     MembershipResult,
+    chance_allowance,
     extraction_test,
     loss_attack,
     loss_scores,
@@ -73,6 +74,9 @@ class ModelMeasurements:
     uncond_probs: torch.Tensor | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     extraction: ExtractionResult | None = None
+    # Hold-out records of the forget records' kind, never trained on, against the same samples:
+    # how often the extraction criterion passes by chance (memorization.chance_allowance).
+    control: ExtractionResult | None = None
     membership: MembershipResult | None = None
     pia: MembershipResult | None = None
     seconds: float = 0.0
@@ -125,8 +129,11 @@ def measure_model(
     lookalikes: TensorSet | None,
     retained_classes: list[int],
     reference_weights: torch.Tensor | None = None,
+    control: tuple[TensorSet, torch.Tensor] | None = None,
 ) -> ModelMeasurements:
     """``retained_classes``: the base model's (every model is judged on the same classes).
+
+    ``control``: hold-out images for the extraction test's chance rate, and their neighbourhood.
 
     ``reference_weights``: one per ``reference`` image, giving it the forget set's mix of kinds.
     """
@@ -178,7 +185,7 @@ def measure_model(
         m.figures["lookalike_records"] = len(lookalikes)
     if scope != "class":
         assert neighbourhood is not None
-        m.extraction = extraction_of(model, forget_distinct, neighbourhood, params, progress)
+        m.extraction, m.control = extraction_of(model, forget_distinct, neighbourhood, params, progress, control)
         if reference is not None and len(reference):
             m.membership, m.pia = membership_attacks(model, forget_distinct, reference, params, reference_weights)
     m.seconds = time.perf_counter() - t0
@@ -191,8 +198,13 @@ def extraction_of(
     neighbourhood: torch.Tensor,
     params: AuditParams,
     progress: bool = False,
-) -> ExtractionResult:
-    """The audit's extraction test of ``model`` on the forget images (``neighbourhood``: theirs)."""
+    control: tuple[TensorSet, torch.Tensor] | None = None,
+) -> tuple[ExtractionResult, ExtractionResult | None]:
+    """The audit's extraction test of ``model`` on the forget images (``neighbourhood``: theirs).
+
+    With ``control`` (hold-out images and their neighbourhood), the same test on them against
+    the same samples: what passes by chance.
+    """
     # Conditional models are asked for the forget records' classes, extraction_samples each.
     labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
     y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)]) if labels else None
@@ -205,7 +217,25 @@ def extraction_of(
         seed=params.seed + 1,
         progress=progress,
     )
-    return extraction_test(forget_distinct, neighbourhood, generated, params.extraction_alpha, params.extraction_k)
+    alpha, k = params.extraction_alpha, params.extraction_k
+    found = extraction_test(forget_distinct, neighbourhood, generated, alpha, k)
+    if control is None or not len(control[0]):
+        return found, None
+    return found, extraction_test(control[0], control[1], generated, alpha, k)
+
+
+def extraction_control(reference: Sequence[Record], forget_distinct: TensorSet, conditional: bool) -> list[Record]:
+    """The hold-out records the extraction test's chance rate is read on.
+
+    The audit's half of the hold-out reference (chosen to look like the forget records, never
+    trained on); for a conditional model only those of the forget records' classes, the classes
+    the extraction samples are drawn for (another class's record is never near them: it would
+    only lower the rate).
+    """
+    if not conditional:
+        return list(reference)
+    labels = {int(v) for v in forget_distinct.labels.tolist()}
+    return [r for r in reference if r.label in labels]
 
 
 def membership_attacks(
@@ -466,6 +496,14 @@ def _forgotten_gate(
     return m
 
 
+def _base_passes_too(base_value: float) -> str:
+    """Why a memorization gate the base model passes as well is no evidence of erasure."""
+    return (
+        f"the base model, trained on these records, passes it too ({base_value:.4g}): they were not "
+        "measurably memorized, so passing shows the model does not stand out, not that anything was erased"
+    )
+
+
 def _metrics(
     meas: dict[str, ModelMeasurements],
     selection: Selection,
@@ -629,7 +667,29 @@ def _metrics(
             seed=seed + 1,
             details={"unlearned": u.extraction.to_dict(), "base": b.extraction.to_dict()},
         )
-        out.append(gate(ex, "<=", params.max_extracted))
+        # Read against chance: never-seen records of the same kind that pass against the same
+        # samples. Canaries' controls show none (the strict count stays); ordinary digits' do.
+        allowance = 0
+        if u.control is not None:
+            allowance = chance_allowance(u.control.extracted, len(u.control.ratios), len(u.extraction.ratios))
+            ex.details["control"] = {
+                "records": len(u.control.ratios),
+                "extracted": {role: mm.control.extracted for role, mm in meas.items() if mm.control is not None},
+                "allowance": allowance,
+            }
+            ex.description += (
+                f"; allowed: {allowance}, the 95% binomial quantile at the rate of the "
+                f"{len(u.control.ratios)} never-seen hold-out records of their kind that pass against the "
+                f"unlearned model's samples ({u.control.extracted})"
+            )
+        out.append(gate(ex, "<=", params.max_extracted + allowance))
+        if b.control is not None:
+            base_allowance = chance_allowance(b.control.extracted, len(b.control.ratios), len(b.extraction.ratios))
+            ex.details.setdefault("control", {})["base_allowance"] = base_allowance
+        else:
+            base_allowance = 0
+        if ex.passed and b.extraction.extracted <= params.max_extracted + base_allowance:
+            ex.inconclusive = _base_passes_too(b.extraction.extracted)
         if u.membership is not None and b.membership is not None:
             tol = params.mia_auc_tolerance or max(0.1, params.mia_z * u.membership.null_std)
             mia_seed = params.membership_seed
@@ -650,6 +710,8 @@ def _metrics(
                 len(u.membership.member_errors), len(u.membership.nonmember_errors), u.membership.null_std, params
             )
             mia.inconclusive = weak if mia.passed else None
+            if mia.passed and not weak and abs(b.membership.auc - 0.5) <= tol:
+                mia.inconclusive = _base_passes_too(b.membership.auc)
             if r is not None and r.membership is not None:
                 # With a retrained reference the question is sharper than "like hold-out data":
                 # do the forget records look to the attack as they do to a model never trained on them?
@@ -664,6 +726,8 @@ def _metrics(
                 )
                 out.append(gate(gap, "within", tol, center=0.0))
                 gap.inconclusive = weak if gap.passed else None
+                if gap.passed and not weak and abs(b.membership.auc - r.membership.auc) <= tol:
+                    gap.inconclusive = _base_passes_too(b.membership.auc - r.membership.auc)
             out.append(
                 Metric(
                     name="mia_tpr_at_low_fpr",
@@ -793,8 +857,13 @@ def run_audit(
     ref_weights = torch.tensor(composition_weights(erasable, ref_records)) if ref_records else None
     train_pool = TensorSet.from_records(dataset, dataset.train)
     neighbourhood = None
+    control = None
     if selection.scope != "class":
         neighbourhood = neighbourhood_distance(forget_distinct, train_pool, params.extraction_k)
+        control_records = extraction_control(ref_records, forget_distinct, conditional)
+        if control_records:
+            control_set = TensorSet.from_records(dataset, control_records)
+            control = (control_set, neighbourhood_distance(control_set, train_pool, params.extraction_k))
 
     meas = {
         role: measure_model(
@@ -814,6 +883,7 @@ def run_audit(
             lookalikes,
             retained,
             ref_weights,
+            control,
         )
         for role, (path, mdl) in models.items()
     }

@@ -1,7 +1,8 @@
 """Intake: a deletion request is checked against the world before it is queued.
 
 The model must exist and have a production version; every target must match records of the
-served dataset revision, and something must remain to train on. A request whose targets were
+served dataset revision, something must remain to train on, and some forget image must leave the
+training data with its record (not only copies that other, retained records hold too). A request whose targets were
 already erased by an earlier request (its records are gone from the served revision and the
 ledger names them) is recorded as fulfilled by that request rather than rejected. The same
 check runs again before a queued request is run, since another request may have removed
@@ -86,6 +87,11 @@ def assess(settings: Settings, request: DeletionRequest, store: Any = None) -> A
         return Assessment(REJECTED, str(err).replace(str(ds.root), f"the served dataset ({served[:12]})"))
     if not sel.retain:
         return Assessment(REJECTED, "the deletion targets select every training record; nothing would remain")
+    try:
+        # Refused before anything is purged: the unlearning step would refuse it after the purge.
+        sel.erasable_or_refuse()
+    except SelectionError as err:
+        return Assessment(REJECTED, str(err))
     return Assessment(PENDING)
 
 

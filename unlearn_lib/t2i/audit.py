@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..audit.evaluator import Evaluator
 from ..audit.gates import Metric, gate, hard_limit_metric, relaxations, verdict
+from ..audit.memorization import chance_allowance
 from ..audit.report import Line, judge_members, metric_rows, render_report
 from ..audit.utility import EvaluatorFeatures, RealReference
 from ..data.manifest import Dataset
@@ -220,16 +221,14 @@ def audit_t2i(
         r_base = extraction_ratios(distinct.images, nb, gen_base, p.extraction_alpha).ratios
         # The control: hold-out records with the same captions were never trained on, so the
         # rate at which they pass the criterion against the same samples is what chance (a
-        # model drawing this kind of image at all) explains; only the excess is memorization.
-        # The rate is Laplace's rule of succession, (k + 1) / (n + 2): a small control that shows
-        # no hit does not prove a zero rate. With the 3 digits canaries and 12 control records the
-        # allowance rounds to 0, so one extracted canary still fails the gate.
+        # model drawing this kind of image at all) explains; only the excess is memorization
+        # (the digits audit reads its extraction gate the same way).
         control = TensorSet.from_records(dataset, [r for r in dataset.holdout if r.caption in set(by_caption)])
         hits = 0
         if len(control):
             nb_c = neighbourhood_distance(control, train, p.extraction_k)
             hits = int((extraction_ratios(control.images, nb_c, gen, p.extraction_alpha).ratios < 1).sum())
-        rate_control = (hits + 1) / (len(control) + 2)
+        allowance = chance_allowance(hits, len(control), len(distinct))
         extracted = int((r_new < 1).sum())
         extraction = {
             "records": len(distinct),
@@ -239,9 +238,9 @@ def audit_t2i(
             "extracted_base": int((r_base < 1).sum()),
             "control_records": len(control),
             "control_extracted": hits,
-            "control_rate": rate_control,
-            "allowance": round(rate_control * len(distinct)),
-            "excess": max(0, extracted - round(rate_control * len(distinct))),
+            "control_rate": hits / len(control) if len(control) else 0.0,
+            "allowance": allowance,
+            "excess": max(0, extracted - allowance),
             "min_ratio": float(r_new.min()),
             "min_ratio_base": float(r_base.min()),
         }
