@@ -302,6 +302,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
             "image with retained records: deleted from the data, but the model keeps learning the image from "
             "the other records (not unlearned, not audited)"
         )
+    if result.stop and result.stop.get("within_noise"):
+        st = result.stop
+        print(
+            f"note: the forget records' denoising error stalled at {st['ratio']:.3f}x the hold-out's, short of "
+            f"the level {st['level']:.2f}x but within its own noise (floor {st['noise_floor']:.3f}x: "
+            f"{st['level_spread']:.3f} bootstrap sd over these images): they already read as records never "
+            "trained on; the audit says whether anything measurable remained"
+        )
     return 0
 
 

@@ -186,6 +186,15 @@ class EraseDiffConfig(CommonConfig):
     # rule below compares them). 0: their level is
     # where a retrained model sits (1.04x measured); above it the records start to stand out.
     calibrate_margin: float = 0.0
+    # When the level is out of reach (the pace check, or the end of the budget), a run whose ratio
+    # is within this many bootstrap standard deviations of it lands instead of being refused; the
+    # spread is measured on the model before any step (CalibratedStop.spread), not at the
+    # crossing, where a canary set's spread is that of 3 images. Canaries: 0.003, so a stalled
+    # canary run is still refused. 34 ordinary records: about 0.05; a seeded draw starting at 0.94x
+    # stalled at 0.95x (the forgetting loss barely moves what the model never memorized) and was
+    # refused; at 1 sd (floor 0.954) it still was. 2 sd, the audit's membership tolerance too.
+    # 0: no floor, a level out of reach is refused.
+    calibrate_noise_z: float = 2.0
     # any: the stop fires when one of calibrate_timesteps reaches its own level; mean: when their
     # average does. The average is dominated by the smallest t, where the error is largest, and at
     # its crossing the forget records had overshot there: deleting the canary subject after
@@ -278,6 +287,8 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(f"calibrate_rule must be one of {', '.join(RULES)}, got {self.calibrate_rule!r}")
         if self.stop_extraction_samples < 0 or self.stop_extraction_every < 1 or self.stop_extraction_min_ratio <= 0:
             raise ConfigError("stop_extraction_samples must be >= 0, stop_extraction_every >= 1, min_ratio > 0")
+        if not (math.isfinite(self.calibrate_noise_z) and 0 <= self.calibrate_noise_z <= 3):
+            raise ConfigError(f"calibrate_noise_z must be in [0, 3], got {self.calibrate_noise_z}")
         if self.calibrate_every < 1 or self.calibrate_draws < 1 or not self.calibrate_timesteps:
             raise ConfigError("calibrate_every and calibrate_draws must be >= 1, calibrate_timesteps non-empty")
 
@@ -493,6 +504,15 @@ class EraseDiff(Unlearner):
         # and the remaining condition is that no forget record can be regenerated.
         crossing: dict | None = resumed.get("crossing")
         level = 1 + cfg.calibrate_margin
+        # The ratio's own noise, judged once on the model before any step and checkpointed (a
+        # resumed run keeps it). ``floor``: a run whose level is out of reach lands if it reads
+        # within calibrate_noise_z of that noise of the level, instead of being refused.
+        spread = resumed.get("spread")
+        if spread is None:
+            spread = stopper.spread(loop.model.unet) if stopper is not None and cfg.calibrate_noise_z else 0.0
+            if stopper is not None:
+                loop.log(calib_spread=spread)
+        floor = level - cfg.calibrate_noise_z * spread
         # With the step budget left to the scope, the stop decides when the run ends, and a run
         # whose stop cannot land fails (naming why) instead of handing the audit a model that
         # trained on for the whole budget.
@@ -513,32 +533,44 @@ class EraseDiff(Unlearner):
             )
             return m
 
-        def stop_check(step: int) -> dict | None:
+        def stop_check(step: int, final: bool = False) -> dict | None:
+            """The stop's verdict at ``step``; ``final``: the budget is spent, land now or never."""
             nonlocal prev, crossing
             if stopper is None:
                 return None
             if crossing is None:
-                if step % cfg.calibrate_every:
+                if step % cfg.calibrate_every and not final:
                     return None
                 m = measured(step)
                 if m["ratio"] < level:
                     prev = [p.detach().clone() for p in loop.params]
-                    if must_land:
-                        self._check_landing(cfg, loop, step, level)  # raises when it cannot land
-                    return None
-                alpha = 1.0
-                if prev is not None:
-                    alpha, m = stopper.bisect(loop.model.unet, loop.params, prev, cfg.calibrate_bisect, level)
-                crossing = {"crossed_at": step, "interpolation": alpha, **m}
+                    if not must_land:
+                        return None
+                    why = self._not_landed(cfg, loop, level, floor) if final else None
+                    why = why or self._landing_out_of_reach(cfg, loop, step, level, floor)
+                    if why is None:
+                        return None
+                    if m["ratio"] < floor:
+                        loop.discard_checkpoints()  # a rerun would only reach the same verdict
+                        raise StopNotLanded(why)
+                    # Out of reach, but the records already read within the ratio's own noise of
+                    # never-seen ones: on 34 ordinary records the forgetting loss barely moves
+                    # what the model never memorized beyond its generalization gap.
+                    crossing = {"crossed_at": step, "interpolation": 1.0, "within_noise": True, **m}
+                else:
+                    alpha = 1.0
+                    if prev is not None:
+                        alpha, m = stopper.bisect(loop.model.unet, loop.params, prev, cfg.calibrate_bisect, level)
+                    crossing = {"crossed_at": step, "interpolation": alpha, **m}
                 now = m
-            elif (step - crossing["crossed_at"]) % cfg.stop_extraction_every:
+            elif (step - crossing["crossed_at"]) % cfg.stop_extraction_every and not final:
                 return None
             else:
                 # Training went on after the crossing (the records were still extractable), and the
                 # retain loss can pull the forget error back under the level: both conditions must
                 # hold at the step the run stops, so the crossing is measured again.
                 now = measured(step)
-                if now["ratio"] < level:
+                if now["ratio"] < (floor if crossing.get("within_noise") else level):
                     loop.log(crossing_lost_at=step)
                     crossing, prev = None, [p.detach().clone() for p in loop.params]
                     return None
@@ -548,12 +580,20 @@ class EraseDiff(Unlearner):
                 **crossing,
                 "ratio_at_stop": now["ratio"],
                 "crossings_lost": len(loop.history.get("crossing_lost_at", [])),
+                "level": level,
+                "level_spread": spread,
+                "noise_floor": floor,
+                "within_noise": bool(crossing.get("within_noise")),
                 **stopper.describe(),
             }
             if extractor is None:
                 return result
             e = extractor.measure(loop.model)
-            loop.log(extraction_check_step=step, min_extraction_ratio=e["min_extraction_ratio"])
+            loop.log(
+                extraction_check_step=step,
+                min_extraction_ratio=e["min_extraction_ratio"],
+                extraction_threshold=e["extraction_threshold"],
+            )
             if e["extractable"]:
                 if must_land:
                     self._check_release(cfg, loop, step)  # raises when the records cannot be released in time
@@ -597,12 +637,18 @@ class EraseDiff(Unlearner):
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(L_r=f"{loss_r.item():.4f}", L_f=f"{loss_f.item():.4f}", lam=f"{lam.item():.3f}")
-            loop.maybe_checkpoint(step, optimizers, {"crossing": crossing, "lf_star": lf_star, "prev": prev})
+            loop.maybe_checkpoint(
+                step,
+                optimizers,
+                {"crossing": crossing, "lf_star": lf_star, "prev": prev, "spread": spread},
+            )
             stop = stop_check(step)
         bar.close()
         if stopper is not None and stop is None and must_land:
-            loop.discard_checkpoints()
-            raise StopNotLanded(self._not_landed(cfg, loop, level))
+            stop = stop_check(step, final=True)
+            if stop is None:
+                loop.discard_checkpoints()
+                raise StopNotLanded(self._not_landed(cfg, loop, level, floor))
         result = loop.finish(step, stop)
         result.config["resolved_target"] = target_fn.describe()
         if kept is not None:
@@ -673,34 +719,32 @@ class EraseDiff(Unlearner):
         return total / n
 
     @staticmethod
-    def _refuse_when_out_of_reach(
+    def _out_of_reach(
         cfg: EraseDiffConfig,
-        loop: UnlearningLoop,
         step: int,
         steps: list[int],
         values: list[float],
         target: float,
         why: Callable[[float, int], str],
-    ) -> None:
-        """Fail now when, at its recent pace, ``values`` cannot reach ``target`` in the budget.
+    ) -> str | None:
+        """The refusal when, at its recent pace, ``values`` cannot reach ``target`` in the budget.
 
         Judged from half the budget on, over the last fifth of it: the measures climb faster as
         the memorized records give way, so the recent pace is the optimistic one, and the run
         fails only when even twice the steps left would not be enough. ``why(pace, span)`` says
-        what is out of reach, in the one-line refusal.
+        what is out of reach, in the one-line refusal. None: still within reach.
         """
         if step < cfg.steps // 2 or not steps:
-            return
+            return None
         window = max(5, cfg.steps // 5)
         first = next(i for i, s in enumerate(steps) if s >= step - window)
         span = steps[-1] - steps[first]
         if span < window // 2:
-            return
+            return None
         pace = (values[-1] - values[first]) / span
         if pace > 0 and (target - values[-1]) / pace <= 2 * (cfg.steps - step):
-            return
-        loop.discard_checkpoints()  # a rerun would only reach the same verdict
-        raise StopNotLanded(
+            return None
+        return (
             f"the calibrated stop cannot land within {cfg.steps} steps: after {step} steps the forget records' "
             f"{why(pace, span)}; {_refusal_advice(cfg)}"
         )
@@ -715,53 +759,57 @@ class EraseDiff(Unlearner):
         """
         h = loop.history
         ratios = [float(v) for v in h["min_extraction_ratio"]]
-        cls._refuse_when_out_of_reach(
+        needed = _extraction_needed(cfg, h)
+        why = cls._out_of_reach(
             cfg,
-            loop,
             step,
             [int(v) for v in h["extraction_check_step"]],
             ratios,
-            cfg.stop_extraction_min_ratio,
+            needed,
             lambda pace, span: (
                 f"denoising error is past the level but a record can still be regenerated (nearest generated "
-                f"sample at {ratios[-1]:.2f} of the extraction threshold, {cfg.stop_extraction_min_ratio:g} "
+                f"sample at {ratios[-1]:.2f} of the extraction threshold, {needed:.3g} "
                 f"needed; it moved {pace * 100:+.3f} per 100 steps over the last {span})"
             ),
         )
+        if why is not None:
+            loop.discard_checkpoints()  # a rerun would only reach the same verdict
+            raise StopNotLanded(why)
 
     @classmethod
-    def _check_landing(cls, cfg: EraseDiffConfig, loop: UnlearningLoop, step: int, level: float) -> None:
-        """Fail now when, at its recent pace, the forget error cannot reach the level in the budget."""
+    def _landing_out_of_reach(
+        cls, cfg: EraseDiffConfig, loop: UnlearningLoop, step: int, level: float, floor: float
+    ) -> str | None:
+        """The refusal when, at its recent pace, the forget error cannot reach the level in the budget."""
         steps, ratios = _calibration_ratios(loop.history)
-        cls._refuse_when_out_of_reach(
+        return cls._out_of_reach(
             cfg,
-            loop,
             step,
             steps,
             ratios,
             level,
             lambda pace, span: (
                 f"denoising error is {ratios[-1]:.2f}x the hold-out's{_rule_words(cfg)} (the stop needs "
-                f"{level:.2f}x) and rose "
+                f"{level:.2f}x, or {floor:.2f}x within its noise) and rose "
                 f"{pace * 100:+.3f} per 100 steps over the last {span}"
             ),
         )
 
     @staticmethod
-    def _not_landed(cfg: EraseDiffConfig, loop: UnlearningLoop, level: float) -> str:
+    def _not_landed(cfg: EraseDiffConfig, loop: UnlearningLoop, level: float, floor: float) -> str:
         h = loop.history
         ratio = _calibration_ratios(h)[1][-1]
         if ratio < level:
             why = (
                 f"the forget records' denoising error reached {ratio:.2f}x the hold-out's{_rule_words(cfg)} "
-                f"(the stop needs {level:.2f}x)"
+                f"(the stop needs {level:.2f}x, or {floor:.2f}x within its noise)"
             )
         else:
             worst = float(h["min_extraction_ratio"][-1]) if h.get("min_extraction_ratio") else float("nan")
             why = (
                 f"the forget records' denoising error is past the level ({ratio:.2f}x) but a record can still be "
                 f"regenerated (nearest generated sample at {worst:.2f} of the extraction threshold, "
-                f"{cfg.stop_extraction_min_ratio:g} needed)"
+                f"{_extraction_needed(cfg, h):.3g} needed)"
             )
         return (
             f"the calibrated stop did not land within {cfg.steps} steps: {why}; {_refusal_advice(cfg)}"
@@ -780,6 +828,7 @@ class EraseDiff(Unlearner):
             k=50,
             min_ratio=cfg.stop_extraction_min_ratio,
             seed=cfg.seed + 7919,
+            control=task.reference,
         )
 
     @staticmethod
@@ -803,6 +852,12 @@ class EraseDiff(Unlearner):
             cfg.calibrate_rule,
             task.reference_weights,
         )
+
+
+def _extraction_needed(cfg: EraseDiffConfig, history: dict) -> float:
+    """The extraction check's last threshold: its margin, or lower where never-seen records sit nearer."""
+    done = history.get("extraction_threshold")
+    return float(done[-1]) if done else cfg.stop_extraction_min_ratio
 
 
 def _refusal_advice(cfg: EraseDiffConfig) -> str:
