@@ -799,7 +799,8 @@ class EraseDiff(Unlearner):
     def _not_landed(cfg: EraseDiffConfig, loop: UnlearningLoop, level: float, floor: float) -> str:
         h = loop.history
         ratio = _calibration_ratios(h)[1][-1]
-        if ratio < level:
+        # Between the floor and the level the run would have landed within noise, but for extraction.
+        if ratio < floor:
             why = (
                 f"the forget records' denoising error reached {ratio:.2f}x the hold-out's{_rule_words(cfg)} "
                 f"(the stop needs {level:.2f}x, or {floor:.2f}x within its noise)"
@@ -807,7 +808,8 @@ class EraseDiff(Unlearner):
         else:
             worst = float(h["min_extraction_ratio"][-1]) if h.get("min_extraction_ratio") else float("nan")
             why = (
-                f"the forget records' denoising error is past the level ({ratio:.2f}x) but a record can still be "
+                f"the forget records' denoising error is past the level or within its noise ({ratio:.2f}x, level "
+                f"{level:.2f}x) but a record can still be "
                 f"regenerated (nearest generated sample at {worst:.2f} of the extraction threshold, "
                 f"{_extraction_needed(cfg, h):.3g} needed)"
             )
