@@ -296,6 +296,25 @@ def test_ordinary_records_stalled_within_the_ratios_noise_land_instead_of_being_
     assert not (tmp_path / "z0").exists()
 
 
+def test_a_refusal_at_the_budgets_end_names_the_noise_floor_or_the_extraction_check():
+    from types import SimpleNamespace
+
+    from unlearn_lib.unlearning.erasediff import EraseDiff
+
+    cfg = EraseDiffConfig(steps=300, lr=3e-4)
+
+    def why(ratio: float, **extra: list) -> str:
+        history = {"calib_step": [300], "calib_ratio": [ratio], **extra}
+        return EraseDiff._not_landed(cfg, SimpleNamespace(history=history), 1.0, 0.91)
+
+    assert "reached 0.80x the hold-out's at the timestep nearest its level (the stop needs 1.00x, or 0.91x within " \
+        "its noise)" in why(0.8)
+    # Within the noise floor the run would have landed: what held it back was a record still regenerated.
+    within = why(0.95, min_extraction_ratio=[1.05], extraction_threshold=[1.12])
+    assert "within its noise (0.95x, level 1.00x) but a record can still be regenerated" in within
+    assert "nearest generated sample at 1.05 of the extraction threshold, 1.12 needed" in within
+
+
 def test_a_stop_that_cannot_land_fails_early_naming_why_and_writes_nothing(
     base_model_dir, digits_dir, canary_task, tmp_path
 ):
