@@ -592,6 +592,8 @@ def test_extraction_is_read_against_never_seen_records_of_the_same_kind():
     assert chance_allowance(6, 60, 34) > chance_allowance(1, 60, 34)  # a higher rate allows more
     assert chance_allowance(1, 60, 0) == 0 and chance_allowance(1, 0, 5) == 0
     assert chance_allowance(60, 60, 7) == 7  # every control passes: the test tells nothing apart
+    # A forget set far larger than its control: no hit in 36 does not prove a rate below 1/38.
+    assert chance_allowance(0, 36, 180) == 4 and chance_allowance(0, 16, 10) == 0
 
 
 def test_extraction_ratio_counts_near_copies_only():

@@ -79,17 +79,24 @@ def chance_allowance(control_hits: int, control_records: int, records: int, leve
     The control: hold-out records of the same kind, never trained on, tested against the same
     samples. ``control_hits`` of ``control_records`` passing is the criterion's false-positive rate
     for that kind; the allowance is the ``level`` quantile of Binomial(``records``, that rate).
-    The rate is the plain share: a control with no hit allows nothing, so a distinctive kind
-    (canaries, whose look-alikes are never near a sample) keeps the strict "no record extracted".
-    On ordinary 8x8 digits 1 of 60 never-seen records passes against the original model's 500
-    samples per class, and a model retrained without a random 2% of the records "extracted" 1 of
-    them: the strict count failed the gold standard itself.
+    A control with no hit does not prove a zero rate, only one below its resolution: at least
+    the expected count at Laplace's rate, (hits + 1) / (control + 2), rounded down, is allowed.
+    That is 0 wherever the forget set is smaller than its control, so a distinctive kind (the
+    digits canaries, whose marked look-alikes are never near a sample) keeps the strict "no
+    record extracted"; every seven deleted by caption (about 180 records against a few dozen
+    hold-out sevens) may have a few chance hits. On ordinary 8x8 digits 1 of 60 never-seen
+    records passes against the original model's 500 samples per class, and a model retrained
+    without a random 2% of the records "extracted" 1 of them: the strict count failed the gold
+    standard itself.
     """
-    if records <= 0 or control_records <= 0 or control_hits <= 0:
+    if records <= 0 or control_records <= 0:
         return 0
+    resolution = math.floor(records * (control_hits + 1) / (control_records + 2))
+    if control_hits <= 0:
+        return resolution
     from scipy.stats import binom
 
-    return int(binom.ppf(level, records, min(1.0, control_hits / control_records)))
+    return max(resolution, int(binom.ppf(level, records, min(1.0, control_hits / control_records))))
 
 
 @dataclass
