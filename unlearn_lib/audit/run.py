@@ -496,6 +496,12 @@ def _forgotten_gate(
     return m
 
 
+def _chance_allowance(m: ModelMeasurements) -> int:
+    """:func:`.memorization.chance_allowance` of one model's extraction test and its control."""
+    assert m.extraction is not None and m.control is not None
+    return chance_allowance(m.control.extracted, len(m.control.ratios), len(m.extraction.ratios))
+
+
 def _base_passes_too(base_value: float) -> str:
     """Why a memorization gate the base model passes as well is no evidence of erasure."""
     return (
@@ -669,25 +675,21 @@ def _metrics(
         )
         # Read against chance: never-seen records of the same kind that pass against the same
         # samples. Canaries' controls show none (the strict count stays); ordinary digits' do.
-        allowance = 0
-        if u.control is not None:
-            allowance = chance_allowance(u.control.extracted, len(u.control.ratios), len(u.extraction.ratios))
+        # Every model is measured on the same control set, or none is.
+        allowance = base_allowance = 0
+        if u.control is not None and b.control is not None:
+            allowance, base_allowance = _chance_allowance(u), _chance_allowance(b)
             ex.details["control"] = {
                 "records": len(u.control.ratios),
                 "extracted": {role: mm.control.extracted for role, mm in meas.items() if mm.control is not None},
                 "allowance": allowance,
+                "base_allowance": base_allowance,
             }
             ex.description += (
-                f"; allowed: {allowance}, the 95% binomial quantile at the rate of the "
-                f"{len(u.control.ratios)} never-seen hold-out records of their kind that pass against the "
-                f"unlearned model's samples ({u.control.extracted})"
+                f"; allowed by chance: {allowance}, from the {len(u.control.ratios)} never-seen hold-out records "
+                f"of their kind that pass against the unlearned model's samples ({u.control.extracted})"
             )
         out.append(gate(ex, "<=", params.max_extracted + allowance))
-        if b.control is not None:
-            base_allowance = chance_allowance(b.control.extracted, len(b.control.ratios), len(b.extraction.ratios))
-            ex.details.setdefault("control", {})["base_allowance"] = base_allowance
-        else:
-            base_allowance = 0
         if ex.passed and b.extraction.extracted <= params.max_extracted + base_allowance:
             ex.inconclusive = _base_passes_too(b.extraction.extracted)
         if u.membership is not None and b.membership is not None:

@@ -76,19 +76,25 @@ class CalibratedStop:
         """Per image and calibration timestep denoising error, ``[N, len(timesteps)]``."""
         return per_sample_denoising_error(unet, self.fp, x, y, self.timesteps, self.draws, self.seed)
 
+    def _both_errors(self, unet: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image and timestep errors of the forget and the reference images, in eval mode."""
+        was_training = unet.training
+        unet.eval()
+        errors = self._errors(unet, self.xf, self.yf), self._errors(unet, self.xr, self.yr)
+        if was_training:
+            unet.train()
+        return errors
+
     def measure(self, unet: torch.nn.Module) -> dict:
         """The forget and hold-out errors, and ``ratio``: the stop fires once it reaches the level.
 
         ``mean``: the ratio of the errors averaged over the timesteps. ``any``: the largest of the
         per-timestep ratios, so the stop fires as soon as one timestep reaches its own level.
         """
-        was_training = unet.training
-        unet.eval()
-        forget_t = self._errors(unet, self.xf, self.yf).mean(0)
         # Hold-out error moves little while forgetting, but it is cheap: measure it each time.
-        reference_t = (self.weights[:, None] * self._errors(unet, self.xr, self.yr)).sum(0)
-        if was_training:
-            unet.train()
+        ef, er = self._both_errors(unet)
+        forget_t = ef.mean(0)
+        reference_t = (self.weights[:, None] * er).sum(0)
         forget, reference = float(forget_t.mean()), float(reference_t.mean())
         per_t = forget_t / reference_t.clamp(min=1e-12)
         ratio_mean = forget / max(reference, 1e-12)
@@ -110,12 +116,7 @@ class CalibratedStop:
         canaries (their errors all sit far below any hold-out image's), 0.045-0.051 on 34
         ordinary records, whose errors spread like the hold-out's own.
         """
-        was_training = unet.training
-        unet.eval()
-        ef = self._errors(unet, self.xf, self.yf).cpu()
-        er = self._errors(unet, self.xr, self.yr).cpu()
-        if was_training:
-            unet.train()
+        ef, er = (e.cpu() for e in self._both_errors(unet))
         g = torch.Generator().manual_seed(self.seed)
         i = torch.randint(len(ef), (resamples, len(ef)), generator=g)
         j = torch.randint(len(er), (resamples, len(er)), generator=g)

@@ -546,8 +546,11 @@ class EraseDiff(Unlearner):
                     prev = [p.detach().clone() for p in loop.params]
                     if not must_land:
                         return None
-                    why = self._not_landed(cfg, loop, level, floor) if final else None
-                    why = why or self._landing_out_of_reach(cfg, loop, step, level, floor)
+                    why = (
+                        self._not_landed(cfg, loop, level, floor)
+                        if final
+                        else self._landing_out_of_reach(cfg, loop, step, level, floor)
+                    )
                     if why is None:
                         return None
                     if m["ratio"] < floor:
