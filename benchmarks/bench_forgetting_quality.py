@@ -133,7 +133,7 @@ def load_stats(folder: Path, name: str, n: int) -> tuple[dict[str, np.ndarray], 
     return stats, rows
 
 
-def summarize(kind: str, folder: Path, methods: list[str], n: int) -> dict:
+def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = "") -> dict:
     retrain, retrain_rows = load_stats(folder, "retrain", n)
     half = n // 2
     out: dict = {"records": json.loads((folder / "records.json").read_text()), "rows": {}}
@@ -184,7 +184,7 @@ def summarize(kind: str, folder: Path, methods: list[str], n: int) -> dict:
         ax.set_title(f"{kind}: {k} statistic per model (right: member-like)", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    picture = Path(__file__).parent / "results" / f"forgetting-quality-{kind}.png"
+    picture = Path(__file__).parent / "results" / f"forgetting-quality-{kind}{tag}.png"
     fig.savefig(picture, dpi=110)
     plt.close(fig)
     out["figure"] = str(picture.relative_to(Path(__file__).parent))
@@ -200,6 +200,9 @@ def main() -> None:
     ap.add_argument("--random-seed", type=int, default=0)
     ap.add_argument("--base-steps", type=int, default=2000)
     ap.add_argument("--workdir", default="benchmarks/.work/forgetting-quality")
+    ap.add_argument(
+        "--tag", default="", help="suffix of the results file and pictures (a partial run keeps the full one)"
+    )
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads for torch")
     args = ap.parse_args()
     if args.n < 4:
@@ -219,9 +222,10 @@ def main() -> None:
     out = {"machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "n": args.n}
     for kind in args.forget:
         folder = make_models(kind, args, work, evaluator)
-        out[kind] = summarize(kind, folder, args.methods, args.n)
+        out[kind] = summarize(kind, folder, args.methods, args.n, f"-{args.tag}" if args.tag else "")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(__file__).parent / "results" / f"forgetting-quality-{dev}.json"
+    tag = f"{args.tag}-" if args.tag else ""
+    path = Path(__file__).parent / "results" / f"forgetting-quality-{tag}{dev}.json"
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
 
     print(f"machine: {out['machine']}; N = {args.n} models a side")

@@ -7,6 +7,7 @@ core library stays free of kfp.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
 import time
@@ -193,16 +194,21 @@ def cmd_run_pending(args: argparse.Namespace) -> int:
     return run_pending(_settings(args), args.algorithm, options, audit, args.max_batch, args.runner)
 
 
-DEMO_REQUESTS = [
-    {
-        "request_id": "REQ-0001",
-        "received_at": "2026-11-20T09:30:00Z",
-        "basis": "gdpr-art17",
-        "targets": {"subject_ids": ["subject-canary"]},
-        "deadline": "2026-12-20",
-    },
-    {"request_id": "REQ-0002", "received_at": "2026-11-21T14:05:00Z", "basis": "safety", "targets": {"labels": [3]}},
-]
+def demo_requests(now: dt.datetime) -> list[dict]:
+    """The demo's two requests, received ``now``: a data owner's records (with the one month GDPR
+    Art. 12(3) allows), then class 3 for safety. Fixed dates would turn the demo overdue with time."""
+    received = now.astimezone(dt.timezone.utc).replace(microsecond=0)
+    stamp = received.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [
+        {
+            "request_id": "REQ-0001",
+            "received_at": stamp,
+            "basis": "gdpr-art17",
+            "targets": {"subject_ids": ["subject-canary"]},
+            "deadline": (received + dt.timedelta(days=30)).date().isoformat(),
+        },
+        {"request_id": "REQ-0002", "received_at": stamp, "basis": "safety", "targets": {"labels": [3]}},
+    ]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -243,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from unlearn_lib.state import StateStore
 
     store = StateStore.open(settings)
-    for raw in DEMO_REQUESTS:
+    for raw in demo_requests(dt.datetime.now(dt.timezone.utc)):
         req = parse_request(raw | {"model": settings.model_name})
         if store.get_request(req.request_id) is None:
             row, _ = submit_request(settings, req)

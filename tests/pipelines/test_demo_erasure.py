@@ -21,7 +21,7 @@ from unlearn_lib.workspace import Workspace, WorkspaceError
 # time reads it, whichever worker runs it.
 pytestmark = pytest.mark.usefixtures("demo_lock")
 
-# The demo's two requests (pipelines/cli.py DEMO_REQUESTS): a data owner's records, then class 3.
+# The demo's two requests (pipelines/cli.py demo_requests): a data owner's records, then class 3.
 DELETED = [ForgetTargets.build(subject_ids=["subject-canary"]), ForgetTargets.build(labels=[3])]
 
 

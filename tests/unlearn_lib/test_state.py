@@ -42,7 +42,9 @@ REQUEST = {
     "basis": "gdpr-art17",
     "model": "digits-diffusion",
     "targets": {"subject_ids": ["subject-001"]},
-    "deadline": "2026-12-01",
+    # Far ahead: a deadline that passes while the suite is still in use reorders every listing
+    # (overdue requests come first); the overdue tests give their own past deadlines.
+    "deadline": "2099-12-01",
 }
 LEASE = "model:digits-diffusion"
 # A holder on another machine: only expiry frees its lease, never death detection.
@@ -186,7 +188,7 @@ def test_add_request_refuses_a_known_id_but_takes_a_rejected_one_again(store):
         0,
     )
     assert row.received_at == dt.datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-    assert row.deadline_at == dt.datetime(2026, 12, 1, 23, 59, 59, tzinfo=UTC)  # a bare date: its end
+    assert row.deadline_at == dt.datetime(2099, 12, 1, 23, 59, 59, tzinfo=UTC)  # a bare date: its end
     assert row.request == req()
 
     with pytest.raises(StateError, match=r"^request REQ-1 is already pending$"):

@@ -271,7 +271,6 @@ def test_ordinary_records_stalled_within_the_ratios_noise_land_instead_of_being_
     import random
 
     from unlearn_lib.data import load_dataset
-    from unlearn_lib.errors import StopNotLanded
     from unlearn_lib.unlearning import erase
 
     digits = load_dataset(digits_dir)
@@ -288,12 +287,9 @@ def test_ordinary_records_stalled_within_the_ratios_noise_land_instead_of_being_
     assert stop["control_min_extraction_ratio"] < stop["extraction_threshold"] < 1.3
     assert stop["min_extraction_ratio"] >= stop["extraction_threshold"]
     assert (out / "unlearning.json").exists()
-    # Without the noise floor the same deletion is refused, and nothing is written.
-    with pytest.raises(StopNotLanded, match="the stop needs 1.00x, or 1.00x within its noise"):
-        erase(
-            base_model_dir, digits_dir, targets, "erasediff", tmp_path / "z0", {"calibrate_noise_z": 0}, progress=False
-        )
-    assert not (tmp_path / "z0").exists()
+    # The level itself was never reached: without the noise floor (z=0, whose refusal the fast
+    # tier checks) this deletion would have been refused at the same pace check.
+    assert max(record["history"]["calib_ratio"]) < stop["level"]
 
 
 def test_a_refusal_at_the_budgets_end_names_the_noise_floor_or_the_extraction_check():
