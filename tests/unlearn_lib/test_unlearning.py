@@ -258,6 +258,24 @@ def test_the_stop_level_allows_for_the_ratios_own_noise_measured_before_any_step
     assert fixed["level_spread"] == 0.0 and fixed["noise_floor"] == fixed["level"] == 1.0 and fixed["ratio"] >= 1.0
 
 
+def test_the_stop_lands_no_earlier_than_its_minimum_steps(canary_task):
+    """A forget set the stop already reads as unseen still gets the forgetting loss's first steps.
+
+    A level far below the canaries' ratio stands in for an ordinary-record set that reads as
+    never seen before any step: without the minimum the original's weights would come back.
+    """
+    opts = {"calibrate_margin": -0.99, "stop_extraction_samples": 0}
+    result = make_unlearner("erasediff", opts).run(canary_task, progress=False)
+    steps, ratios = result.history["calib_step"], result.history["calib_ratio"]
+    assert steps[0] == 0 and ratios[0] >= result.stop["level"]  # landable before any step
+    assert result.steps == result.stop["crossed_at"] == EraseDiffConfig().calibrate_min_steps == 10
+    assert result.stop["interpolation"] == 1.0  # no bisection back into the first steps
+    at_once = make_unlearner("erasediff", opts | {"calibrate_min_steps": 0}).run(canary_task, progress=False)
+    assert at_once.steps == 0
+    with pytest.raises(ConfigError, match=r"calibrate_min_steps must be >= 0, got -1"):
+        make_unlearner("erasediff", {"calibrate_min_steps": -1})
+
+
 @pytest.mark.long
 def test_ordinary_records_stalled_within_the_ratios_noise_land_instead_of_being_refused(
     base_model_dir, digits_dir, tmp_path

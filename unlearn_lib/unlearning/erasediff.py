@@ -186,8 +186,9 @@ class EraseDiffConfig(CommonConfig):
     # rule below compares them). 0: their level is
     # where a retrained model sits (1.04x measured); above it the records start to stand out.
     calibrate_margin: float = 0.0
-    # When the level is out of reach (the pace check, or the end of the budget), a run whose ratio
-    # is within this many bootstrap standard deviations of it lands instead of being refused; the
+    # When the level is out of reach (the pace check, from a quarter of the budget on for a run
+    # within this floor, or the end of the budget), a run whose ratio is within this many
+    # bootstrap standard deviations of it lands instead of being refused; the
     # spread is measured on the model before any step (CalibratedStop.spread), not at the
     # crossing, where a canary set's spread is that of 3 images. Canaries: 0.003, so a stalled
     # canary run is still refused. 34 ordinary records: about 0.05; a seeded draw starting at 0.94x
@@ -195,6 +196,12 @@ class EraseDiffConfig(CommonConfig):
     # refused; at 1 sd (floor 0.954) it still was. 2 sd, the audit's membership tolerance too.
     # 0: no floor, a level out of reach is refused.
     calibrate_noise_z: float = 2.0
+    # The stop lands no earlier than this step. The stop's measure (3 timesteps x 4 draws) reads
+    # some ordinary-record sets as never seen before any step: the 2% set's seed 1 "landed" at
+    # step 0, handing back the original's weights, whose loss statistic (-0.225) the forget-score
+    # bench tells from every retrained model's (-0.236 to -0.231). 10 steps reach that range on
+    # the seeds measured (seed 0: -0.230 after 5, -0.232 after 10), for about 2 s on 2 CPU cores.
+    calibrate_min_steps: int = 10
     # any: the stop fires when one of calibrate_timesteps reaches its own level; mean: when their
     # average does. The average is dominated by the smallest t, where the error is largest, and at
     # its crossing the forget records had overshot there: deleting the canary subject after
@@ -289,6 +296,8 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError("stop_extraction_samples must be >= 0, stop_extraction_every >= 1, min_ratio > 0")
         if not (math.isfinite(self.calibrate_noise_z) and 0 <= self.calibrate_noise_z <= 3):
             raise ConfigError(f"calibrate_noise_z must be in [0, 3], got {self.calibrate_noise_z}")
+        if self.calibrate_min_steps < 0:
+            raise ConfigError(f"calibrate_min_steps must be >= 0, got {self.calibrate_min_steps}")
         if self.calibrate_every < 1 or self.calibrate_draws < 1 or not self.calibrate_timesteps:
             raise ConfigError("calibrate_every and calibrate_draws must be >= 1, calibrate_timesteps non-empty")
 
@@ -542,6 +551,11 @@ class EraseDiff(Unlearner):
                 if step % cfg.calibrate_every and not final:
                     return None
                 m = measured(step)
+                if step < cfg.calibrate_min_steps and not final:
+                    # Measured (the curve starts at the original) but not judged yet; no bisection
+                    # may reach back into these steps either.
+                    prev = None
+                    return None
                 if m["ratio"] < level:
                     prev = [p.detach().clone() for p in loop.params]
                     if not must_land:
@@ -549,7 +563,7 @@ class EraseDiff(Unlearner):
                     why = (
                         self._not_landed(cfg, loop, level, floor)
                         if final
-                        else self._landing_out_of_reach(cfg, loop, step, level, floor)
+                        else self._landing_out_of_reach(cfg, loop, step, level, floor, m["ratio"] >= floor)
                     )
                     if why is None:
                         return None
@@ -729,15 +743,16 @@ class EraseDiff(Unlearner):
         values: list[float],
         target: float,
         why: Callable[[float, int], str],
+        start: int | None = None,
     ) -> str | None:
         """The refusal when, at its recent pace, ``values`` cannot reach ``target`` in the budget.
 
-        Judged from half the budget on, over the last fifth of it: the measures climb faster as
-        the memorized records give way, so the recent pace is the optimistic one, and the run
-        fails only when even twice the steps left would not be enough. ``why(pace, span)`` says
-        what is out of reach, in the one-line refusal. None: still within reach.
+        Judged from half the budget (or ``start``) on, over the last fifth of it: the measures climb
+        faster as the memorized records give way, so the recent pace is the optimistic one, and
+        the run fails only when even twice the steps left would not be enough. ``why(pace, span)``
+        says what is out of reach, in the one-line refusal. None: still within reach.
         """
-        if step < cfg.steps // 2 or not steps:
+        if step < (cfg.steps // 2 if start is None else start) or not steps:
             return None
         window = max(5, cfg.steps // 5)
         first = next(i for i, s in enumerate(steps) if s >= step - window)
@@ -781,9 +796,16 @@ class EraseDiff(Unlearner):
 
     @classmethod
     def _landing_out_of_reach(
-        cls, cfg: EraseDiffConfig, loop: UnlearningLoop, step: int, level: float, floor: float
+        cls, cfg: EraseDiffConfig, loop: UnlearningLoop, step: int, level: float, floor: float, within: bool
     ) -> str | None:
-        """The refusal when, at its recent pace, the forget error cannot reach the level in the budget."""
+        """The refusal when, at its recent pace, the forget error cannot reach the level in the budget.
+
+        ``within``: the ratio already stands within its noise floor, so "out of reach" means the run
+        lands rather than fails, and is judged from a quarter of the budget on instead of half. The
+        stalled ordinary-record runs measured moved within their own noise from the first steps
+        on (a 34-record draw: 0.94-0.96x over 150 steps; the 2% set's seed 5: 0.95-1.00x over
+        194), so waiting for half the budget bought them only retain-loss drift.
+        """
         steps, ratios = _calibration_ratios(loop.history)
         return cls._out_of_reach(
             cfg,
@@ -796,6 +818,7 @@ class EraseDiff(Unlearner):
                 f"{level:.2f}x, or {floor:.2f}x within its noise) and rose "
                 f"{pace * 100:+.3f} per 100 steps over the last {span}"
             ),
+            cfg.steps // 4 if within else None,
         )
 
     @staticmethod
