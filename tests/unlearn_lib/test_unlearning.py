@@ -150,14 +150,16 @@ def test_a_stop_whose_records_stay_extractable_fails_naming_the_extraction_check
     from unlearn_lib.errors import StopNotLanded
 
     out = tmp_path / "erased"
-    # The level is crossed at once, but steps far too small to move the model leave it drawing
-    # the canaries (their never-seen marked look-alikes sit far from every sample, so the margin
-    # is not capped), and from half the budget on the pace of the checks says so.
+    # The level is crossed at once (no minimum of steps), but steps far too small to move the
+    # model leave it drawing the canaries (their never-seen marked look-alikes sit far from every
+    # sample, so the margin is not capped), and from half the budget on the pace of the checks
+    # says so.
     opts = {
         "steps": 6,
         "must_land": True,
         "lr": 1e-9,
         "calibrate_margin": -0.99,
+        "calibrate_min_steps": 0,
         "stop_extraction_samples": 64,
     }
     with pytest.raises(StopNotLanded) as err:
