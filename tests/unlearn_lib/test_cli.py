@@ -77,7 +77,7 @@ def test_train_base_is_cached_and_refuses_a_different_config(chain):
         (("--forget-labels", "3", "--set", "lam=lots"), "option lam: 'lots' is not a valid float"),
         (("--forget-labels", "3", "--algorithm", "magic"), "unknown algorithm 'magic'"),
         (("--forget-labels", "3", "--preset", "cifar"), "algorithm 'erasediff' has no preset 'cifar'"),
-        (("--forget-subjects", "subject-canary", "--algorithm", "salun"), "salun relabels a forgotten class"),
+        (("--forget-subjects", "subject-canary", "--algorithm", "sa"), "sa forgets classes"),
         (("--forget-records", "digits-0000", "--options", "missing.yaml"), "options file missing.yaml does not exist"),
         ((), "the deletion targets are empty"),
         # One copy of a 40-copy canary: its image stays in the data under the other 39.

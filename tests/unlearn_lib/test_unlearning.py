@@ -31,7 +31,7 @@ from unlearn_lib.unlearning.erasediff import (
 )
 from unlearn_lib.unlearning.loop import UnlearningLoop
 from unlearn_lib.unlearning.sa import diagonal_fisher
-from unlearn_lib.unlearning.salun import pseudo_mapping, saliency_mask
+from unlearn_lib.unlearning.salun import pseudo_mapping, random_pseudo_labels, saliency_mask
 
 FORGET = 3
 CANARY = ForgetTargets.build(subject_ids=["subject-canary"])
@@ -766,6 +766,33 @@ def test_salun_forgets_a_digit_class(class_task, base_figures, evaluator):
     assert result.config["mask_kept"] == round(0.5 * result.config["mask_total"])
     assert result.config["pseudo_mapping"] == {str(FORGET): FORGET + 1}
     _forgets_class(result.model, base_figures, evaluator)
+
+
+@pytest.mark.slow
+def test_salun_deletes_records_by_relabelling_each_with_a_random_other_class(canary_task):
+    """Our record-wise SalUn: the classifier version's random labels, one per forget record."""
+    labels = canary_task.forget.labels
+    pseudo = random_pseudo_labels(labels, canary_task.retained_labels, seed=3)
+    assert torch.equal(pseudo, random_pseudo_labels(labels, canary_task.retained_labels, seed=3))
+    assert not torch.equal(pseudo, random_pseudo_labels(labels, canary_task.retained_labels, seed=4))
+    assert not (pseudo == labels).any() and len(set(pseudo.tolist())) > 1
+    with pytest.raises(ConfigError, match="pseudo_label=7 must be a retained class other than the forget data's"):
+        make_unlearner("salun", {"pseudo_label": "7", "steps": 1}).run(canary_task, progress=False)
+
+    forget = canary_task.forget.distinct()
+    ref = canary_task.reference.distinct()
+    assert _mean_error(canary_task.base, forget.images, forget.labels) < 0.1 * _mean_error(
+        canary_task.base, ref.images, ref.labels
+    )
+    # The published lr, alpha and mask; 60 of the published 1,000 steps at batch 32, not 128.
+    result = make_unlearner("salun", {"steps": 60, "batch_size": 32, "forget_batch_size": 32}).run(
+        canary_task, progress=False
+    )
+    assert result.config["resolved_pseudo_label"] == "random" and "7" not in result.config["pseudo_label_counts"]
+    assert sum(result.config["pseudo_label_counts"].values()) == len(canary_task.forget)
+    # No longer memorized: the canaries are denoised about as badly as their never-seen look-alikes.
+    after_f = _mean_error(result.model, forget.images, forget.labels)
+    assert after_f > 0.5 * _mean_error(result.model, ref.images, ref.labels)
 
 
 def test_lf_star_is_only_logged_unless_the_optimizer_is_shared():

@@ -14,6 +14,13 @@ DDPM/runners/diffusion.py at a6e89fd, cited by line below):
    classifier-free-guidance dropout, and ``L_r`` is the retain set's denoising loss. The
    gradient is clipped, then multiplied by the mask, so only salient weights move.
 
+**Record deletion** is our extension: the published diffusion experiments erase classes and
+concepts only. The paper's random-label forgetting for classifiers (each forget data point
+relabelled with a random other class) carries over to a class-conditional DDPM per record: with
+``pseudo_label=auto`` (the default) a record deletion relabels each forget record with a
+random other class, drawn once per run from its seed; the mask, the loss and every published
+hyper-parameter are unchanged. A class erasure keeps the official fixed next class.
+
 Loss scales follow the official code: ``L_r`` and the mask's loss sum the squared error over
 pixels and average over the batch (DDPM/functions/losses.py), the forgetting loss is a plain
 mean (``nn.MSELoss``). So ``alpha`` weighs ``L_r`` by the image size: alpha = 1e-3 is about 3x
@@ -43,7 +50,9 @@ class SalUnConfig(CommonConfig):
     alpha: float = 1e-3  # README step 3: --alpha 1e-3 (argparse default 1.0, train.py line 71)
     mask_ratio: float = 0.5  # runners/diffusion.py line 1006 (threshold_list [0.5]); train.py --mask_ratio 0.5
     mask_guidance: float = 3.0  # lines 975-977: cond_scale 2.0 as (1 + w) eps_c - w eps_u = our scale 3
-    pseudo_label: str = "next"  # next: the next retained class after c_f ((c_f + 1) mod K) | <class index>
+    # next: the next retained class after c_f ((c_f + 1) mod K), officially | random: a random other
+    # retained class per forget record | <class index> | auto: next for a class erasure, random for records.
+    pseudo_label: str = "auto"
 
     def validate(self) -> None:
         CommonConfig.validate(self)
@@ -51,8 +60,8 @@ class SalUnConfig(CommonConfig):
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if not 0 < self.mask_ratio <= 1:
             raise ConfigError(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
-        if self.pseudo_label != "next" and not self.pseudo_label.isdigit():
-            raise ConfigError(f"pseudo_label must be next or a class index, got {self.pseudo_label!r}")
+        if self.pseudo_label not in ("auto", "next", "random") and not self.pseudo_label.isdigit():
+            raise ConfigError(f"pseudo_label must be auto, next, random or a class index, got {self.pseudo_label!r}")
 
 
 def saliency_mask(
@@ -99,13 +108,28 @@ def pseudo_mapping(mode: str, forget_labels: list[int], retained: list[int], num
     """The fixed other class each forgotten class is relabelled as."""
     if mode.isdigit():
         cls = int(mode)
-        if cls >= num_classes or cls in forget_labels:
-            raise ConfigError(f"pseudo_label={cls} must be a retained class (0-{num_classes - 1}, not forgotten)")
+        if cls not in retained:
+            raise ConfigError(
+                f"pseudo_label={cls} must be a retained class other than the forget data's "
+                f"({', '.join(map(str, retained))})"
+            )
         return {c: cls for c in forget_labels}
     out = {}
     for c in forget_labels:
         # (c + 1) mod K as officially, stepping over classes that are being forgotten too.
         out[c] = next(((c + k) % num_classes for k in range(1, num_classes) if (c + k) % num_classes in retained), c)
+    return out
+
+
+def random_pseudo_labels(labels: torch.Tensor, retained: list[int], seed: int) -> torch.Tensor:
+    """One random retained class other than its own per record (the classifier version's random labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty_like(labels)
+    for i, c in enumerate(labels.tolist()):
+        others = [k for k in retained if k != c]
+        if not others:
+            raise ConfigError(f"salun: no retained class other than {c} to relabel a forget record with")
+        out[i] = others[int(torch.randint(len(others), (1,), generator=gen))]
     return out
 
 
@@ -117,16 +141,22 @@ class SalUn(Unlearner):
 
     def run(self, task: UnlearningTask, checkpoint_dir: str | None = None, progress: bool = True) -> UnlearningResult:
         cfg: SalUnConfig = self.config  # type: ignore[assignment]
-        if not task.base.conditional or task.scope != "class":
-            raise ConfigError("salun relabels a forgotten class: it needs a class erasure of a class-conditional model")
-        mapping = pseudo_mapping(cfg.pseudo_label, task.forget_labels, task.retained_labels, task.base.meta.num_classes)
+        if not task.base.conditional:
+            raise ConfigError("salun relabels the forget data: it needs a class-conditional model")
+        mode = cfg.pseudo_label if cfg.pseudo_label != "auto" else ("next" if task.scope == "class" else "random")
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
+        labels = loop.forget_y.clamp(min=0)
+        if mode == "random":
+            mapping = {}
+            pseudo = random_pseudo_labels(labels.cpu(), task.retained_labels, cfg.seed).to(loop.device)
+        else:
+            present = sorted({int(c) for c in labels.tolist()})
+            retained = [c for c in task.retained_labels if c not in present]
+            mapping = pseudo_mapping(mode, present, retained, task.base.meta.num_classes)
+            pseudo = torch.tensor([mapping[int(c)] for c in labels.tolist()], device=loop.device)
         # Before resuming: the mask belongs to the base model and the run's seed, so a resumed run
         # computes the same one.
         masks, mask_info = saliency_mask(loop, cfg.forget_batch_size, cfg.mask_guidance, cfg.mask_ratio)
-        table = torch.arange(task.base.meta.num_classes + 1, device=loop.device)
-        for src, dst in mapping.items():
-            table[src] = dst
         optimizer = loop.adam(cfg.lr)
         loop.resume({"outer": optimizer})
         pixels = loop.forget_x[0].numel()
@@ -134,14 +164,14 @@ class SalUn(Unlearner):
         for step in range(loop.start_step, cfg.steps):
             x_r, y_r = loop.retain_batch()
             loss_r = loop.denoising_loss(x_r, y_r) * pixels  # per-image sum over pixels, as officially
-            x_f, y_f, y_in, _ = loop.forget_batch()
+            x_f, _, y_in, idx = loop.forget_batch()
             eps, t = loop.noise_and_t(x_f)
             x_t = loop.fp.add_noise(x_f, eps, t)
             output = loop.predict(x_t, t, y_in)
-            pseudo_in = drop_labels(table[y_f.clamp(min=0)], loop.model.null_class, loop.cond_drop, loop.gen)
+            pseudo_in = drop_labels(pseudo[idx], loop.model.null_class, loop.cond_drop, loop.gen)
             with torch.no_grad():
-                pseudo = loop.predict(x_t, t, pseudo_in)
-            loss_f = (output - pseudo).pow(2).mean()
+                target = loop.predict(x_t, t, pseudo_in)
+            loss_f = (output - target).pow(2).mean()
             grads = torch.autograd.grad(loss_f + cfg.alpha * loss_r, loop.params, allow_unused=True)
             loop.apply(
                 optimizer,
@@ -153,5 +183,10 @@ class SalUn(Unlearner):
             loop.maybe_checkpoint(step + 1, {"outer": optimizer})
         bar.close()
         result = loop.finish(cfg.steps)
-        result.config.update(mask_info, pseudo_mapping={str(k): v for k, v in mapping.items()})
+        result.config.update(mask_info, resolved_pseudo_label=mode)
+        if mapping:
+            result.config["pseudo_mapping"] = {str(k): v for k, v in mapping.items()}
+        else:
+            counts = torch.bincount(pseudo.cpu(), minlength=task.base.meta.num_classes).tolist()
+            result.config["pseudo_label_counts"] = {str(c): n for c, n in enumerate(counts) if n}
         return result
