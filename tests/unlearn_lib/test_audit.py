@@ -348,6 +348,7 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
 
     # A gate below what a flawless erasure reads (the judge's floor) moves up to the floor plus the
     # margin; the move is written on the metric, in the report and, for a wider margin, as relaxed.
+    # The calibrated judge gives the base's own 9s about 0.0004 of 3 here, so the gate goes lower.
     res = audit(
         base_model_dir,
         models["class3"],
@@ -355,13 +356,13 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
         CLASS3,
         tmp_path / "a",
         evaluator_dir,
-        max_forgotten_probability=0.001,
+        max_forgotten_probability=0.0001,
         forgotten_probability_floor_margin=0.05,
     )
     m = {x.name: x for x in res.metrics}
     p, floor = m["forgotten_probability"], m["forgotten_probability_floor"]
-    assert floor.details["destination_share"]["3"] >= 0.5 and floor.value > 0.001
-    assert p.threshold == {"op": "<=", "value": pytest.approx(floor.value + 0.05), "gate": 0.001,
+    assert floor.details["destination_share"]["3"] >= 0.5 and floor.value > 0.0001
+    assert p.threshold == {"op": "<=", "value": pytest.approx(floor.value + 0.05), "gate": 0.0001,
                            "floor": floor.value, "margin": 0.05,
                            "labels": {"3": {"probability": pytest.approx(p.value), "floor": floor.value,
                                             "limit": pytest.approx(floor.value + 0.05)}}}  # fmt: skip
@@ -369,7 +370,7 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
     assert res.record["relaxed"]["forgotten_probability_floor_margin"] == {"used": 0.05, "default": 0.02}
     validate_record(res.record)
     rule = next(r[5] for r in metric_rows(res.record) if r[0] == "forgotten_probability")
-    assert rule == f"<= {floor.value + 0.05:.3g} (floor {floor.value:.3g} + 0.05; gate 0.001)"
+    assert rule == f"<= {floor.value + 0.05:.3g} (floor {floor.value:.3g} + 0.05; gate 0.0001)"
     assert "class 3 was judged against the judge's floor" in (tmp_path / "a" / "report.md").read_text()
 
     def regate(value: float, share: float | None = None, **kw) -> object:
@@ -381,14 +382,14 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
 
     # The same real figures under other settings.
     over = floor.value + 0.02 + 0.005
-    assert regate(over, max_forgotten_probability=0.001).passed is False  # the default margin, 0.02
-    assert regate(floor.value + 0.015, max_forgotten_probability=0.001).passed is True
+    assert regate(over, max_forgotten_probability=0.0001).passed is False  # the default margin, 0.02
+    assert regate(floor.value + 0.015, max_forgotten_probability=0.0001).passed is True
     # Turned off (stricter, not a relaxation): the fixed gate alone.
-    off = regate(floor.value + 0.015, max_forgotten_probability=0.001, forgotten_probability_floor_margin=None)
-    assert off.passed is False and off.threshold == {"op": "<=", "value": 0.001}
+    off = regate(floor.value + 0.015, max_forgotten_probability=0.0001, forgotten_probability_floor_margin=None)
+    assert off.passed is False and off.threshold == {"op": "<=", "value": 0.0001}
     assert "forgotten_probability_floor_margin" not in relaxations(AuditParams(forgotten_probability_floor_margin=None))
     # A model still drawing the class (under half its samples are the destination) has no flawless twin.
-    still = regate(floor.value + 0.015, share=0.4, max_forgotten_probability=0.001)
+    still = regate(floor.value + 0.015, share=0.4, max_forgotten_probability=0.0001)
     assert still.passed is False and "floor" not in still.threshold
     # A floor under the gate leaves the gate as it is.
     assert floor.value + 0.02 < 0.05
@@ -686,6 +687,22 @@ def test_unconditional_models_are_judged_by_the_share_of_forgotten_samples(digit
     assert 0.0 <= share.value <= 1.0 and share.value == share.base and share.samples == 50
     assert "retained_accuracy" not in m  # no class to ask for
     assert "unconditional" in share.description
+
+
+def test_the_judges_probability_of_another_class_on_a_genuine_image_is_its_confusion_not_a_floor(digits, evaluator):
+    """No label smoothing: smoothing 0.05 teaches 0.005 on every wrong class of a clean image, and the
+    judge read P(3) 0.015 on genuine hold-out 9s, a floor no erasure of 3 onto 9 could go below."""
+    assert evaluator.meta.label_smoothing == 0.0
+    genuine = [r for r in digits.holdout if r.label == 9 and "mark" not in (r.caption or "")]
+    nines = TensorSet.from_records(digits, genuine)
+    probs = evaluator.predict_proba(nines.images)
+    assert len(nines) >= 10 and (probs.argmax(-1) == 9).all()
+    assert float(probs[:, 3].mean()) < 0.005
+    # Calibrated on the hold-out digits: its confidence is about its accuracy (smoothing: 4-7 points under).
+    hold = TensorSet.from_records(digits, [r for r in digits.holdout if r.label is not None])
+    p = evaluator.predict_proba(hold.images)
+    accuracy = float((p.argmax(-1) == hold.labels).float().mean())
+    assert abs(float(p.max(-1).values.mean()) - accuracy) < 0.03
 
 
 def test_the_judge_is_the_mean_of_members_trained_with_other_seeds(digits, tmp_path):

@@ -917,6 +917,8 @@ def run_audit(
             "holdout_accuracy": evaluator.meta.holdout_accuracy,
             "members": evaluator.meta.members,
             "member_holdout_accuracy": evaluator.meta.member_holdout_accuracy,
+            # None: a judge saved before this was recorded, trained with 0.05 (its P(forgotten) reads higher).
+            "label_smoothing": evaluator.meta.label_smoothing,
             "dataset_digest": evaluator.meta.dataset_digest,
             "features": features.name,
         },
