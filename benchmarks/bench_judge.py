@@ -16,6 +16,7 @@ Writes ``benchmarks/results/judge-smoothing-<device>.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -47,9 +48,11 @@ def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> fl
 
 
 def judged(model: DiffusionModel, judges: dict[str, Evaluator]) -> dict:
+    """Every judge scores the same samples: drawn once, then re-read by each judge."""
+    drawn = generate_class_samples(model, next(iter(judges.values())), PER_CLASS, seed=SAMPLING_SEED)
     out = {}
     for name, ev in judges.items():
-        samples = generate_class_samples(model, ev, PER_CLASS, seed=SAMPLING_SEED)
+        samples = dataclasses.replace(drawn, probs=ev.predict_proba(drawn.images))
         figs = class_figures(samples, [FORGET])
         _, p_sent = samples.for_class(SENT_TO)
         out[name] = {
@@ -89,7 +92,7 @@ def main() -> None:
             "holdout_records": len(hold),
             "holdout_accuracy": float((p.argmax(-1) == hold.labels).float().mean()),
             "ece": calibration(p, hold.labels),
-            "nll": float(F.nll_loss(p.clamp_min(1e-12).log(), hold.labels)),
+            "nll": float(F.nll_loss(ev.logits(hold.images), hold.labels)),  # logits: the members' mean, logged
             f"p{FORGET}_on_holdout_{SENT_TO}s": float(p[genuine][:, FORGET].mean()),
         }
     base = DiffusionModel.load(args.base)

@@ -200,7 +200,7 @@ def _train_member(
     lr: float,
     seed: int,
     bar: tqdm,
-    label_smoothing: float = 0.0,
+    label_smoothing: float,
 ) -> ConvClassifier:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
