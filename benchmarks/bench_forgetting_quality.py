@@ -27,11 +27,13 @@ classes (still retained classes when deleting records), and on all classes.
 Selective Amnesia erases classes (its surrogate replaces what a label generates) and refuses
 record deletions: it has no row here. SalUn runs in our record-wise form (each forget record
 relabelled with a random other class, the published hyper-parameters: 1,000 steps at batch
-128 + 128: about 5 CPU-minutes a model, as for a class). Resumable: every model's
+128 + 128: 200-210 s a model on 2 CPU cores, about twice a retrain). Resumable: every model's
 statistics are written to ``DIR/<forget>/stats/<method>-<seed>.json`` when it is measured, and
 a second call only makes the models that are missing (an N = 32 run on 2 CPU cores takes hours:
 a retrain is about 2-3 minutes). Writes ``benchmarks/results/forgetting-quality-<device>.json``
-and a histogram figure per forget set, and prints the README table's rows.
+and two pictures per forget set, one dot per model and one dot per record (where each method
+leaves each record, in that record's retrained spread, against where the original had it), and
+prints the README table's rows.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def make_models(kind: str, args: argparse.Namespace, work: Path, evaluator: Eval
             row = {"refused": str(err).splitlines()[0]}
         else:
             row = {"steps": result.steps, "seconds": time.perf_counter() - t0}
+            if result.stop:  # how a calibrated run landed: crossed its level, or within its noise
+                row["within_noise"] = bool(result.stop.get("within_noise"))
             row |= statistics(result.model, records, evaluator, labels)
         (stats_dir / f"{name}-{seed}.json").write_text(json.dumps(row))
     return folder
@@ -134,6 +138,28 @@ def load_stats(folder: Path, name: str, n: int) -> tuple[dict[str, np.ndarray], 
     ok = [r for r in rows if "refused" not in r]
     stats = {k: np.array([r[k] for r in ok]) for k in ("loss", "pia")} if ok else {}
     return stats, rows
+
+
+def record_shifts(original: list[float], retrain: np.ndarray, stats: np.ndarray) -> dict:
+    """Where a method leaves each record, in the retrained models' own spread for that record.
+
+    ``z``: (method's mean - retrained mean) / retrained standard deviation, per record; the
+    original's ``z`` beside it. A method that undoes each record's memorization takes every record
+    to 0 (slope 0 against the original's z); one that pushes all records alike keeps their order
+    and only moves them (slope near 1): the most memorized stay on the member side while the least
+    are pushed past the retrained models.
+    """
+    mu, sd = retrain.mean(0), retrain.std(0).clip(min=1e-12)
+    z_orig, z = (np.asarray(original) - mu) / sd, (stats.mean(0) - mu) / sd
+    return {
+        "z_original": z_orig.round(3).tolist(),
+        "z": z.round(3).tolist(),
+        "mean_z": float(z.mean()),
+        "mean_abs_z": float(np.abs(z).mean()),
+        "mean_abs_z_original": float(np.abs(z_orig).mean()),
+        "slope_on_original": float(np.polyfit(z_orig, z, 1)[0]),
+        "spread_ratio": float(stats.std(0).mean() / retrain.std(0).mean()),
+    }
 
 
 def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = "") -> dict:
@@ -174,6 +200,7 @@ def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = ""
             out["rows"][name] = {"models": 0, "refused": len(rows)}
             continue
         out["rows"][name] = row(name, stats, rows, retrain)
+        out["rows"][name]["records"] = {k: record_shifts(original[k], retrain[k], stats[k]) for k in ("loss", "pia")}
         strips[name] = stats
     # One dot per model (its statistic averaged over the forget records), one row per method: a
     # method whose dots sit among the retrained ones is what retrain-equivalence looks like.
@@ -191,6 +218,31 @@ def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = ""
     fig.savefig(picture, dpi=110)
     plt.close(fig)
     out["figure"] = str(picture.relative_to(Path(__file__).parent))
+    # One dot per record: the original's z against the method's. Retrain-equivalence is every dot
+    # inside the band around 0 whatever its x; the diagonal is "nothing moved".
+    shifted = [m for m in strips if m != "retrained"]
+    if shifted:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+        for ax, k in zip(axes, ("loss", "pia"), strict=True):
+            lo, hi = 0.0, 0.0
+            for name in shifted:
+                r = out["rows"][name]["records"][k]
+                label = f"{name} (slope {r['slope_on_original']:.2f})"
+                ax.scatter(r["z_original"], r["z"], s=18, alpha=0.75, label=label)
+                lo, hi = min(lo, *r["z_original"], *r["z"]), max(hi, *r["z_original"], *r["z"])
+            ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, label="nothing moved")
+            ax.axhspan(-1, 1, color="tab:blue", alpha=0.12, label="retrained models' mean +- 1 sd")
+            if max(-lo, hi) > 20:  # neggrad lands thousands of deviations away: logarithmic beyond +-4
+                ax.set_yscale("symlog", linthresh=4.0)
+            ax.set_xlabel("original model's z (per record)")
+            ax.set_ylabel("method's mean z (per record)")
+            ax.set_title(f"{kind}: {k} statistic per record, in retrained sds (up: member-like)", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        picture = Path(__file__).parent / "results" / f"forgetting-quality-{kind}{tag}-records.png"
+        fig.savefig(picture, dpi=110)
+        plt.close(fig)
+        out["figure_records"] = str(picture.relative_to(Path(__file__).parent))
     return out
 
 
