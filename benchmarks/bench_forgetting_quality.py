@@ -162,6 +162,15 @@ def record_shifts(original: list[float], retrain: np.ndarray, stats: np.ndarray)
     }
 
 
+def save_picture(fig: plt.Figure, name: str) -> str:
+    """Write ``fig`` under ``benchmarks/results`` and return its path relative to ``benchmarks``."""
+    fig.tight_layout()
+    picture = Path(__file__).parent / "results" / name
+    fig.savefig(picture, dpi=110)
+    plt.close(fig)
+    return str(picture.relative_to(Path(__file__).parent))
+
+
 def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = "") -> dict:
     retrain, retrain_rows = load_stats(folder, "retrain", n)
     half = n // 2
@@ -213,11 +222,7 @@ def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = ""
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_title(f"{kind}: {k} statistic per model (right: member-like)", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    picture = Path(__file__).parent / "results" / f"forgetting-quality-{kind}{tag}.png"
-    fig.savefig(picture, dpi=110)
-    plt.close(fig)
-    out["figure"] = str(picture.relative_to(Path(__file__).parent))
+    out["figure"] = save_picture(fig, f"forgetting-quality-{kind}{tag}.png")
     # One dot per record: the original's z against the method's. Retrain-equivalence is every dot
     # inside the band around 0 whatever its x; the diagonal is "nothing moved".
     shifted = [m for m in strips if m != "retrained"]
@@ -238,11 +243,7 @@ def summarize(kind: str, folder: Path, methods: list[str], n: int, tag: str = ""
             ax.set_ylabel("method's mean z (per record)")
             ax.set_title(f"{kind}: {k} statistic per record, in retrained sds (up: member-like)", fontsize=9)
             ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        picture = Path(__file__).parent / "results" / f"forgetting-quality-{kind}{tag}-records.png"
-        fig.savefig(picture, dpi=110)
-        plt.close(fig)
-        out["figure_records"] = str(picture.relative_to(Path(__file__).parent))
+        out["figure_records"] = save_picture(fig, f"forgetting-quality-{kind}{tag}-records.png")
     return out
 
 
