@@ -149,7 +149,8 @@ def record_shifts(original: list[float], retrain: np.ndarray, stats: np.ndarray)
     and only moves them (slope near 1): the most memorized stay on the member side while the least
     are pushed past the retrained models.
     """
-    mu, sd = retrain.mean(0), retrain.std(0).clip(min=1e-12)
+    mu, spread = retrain.mean(0), retrain.std(0)
+    sd = spread.clip(min=1e-12)
     z_orig, z = (np.asarray(original) - mu) / sd, (stats.mean(0) - mu) / sd
     return {
         "z_original": z_orig.round(3).tolist(),
@@ -158,7 +159,7 @@ def record_shifts(original: list[float], retrain: np.ndarray, stats: np.ndarray)
         "mean_abs_z": float(np.abs(z).mean()),
         "mean_abs_z_original": float(np.abs(z_orig).mean()),
         "slope_on_original": float(np.polyfit(z_orig, z, 1)[0]),
-        "spread_ratio": float(stats.std(0).mean() / retrain.std(0).mean()),
+        "spread_ratio": float(stats.std(0).mean() / spread.mean()),
     }
 
 
