@@ -71,6 +71,7 @@ from .targets import (
     UniformNoiseTarget,
     class_mapping,
     class_means,
+    distinct_mapping,
     kept_mapping,
     nearest_neighbours,
 )
@@ -170,7 +171,7 @@ class EraseDiffConfig(CommonConfig):
     lam: float | None = None  # lambda when fixed; None: by scope
     eta: float = 0.5  # BOME's eta when adaptive
     target: str = "remap"  # noise | remap
-    remap_to: str = "auto"  # auto | null | nearest-class | neighbours | <class index>
+    remap_to: str = "auto"  # auto | null | nearest-class | nearest-distinct | neighbours | <class index>
     neighbours: int = 8
     # The forgetting loss draws its timesteps from [forget_t_min, T); the retain loss from all.
     # 100 kept a record deletion off the records' look-alikes at the smallest timesteps
@@ -268,10 +269,8 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError("lam and eta must be >= 0")
         if self.target not in ("noise", "remap"):
             raise ConfigError(f"target must be noise or remap, got {self.target!r}")
-        if self.remap_to not in ("auto", "null", "nearest-class", "neighbours") and not self.remap_to.isdigit():
-            raise ConfigError(
-                f"remap_to must be auto, null, nearest-class, neighbours or a class index, got {self.remap_to!r}"
-            )
+        if self.remap_to not in REMAP_MODES and not self.remap_to.isdigit():
+            raise ConfigError(f"remap_to must be {', '.join(REMAP_MODES)} or a class index, got {self.remap_to!r}")
         if self.neighbours < 1:
             raise ConfigError("neighbours must be >= 1")
         if not (math.isfinite(self.keep_forgotten_weight) and self.keep_forgotten_weight >= 0):
@@ -302,6 +301,7 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError("calibrate_every and calibrate_draws must be >= 1, calibrate_timesteps non-empty")
 
 
+REMAP_MODES = ("auto", "null", "nearest-class", "nearest-distinct", "neighbours")
 KEPT_INPUTS = ("destination", "replay", "both")
 KEPT_TARGETS = ("guided", "conditional")
 
@@ -404,7 +404,7 @@ def resolve_remap(cfg: EraseDiffConfig, task: UnlearningTask) -> str:
         return cfg.remap_to
     if not task.base.conditional or task.scope != "class":
         return "neighbours"
-    return "nearest-class"
+    return "nearest-distinct"
 
 
 def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> ForgetTarget:
@@ -431,10 +431,16 @@ def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoo
             raise ConfigError(f"remap_to={cls} is a class being forgotten")
     forget_labels = sorted({int(v) for v in task.forget.labels.tolist() if v >= 0})
     means = None
-    if mode == "nearest-class":
+    if mode in ("nearest-class", "nearest-distinct"):
         means = class_means(
             torch.cat([task.retain.images, task.forget.images]), torch.cat([task.retain.labels, task.forget.labels])
         )
+    if mode == "nearest-distinct":
+        assert means is not None
+        # Seed 0 whatever the run's: the destination is a property of the base model and the classes.
+        taken = set(task.erased_mapping.values())
+        mapping, confusion = distinct_mapping(loop.frozen, forget_labels, task.retained_labels, means, 0, taken)
+        return ClassRemapTarget(loop.frozen.unet, mapping, mode, confusion)
     mapping = class_mapping(mode, forget_labels, task.retained_labels, loop.model.null_class, means)
     return ClassRemapTarget(loop.frozen.unet, mapping, mode)
 

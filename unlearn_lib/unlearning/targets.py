@@ -9,9 +9,11 @@ forget set by regressing its noise prediction onto another target:
   (JingWu321/EraseDiff, ddpm/runners/diffusion.py at commit 67bac47, lines 748/757 and
   779/789; kept commented out at HEAD, lines 769-770 and 820-821). Not to be confused
   with regressing onto an independent uniform draw, whose best answer is the constant 0.5.
-* ``remap`` to a class (``null``, a fixed class, or the ``nearest-class``: the retained class
-  whose mean image is closest, the smallest change that removes the class): the untouched
-  base model's prediction for the same noisy input under that condition.
+* ``remap`` to a class (``null``, a fixed class, the ``nearest-class``: the retained class
+  whose mean image is closest, the smallest change that removes the class, or the
+  ``nearest-distinct`` class: the nearest one whose own samples the base model never takes
+  for the forgotten class): the untouched base model's prediction for the same noisy input
+  under that condition.
 * ``remap`` to ``neighbours``: for deleting records rather than a class. Each forget image
   is redirected toward its k nearest retained images (same label for record-level
   deletions), so the model denoises it as a model that never saw it would: into something
@@ -26,7 +28,17 @@ import torch
 
 from ..data.tensors import to_model_space
 from ..errors import ConfigError
-from ..models.objectives import ForwardProcess, predict_eps
+from ..models.diffusion import DiffusionModel
+from ..models.objectives import ForwardProcess, per_sample_denoising_error, predict_eps
+from ..models.sampling import sample
+
+# The base model's own samples per candidate class that ``nearest-distinct`` checks. At 200 a
+# destination the model draws as the forgotten class 2% of the time passes as distinct with
+# probability 0.018 (at 100: 0.13); a candidate costs about 2.5 s on 2 CPU cores (digits).
+DISTINCT_SAMPLES = 200
+# The diffusion classifier's timesteps (Li et al. 2023 spread them over the schedule) and noise draws.
+DISTINCT_TIMESTEPS = tuple(range(50, 1000, 100))
+DISTINCT_DRAWS = 2
 
 
 class ForgetTarget:
@@ -72,8 +84,15 @@ class ClassRemapTarget(ForgetTarget):
 
     name = "remap"
 
-    def __init__(self, frozen_unet: torch.nn.Module, mapping: dict[int, int], mode: str) -> None:
-        self.unet, self.mapping, self.mode = frozen_unet, mapping, mode
+    def __init__(
+        self,
+        frozen_unet: torch.nn.Module,
+        mapping: dict[int, int],
+        mode: str,
+        confusion: dict[int, dict[int, float]] | None = None,
+    ) -> None:
+        # confusion: the shares ``nearest-distinct`` measured, kept for the run record.
+        self.unet, self.mapping, self.mode, self.confusion = frozen_unet, mapping, mode, confusion
         size = max(mapping) + 1 if mapping else 1
         self.table = torch.arange(max(size, max(mapping.values(), default=0) + 1), dtype=torch.long)
         for src, dst in mapping.items():
@@ -99,7 +118,10 @@ class ClassRemapTarget(ForgetTarget):
         return e_u + scale * (e_d - e_u)
 
     def describe(self) -> dict:
-        return {"target": "remap", "remap_to": self.mode, "mapping": {str(k): v for k, v in self.mapping.items()}}
+        out = {"target": "remap", "remap_to": self.mode, "mapping": {str(k): v for k, v in self.mapping.items()}}
+        if self.confusion is not None:
+            out["confusion"] = {str(f): {str(r): v for r, v in row.items()} for f, row in self.confusion.items()}
+        return out
 
 
 def class_mapping(
@@ -118,12 +140,72 @@ def class_mapping(
         if not retained:
             raise ConfigError("remap_to=nearest-class needs at least one retained class")
         assert class_means is not None
-        out = {}
-        for c in forget_labels:
-            dists = {r: float((class_means[c] - class_means[r]).pow(2).sum()) for r in retained if r in class_means}
-            out[c] = min(dists, key=dists.get) if dists else retained[0]
-        return out
+        return {c: by_distance(c, retained, class_means)[0] for c in forget_labels}
     raise ConfigError(f"unknown class remap mode {mode!r}")
+
+
+def by_distance(c: int, retained: list[int], class_means: dict[int, torch.Tensor]) -> list[int]:
+    """The retained classes, nearest mean image to class ``c``'s first (those without a mean last)."""
+    if c not in class_means:
+        return list(retained)
+    dist = {r: float((class_means[c] - class_means[r]).pow(2).sum()) for r in retained if r in class_means}
+    return sorted(dist, key=dist.get) + [r for r in retained if r not in dist]
+
+
+def distinct_mapping(
+    model: DiffusionModel,
+    forget_labels: list[int],
+    retained: list[int],
+    class_means: dict[int, torch.Tensor],
+    seed: int = 0,
+    taken: set[int] | frozenset[int] = frozenset(),
+) -> tuple[dict[int, int], dict[int, dict[int, float]]]:
+    """``nearest-distinct``: each forgotten class goes to the nearest retained class the base model keeps apart from it.
+
+    An erased class is drawn as its destination afterwards, so whatever of f shows in the model's
+    renderings of r is what is left of f, however well the erasure went: a model whose 1s look
+    like 8s now and then makes a flawless erasure of 8 onto 1 read as a partial one, by any judge
+    that sees it. The model is its own judge here: candidates are tried nearest first and the
+    first whose samples :func:`confused_share` never takes for f wins; if every one is confused
+    sometimes, the least confused (the nearest of equals). No evaluator is consulted: the method
+    must not depend on the audit's judge (issue 11 part 7). ``taken``: classes that earlier erased
+    classes are drawn as; they are tried last, so that erasing one later moves as few classes at once
+    as possible. Returns the mapping and the shares measured (per f, per candidate tried).
+    """
+    if not retained:
+        raise ConfigError("remap_to=nearest-distinct needs at least one retained class")
+    mapping: dict[int, int] = {}
+    shares: dict[int, dict[int, float]] = {}
+    for f in forget_labels:
+        near = by_distance(f, retained, class_means)
+        order = [r for r in near if r not in taken] + [r for r in near if r in taken]
+        tried: dict[int, float] = {}
+        for r in order:
+            tried[r] = confused_share(model, f, r, seed)
+            if tried[r] == 0.0:
+                break
+        mapping[f] = min(tried, key=lambda r: (tried[r], order.index(r)))
+        shares[f] = tried
+    return mapping, shares
+
+
+@torch.no_grad()
+def confused_share(model: DiffusionModel, f: int, r: int, seed: int) -> float:
+    """The share of the model's own guided samples of class r that its diffusion classifier takes for f.
+
+    Li et al. 2023, pairwise: a sample counts when its denoising error over a fixed grid of
+    timesteps and noise draws is lower under label f than under r.
+    """
+    labels = torch.full((DISTINCT_SAMPLES,), r, dtype=torch.long)
+    x = sample(model, labels, seed=seed).to(model.device)
+    fp = ForwardProcess(model.scheduler, model.device)
+    grid = list(DISTINCT_TIMESTEPS)
+
+    def error(label: int) -> torch.Tensor:
+        cond = torch.full((DISTINCT_SAMPLES,), label, dtype=torch.long, device=model.device)
+        return per_sample_denoising_error(model.unet, fp, x, cond, grid, DISTINCT_DRAWS, seed).mean(1)
+
+    return round(float((error(f) < error(r)).float().mean()), 4)
 
 
 def kept_mapping(
@@ -151,11 +233,7 @@ def kept_mapping(
             seen.add(dst)
             dst = current.get(dst, prior.get(dst))
         if dst is None or dst not in ok:
-            if class_means is not None and c in class_means:
-                dists = {r: float((class_means[c] - class_means[r]).pow(2).sum()) for r in retained if r in class_means}
-                dst = min(dists, key=dists.get) if dists else retained[0]
-            else:
-                dst = retained[0]
+            dst = retained[0] if class_means is None else by_distance(c, retained, class_means)[0]
         out[c] = dst
     return out
 
