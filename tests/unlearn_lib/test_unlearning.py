@@ -431,7 +431,7 @@ def test_noise_target_and_attention_only_subset(class_task):
     assert changed and all(".attentions." in k for k in changed)
 
 
-def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path):
+def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch):
     opts = {"steps": 6, "checkpoint_every": 3}
     straight = make_unlearner("erasediff", opts).run(class_task, progress=False)
     # Simulate a preempted pod: a run that dies after its step-3 checkpoint.
@@ -450,8 +450,17 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path):
             make_unlearner("erasediff", opts).run(class_task, checkpoint_dir=str(tmp_path / "ck"), progress=False)
     finally:
         loop_mod.UnlearningLoop.maybe_checkpoint = original
+    # The destination comes from the checkpoint: measured again, GPU sampling noise could move it.
+    from unlearn_lib.unlearning import targets
+
+    def measure_again(*args, **kwargs):
+        raise AssertionError("a resumed run measured its destination again")
+
+    monkeypatch.setattr(targets, "confused_share", measure_again)
     resumed = make_unlearner("erasediff", opts).run(class_task, checkpoint_dir=str(tmp_path / "ck"), progress=False)
     assert resumed.resumed_from == 3
+    assert resumed.config["resolved_target"] == straight.config["resolved_target"]
+    assert straight.config["resolved_target"]["remap_to"] == "nearest-distinct"
     for k, v in straight.model.unet.state_dict().items():
         assert torch.allclose(v, resumed.model.unet.state_dict()[k], atol=1e-6), k
     assert resumed.history["loss_r"] == pytest.approx(straight.history["loss_r"], rel=1e-5)

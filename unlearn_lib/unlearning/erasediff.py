@@ -54,6 +54,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -407,7 +408,10 @@ def resolve_remap(cfg: EraseDiffConfig, task: UnlearningTask) -> str:
     return "nearest-distinct"
 
 
-def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> ForgetTarget:
+def build_target(
+    cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop, destination: dict[str, Any] | None = None
+) -> ForgetTarget:
+    """The forgetting target; ``destination``: a resumed run's ``nearest-distinct`` choice, reused as it was."""
     if cfg.target == "noise":
         return UniformNoiseTarget()
     mode = resolve_remap(cfg, task)
@@ -435,6 +439,8 @@ def build_target(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoo
         means = class_means(
             torch.cat([task.retain.images, task.forget.images]), torch.cat([task.retain.labels, task.forget.labels])
         )
+    if mode == "nearest-distinct" and destination is not None:
+        return ClassRemapTarget(loop.frozen.unet, destination["mapping"], mode, destination["confusion"])
     if mode == "nearest-distinct":
         assert means is not None
         # Seed 0 whatever the run's: the destination is a property of the base model and the classes.
@@ -500,8 +506,6 @@ class EraseDiff(Unlearner):
         if cfg.forget_t_min >= n_t:
             raise ConfigError(f"forget_t_min={cfg.forget_t_min}: the model has timesteps 0-{n_t - 1}")
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
-        target_fn = build_target(cfg, task, loop)
-        kept = build_kept(cfg, task, loop, target_fn)
         optimizer = loop.adam(cfg.lr)
         shared = cfg.inner_optimizer == "shared"
         inner_opt = optimizer if shared else loop.adam(cfg.inner_lr or cfg.lr)
@@ -509,6 +513,13 @@ class EraseDiff(Unlearner):
         stopper = self._stopper(cfg, task, loop)
         extractor = self._extractor(cfg, task) if stopper is not None else None
         resumed = loop.resume(optimizers)
+        # After resuming: a resumed run keeps the destination it was trained toward. Measured again
+        # it could differ (GPU sampling is not bit-reproducible), and the run would change course.
+        target_fn = build_target(cfg, task, loop, resumed.get("destination"))
+        kept = build_kept(cfg, task, loop, target_fn)
+        destination = None
+        if isinstance(target_fn, ClassRemapTarget) and target_fn.confusion is not None:
+            destination = {"mapping": target_fn.mapping, "confusion": target_fn.confusion}
 
         # The last iterate still under the stop's level: bisection lands between it and the first
         # one over. Checkpointed, so that a run resumed just after the crossing can still bisect.
@@ -663,7 +674,7 @@ class EraseDiff(Unlearner):
             loop.maybe_checkpoint(
                 step,
                 optimizers,
-                {"crossing": crossing, "lf_star": lf_star, "prev": prev, "spread": spread},
+                {"crossing": crossing, "lf_star": lf_star, "prev": prev, "spread": spread, "destination": destination},
             )
             stop = stop_check(step)
         bar.close()

@@ -34,7 +34,7 @@ from ..models.sampling import sample
 
 # The base model's own samples per candidate class that ``nearest-distinct`` checks. At 200 a
 # destination the model draws as the forgotten class 2% of the time passes as distinct with
-# probability 0.018 (at 100: 0.13); a candidate costs about 2.5 s on 2 CPU cores (digits).
+# probability 0.018 (at 100: 0.13); a candidate costs about 3 s on 2 CPU cores (digits).
 DISTINCT_SAMPLES = 200
 # The diffusion classifier's timesteps (Li et al. 2023 spread them over the schedule) and noise draws.
 DISTINCT_TIMESTEPS = tuple(range(50, 1000, 100))
