@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 
 from ..data.tensors import to_model_space, to_uint8
 from ..errors import ConfigError, StopNotLanded
@@ -446,6 +447,12 @@ def build_target(
         # Seed 0 whatever the run's: the destination is a property of the base model and the classes.
         taken = set(task.erased_mapping.values())
         mapping, confusion = distinct_mapping(loop.frozen, forget_labels, task.retained_labels, means, 0, taken)
+        if loop.world_size > 1:
+            # Every process measures, and on GPUs they need not agree to the sample: the main one's
+            # choice is everyone's, or processes would average gradients toward different classes.
+            chosen = [mapping, confusion]
+            broadcast_object_list(chosen, from_process=0)
+            mapping, confusion = chosen
         return ClassRemapTarget(loop.frozen.unet, mapping, mode, confusion)
     mapping = class_mapping(mode, forget_labels, task.retained_labels, loop.model.null_class, means)
     return ClassRemapTarget(loop.frozen.unet, mapping, mode)
