@@ -434,14 +434,14 @@ def build_target(
             raise ConfigError(f"remap_to={cls}: the model has classes 0-{task.base.meta.num_classes - 1}")
         if task.scope == "class" and cls in task.forget_labels:
             raise ConfigError(f"remap_to={cls} is a class being forgotten")
+    if mode == "nearest-distinct" and destination is not None:
+        return ClassRemapTarget(loop.frozen.unet, destination["mapping"], mode, destination["confusion"])
     forget_labels = sorted({int(v) for v in task.forget.labels.tolist() if v >= 0})
     means = None
     if mode in ("nearest-class", "nearest-distinct"):
         means = class_means(
             torch.cat([task.retain.images, task.forget.images]), torch.cat([task.retain.labels, task.forget.labels])
         )
-    if mode == "nearest-distinct" and destination is not None:
-        return ClassRemapTarget(loop.frozen.unet, destination["mapping"], mode, destination["confusion"])
     if mode == "nearest-distinct":
         assert means is not None
         # Seed 0 whatever the run's: the destination is a property of the base model and the classes.
