@@ -41,6 +41,11 @@ REPO = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("UNLEARN_TEST_CACHE", REPO / ".cache" / "tests"))
 BASE_CONFIG = TrainConfig(preset="digits", steps=2000, batch_size=64, lr=2e-3, seed=0)
 
+# nearest-distinct's measured shares (unlearn_lib.unlearning.targets.share_cache_dir): kept with
+# the suite's models rather than in the home directory, and shared by its workers and the CLI and
+# pipeline processes they start, which sample each base model's classes once instead of per test.
+os.environ.setdefault("UNLEARN_CACHE_DIR", str(CACHE / "unlearn"))
+
 T = TypeVar("T")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 

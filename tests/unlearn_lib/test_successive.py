@@ -16,7 +16,7 @@ from unlearn_lib.errors import ConfigError, SelectionError
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.objectives import predict_eps
 from unlearn_lib.models.sampling import sample
-from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
+from unlearn_lib.unlearning import erase, make_unlearner, targets, task_from_selection
 from unlearn_lib.unlearning.erasediff import build_kept, build_target
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY, deletion_entry, exclude_prior
 from unlearn_lib.unlearning.loop import UnlearningLoop
@@ -95,6 +95,32 @@ def test_an_erased_class_goes_to_the_nearest_class_the_base_model_never_takes_fo
     samples = generate_class_samples(base_model, evaluator, 100, seed=SEED, classes=[1, dest])
     p8 = {c: float(samples.for_class(c)[1][:, 8].mean()) for c in (1, dest)}
     assert p8[dest] < 0.02 < p8[1], p8
+
+
+def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
+    share = targets.confused_share(base_model, 8, 1, 0)
+    entries = list((tmp_path / "nearest-distinct").glob("*.json"))
+    assert len(entries) == 1 and json.loads(entries[0].read_text())["share"] == share
+
+    def must_not_sample(*args):
+        raise AssertionError("sampled again for weights it has measured")
+
+    monkeypatch.setattr(targets, "measure_confused_share", must_not_sample)
+    assert targets.confused_share(base_model, 8, 1, 0) == share
+    # Other weights, another class pair or another seed are another measurement.
+    changed = base_model.clone()
+    with torch.no_grad():
+        next(changed.unet.parameters()).view(-1)[0] += 1e-3
+    key = targets.share_key(base_model, 8, 1, 0)
+    assert len({key, targets.share_key(changed, 8, 1, 0), targets.share_key(base_model, 8, 2, 0)}) == 3
+    assert key != targets.share_key(base_model, 8, 1, 1)
+    # A torn or foreign entry is measured again and rewritten, never trusted.
+    entries[0].write_text("{not json")
+    monkeypatch.setattr(targets, "measure_confused_share", lambda *a: 0.25)
+    assert targets.confused_share(base_model, 8, 1, 0) == 0.25
+    assert json.loads(entries[0].read_text())["share"] == 0.25
+    assert not list((tmp_path / "nearest-distinct").glob("*.tmp"))
 
 
 def test_a_class_that_already_holds_an_erased_class_is_tried_last(digits, base_model):
