@@ -120,7 +120,7 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     monkeypatch.setattr(targets, "measure_confused_share", lambda *a: 0.25)
     assert targets.confused_share(base_model, 8, 1, 0) == 0.25
     assert json.loads(entries[0].read_text())["share"] == 0.25
-    assert not list((tmp_path / "nearest-distinct").glob("*.tmp"))
+    assert list((tmp_path / "nearest-distinct").iterdir()) == entries  # no temporary file left
 
 
 def test_a_class_that_already_holds_an_erased_class_is_tried_last(digits, base_model):

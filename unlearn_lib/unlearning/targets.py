@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..models.diffusion import DiffusionModel
 from ..models.objectives import ForwardProcess, per_sample_denoising_error, predict_eps
 from ..models.sampling import sample
+from ..utils import write_json
 
 # The base model's own samples per candidate class that ``nearest-distinct`` checks. At 200 a
 # destination the model draws as the forgotten class 2% of the time passes as distinct with
@@ -239,10 +240,7 @@ def confused_share(model: DiffusionModel, f: int, r: int, seed: int) -> float:
         pass
     share = measure_confused_share(model, f, r, seed)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"share": share, "f": f, "r": r}))
-        os.replace(tmp, path)
+        write_json(path, {"share": share, "f": f, "r": r})
     except OSError:
         pass  # a read-only home only costs the next run the measurement
     return share
