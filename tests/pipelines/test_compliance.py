@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from pipelines.compliance import GOLDEN, compile_pipeline
 from pipelines.run import ensure_base_registered, run_local
 from unlearn_lib.data import ForgetTargets, select
+from unlearn_lib.data.tensors import to_model_space
 from unlearn_lib.errors import UnlearnError
 from unlearn_lib.requests import DeletionBatch, parse_request
 from unlearn_lib.settings import Settings
@@ -440,3 +442,20 @@ def test_a_refused_submission_leaves_nothing_claimed(workspace):
     assert row.state == "pending" and "KFP refused the run" in row.last_error
     assert store.lease("model:digits-diffusion") is None
     assert [r.state for r in store.runs()] == ["rolled_back"]
+
+
+def test_the_judge_store_hands_a_judge_to_the_next_workspace(evaluator, digits, tmp_path, monkeypatch):
+    from unlearn_lib.compliance import steps
+
+    name = f"{digits.digest()[:16]}-test"
+    monkeypatch.delenv(steps.JUDGE_STORE_ENV, raising=False)
+    steps._store_judge(name, evaluator)  # off by default: nothing kept anywhere
+    assert steps._stored_judge(name) is None
+    monkeypatch.setenv(steps.JUDGE_STORE_ENV, str(tmp_path))
+    assert steps._stored_judge(name) is None
+    steps._store_judge(name, evaluator)
+    got = steps._stored_judge(name)
+    images = to_model_space(torch.from_numpy(digits.load_images(digits.holdout[:32])))
+    assert torch.equal(got.logits(images), evaluator.logits(images))
+    (tmp_path / name / "evaluator.json").write_text("{torn")
+    assert steps._stored_judge(name) is None

@@ -101,7 +101,11 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
     share = targets.confused_share(base_model, 8, 1, 0)
     entries = list((tmp_path / "nearest-distinct").glob("*.json"))
-    assert len(entries) == 1 and json.loads(entries[0].read_text())["share"] == share
+    assert len(entries) == 1 and json.loads(entries[0].read_text())["seen"] == targets.DISTINCT_SAMPLES
+    assert json.loads(entries[0].read_text())["confused"] / targets.DISTINCT_SAMPLES == pytest.approx(share, abs=1e-4)
+    # The chunks add up to the whole measurement: the same draws as all the samples at once.
+    *_, (confused, seen) = targets.share_chunks(base_model, 8, 1, 0)
+    assert seen == targets.DISTINCT_SAMPLES and confused > 0 and round(confused / seen, 4) == share
 
     def must_not_sample(*args):
         raise AssertionError("sampled again for weights it has measured")
@@ -117,9 +121,13 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     assert key != targets.share_key(base_model, 8, 1, 1)
     # A torn or foreign entry is measured again and rewritten, never trusted.
     entries[0].write_text("{not json")
-    monkeypatch.setattr(targets, "measure_confused_share", lambda *a: 0.25)
+    monkeypatch.setattr(targets, "measure_confused_share", lambda *a: (50, 200))
     assert targets.confused_share(base_model, 8, 1, 0) == 0.25
-    assert json.loads(entries[0].read_text())["share"] == 0.25
+    assert json.loads(entries[0].read_text())["confused"] == 50
+    # A screened entry (the share of the first chunk that ruled the class out) serves a screen only.
+    entries[0].write_text(json.dumps({"confused": 3, "seen": 50}))
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.06
+    assert targets.confused_share(base_model, 8, 1, 0) == 0.25
     assert list((tmp_path / "nearest-distinct").iterdir()) == entries  # no temporary file left
 
 
@@ -277,6 +285,7 @@ def test_dataset_still_holding_earlier_deletions_is_excluded_with_one_line(digit
         task_from_selection(digits, select(digits, ForgetTargets.build(labels=[0])), everything)
 
 
+@pytest.mark.extended  # two full class erasures (~4 min on 2 cores): make test-extended
 def test_erasing_5_after_3_keeps_both_forgotten(
     class3_model_dir, base_model_dir, base_model, digits_dir, evaluator, tmp_path
 ):

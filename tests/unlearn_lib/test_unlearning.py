@@ -451,12 +451,12 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch
     finally:
         loop_mod.UnlearningLoop.maybe_checkpoint = original
     # The destination comes from the checkpoint: measured again, GPU sampling noise could move it.
-    from unlearn_lib.unlearning import targets
+    from unlearn_lib.unlearning import erasediff
 
     def measure_again(*args, **kwargs):
-        raise AssertionError("a resumed run measured its destination again")
+        raise AssertionError("a resumed run chose its destination again")
 
-    monkeypatch.setattr(targets, "confused_share", measure_again)
+    monkeypatch.setattr(erasediff, "distinct_mapping", measure_again)
     resumed = make_unlearner("erasediff", opts).run(class_task, checkpoint_dir=str(tmp_path / "ck"), progress=False)
     assert resumed.resumed_from == 3
     assert resumed.config["resolved_target"] == straight.config["resolved_target"]

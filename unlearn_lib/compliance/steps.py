@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.manifest import Dataset
 from ..data.selection import Selection, select
@@ -50,6 +50,9 @@ from ..state import (
 from ..utils import write_json
 from ..workspace import Workspace, open_workspace
 from .runfiles import RunFiles, cache_root
+
+if TYPE_CHECKING:
+    from ..audit import Evaluator
 
 STEPS = ("extract_forget_set", "unlearn", "audit", "register")
 
@@ -467,12 +470,45 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
     from ..audit import train_evaluator
     from ..audit.evaluator import META, RECIPE
 
-    dest = cache_root(ctx.settings) / "evaluators" / f"{ds.digest()[:16]}-{RECIPE}"
+    name = f"{ds.digest()[:16]}-{RECIPE}"
+    dest = cache_root(ctx.settings) / "evaluators" / name
     if not (dest / META).is_file():
-        ev = train_evaluator(ds, progress=False)
+        ev = _stored_judge(name) or train_evaluator(ds, progress=False)
         ev.meta.dataset_rev = rev
         ev.save(dest, overwrite=True)  # staged and renamed: a killed step leaves no half judge
+        _store_judge(name, ev)
     return dest
+
+
+# A judge is a function of the dataset's content and the recipe: where ``UNLEARN_JUDGE_STORE`` names
+# a folder, judges are kept there by dataset digest and shared by every workspace on the machine
+# (the test suite and the benchmarks start hundreds of workspaces from the same data; training one
+# judge costs ~1 CPU-minute, most of a cheap audit). Off by default, and for synthetic data only:
+# the erasure sweeps a workspace's judges, never this folder, which keeps models fitted on records
+# that a later request erases.
+JUDGE_STORE_ENV = "UNLEARN_JUDGE_STORE"
+
+
+def _stored_judge(name: str) -> Evaluator | None:
+    from ..audit import Evaluator
+
+    root = os.environ.get(JUDGE_STORE_ENV)
+    if not root:
+        return None
+    try:
+        return Evaluator.load(Path(root) / name)
+    except (ModelError, OSError, ValueError, TypeError):
+        return None  # absent or torn: trained again, and stored again
+
+
+def _store_judge(name: str, ev: Evaluator) -> None:
+    root = os.environ.get(JUDGE_STORE_ENV)
+    if not root or (Path(root) / name / "evaluator.json").is_file():
+        return
+    try:
+        ev.save(Path(root) / name, overwrite=True)
+    except OSError:
+        pass  # a read-only store only costs the next workspace the training
 
 
 def audit_step(

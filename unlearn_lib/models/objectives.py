@@ -54,17 +54,24 @@ def per_sample_denoising_error(
     noise_draws: int,
     seed: int,
     batch_size: int = 512,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared denoising error per image, ``[N, len(timesteps)]``, over fixed noise draws.
 
     The noise is drawn from ``seed`` independently of the batch split, so two models are
     compared on exactly the same (x_t, t) pairs; this is the statistic behind the loss
-    (t-error) membership attack and the calibrated stop.
+    (t-error) membership attack and the calibrated stop. ``noise``
+    (``[noise_draws, len(timesteps), N, ...]``) gives it instead: a slice of the images can then
+    be measured with exactly the noise it gets among all of them.
     """
     n = x0.shape[0]
     device = x0.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    eps_all = torch.randn((noise_draws, len(timesteps), *x0.shape), generator=gen).to(device)
+    if noise is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((noise_draws, len(timesteps), *x0.shape), generator=gen)
+    elif tuple(noise.shape) != (noise_draws, len(timesteps), *x0.shape):
+        raise ValueError(f"noise of shape {tuple(noise.shape)} for {noise_draws} draws, {len(timesteps)} timesteps")
+    eps_all = noise.to(device)
     # Every (draw, timestep, image) triple in one flat batch: on small images a forward pass costs
     # about the same for 3 images as for 400, and the calibrated stop measures after every step.
     reps = noise_draws * len(timesteps)

@@ -23,12 +23,15 @@ def sample(
     batch_size: int = 1024,
     progress: bool = False,
     eta: float = 0.0,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate images in [-1, 1] as a CPU float tensor ``[N, C, H, W]``.
 
     For a conditional model ``labels`` picks each sample's class (the null class gives
     unconditional samples); ``guidance_scale`` defaults to the model's own. The initial
-    noise is drawn once from ``seed`` for all N, so results do not depend on ``batch_size``.
+    noise is drawn once from ``seed`` for all N, so results do not depend on ``batch_size``;
+    ``noise`` (``[N, C, H, W]``) gives it instead, so that a slice of a larger draw can be
+    sampled on its own.
     """
     device = model.device
     if model.conditional:
@@ -53,8 +56,11 @@ def sample(
         raise ConfigError(f"sampling steps must be >= 1, got {steps}")
     w = model.meta.guidance_scale if guidance_scale is None else float(guidance_scale)
     c, h, wd = model.meta.image_shape
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn((n, c, h, wd), generator=gen)
+    if noise is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((n, c, h, wd), generator=gen)
+    elif tuple(noise.shape) != (n, c, h, wd):
+        raise ConfigError(f"initial noise of shape {tuple(noise.shape)} for {n} samples of {(c, h, wd)}")
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps)
     unet = model.unet

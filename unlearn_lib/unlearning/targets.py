@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -42,6 +43,11 @@ from ..utils import write_json
 # destination the model draws as the forgotten class 2% of the time passes as distinct with
 # probability 0.018 (at 100: 0.13); a candidate costs about 3 s on 2 CPU cores (digits).
 DISTINCT_SAMPLES = 200
+# The samples are drawn and classified in chunks of this many: one sample taken for the forgotten
+# class rules a candidate out, so a confused candidate usually costs one chunk, not all 200 (a
+# 40-step model confusing every class took 232 s to pick a destination; a nearer candidate of
+# the digits base model is ruled out in its first chunk). The draws are those of all 200 at once.
+DISTINCT_CHUNK = 50
 # The diffusion classifier's timesteps (Li et al. 2023 spread them over the schedule) and noise draws.
 DISTINCT_TIMESTEPS = tuple(range(50, 1000, 100))
 DISTINCT_DRAWS = 2
@@ -172,8 +178,10 @@ def distinct_mapping(
     renderings of r is what is left of f, however well the erasure went: a model whose 1s look
     like 8s now and then makes a flawless erasure of 8 onto 1 read as a partial one, by any judge
     that sees it. The model is its own judge here: candidates are tried nearest first and the
-    first whose samples :func:`confused_share` never takes for f wins; if every one is confused
-    sometimes, the least confused (the nearest of equals). No evaluator is consulted: the method
+    first whose samples :func:`confused_share` never takes for f wins; a candidate is ruled out at
+    the first chunk of its samples that holds one taken for f, and its recorded share is that of the
+    samples drawn so far. If every one is confused sometimes, each is measured in full and the least
+    confused wins (the nearest of equals). No evaluator is consulted: the method
     must not depend on the audit's judge (issue 11 part 7). ``taken``: classes that earlier erased
     classes are drawn as; they are tried last, so that erasing one later moves as few classes at once
     as possible. Returns the mapping and the shares measured (per f, per candidate tried).
@@ -187,9 +195,13 @@ def distinct_mapping(
         order = [r for r in near if r not in taken] + [r for r in near if r in taken]
         tried: dict[int, float] = {}
         for r in order:
-            tried[r] = confused_share(model, f, r, seed)
+            tried[r] = confused_share(model, f, r, seed, screen=True)
             if tried[r] == 0.0:
                 break
+        else:
+            # Every candidate is confused sometimes: the least confused wins, which takes the whole
+            # measurement of each (a screened share is only the share of its first chunks).
+            tried = {r: confused_share(model, f, r, seed) for r in order}
         mapping[f] = min(tried, key=lambda r: (tried[r], order.index(r)))
         shares[f] = tried
     return mapping, shares
@@ -214,6 +226,7 @@ def share_key(model: DiffusionModel, f: int, r: int, seed: int) -> str:
         "samples": DISTINCT_SAMPLES,
         "timesteps": list(DISTINCT_TIMESTEPS),
         "draws": DISTINCT_DRAWS,
+        "chunk": DISTINCT_CHUNK,
         "f": f,
         "r": r,
         "seed": seed,
@@ -222,43 +235,72 @@ def share_key(model: DiffusionModel, f: int, r: int, seed: int) -> str:
     return h.hexdigest()
 
 
-def confused_share(model: DiffusionModel, f: int, r: int, seed: int) -> float:
+def confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False) -> float:
     """The share of the model's own guided samples of class r that its diffusion classifier takes for f.
 
     Li et al. 2023, pairwise: a sample counts when its denoising error over a fixed grid of
-    timesteps and noise draws is lower under label f than under r.
+    timesteps and noise draws is lower under label f than under r. ``screen``: stop at the first
+    chunk (:data:`DISTINCT_CHUNK`) that holds such a sample and return the share so far, which is
+    enough to rule r out; a share of 0.0 is always over all :data:`DISTINCT_SAMPLES`.
 
     A share is a property of the weights, so it is measured once per model and kept on disk
     (:func:`share_cache_dir`, keyed by :func:`share_key`): a retried request, the next seed of a
-    benchmark or another erasure from the same base reads it back instead of sampling again (about
-    3 s a candidate on 2 CPU cores). An unreadable entry is measured again.
+    benchmark or another erasure from the same base reads it back instead of sampling again. An
+    unreadable entry is measured again; a screened entry serves a screen, and a full measurement
+    replaces it.
     """
     path = share_cache_dir() / f"{share_key(model, f, r, seed)}.json"
     try:
-        return float(json.loads(path.read_text())["share"])
+        entry = json.loads(path.read_text())
+        confused, seen = int(entry["confused"]), int(entry["seen"])
+        if 0 < seen <= DISTINCT_SAMPLES and 0 <= confused <= seen and (screen or seen == DISTINCT_SAMPLES):
+            return round(confused / seen, 4)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    share = measure_confused_share(model, f, r, seed)
+    confused, seen = measure_confused_share(model, f, r, seed, screen)
     try:
-        write_json(path, {"share": share, "f": f, "r": r})
+        write_json(path, {"confused": confused, "seen": seen, "f": f, "r": r})
     except OSError:
         pass  # a read-only home only costs the next run the measurement
-    return share
+    return round(confused / seen, 4)
+
+
+def measure_confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False) -> tuple[int, int]:
+    """:func:`confused_share` without the cache, as (samples taken for f, samples drawn)."""
+    progress = (0, 0)
+    for progress in share_chunks(model, f, r, seed):
+        if screen and progress[0]:
+            break
+    return progress
 
 
 @torch.no_grad()
-def measure_confused_share(model: DiffusionModel, f: int, r: int, seed: int) -> float:
-    """:func:`confused_share` without the cache: sample the model and classify."""
-    labels = torch.full((DISTINCT_SAMPLES,), r, dtype=torch.long)
-    x = sample(model, labels, seed=seed).to(model.device)
-    fp = ForwardProcess(model.scheduler, model.device)
+def share_chunks(model: DiffusionModel, f: int, r: int, seed: int) -> Iterator[tuple[int, int]]:
+    """(samples taken for f, samples drawn) after each chunk of the model's guided samples of class r.
+
+    The initial noise and the classifier's noise are drawn for all :data:`DISTINCT_SAMPLES` at once
+    from ``seed``, and each chunk uses its slice: the chunks add up to the whole measurement.
+    """
+    n, (c, h, w) = DISTINCT_SAMPLES, model.meta.image_shape
     grid = list(DISTINCT_TIMESTEPS)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    start_noise = torch.randn((n, c, h, w), generator=gen)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    class_noise = torch.randn((DISTINCT_DRAWS, len(grid), n, c, h, w), generator=gen)
+    fp = ForwardProcess(model.scheduler, model.device)
+    confused = 0
+    for lo in range(0, n, DISTINCT_CHUNK):
+        hi = min(lo + DISTINCT_CHUNK, n)
+        labels = torch.full((hi - lo,), r, dtype=torch.long)
+        x = sample(model, labels, seed=seed, noise=start_noise[lo:hi]).to(model.device)
 
-    def error(label: int) -> torch.Tensor:
-        cond = torch.full((DISTINCT_SAMPLES,), label, dtype=torch.long, device=model.device)
-        return per_sample_denoising_error(model.unet, fp, x, cond, grid, DISTINCT_DRAWS, seed).mean(1)
+        def error(label: int, x: torch.Tensor = x, lo: int = lo, hi: int = hi) -> torch.Tensor:
+            cond = torch.full((hi - lo,), label, dtype=torch.long, device=model.device)
+            noise = class_noise[:, :, lo:hi]
+            return per_sample_denoising_error(model.unet, fp, x, cond, grid, DISTINCT_DRAWS, seed, noise=noise).mean(1)
 
-    return round(float((error(f) < error(r)).float().mean()), 4)
+        confused += int((error(f) < error(r)).sum())
+        yield confused, hi
 
 
 def kept_mapping(
