@@ -34,14 +34,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The long tier (.ci/run runs it after `make test`): whole deletion requests end to end (the demo's
-# two, the server path's, the text-to-image one), the tests of the trained text-to-image model and
-# the GPU benchmark's smoke run, a file per worker; then the fault-injection scenarios.
+# two, the server path's) and the GPU benchmark's smoke run, a file per worker; then the
+# fault-injection scenarios.
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "long and not faults and not extended"
 	$(MAKE) test-faults
 
 # The fault-injection scenarios (MLflow or S3 stopped mid-run, two run-pending at once on
-# PostgreSQL, rollback, kills after publishing or while committing, text-to-image), each on its
+# PostgreSQL, rollback, kills after publishing or while committing), each on its
 # own workspace, so spread over the workers test by test. The SIGKILL-at-every-step sweep is in
 # `make test`.
 test-faults: $(STAMP)
@@ -52,7 +52,7 @@ test-faults: $(STAMP)
 # model-quality checks (two successive class erasures). Run it before a release, or where cores
 # are plenty (~25 min on 2 cores, the text-to-image model's training included).
 test-extended: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m extended
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "extended and not containers"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

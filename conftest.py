@@ -4,9 +4,10 @@ The base model takes a few minutes to train on 2 CPU cores; it is cached under
 ``.cache/tests`` (or ``$UNLEARN_TEST_CACHE``) keyed by its configuration and the dataset
 digest, so local re-runs skip training. CI starts from a clean clone and trains it once.
 
-``make test`` runs the suite but its long tier in two pytest-xdist workers (``--dist loadfile``: a
-file's tests, and so its module fixtures, stay in one worker; the slowest files go first);
-``make test-long`` runs the long tier (``LONG_FIXTURES``), then the fault scenarios. The
+``make test`` runs the suite but its long, fault, extended and container tiers in two pytest-xdist
+workers (``--dist loadfile``: a file's tests, and so its module fixtures, stay in one worker; the
+slowest files go first); ``make test-long`` runs the long tier (``LONG_FIXTURES``), then the fault
+scenarios; ``make test-extended`` the extended tier (``EXTENDED_FIXTURES``), outside .ci/run. The
 expensive session fixtures are built once for the whole run, by whichever worker asks first,
 under a file lock (:func:`_once`); the other worker waits for them instead of building them twice.
 """

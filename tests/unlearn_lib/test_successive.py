@@ -14,7 +14,7 @@ from unlearn_lib.data import ForgetTargets, select
 from unlearn_lib.data.tensors import to_uint8
 from unlearn_lib.errors import ConfigError, SelectionError
 from unlearn_lib.models import DiffusionModel
-from unlearn_lib.models.objectives import predict_eps
+from unlearn_lib.models.objectives import ForwardProcess, per_sample_denoising_error, predict_eps
 from unlearn_lib.models.sampling import sample
 from unlearn_lib.unlearning import erase, make_unlearner, targets, task_from_selection
 from unlearn_lib.unlearning.erasediff import build_kept, build_target
@@ -101,13 +101,20 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
     share = targets.confused_share(base_model, 8, 1, 0)
     entries = list((tmp_path / "nearest-distinct").glob("*.json"))
-    assert len(entries) == 1 and json.loads(entries[0].read_text())["seen"] == targets.DISTINCT_SAMPLES
-    assert json.loads(entries[0].read_text())["confused"] / targets.DISTINCT_SAMPLES == pytest.approx(share, abs=1e-4)
-    # The chunks add up to the whole measurement: the same draws as all the samples at once.
-    *_, (confused, seen) = targets.share_chunks(base_model, 8, 1, 0)
-    assert seen == targets.DISTINCT_SAMPLES and confused > 0 and round(confused / seen, 4) == share
+    (entry,) = entries
+    assert len(json.loads(entry.read_text())["chunks"]) == targets.DISTINCT_SAMPLES // targets.DISTINCT_CHUNK
+    # The chunks are the whole measurement: all samples drawn and classified at once say the same.
+    n, grid, draws = targets.DISTINCT_SAMPLES, list(targets.DISTINCT_TIMESTEPS), targets.DISTINCT_DRAWS
+    x = sample(base_model, torch.full((n,), 1, dtype=torch.long), seed=0)
+    fp = ForwardProcess(base_model.scheduler, base_model.device)
 
-    def must_not_sample(*args):
+    def error(label: int) -> torch.Tensor:
+        cond = torch.full((n,), label, dtype=torch.long)
+        return per_sample_denoising_error(base_model.unet, fp, x, cond, grid, draws, 0).mean(1)
+
+    assert share > 0 and share == pytest.approx(float((error(8) < error(1)).float().mean()), abs=1.5 / n)
+
+    def must_not_sample(*args, **kwargs):
         raise AssertionError("sampled again for weights it has measured")
 
     monkeypatch.setattr(targets, "measure_confused_share", must_not_sample)
@@ -119,16 +126,44 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     key = targets.share_key(base_model, 8, 1, 0)
     assert len({key, targets.share_key(changed, 8, 1, 0), targets.share_key(base_model, 8, 2, 0)}) == 3
     assert key != targets.share_key(base_model, 8, 1, 1)
-    # A torn or foreign entry is measured again and rewritten, never trusted.
-    entries[0].write_text("{not json")
-    monkeypatch.setattr(targets, "measure_confused_share", lambda *a: (50, 200))
-    assert targets.confused_share(base_model, 8, 1, 0) == 0.25
-    assert json.loads(entries[0].read_text())["confused"] == 50
-    # A screened entry (the share of the first chunk that ruled the class out) serves a screen only.
-    entries[0].write_text(json.dumps({"confused": 3, "seen": 50}))
-    assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.06
-    assert targets.confused_share(base_model, 8, 1, 0) == 0.25
+    # A torn or inconsistent entry is measured again and rewritten, never trusted.
+    calls = []
+
+    def measure(model, f, r, seed, screen=False, start=0):
+        calls.append((screen, start))
+        return [0, 10, 0, 0][start:] if not screen else [0, 10][start:]
+
+    monkeypatch.setattr(targets, "measure_confused_share", measure)
+    for torn in ("{not json", '{"chunks": [0, 0]}', '{"chunks": [1.0, 0, 0, 0]}', '{"chunks": [0, 0, 0, 0, 0]}'):
+        entry.write_text(torn)
+        assert targets.confused_share(base_model, 8, 1, 0) == 0.05, torn
+        assert json.loads(entry.read_text())["chunks"] == [0, 10, 0, 0]
     assert list((tmp_path / "nearest-distinct").iterdir()) == entries  # no temporary file left
+    # A screen stops at the first chunk with a confused sample; the full measurement goes on from
+    # there, and the screen's answer is the same once everything is measured.
+    entry.unlink()
+    calls.clear()
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.1  # 10 of the first 100
+    assert targets.confused_share(base_model, 8, 1, 0) == 0.05
+    assert calls == [(True, 0), (False, 2)]
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.1
+
+
+def test_when_every_candidate_is_confused_the_least_confused_wins_on_full_shares(base_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
+    # Screened, 1 (1 of its first 50) looks less confused than 2 (3 of 50); measured in full, 2 is.
+    full = {1: [1, 1, 1, 1], 2: [3, 0, 0, 0], 4: [5, 5, 5, 5]}
+
+    def measure(model, f, r, seed, screen=False, start=0):
+        counts = full[r][start:]
+        first = next((i for i, c in enumerate(counts) if c), len(counts))
+        return counts[: first + 1] if screen else counts
+
+    monkeypatch.setattr(targets, "measure_confused_share", measure)
+    means = {c: torch.full((4,), float(c)) for c in (0, 1, 2, 4)}
+    mapping, shares = targets.distinct_mapping(base_model, [0], [1, 2, 4], means, seed=0)
+    # None reaches 0.0: each is measured in full, and the least confused wins.
+    assert shares[0] == {1: 0.02, 2: 0.015, 4: 0.1} and mapping == {0: 2}
 
 
 def test_a_class_that_already_holds_an_erased_class_is_tried_last(digits, base_model):

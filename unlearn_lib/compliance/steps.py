@@ -473,10 +473,12 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
     name = f"{ds.digest()[:16]}-{RECIPE}"
     dest = cache_root(ctx.settings) / "evaluators" / name
     if not (dest / META).is_file():
-        ev = _stored_judge(name) or train_evaluator(ds, progress=False)
+        ev = _stored_judge(name, ds.digest())
+        if ev is None:
+            ev = train_evaluator(ds, progress=False)
+            _store_judge(name, ev)
         ev.meta.dataset_rev = rev
         ev.save(dest, overwrite=True)  # staged and renamed: a killed step leaves no half judge
-        _store_judge(name, ev)
     return dest
 
 
@@ -489,26 +491,29 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
 JUDGE_STORE_ENV = "UNLEARN_JUDGE_STORE"
 
 
-def _stored_judge(name: str) -> Evaluator | None:
+def _stored_judge(name: str, digest: str) -> Evaluator | None:
+    """The store's judge ``name`` when it loads and was fitted on the dataset of ``digest``."""
     from ..audit import Evaluator
 
     root = os.environ.get(JUDGE_STORE_ENV)
     if not root:
         return None
     try:
-        return Evaluator.load(Path(root) / name)
-    except (ModelError, OSError, ValueError, TypeError):
-        return None  # absent or torn: trained again, and stored again
+        ev = Evaluator.load(Path(root) / name)
+    except Exception:  # absent, torn (safetensors raises its own error) or foreign: trained again
+        return None
+    return ev if ev.meta.dataset_digest == digest else None
 
 
 def _store_judge(name: str, ev: Evaluator) -> None:
+    """Keep ``ev`` in the store, replacing whatever did not load there."""
     root = os.environ.get(JUDGE_STORE_ENV)
-    if not root or (Path(root) / name / "evaluator.json").is_file():
+    if not root or _stored_judge(name, ev.meta.dataset_digest) is not None:
         return
     try:
         ev.save(Path(root) / name, overwrite=True)
     except OSError:
-        pass  # a read-only store only costs the next workspace the training
+        pass  # read-only, or another process stored it first: the next workspace loads or trains one
 
 
 def audit_step(

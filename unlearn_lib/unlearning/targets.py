@@ -180,8 +180,8 @@ def distinct_mapping(
     that sees it. The model is its own judge here: candidates are tried nearest first and the
     first whose samples :func:`confused_share` never takes for f wins; a candidate is ruled out at
     the first chunk of its samples that holds one taken for f, and its recorded share is that of the
-    samples drawn so far. If every one is confused sometimes, each is measured in full and the least
-    confused wins (the nearest of equals). No evaluator is consulted: the method
+    chunks up to that one. If every one is confused sometimes, each is measured in full (going on
+    from its screened chunks) and the least confused wins (the nearest of equals). No evaluator is consulted: the method
     must not depend on the audit's judge (issue 11 part 7). ``taken``: classes that earlier erased
     classes are drawn as; they are tried last, so that erasing one later moves as few classes at once
     as possible. Returns the mapping and the shares measured (per f, per candidate tried).
@@ -200,7 +200,7 @@ def distinct_mapping(
                 break
         else:
             # Every candidate is confused sometimes: the least confused wins, which takes the whole
-            # measurement of each (a screened share is only the share of its first chunks).
+            # measurement of each (a screened share is only that of its first chunks).
             tried = {r: confused_share(model, f, r, seed) for r in order}
         mapping[f] = min(tried, key=lambda r: (tried[r], order.index(r)))
         shares[f] = tried
@@ -239,47 +239,80 @@ def confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: boo
     """The share of the model's own guided samples of class r that its diffusion classifier takes for f.
 
     Li et al. 2023, pairwise: a sample counts when its denoising error over a fixed grid of
-    timesteps and noise draws is lower under label f than under r. ``screen``: stop at the first
-    chunk (:data:`DISTINCT_CHUNK`) that holds such a sample and return the share so far, which is
-    enough to rule r out; a share of 0.0 is always over all :data:`DISTINCT_SAMPLES`.
+    timesteps and noise draws is lower under label f than under r. ``screen``: the share over the
+    chunks (:data:`DISTINCT_CHUNK`) up to the first that holds such a sample, which is enough to
+    rule r out; a share of 0.0 is always over all :data:`DISTINCT_SAMPLES`. Either answer is the
+    same whatever was measured before.
 
     A share is a property of the weights, so it is measured once per model and kept on disk
-    (:func:`share_cache_dir`, keyed by :func:`share_key`): a retried request, the next seed of a
-    benchmark or another erasure from the same base reads it back instead of sampling again. An
-    unreadable entry is measured again; a screened entry serves a screen, and a full measurement
-    replaces it.
+    (:func:`share_cache_dir`, keyed by :func:`share_key`) as the count of each chunk measured: a
+    retried request, the next seed of a benchmark or another erasure from the same base reads it
+    back instead of sampling again, and a full measurement goes on from a screen's chunks. An
+    unreadable or inconsistent entry is measured again.
     """
     path = share_cache_dir() / f"{share_key(model, f, r, seed)}.json"
+    chunks = _cached_chunks(path)
+    if not _answers(chunks, screen):
+        chunks = chunks + measure_confused_share(model, f, r, seed, screen, start=len(chunks))
+        try:
+            write_json(path, {"chunks": chunks, "f": f, "r": r})
+        except OSError:
+            pass  # a read-only home only costs the next run the measurement
+    return _share(chunks, screen)
+
+
+def _chunk_count() -> int:
+    return -(-DISTINCT_SAMPLES // DISTINCT_CHUNK)
+
+
+def _cached_chunks(path: Path) -> list[int]:
+    """A cache entry's per-chunk counts: all chunks, or zeros up to a first non-zero one (a screen)."""
     try:
-        entry = json.loads(path.read_text())
-        confused, seen = int(entry["confused"]), int(entry["seen"])
-        if 0 < seen <= DISTINCT_SAMPLES and 0 <= confused <= seen and (screen or seen == DISTINCT_SAMPLES):
-            return round(confused / seen, 4)
+        chunks = json.loads(path.read_text())["chunks"]
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    confused, seen = measure_confused_share(model, f, r, seed, screen)
-    try:
-        write_json(path, {"confused": confused, "seen": seen, "f": f, "r": r})
-    except OSError:
-        pass  # a read-only home only costs the next run the measurement
-    return round(confused / seen, 4)
+        return []
+    ok = (
+        isinstance(chunks, list)
+        and 0 < len(chunks) <= _chunk_count()
+        and all(type(c) is int and 0 <= c <= DISTINCT_CHUNK for c in chunks)
+        and (len(chunks) == _chunk_count() or (chunks[-1] > 0 and not any(chunks[:-1])))
+    )
+    return chunks if ok else []
 
 
-def measure_confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False) -> tuple[int, int]:
-    """:func:`confused_share` without the cache, as (samples taken for f, samples drawn)."""
-    progress = (0, 0)
-    for progress in share_chunks(model, f, r, seed):
-        if screen and progress[0]:
+def _answers(chunks: list[int], screen: bool) -> bool:
+    return len(chunks) == _chunk_count() or (screen and bool(chunks) and chunks[-1] > 0)
+
+
+def _share(chunks: list[int], screen: bool) -> float:
+    if screen:
+        first = next((i for i, c in enumerate(chunks) if c), None)
+        if first is not None:
+            chunks = chunks[: first + 1]
+    seen = min(len(chunks) * DISTINCT_CHUNK, DISTINCT_SAMPLES)
+    return round(sum(chunks) / seen, 4)
+
+
+def measure_confused_share(
+    model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False, start: int = 0
+) -> list[int]:
+    """:func:`confused_share` without the cache: the count of each chunk from chunk ``start`` on (all
+    of them, or up to the first non-zero one when ``screen``)."""
+    counts = []
+    for count in share_chunks(model, f, r, seed, start):
+        counts.append(count)
+        if screen and count:
             break
-    return progress
+    return counts
 
 
 @torch.no_grad()
-def share_chunks(model: DiffusionModel, f: int, r: int, seed: int) -> Iterator[tuple[int, int]]:
-    """(samples taken for f, samples drawn) after each chunk of the model's guided samples of class r.
+def share_chunks(model: DiffusionModel, f: int, r: int, seed: int, start: int = 0) -> Iterator[int]:
+    """How many of each chunk of the model's guided samples of class r are taken for f, chunk ``start`` on.
 
     The initial noise and the classifier's noise are drawn for all :data:`DISTINCT_SAMPLES` at once
-    from ``seed``, and each chunk uses its slice: the chunks add up to the whole measurement.
+    from ``seed``, and each chunk uses its slice: the chunks add up to the whole measurement (the
+    same draws; smaller batches may round the last bit of a convolution differently).
     """
     n, (c, h, w) = DISTINCT_SAMPLES, model.meta.image_shape
     grid = list(DISTINCT_TIMESTEPS)
@@ -288,8 +321,7 @@ def share_chunks(model: DiffusionModel, f: int, r: int, seed: int) -> Iterator[t
     gen = torch.Generator(device="cpu").manual_seed(seed)
     class_noise = torch.randn((DISTINCT_DRAWS, len(grid), n, c, h, w), generator=gen)
     fp = ForwardProcess(model.scheduler, model.device)
-    confused = 0
-    for lo in range(0, n, DISTINCT_CHUNK):
+    for lo in range(start * DISTINCT_CHUNK, n, DISTINCT_CHUNK):
         hi = min(lo + DISTINCT_CHUNK, n)
         labels = torch.full((hi - lo,), r, dtype=torch.long)
         x = sample(model, labels, seed=seed, noise=start_noise[lo:hi]).to(model.device)
@@ -299,8 +331,7 @@ def share_chunks(model: DiffusionModel, f: int, r: int, seed: int) -> Iterator[t
             noise = class_noise[:, :, lo:hi]
             return per_sample_denoising_error(model.unet, fp, x, cond, grid, DISTINCT_DRAWS, seed, noise=noise).mean(1)
 
-        confused += int((error(f) < error(r)).sum())
-        yield confused, hi
+        yield int((error(f) < error(r)).sum())
 
 
 def kept_mapping(
