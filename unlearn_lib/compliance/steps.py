@@ -470,10 +470,11 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
     from ..audit import train_evaluator
     from ..audit.evaluator import META, RECIPE
 
-    name = f"{ds.digest()[:16]}-{RECIPE}"
+    digest = ds.digest()
+    name = f"{digest[:16]}-{RECIPE}"
     dest = cache_root(ctx.settings) / "evaluators" / name
     if not (dest / META).is_file():
-        ev = _stored_judge(name, ds.digest())
+        ev = _stored_judge(name, digest)
         if ev is None:
             ev = train_evaluator(ds, progress=False)
             _store_judge(name, ev)

@@ -48,6 +48,7 @@ DISTINCT_SAMPLES = 200
 # 40-step model confusing every class took 232 s to pick a destination; a nearer candidate of
 # the digits base model is ruled out in its first chunk). The draws are those of all 200 at once.
 DISTINCT_CHUNK = 50
+DISTINCT_CHUNKS = -(-DISTINCT_SAMPLES // DISTINCT_CHUNK)
 # The diffusion classifier's timesteps (Li et al. 2023 spread them over the schedule) and noise draws.
 DISTINCT_TIMESTEPS = tuple(range(50, 1000, 100))
 DISTINCT_DRAWS = 2
@@ -261,10 +262,6 @@ def confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: boo
     return _share(chunks, screen)
 
 
-def _chunk_count() -> int:
-    return -(-DISTINCT_SAMPLES // DISTINCT_CHUNK)
-
-
 def _cached_chunks(path: Path) -> list[int]:
     """A cache entry's per-chunk counts: all chunks, or zeros up to a first non-zero one (a screen)."""
     try:
@@ -273,15 +270,15 @@ def _cached_chunks(path: Path) -> list[int]:
         return []
     ok = (
         isinstance(chunks, list)
-        and 0 < len(chunks) <= _chunk_count()
+        and 0 < len(chunks) <= DISTINCT_CHUNKS
         and all(type(c) is int and 0 <= c <= DISTINCT_CHUNK for c in chunks)
-        and (len(chunks) == _chunk_count() or (chunks[-1] > 0 and not any(chunks[:-1])))
+        and (len(chunks) == DISTINCT_CHUNKS or (chunks[-1] > 0 and not any(chunks[:-1])))
     )
     return chunks if ok else []
 
 
 def _answers(chunks: list[int], screen: bool) -> bool:
-    return len(chunks) == _chunk_count() or (screen and bool(chunks) and chunks[-1] > 0)
+    return len(chunks) == DISTINCT_CHUNKS or (screen and bool(chunks) and chunks[-1] > 0)
 
 
 def _share(chunks: list[int], screen: bool) -> float:
