@@ -194,6 +194,25 @@ def pipeline_steps(args: argparse.Namespace, work: Path, overrides: dict):
         worst = run_pending(settings, "erasediff", overrides, {})
         seconds = time.perf_counter() - t0
         row = store.get_request(raw["request_id"])
+        audits = client.search_runs(
+            [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
+            filter_string=f"tags.`unlearn.step` = 'audit' and tags.`unlearn.request_ids` = '{raw['request_id']}'",
+        )
+        # The audit's own utility figures and the bar they were held to (the parent's, and the
+        # lineage's original while it is kept).
+        audit = (
+            {
+                "verdict": audits[0].data.tags.get("unlearn.audit_verdict"),
+                "original": audits[0].data.tags.get("unlearn.audit_original"),
+                **{
+                    k: round(audits[0].data.metrics[f"audit.{k}"], 4)
+                    for k in ("fid_ratio", "fid_ratio_to_original", "retained_accuracy_drop", "retain_loss_ratio")
+                    if f"audit.{k}" in audits[0].data.metrics
+                },
+            }
+            if audits
+            else None
+        )
         now = str(production_version(client, settings.model_name).version)
         moved = now != version
         version = now
@@ -205,6 +224,7 @@ def pipeline_steps(args: argparse.Namespace, work: Path, overrides: dict):
                 "exit": worst,
                 "production_version": version,
                 "production_moved": moved,
+                "audit": audit,
             },
         )
 

@@ -358,6 +358,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .t2i.model import is_text_to_image_folder
 
     if is_text_to_image_folder(args.model) or is_text_to_image_folder(args.base):
+        if args.original:
+            raise ConfigError("--original is not supported for text-to-image models yet; leave it out")
         return _audit_t2i(args, overrides)
     if args.judge:
         raise ConfigError("--judge is for text-to-image models; class-conditional audits use --evaluator")
@@ -375,6 +377,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         strict=not args.allow_unknown,
         device=args.device,
+        original_dir=args.original,
     )
     rec = result.record
     console = Console()
@@ -663,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="a model retrained without the forget set, reported as the reference; several (other training "
         "seeds): the report also states where the unlearned model sits among them, per forget record",
+    )
+    p.add_argument(
+        "--original",
+        help="the first model of --base's lineage, when --base has absorbed earlier deletions: a model no worse "
+        "than it passes the utility gates whatever its parent drew",
     )
     add_override_flags(p, "audit parameter", file_flag="--params", example="--set samples_per_class=50")
     p.add_argument("--device", default="auto", help="auto: CUDA when present (sampling in bf16), else CPU")

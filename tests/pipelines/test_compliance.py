@@ -194,6 +194,8 @@ def test_the_version_page_carries_a_model_card_the_report_and_the_curves(server_
     # System metrics sampled while unlearning and auditing.
     for step in ("unlearn", "audit"):
         assert any(k.startswith("system/cpu_utilization") for k in steps[step].data.metrics), step
+    # A first deletion: the parent is the lineage's original, the only bar for utility.
+    assert steps["audit"].data.tags["unlearn.audit_original"] == "parent"
     # Retention: the base version keeps its weights during the grace period (30 days by default).
     base = client.get_model_version(settings.model_name, "1")
     assert "unlearn.tombstone" not in base.tags and "unlearn.retired_versions" in steps["register"].data.tags

@@ -117,6 +117,13 @@ def test_versions_trained_on_deleted_data_are_tombstones_and_cannot_come_back(de
         assert len(refused.stderr.strip().splitlines()) == 1
     # The lineage stays: the tombstones keep their tags.
     assert versions["2"].tags["unlearn.request_ids"] == "REQ-0001"
+    # The second deletion's audit could not use the original (v1, retired with REQ-0001's records)
+    # as a bar for utility: it judged against its parent alone, and says so.
+    (audit,) = client.search_runs(
+        [client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
+        filter_string="tags.`unlearn.step` = 'audit' and tags.`unlearn.request_ids` = 'REQ-0002'",
+    )
+    assert audit.data.tags["unlearn.audit_original"] == "v1 retired"
     # Their weights are gone from MLflow's artifact store; production's are there.
     logged = {v: client.get_logged_model(mv.source.removeprefix("models:/")) for v, mv in versions.items()}
     for v in ("1", "2"):

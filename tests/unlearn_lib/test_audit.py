@@ -248,6 +248,90 @@ def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, 
     validate_record(back.record)
 
 
+def test_a_model_no_worse_than_the_lineages_original_passes_a_utility_gate_its_parent_would_fail():
+    from unlearn_lib.audit.gates import Metric, threshold_text
+    from unlearn_lib.audit.run import _utility_gate
+
+    def fid(value: float, parent: float) -> tuple[Metric, Metric]:
+        m = Metric(name="fid", group="utility", value=value, base=parent, description="")
+        return m, Metric(name="fid_ratio", group="utility", value=value / parent, base=None, description="")
+
+    # The parent drew a good FID (20); the unlearned model's 35 is 1.75x that but better than the
+    # original's 40: it passes, and the rule says why.
+    m, rel = fid(35.0, 20.0)
+    g = _utility_gate(rel, 1.5, m, 40.0, "ratio")
+    assert g.passed and g.threshold["value"] == pytest.approx(2.0) and g.threshold["gate"] == 1.5
+    assert threshold_text(g.threshold) == "<= 2 (no worse than the original model (40); gate 1.5)"
+    # Worse than both bars fails; without the original only the parent counts.
+    m, rel = fid(35.0, 20.0)
+    assert _utility_gate(rel, 1.5, m, 30.0, "ratio").passed is False
+    m, rel = fid(35.0, 20.0)
+    g = _utility_gate(rel, 1.5, m, None, "ratio")
+    assert g.passed is False and g.threshold == {"op": "<=", "value": 1.5}
+    # An original worse than the parent's gate leaves the gate as it was.
+    m, rel = fid(29.0, 20.0)
+    g = _utility_gate(rel, 1.5, m, 25.0, "ratio")
+    assert g.passed and g.threshold["value"] == 1.5
+    assert threshold_text(g.threshold) == "<= 1.5, or no worse than the original model (25)"
+
+    # Accuracy drops: 0.06 below the parent, but as accurate as the original.
+    acc = Metric(name="retained_accuracy", group="utility", value=0.93, base=0.99, description="")
+    drop = Metric(name="retained_accuracy_drop", group="utility", value=0.99 - 0.93, description="")
+    assert _utility_gate(drop, 0.05, acc, 0.93, "drop").passed
+    drop = Metric(name="retained_accuracy_drop", group="utility", value=0.99 - 0.93, description="")
+    assert _utility_gate(drop, 0.05, acc, 0.95, "drop").passed is False
+
+
+def test_the_lineages_original_is_measured_for_utility_only_and_a_wrong_one_is_refused(
+    base_model_dir, digits_dir, models, evaluator_dir, tmp_path
+):
+    from unlearn_lib.audit.run import _original_model
+    from unlearn_lib.models.diffusion import DiffusionModel
+
+    parent = models["class3"]  # erased 3 from base_model_dir
+    five = ForgetTargets.build(labels=[5])
+    with pytest.raises(ConfigError, match="is not the first model of the base model's lineage"):
+        run_audit(parent, parent, digits_dir, five, tmp_path / "x", params=params(), original_dir=models["canary"])
+    with pytest.raises(ConfigError, match="has absorbed no deletion, so it is its own original"):
+        run_audit(
+            base_model_dir, parent, digits_dir, five, tmp_path / "x", params=params(), original_dir=models["class3"]
+        )
+    assert not (tmp_path / "x").exists()
+
+    res = run_audit(
+        parent,
+        parent,
+        digits_dir,
+        five,
+        tmp_path / "a",
+        params=params(),
+        evaluator_dir=evaluator_dir,
+        original_dir=base_model_dir,
+    )
+    m = {x.name: x for x in res.metrics}
+    orig = res.record["models"]["original"]
+    assert orig["path"] == str(base_model_dir)
+    # The same classes (not 3, erased by the parent, nor 5), seed and judge as the other models.
+    o_fid = m["fid_ratio"].threshold["original"]
+    assert m["fid_ratio_to_original"].value == pytest.approx(m["fid"].value / o_fid)
+    assert m["fid_ratio_to_original"].base == pytest.approx(m["fid"].base / o_fid)
+    assert m["retained_accuracy_drop"].threshold["original"] > 0.85
+    assert m["retain_loss_ratio"].threshold["original"] > 0
+    # The same model as its parent: every utility gate passes on the parent's own bar (5 is not
+    # forgotten, so the audit fails, on forgetting).
+    assert m["fid_ratio"].value == 1.0 and m["fid_ratio"].passed
+    assert m["retained_accuracy_drop"].passed and m["retain_loss_ratio"].passed
+    assert not res.passed and m["forgotten_probability"].passed is False
+    validate_record(res.record)
+    # Its samples are not shown: the original still draws 3.
+    assert "original" not in res.measurements
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "original model (first of the lineage; utility only, no samples shown)" in report
+
+    # The parent given as its own original is no second bar.
+    assert _original_model(parent, parent, DiffusionModel.load(parent), "cpu") is None
+
+
 def test_earlier_erasures_follow_the_chain_and_skip_a_class_drawn_as_nothing_in_particular():
     from unlearn_lib.audit.efficacy import ClassSamples
     from unlearn_lib.audit.gates import HARD_LIMITS, relaxations

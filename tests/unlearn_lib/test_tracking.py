@@ -73,3 +73,24 @@ def test_promotion_moves_production_only_on_pass_and_clears_a_stale_candidate(tm
     assert promote(client, "m", v2, passed=True) == "production"  # a re-audit that passes
     assert production_version(client, "m").version == v2
     assert "candidate" not in client.get_registered_model("m").aliases
+
+
+def test_the_lineage_root_is_the_first_version_of_the_parent_chain(tmp_path):
+    from unlearn_lib.tracking.registry import lineage_root
+
+    client = configure(Settings(workspace=str(tmp_path)))
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "model/unet.txt")
+    v1 = register_version(client, "m", run.info.run_id, {"kind": "base"}).version
+    v2 = register_version(client, "m", run.info.run_id, {"parent_version": v1}).version
+    v3 = register_version(client, "m", run.info.run_id, {"parent_version": v2}).version
+    # A base registered later starts a lineage of its own.
+    v4 = register_version(client, "m", run.info.run_id, {"kind": "base"}).version
+    assert str(lineage_root(client, "m", v3).version) == str(v1)
+    assert str(lineage_root(client, "m", v1).version) == str(v1)
+    assert str(lineage_root(client, "m", v4).version) == str(v4)
+    # A chain that names a deleted version, or loops, ends where it breaks.
+    v5 = register_version(client, "m", run.info.run_id, {"parent_version": "99"}).version
+    assert str(lineage_root(client, "m", v5).version) == str(v5)
+    client.set_model_version_tag("m", v1, "unlearn.parent_version", v3)
+    assert str(lineage_root(client, "m", v3).version) in {str(v1), str(v2), str(v3)}

@@ -181,7 +181,8 @@ def membership_too_weak(members: int, nonmembers: int, null_std: float, params: 
 
 def threshold_text(th: dict | None, digits: int = 3) -> str:
     """A metric's threshold as one line: ``<= 0.05``, ``|x - 0.5| <= 0.1``, or a gate the judge's floor
-    moved, with where it came from: ``<= 0.0685 (floor 0.0485 + 0.02; gate 0.05)``."""
+    moved, with where it came from: ``<= 0.0685 (floor 0.0485 + 0.02; gate 0.05)``, or one the lineage's
+    original model moved: ``<= 1.62 (no worse than the original model (41.2); gate 1.5)``."""
     if not th:
         return ""
     v = th.get("value")
@@ -190,6 +191,12 @@ def threshold_text(th: dict | None, digits: int = 3) -> str:
     if th.get("op") == "within" and "center" in th:
         return f"|x - {th['center']:g}| <= {v:.{digits}g}"
     text = f"{th.get('op')} {v:.{digits}g}"
+    if "original" in th:
+        # A utility gate against the parent that also passes a model no worse than the lineage's original.
+        orig = f"no worse than the original model ({th['original']:.{digits}g})"
+        if v > th["gate"]:
+            return f"{text} ({orig}; gate {th['gate']:g})"
+        return f"{text}, or {orig}"
     if "floor" not in th:
         return text
 

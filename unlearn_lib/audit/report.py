@@ -34,7 +34,12 @@ if TYPE_CHECKING:
     from .run import ModelMeasurements
 
 GRID_PER_CLASS = 8
-ROLE_TITLES = {"base": "base model", "unlearned": "unlearned model", "retrain": "retrained (reference)"}
+ROLE_TITLES = {
+    "base": "base model",
+    "unlearned": "unlearned model",
+    "retrain": "retrained (reference)",
+    "original": "original model (first of the lineage; utility only, no samples shown)",
+}
 REDACTION_NOTE = (
     "grey tiles crossed in red: samples withheld, they lie within the extraction threshold of a "
     "forget record (or of a model's nearest sample to one)"

@@ -352,6 +352,32 @@ def _registry_model(ctx: StepContext, version: str) -> Path:
     return dest
 
 
+def _original_model(ctx: StepContext, parent_version: str, base_dir: Path) -> tuple[Path | None, str]:
+    """The lineage's first model for the audit's utility gates, and what became of it (a tag's value).
+
+    None when the parent is that model, or when it can no longer be read: retired (its weights
+    hold deleted data and are gone) or not the model the parent's lineage started from. The audit
+    then judges utility against the parent alone, as for a first deletion.
+    """
+    from ..models.lineage import prior_deletions
+    from ..tracking import TAG_PREFIX, configure
+    from ..tracking.registry import lineage_root
+    from ..unlearning.run import model_digest
+
+    meta = json.loads((base_dir / "unlearn_model.json").read_text())
+    deletions = prior_deletions(meta.get("lineage"))
+    if not deletions:
+        return None, "parent"
+    root = lineage_root(configure(ctx.settings), ctx.settings.model_name, parent_version)
+    version = str(root.version)
+    if (root.tags or {}).get(f"{TAG_PREFIX}tombstone") == "true":
+        return None, f"v{version} retired"
+    path = _registry_model(ctx, version)
+    if model_digest(path) != deletions[0].get("parent_model_sha256"):
+        return None, f"v{version} is not the lineage's first model"
+    return path, f"v{version}"
+
+
 def unlearn_step(
     ctx: StepContext, dataset_rev: str, forget_set_sha256: str, algorithm: str, options: dict, model_dir: str
 ) -> dict[str, Any]:
@@ -566,6 +592,11 @@ def audit_step(
                 judge_ds = ds if sel.scope == "class" else ctx.dataset(purged_rev)
                 failpoint("audit.running")
                 audit = audit_request if t2i else run_audit
+                extra: dict[str, Any] = {}
+                if not t2i:
+                    original, about = _original_model(ctx, parent_version, base_dir)
+                    mlflow.set_tag("unlearn.audit_original", about)
+                    extra["original_dir"] = original
                 result = audit(
                     base_dir,
                     model_dir,
@@ -577,6 +608,7 @@ def audit_step(
                     overwrite=True,
                     progress=False,
                     hard_limits=ctx.settings.audit_hard_limits,
+                    **extra,
                 )
                 record = result.record
                 metrics = {f"audit.{m.name}": m.value for m in result.metrics if m.value is not None}

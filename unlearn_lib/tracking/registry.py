@@ -66,6 +66,26 @@ def download_version(client: Any, name: str, version: str | int, dest: str | os.
     return dest
 
 
+def lineage_root(client: Any, name: str, version: str | int) -> Any:
+    """The first version of ``version``'s lineage: follow ``parent_version`` tags to a version without one.
+
+    A chain that loops or names a version the registry no longer has ends where it breaks.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mv = client.get_model_version(name, str(version))
+    seen = {str(mv.version)}
+    while parent := (mv.tags or {}).get(f"{TAG_PREFIX}parent_version"):
+        if parent in seen:
+            break
+        try:
+            mv = client.get_model_version(name, parent)
+        except MlflowException:
+            break
+        seen.add(parent)
+    return mv
+
+
 def versions_for_request(client: Any, name: str, request_id: str) -> list[Any]:
     """Versions whose lineage names ``request_id`` (the registry is the record of what was done)."""
     out = []
