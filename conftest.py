@@ -211,7 +211,7 @@ def base_model(base_model_dir: Path) -> DiffusionModel:
 
 @pytest.fixture(scope="session")
 def evaluator(digits) -> Evaluator:
-    from unlearn_lib.compliance.steps import _store_judge
+    from unlearn_lib.compliance.steps import store_judge
 
     key = _cache_key("evaluator", EVALUATOR_RECIPE, digits.digest())
     out = CACHE / f"evaluator-{key}"
@@ -224,7 +224,7 @@ def evaluator(digits) -> Evaluator:
             ev.save(out)
         # The same recipe on the same data: a class erasure's pipeline judge (fitted on the
         # unpurged digits) is this one.
-        _store_judge(f"{digits.digest()[:16]}-{EVALUATOR_RECIPE}", ev)
+        store_judge(f"{digits.digest()[:16]}-{EVALUATOR_RECIPE}", ev)
         return ev
 
 

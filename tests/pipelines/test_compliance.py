@@ -451,19 +451,19 @@ def test_the_judge_store_hands_a_judge_to_the_next_workspace(evaluator, digits, 
 
     name, digest = f"{digits.digest()[:16]}-test", digits.digest()
     monkeypatch.delenv(steps.JUDGE_STORE_ENV, raising=False)
-    steps._store_judge(name, evaluator)  # off by default: nothing kept anywhere
-    assert steps._stored_judge(name, digest) is None
+    steps.store_judge(name, evaluator)  # off by default: nothing kept anywhere
+    assert steps.stored_judge(name, digest) is None
     monkeypatch.setenv(steps.JUDGE_STORE_ENV, str(tmp_path))
-    assert steps._stored_judge(name, digest) is None
-    steps._store_judge(name, evaluator)
-    got = steps._stored_judge(name, digest)
+    assert steps.stored_judge(name, digest) is None
+    steps.store_judge(name, evaluator)
+    got = steps.stored_judge(name, digest)
     images = to_model_space(torch.from_numpy(digits.load_images(digits.holdout[:32])))
     assert torch.equal(got.logits(images), evaluator.logits(images))
-    assert steps._stored_judge(name, "another dataset") is None  # fitted on other data: not this one's
+    assert steps.stored_judge(name, "another dataset") is None  # fitted on other data: not this one's
     # A torn judge is never handed out, and the next one trained replaces it.
     for torn in ("evaluator.json", "evaluator.safetensors"):
         path = tmp_path / name / torn
         path.write_bytes(path.read_bytes()[:20])
-        assert steps._stored_judge(name, digest) is None, torn
-        steps._store_judge(name, evaluator)
-        assert torch.equal(steps._stored_judge(name, digest).logits(images), evaluator.logits(images))
+        assert steps.stored_judge(name, digest) is None, torn
+        steps.store_judge(name, evaluator)
+        assert torch.equal(steps.stored_judge(name, digest).logits(images), evaluator.logits(images))

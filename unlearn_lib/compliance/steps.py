@@ -500,10 +500,10 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
     name = f"{digest[:16]}-{RECIPE}"
     dest = cache_root(ctx.settings) / "evaluators" / name
     if not (dest / META).is_file():
-        ev = _stored_judge(name, digest)
+        ev = stored_judge(name, digest)
         if ev is None:
             ev = train_evaluator(ds, progress=False)
-            _store_judge(name, ev)
+            store_judge(name, ev)
         ev.meta.dataset_rev = rev
         ev.save(dest, overwrite=True)  # staged and renamed: a killed step leaves no half judge
     return dest
@@ -518,7 +518,7 @@ def _evaluator(ctx: StepContext, ds: Dataset, rev: str) -> Path:
 JUDGE_STORE_ENV = "UNLEARN_JUDGE_STORE"
 
 
-def _stored_judge(name: str, digest: str) -> Evaluator | None:
+def stored_judge(name: str, digest: str) -> Evaluator | None:
     """The store's judge ``name`` when it loads and was fitted on the dataset of ``digest``."""
     from ..audit import Evaluator
 
@@ -532,10 +532,10 @@ def _stored_judge(name: str, digest: str) -> Evaluator | None:
     return ev if ev.meta.dataset_digest == digest else None
 
 
-def _store_judge(name: str, ev: Evaluator) -> None:
+def store_judge(name: str, ev: Evaluator) -> None:
     """Keep ``ev`` in the store, replacing whatever did not load there."""
     root = os.environ.get(JUDGE_STORE_ENV)
-    if not root or _stored_judge(name, ev.meta.dataset_digest) is not None:
+    if not root or stored_judge(name, ev.meta.dataset_digest) is not None:
         return
     try:
         ev.save(Path(root) / name, overwrite=True)

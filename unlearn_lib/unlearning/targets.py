@@ -191,18 +191,19 @@ def distinct_mapping(
         raise ConfigError("remap_to=nearest-distinct needs at least one retained class")
     mapping: dict[int, int] = {}
     shares: dict[int, dict[int, float]] = {}
+    weights = weights_digest(model)
     for f in forget_labels:
         near = by_distance(f, retained, class_means)
         order = [r for r in near if r not in taken] + [r for r in near if r in taken]
         tried: dict[int, float] = {}
         for r in order:
-            tried[r] = confused_share(model, f, r, seed, screen=True)
+            tried[r] = confused_share(model, f, r, seed, screen=True, weights=weights)
             if tried[r] == 0.0:
                 break
         else:
             # Every candidate is confused sometimes: the least confused wins, which takes the whole
             # measurement of each (a screened share is only that of its first chunks).
-            tried = {r: confused_share(model, f, r, seed) for r in order}
+            tried = {r: confused_share(model, f, r, seed, weights=weights) for r in order}
         mapping[f] = min(tried, key=lambda r: (tried[r], order.index(r)))
         shares[f] = tried
     return mapping, shares
@@ -214,12 +215,23 @@ def share_cache_dir() -> Path:
     return Path(root) / "nearest-distinct"
 
 
-def share_key(model: DiffusionModel, f: int, r: int, seed: int) -> str:
-    """What a share depends on: the weights, the noise schedule, the guidance and the check's own settings."""
+def weights_digest(model: DiffusionModel) -> str:
+    """The hash of the UNet's weights as they are in memory (a model being erased has no file yet)."""
     h = hashlib.sha256()
     for name, t in sorted(model.unet.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def share_key(model: DiffusionModel, f: int, r: int, seed: int, weights: str | None = None) -> str:
+    """What a share depends on: the weights, the noise schedule, the guidance and the check's own settings.
+
+    ``weights``: :func:`weights_digest` of ``model``, when the caller already has it (it hashes every
+    weight, once per candidate otherwise).
+    """
+    h = hashlib.sha256()
+    h.update((weights or weights_digest(model)).encode())
     settings = {
         "scheduler": dict(model.scheduler.config),
         "guidance": model.meta.guidance_scale,
@@ -236,7 +248,9 @@ def share_key(model: DiffusionModel, f: int, r: int, seed: int) -> str:
     return h.hexdigest()
 
 
-def confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False) -> float:
+def confused_share(
+    model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False, weights: str | None = None
+) -> float:
     """The share of the model's own guided samples of class r that its diffusion classifier takes for f.
 
     Li et al. 2023, pairwise: a sample counts when its denoising error over a fixed grid of
@@ -249,9 +263,9 @@ def confused_share(model: DiffusionModel, f: int, r: int, seed: int, screen: boo
     (:func:`share_cache_dir`, keyed by :func:`share_key`) as the count of each chunk measured: a
     retried request, the next seed of a benchmark or another erasure from the same base reads it
     back instead of sampling again, and a full measurement goes on from a screen's chunks. An
-    unreadable or inconsistent entry is measured again.
+    unreadable or inconsistent entry is measured again. ``weights``: as for :func:`share_key`.
     """
-    path = share_cache_dir() / f"{share_key(model, f, r, seed)}.json"
+    path = share_cache_dir() / f"{share_key(model, f, r, seed, weights)}.json"
     chunks = _cached_chunks(path)
     if not _answers(chunks, screen):
         chunks = chunks + measure_confused_share(model, f, r, seed, screen, start=len(chunks))
