@@ -398,9 +398,9 @@ def _utility_gate(rel: Metric, limit: float, m: Metric, original: float | None, 
 
     After several deletions the parent is one erasure's draw: in a six-deletion pipeline sequence
     (benchmarks/README.md) kept-class FID moved 0.63-1.46x from one erasure to the next while
-    staying within 0.63-1.08x of the original's, and a gate on the parent alone refused the fifth
-    erasure because its parent had drawn a good FID. The original is the bar users care about, and
-    passing through it cannot compound: such a model is no worse than the original.
+    staying within 0.63-1.08x of the original's. A gate on the parent alone holds a successor of a
+    parent that drew well to a bar the first model served never met. The original is the bar users
+    care about, and passing through it cannot compound: such a model is no worse than the original.
     ``kind``: ``ratio`` (value over the parent's) or ``drop`` (the parent's minus value).
     """
     if original is None or m.base is None or (kind == "ratio" and not m.base):
