@@ -195,6 +195,7 @@ def measure_model(
 def measure_utility(
     path: str | os.PathLike[str],
     model: DiffusionModel,
+    dataset: Dataset,
     selection: Selection,
     evaluator: Evaluator,
     params: AuditParams,
@@ -226,7 +227,8 @@ def measure_utility(
         m.figures["retained_accuracy"] = sum(acc[c] for c in retained_classes) / len(retained_classes)
         gen_retained = cs.images_of(retained_classes)
     else:
-        n = params.samples_per_class * max(1, model.meta.num_classes)
+        # As many as the other models draw (an unconditional model has no classes of its own).
+        n = params.samples_per_class * max(1, dataset.num_classes)
         images = sample(model, None, num_samples=n, steps=params.sampling_steps, seed=params.seed, progress=progress)
         gen_retained = images
         if selection.scope == "class":
@@ -1013,7 +1015,16 @@ def run_audit(
     o_meas = None
     if original is not None:
         o_meas = measure_utility(
-            original[0], original[1], selection, evaluator, params, real_reference, holdout_retain, retained, progress
+            original[0],
+            original[1],
+            dataset,
+            selection,
+            evaluator,
+            params,
+            real_reference,
+            holdout_retain,
+            retained,
+            progress,
         )
     earlier = erased_labels(prior_deletions(models["base"][1].meta.lineage)) if conditional else []
     metrics = _metrics(meas, selection, params, conditional, retained, earlier, o_meas)
