@@ -71,6 +71,58 @@ def test_remap_targets_never_include_an_erased_class(digits, base_model):
         kept_mapping([3], {}, {}, [], null_class=10)
 
 
+def test_reroute_gives_an_earlier_class_its_own_destination_when_its_target_is_erased():
+    # 3 was sent onto 8 and 5 onto 2; 8 is erased now and goes to 1. 5 keeps 2 (still retained).
+    # 3 is rerouted, told which classes already receive an erased class now.
+    asked = []
+
+    def reroute(c, taken):
+        asked.append((c, taken))
+        return 9
+
+    m = kept_mapping([3, 5], {3: 8, 5: 2}, {8: 1}, [0, 1, 2, 4, 6, 7, 9], null_class=10, reroute=reroute)
+    assert m == {3: 9, 5: 2} and asked == [(3, {1, 2})]
+    # Without it, 3 follows 8 onto 1: the chain.
+    assert kept_mapping([3, 5], {3: 8, 5: 2}, {8: 1}, [0, 1, 2, 4, 6, 7, 9], null_class=10) == {3: 1, 5: 2}
+    with pytest.raises(ConfigError, match="rerouted onto 8"):
+        kept_mapping([3], {3: 8}, {8: 1}, [0, 1], null_class=10, reroute=lambda c, taken: 8)
+
+    # What the model draws as an erased class now: where it was sent (along earlier mappings while
+    # those have no images), whether or not the dataset still holds its own records.
+    means = {8: torch.ones(2), 1: torch.zeros(2), 3: torch.full((2,), 3.0)}
+    assert torch.equal(targets.drawn_as_mean(3, {3: 8}, means), torch.ones(2))
+    assert torch.equal(targets.drawn_as_mean(5, {5: 4, 4: 8}, means), torch.ones(2))
+    assert torch.equal(targets.drawn_as_mean(3, {}, means), means[3])  # sent nowhere: its own
+    assert targets.drawn_as_mean(5, {5: 4, 4: 5}, means) is None  # a loop: no answer, not a hang
+    assert targets.drawn_as_mean(6, {}, means) is None
+
+
+def test_an_earlier_class_is_rerouted_to_its_own_nearest_distinct_class_not_along_the_chain(digits, base_model):
+    # The pipeline's five deletions sent 3 onto 8, then erased 8 (onto 1) and 1 (onto 4): along the
+    # chain 1, 3 and 8 all went onto 4 at once and that audit refused the model (fid_ratio 3.13).
+    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]))
+    parent.meta.lineage[LINEAGE_KEY][0]["mapping"] = {"3": 8}
+    sel = select(digits, ForgetTargets.build(labels=[8]))
+    # Purged, as the pipeline's dataset is: nothing of 3 left to take a mean image from.
+    sel.retain = [r for r in sel.retain if r.label != 3]
+    sel.holdout = [r for r in sel.holdout if r.label != 3]
+    task = task_from_selection(digits, sel, parent)
+    assert task.erased is None or len(task.erased) == 0
+
+    chained_target, chained = _targets_of(task, keep_forgotten_reroute="chain")
+    assert chained.target.mapping == {3: chained_target.mapping[8]}
+    target, kept = _targets_of(task, keep_forgotten_reroute="distinct")
+    assert target.mapping == chained_target.mapping  # this deletion's own destination is unchanged
+    new = kept.target.mapping[3]
+    assert new not in (3, 8, target.mapping[8]) and new in task.retained_labels
+    # Chosen by the base model's own confusion, as this deletion's destination is: a class it never
+    # takes for what it draws as 3 now, and the measurement is on the record.
+    assert kept.target.confusion[3][new] == 0.0
+    assert set(kept.labels.unique().tolist()) == {3}
+    with pytest.raises(ConfigError, match="keep_forgotten_reroute must be one of chain, distinct"):
+        make_unlearner("erasediff", {"keep_forgotten_reroute": "spread"}).resolved(task)
+
+
 def test_an_erased_class_goes_to_the_nearest_class_the_base_model_never_takes_for_it(digits, base_model, evaluator):
     # After 3 and 5, 8's nearest class by mean image is 1, and this base model draws some 1s that it
     # and a judge take for 8s. Sent onto 1, a flawless erasure of 8 read 0.079 by the successive

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -352,19 +352,32 @@ def kept_mapping(
     retained: list[int],
     null_class: int,
     class_means: dict[int, torch.Tensor] | None = None,
+    reroute: Callable[[int, set[int]], int] | None = None,
 ) -> dict[int, int]:
     """Where each class erased by an earlier deletion is sent now: never onto an erased class.
 
     An earlier class keeps its previous target while that is still retained (the model already
     behaves that way: the smallest change). When its target has been erased since (3 sent onto 5,
-    then 5 erased), it follows the chain of later mappings (3 -> 5 -> where 5 goes now); failing
-    that, the nearest retained class by mean image, or the first retained class.
+    then 5 erased), ``reroute(c, taken)`` chooses its new one, given the classes that already
+    receive an erased class now (``taken``: this deletion's destinations and the earlier classes'
+    kept or chosen ones). Without ``reroute`` it follows the chain of later mappings (3 -> 5 ->
+    where 5 goes now); failing that, the nearest retained class by mean image, or the first
+    retained class.
     """
     if not retained:
         raise ConfigError("every class has been erased: nothing is left to send the erased classes to")
     ok = set(retained) | {null_class}
-    out = {}
+    out = {c: prior[c] for c in erased if prior.get(c) in ok}
     for c in erased:
+        if c in out:
+            continue
+        if reroute is not None:
+            taken = (set(current.values()) | set(out.values())) - {null_class}
+            dst = reroute(c, taken)
+            if dst not in ok:
+                raise ConfigError(f"class {c} was rerouted onto {dst}, which is not a retained class")
+            out[c] = dst
+            continue
         dst, seen = prior.get(c), {c}
         while dst is not None and dst not in ok and dst not in seen:
             seen.add(dst)
@@ -372,7 +385,22 @@ def kept_mapping(
         if dst is None or dst not in ok:
             dst = retained[0] if class_means is None else by_distance(c, retained, class_means)[0]
         out[c] = dst
-    return out
+    return {c: out[c] for c in erased}
+
+
+def drawn_as_mean(c: int, prior: dict[int, int], class_means: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """The mean image of what the model draws for erased class ``c`` now: that of the class it was
+    sent to (following earlier mappings while those have no images either: a purged dataset holds
+    none of an erased class), else its own. The CLI's dataset still holds c's records, the
+    pipeline's does not; both reroute c from where it is now, so both choose alike."""
+    seen = {c}
+    dst = prior.get(c)
+    while dst is not None and dst not in seen:
+        if dst in class_means:
+            return class_means[dst]
+        seen.add(dst)
+        dst = prior.get(dst)
+    return class_means.get(c)
 
 
 def class_means(images_u8: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
