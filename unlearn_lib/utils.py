@@ -111,3 +111,27 @@ def atomic_output_dir(final: str | os.PathLike[str], overwrite: bool = False) ->
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, final)
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Any, Any]:
+    """``__getattr__`` and ``__dir__`` for a package whose names live in heavy submodules.
+
+    ``exports`` maps a public name to the submodule (relative to ``package``) that defines it. The
+    submodule is imported on first use, so that importing a light sibling (the audit's gates, a
+    model's digest) does not import diffusers: each pipeline step is its own process, and that
+    import costs about 7 s on 2 cores.
+    """
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        globals_of = importlib.import_module(package).__dict__
+        globals_of[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(importlib.import_module(package).__dict__) | set(exports))
+
+    return __getattr__, __dir__

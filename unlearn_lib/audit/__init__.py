@@ -5,17 +5,35 @@ records be extracted, do they still look like members?), utility (does the model
 serve the rest?), gates with thresholds, and the report.
 """
 
-from .efficacy import ClassFigures, ClassSamples, class_figures, generate_class_samples
-from .evaluator import ConvClassifier, Evaluator, EvaluatorMeta, train_evaluator
-from .gates import AuditParams, Metric, audit_schema, validate_record
-from .memorization import ExtractionResult, MembershipResult, extraction_test, loss_attack, neighbourhood_distance
-from .run import AuditResult, run_audit
-from .utility import (
-    EvaluatorFeatures,
-    RealReference,
-    TorchScriptFeatures,
-    denoising_loss,
-)
+from ..utils import lazy_exports
+
+# Imported on first use (lazy_exports says why).
+_EXPORTS = {
+    "ClassFigures": "efficacy",
+    "ClassSamples": "efficacy",
+    "class_figures": "efficacy",
+    "generate_class_samples": "efficacy",
+    "ConvClassifier": "evaluator",
+    "Evaluator": "evaluator",
+    "EvaluatorMeta": "evaluator",
+    "train_evaluator": "evaluator",
+    "AuditParams": "gates",
+    "Metric": "gates",
+    "audit_schema": "gates",
+    "validate_record": "gates",
+    "ExtractionResult": "memorization",
+    "MembershipResult": "memorization",
+    "extraction_test": "memorization",
+    "loss_attack": "memorization",
+    "neighbourhood_distance": "memorization",
+    "AuditResult": "run",
+    "run_audit": "run",
+    "EvaluatorFeatures": "utility",
+    "RealReference": "utility",
+    "TorchScriptFeatures": "utility",
+    "denoising_loss": "utility",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "AuditParams",

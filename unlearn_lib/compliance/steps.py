@@ -359,10 +359,10 @@ def _original_model(ctx: StepContext, parent_version: str, base_dir: Path) -> tu
     hold deleted data and are gone) or not the model the parent's lineage started from. The audit
     then judges utility against the parent alone, as for a first deletion.
     """
+    from ..models.digest import model_digest
     from ..models.lineage import prior_deletions
     from ..tracking import TAG_PREFIX, configure
     from ..tracking.registry import lineage_root
-    from ..unlearning.run import model_digest
 
     meta = json.loads((base_dir / "unlearn_model.json").read_text())
     deletions = prior_deletions(meta.get("lineage"))
@@ -383,9 +383,9 @@ def unlearn_step(
 ) -> dict[str, Any]:
     import mlflow
 
+    from ..models.digest import model_digest
     from ..tracking import log_dataset, step_run
     from ..unlearning import erase
-    from ..unlearning.run import model_digest
 
     with guarded(ctx, "unlearn") as run:
         parent_version = str(run.parent_version)
@@ -557,10 +557,10 @@ def audit_step(
 
     from ..audit import AuditParams, run_audit
     from ..audit.gates import relaxed_summary
+    from ..models.digest import model_digest
     from ..t2i.audit import T2IAuditParams, audit_request
     from ..tracking import step_run
     from ..unlearning.base import build_config
-    from ..unlearning.run import model_digest
 
     with guarded(ctx, "audit") as run:
         files = ctx.files(run.run_id)
@@ -888,8 +888,6 @@ def check_run_options(algorithm: str, options: Mapping[str, Any], audit_params: 
     permanently, with the same message).
     """
     from ..audit import AuditParams
-    from ..t2i.audit import T2IAuditParams
-    from ..t2i.run import t2i_unlearner
     from ..unlearning import make_unlearner
     from ..unlearning.base import build_config
 
@@ -898,6 +896,11 @@ def check_run_options(algorithm: str, options: Mapping[str, Any], audit_params: 
         build_config(AuditParams, dict(audit_params), where="the audit").validate()
 
     def text_to_image() -> None:
+        # Only where the options are not the class-conditional family's: the text-to-image
+        # modules import diffusers and transformers (seconds for every `pipeline run`).
+        from ..t2i.audit import T2IAuditParams
+        from ..t2i.run import t2i_unlearner
+
         t2i_unlearner(algorithm, dict(options))
         build_config(T2IAuditParams, dict(audit_params), where="the text-to-image audit").validate()
 

@@ -1,10 +1,28 @@
 """Diffusion models: presets, the saved format, base training, sampling."""
 
-from .diffusion import DiffusionModel, ModelMeta, build_model
-from .objectives import ForwardProcess, drop_labels, per_sample_denoising_error, predict_eps
-from .presets import PRESETS, Preset, get_preset
-from .sampling import class_grid_labels, sample
-from .training import TrainConfig, TrainResult, ensure_base_model, train_base, train_denoiser
+from ..utils import lazy_exports
+
+# Imported on first use (lazy_exports says why).
+_EXPORTS = {
+    "DiffusionModel": "diffusion",
+    "ModelMeta": "diffusion",
+    "build_model": "diffusion",
+    "ForwardProcess": "objectives",
+    "drop_labels": "objectives",
+    "per_sample_denoising_error": "objectives",
+    "predict_eps": "objectives",
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "get_preset": "presets",
+    "class_grid_labels": "sampling",
+    "sample": "sampling",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "ensure_base_model": "training",
+    "train_base": "training",
+    "train_denoiser": "training",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "PRESETS",

@@ -12,14 +12,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ..errors import ModelError
 from ..utils import write_json
 from .presets import Preset, get_preset
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
 
 META_NAME = "unlearn_model.json"
 META_SCHEMA_VERSION = 1
@@ -89,6 +91,8 @@ class DiffusionModel:
         return self
 
     def clone(self) -> DiffusionModel:
+        from diffusers import DDPMScheduler, UNet2DModel
+
         unet = UNet2DModel.from_config(self.unet.config)
         unet.load_state_dict(self.unet.state_dict())
         unet.to(self.device)
@@ -97,6 +101,8 @@ class DiffusionModel:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the diffusers folder and metadata into ``path`` (an existing, empty staging folder)."""
+        from diffusers import DDPMPipeline
+
         path = Path(path)
         unet = self.unet
         was_device = self.device
@@ -114,6 +120,8 @@ class DiffusionModel:
         for needed in (path / "unet" / "config.json", path / "scheduler" / "scheduler_config.json", meta_path):
             if not needed.is_file():
                 raise ModelError(f"{path} is not an unlearn model folder: {needed.relative_to(path)} is missing")
+        from diffusers import DDPMScheduler, UNet2DModel
+
         try:
             meta = ModelMeta.from_dict(json.loads(meta_path.read_text()))
             unet = UNet2DModel.from_pretrained(path, subfolder="unet")
@@ -139,6 +147,8 @@ def build_model(
 
     With ``seed`` the initial weights are reproducible (and the global RNG is left as it was).
     """
+    from diffusers import DDPMScheduler, UNet2DModel
+
     p = get_preset(preset) if isinstance(preset, str) else preset
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

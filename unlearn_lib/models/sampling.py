@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
@@ -61,6 +60,8 @@ def sample(
         noise = torch.randn((n, c, h, wd), generator=gen)
     elif tuple(noise.shape) != (n, c, h, wd):
         raise ConfigError(f"initial noise of shape {tuple(noise.shape)} for {n} samples of {(c, h, wd)}")
+    from diffusers import DDIMScheduler
+
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps)
     unet = model.unet

@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointManager, restore_rng, rng_state
@@ -107,6 +105,9 @@ def train_denoiser(
     Under a distributed launch every process draws the same global batch and trains on its
     share of the rows; DDP averages the gradients, so the step is the single-process one.
     """
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
     cfg = cfg.resolved()
     if len(data) == 0:
         raise ConfigError("no training records")

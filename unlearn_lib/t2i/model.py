@@ -15,10 +15,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ModelError
@@ -28,6 +27,9 @@ META_NAME = "unlearn_model.json"
 META_SCHEMA_VERSION = 1
 FAMILY = "text-to-image"
 _COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 
 def is_text_to_image_folder(path: str | os.PathLike[str]) -> bool:
@@ -204,6 +206,8 @@ class TextToImageModel:
         w = self.meta.guidance_scale if guidance_scale is None else float(guidance_scale)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((n, *self.latent_shape), generator=gen)
+        from diffusers import DDIMScheduler
+
         sched = DDIMScheduler.from_config(self.scheduler.config)
         sched.set_timesteps(steps)
         uncond = self.encode_prompts([""])
@@ -232,6 +236,8 @@ class TextToImageModel:
     def clone(self) -> TextToImageModel:
         """A copy whose UNet can be trained while this one stays frozen (VAE and text encoder shared:
         no algorithm here updates them)."""
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
         unet = UNet2DConditionModel.from_config(self.unet.config)
         unet.load_state_dict(self.unet.state_dict())
         unet.to(self.device)
@@ -275,6 +281,7 @@ class TextToImageModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> TextToImageModel:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
         from transformers.utils import logging as hf_logging
 

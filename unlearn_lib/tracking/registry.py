@@ -180,7 +180,7 @@ def register_base_model(
     """Register a trained base model as a new version and make it production (no audit: nothing was deleted)."""
     import mlflow
 
-    from ..unlearning.run import model_digest
+    from ..models.digest import model_digest
     from .lineage import configure, log_dataset
     from .pyfunc import log_model_folder
 

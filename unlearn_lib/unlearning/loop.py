@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointManager, restore_rng, rng_state
@@ -38,11 +37,20 @@ from ..utils import pick_device
 from .base import CommonConfig, UnlearningResult, UnlearningTask, trainable_parameters
 
 
-class ConstantDecayEMA(EMAModel):
-    """EMA with the same decay from the first update (the official baselines' EMAHelper)."""
+def ema_class(warmup: bool) -> type:
+    """diffusers' EMA (its warm-up decay), or one with the same decay from the first update (the
+    official baselines' EMAHelper). Built on first use: importing diffusers costs seconds that the
+    steps which only validate options should not pay."""
+    from diffusers.training_utils import EMAModel
 
-    def get_decay(self, optimization_step: int) -> float:
-        return self.decay
+    if warmup:
+        return EMAModel
+
+    class ConstantDecayEMA(EMAModel):
+        def get_decay(self, optimization_step: int) -> float:
+            return self.decay
+
+    return ConstantDecayEMA
 
 
 class UnlearningLoop:
@@ -74,7 +82,7 @@ class UnlearningLoop:
         self.forget_x = task.forget.images.to(self.device)
         self.forget_y = task.forget.labels.to(self.device)
         self.cond_drop = cfg.cond_drop_prob if cfg.cond_drop_prob is not None else task.base.meta.cond_drop_prob
-        ema_cls = EMAModel if cfg.ema_warmup else ConstantDecayEMA
+        ema_cls = ema_class(cfg.ema_warmup)
         self.ema = ema_cls(self.params, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
         if self.ema is not None:
             self.ema.to(self.device)

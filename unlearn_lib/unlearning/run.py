@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 
 from .. import __version__
@@ -137,7 +137,7 @@ def erase(
         "environment": {
             "unlearn_lib": __version__,
             "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
+            "diffusers": importlib.metadata.version("diffusers"),
             "python": platform.python_version(),
             "device": "cuda" if torch.cuda.is_available() and result.config.get("device") != "cpu" else "cpu",
         },
