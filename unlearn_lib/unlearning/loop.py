@@ -19,6 +19,7 @@ through :meth:`apply` (a dot product of two gradients, say) must be averaged fir
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -37,10 +38,11 @@ from ..utils import pick_device
 from .base import CommonConfig, UnlearningResult, UnlearningTask, trainable_parameters
 
 
+@functools.cache
 def ema_class(warmup: bool) -> type:
     """diffusers' EMA (its warm-up decay), or one with the same decay from the first update (the
-    official baselines' EMAHelper). Built on first use: importing diffusers costs seconds that the
-    steps which only validate options should not pay."""
+    official baselines' EMAHelper). Built on first use, once: importing diffusers costs seconds that
+    the steps which only validate options should not pay."""
     from diffusers.training_utils import EMAModel
 
     if warmup:
