@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
         [--version 6] [--erase 6] [--weights 0.25 1.0 3.0] [--seeds 0 1 2 3] [--inputs destination]
-        [--targets conditional] [--per-class 300]
+        [--targets conditional] [--reroutes chain distinct] [--per-class 300]
 
 Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
 ``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
@@ -17,7 +17,8 @@ erased now, 3.0 three times as much. The default ``--weights 0.25`` assumes four
 earlier classes (erasing 6 after 3, 5, 8, 1). ``--inputs`` picks what stands for the earlier classes
 (``keep_forgotten_inputs``: the destinations' images, the parent's replayed samples, or both),
 ``--targets`` what the term compares (``keep_forgotten_target``: the conditional predictions, the
-default, or the guided ones).
+default, or the guided ones), ``--reroutes`` where an earlier class whose destination is erased now
+goes (``keep_forgotten_reroute``: with it, the ``chain`` default, or to its own destination).
 The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
 ``<workdir>/data-as-of-v<N>``.
 
@@ -46,7 +47,7 @@ from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
-from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_TARGETS
+from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_REROUTES, KEPT_TARGETS
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY
 
 
@@ -78,6 +79,11 @@ def target_of(row: dict[str, Any]) -> str:
     return row.get("keep_forgotten_target", "conditional")
 
 
+def reroute_of(row: dict[str, Any]) -> str:
+    """A row's ``keep_forgotten_reroute``: rows written before it existed followed the chain."""
+    return row.get("keep_forgotten_reroute", "chain")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", required=True, help="a bench_successive.py --path pipeline workdir")
@@ -91,6 +97,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--targets", nargs="+", default=["conditional"], choices=KEPT_TARGETS, help="keep_forgotten_target values"
+    )
+    ap.add_argument(
+        "--reroutes", nargs="+", default=["chain"], choices=KEPT_REROUTES, help="keep_forgotten_reroute values"
     )
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--sample-seed", type=int, default=7)
@@ -129,17 +138,21 @@ def main() -> None:
 
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
-    done = {(r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r)) for r in out["runs"]}
-    variants = [(i, g) for i in args.inputs for g in args.targets]
-    todo = [(w, s, i, g) for s in args.seeds for i, g in variants for w in args.weights if (w, s, i, g) not in done]
-    for w, s, inputs, target in tqdm(todo, desc="erasures", unit="run"):
-        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-s{s}"
+    done = {(r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r), reroute_of(r)) for r in out["runs"]}
+    variants = [(i, g, r) for i in args.inputs for g in args.targets for r in args.reroutes]
+    # Seed-major, so that an interrupted comparison still holds every variant on the first seeds.
+    todo = [
+        (w, s, i, g, r) for s in args.seeds for i, g, r in variants for w in args.weights if (w, s, i, g, r) not in done
+    ]
+    for w, s, inputs, target, reroute in tqdm(todo, desc="erasures", unit="run"):
+        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-{reroute}-s{s}"
         shutil.rmtree(child, ignore_errors=True)
         overrides = {
             "keep_forgotten_weight": w,
             "seed": s,
             "keep_forgotten_inputs": inputs,
             "keep_forgotten_target": target,
+            "keep_forgotten_reroute": reroute,
         }
         result, record = erase(
             parent_dir, data, ForgetTargets.build(labels=[args.erase]), "erasediff", child, overrides, progress=False
@@ -148,6 +161,7 @@ def main() -> None:
             "keep_forgotten_weight": w,
             "keep_forgotten_inputs": inputs,
             "keep_forgotten_target": target,
+            "keep_forgotten_reroute": reroute,
             **({"keep_forgotten_replay": record["config"]["keep_forgotten_replay"]} if inputs != "destination" else {}),
             "seed": s,
             "date": time.strftime("%Y-%m-%d"),
@@ -158,19 +172,20 @@ def main() -> None:
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")
-        what = f"weight {w:g}, {inputs}, {target}, seed {s}"
+        what = f"weight {w:g}, {inputs}, {target}, {reroute}, seed {s}"
         tqdm.write(f"{what}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
-    for w, inputs, target in [(w, i, g) for i, g in variants for w in args.weights]:
+    for w, inputs, target, reroute in [(w, i, g, r) for i, g, r in variants for w in args.weights]:
         rows = [
             r
             for r in out["runs"]
-            if r["keep_forgotten_weight"] == w and inputs_of(r) == inputs and target_of(r) == target
+            if r["keep_forgotten_weight"] == w
+            and (inputs_of(r), target_of(r), reroute_of(r)) == (inputs, target, reroute)
         ]
         if rows:
             p = [r["p_erased"] for r in rows]
             worst = {c: max(x[c] for x in p) for c in p[0]}
             mean_kept = sum(r["kept_accuracy"] for r in rows) / len(rows)
-            what = f"weight {w:g}, {inputs}, {target}, {len(rows)} seeds"
+            what = f"weight {w:g}, {inputs}, {target}, {reroute}, {len(rows)} seeds"
             print(f"{what}: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
