@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
         [--version 6] [--erase 6] [--weights 0.25 1.0 3.0] [--seeds 0 1 2 3] [--inputs destination]
-        [--targets conditional] [--reroutes chain distinct] [--per-class 300]
+        [--targets conditional] [--reroutes chain distinct] [--per-class 300] [--set KEY=VALUE --tag NAME]
 
 Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
 ``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
@@ -19,6 +19,8 @@ earlier classes (erasing 6 after 3, 5, 8, 1). ``--inputs`` picks what stands for
 ``--targets`` what the term compares (``keep_forgotten_target``: the conditional predictions, the
 default, or the guided ones), ``--reroutes`` where an earlier class whose destination is erased now
 goes (``keep_forgotten_reroute``: with it, the ``chain`` default, or to its own destination).
+``--set``/``--options`` change any other EraseDiff option for every run (``--tag`` names them); runs
+with other options in the same results file are kept apart.
 The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
 ``<workdir>/data-as-of-v<N>``.
 
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from _common import add_erasediff_variant_flags, erasediff_options, machine  # benchmarks/: on sys.path
 from bench_successive import Judge
 from tqdm import tqdm
 
@@ -79,6 +81,11 @@ def target_of(row: dict[str, Any]) -> str:
     return row.get("keep_forgotten_target", "conditional")
 
 
+def options_of(row: dict[str, Any]) -> str:
+    """A row's other EraseDiff options (``--set``), as a key: rows written before them used the defaults."""
+    return json.dumps(row.get("options", {}), sort_keys=True)
+
+
 def reroute_of(row: dict[str, Any]) -> str:
     """A row's ``keep_forgotten_reroute``: rows written before it existed followed the chain."""
     return row.get("keep_forgotten_reroute", "chain")
@@ -103,7 +110,13 @@ def main() -> None:
     )
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--sample-seed", type=int, default=7)
+    add_erasediff_variant_flags(ap, example="--set steps=300")
     args = ap.parse_args()
+    options = erasediff_options(args)
+    axes = {"seed", "keep_forgotten_weight", "keep_forgotten_inputs", "keep_forgotten_target", "keep_forgotten_reroute"}
+    if clash := sorted(axes & set(options)):
+        raise SystemExit(f"--set {', '.join(clash)}: compared by this bench's own flags, not --set")
+    this = json.dumps(options, sort_keys=True)
     work = Path(args.workdir)
     parent_dir = work / "versions" / f"v{args.version}"
     parent = DiffusionModel.load(parent_dir)
@@ -138,16 +151,22 @@ def main() -> None:
 
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
-    done = {(r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r), reroute_of(r)) for r in out["runs"]}
+    done = {
+        (r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r), reroute_of(r))
+        for r in out["runs"]
+        if options_of(r) == this
+    }
     variants = [(i, g, r) for i in args.inputs for g in args.targets for r in args.reroutes]
     # Seed-major, so that an interrupted comparison still holds every variant on the first seeds.
     todo = [
         (w, s, i, g, r) for s in args.seeds for i, g, r in variants for w in args.weights if (w, s, i, g, r) not in done
     ]
     for w, s, inputs, target, reroute in tqdm(todo, desc="erasures", unit="run"):
-        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-{reroute}-s{s}"
+        tag = f"-{args.tag}" if options else ""
+        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-{reroute}{tag}-s{s}"
         shutil.rmtree(child, ignore_errors=True)
         overrides = {
+            **options,
             "keep_forgotten_weight": w,
             "seed": s,
             "keep_forgotten_inputs": inputs,
@@ -162,6 +181,7 @@ def main() -> None:
             "keep_forgotten_inputs": inputs,
             "keep_forgotten_target": target,
             "keep_forgotten_reroute": reroute,
+            **({"options": options, "tag": args.tag} if options else {}),
             **({"keep_forgotten_replay": record["config"]["keep_forgotten_replay"]} if inputs != "destination" else {}),
             "seed": s,
             "date": time.strftime("%Y-%m-%d"),
@@ -172,20 +192,21 @@ def main() -> None:
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")
-        what = f"weight {w:g}, {inputs}, {target}, {reroute}, seed {s}"
+        what = f"weight {w:g}, {inputs}, {target}, {reroute}{tag}, seed {s}"
         tqdm.write(f"{what}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
     for w, inputs, target, reroute in [(w, i, g, r) for i, g, r in variants for w in args.weights]:
         rows = [
             r
             for r in out["runs"]
             if r["keep_forgotten_weight"] == w
+            and options_of(r) == this
             and (inputs_of(r), target_of(r), reroute_of(r)) == (inputs, target, reroute)
         ]
         if rows:
             p = [r["p_erased"] for r in rows]
             worst = {c: max(x[c] for x in p) for c in p[0]}
             mean_kept = sum(r["kept_accuracy"] for r in rows) / len(rows)
-            what = f"weight {w:g}, {inputs}, {target}, {reroute}, {len(rows)} seeds"
+            what = f"weight {w:g}, {inputs}, {target}, {reroute}{f' {args.tag}' if options else ''}, {len(rows)} seeds"
             print(f"{what}: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
