@@ -31,13 +31,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The long tier (.ci/run runs it after `make test`): whole deletion requests end to end (the demo's
 # two, the server path's) and the GPU benchmark's smoke run, a file per worker; then the
 # fault-injection scenarios.
 test-long: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 --no-loadscope-reorder -m "long and not faults and not extended"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "long and not faults and not extended"
 	$(MAKE) test-faults
 
 # The fault-injection scenarios (MLflow or S3 stopped mid-run, two run-pending at once on
@@ -45,14 +45,14 @@ test-long: $(STAMP)
 # own workspace, so spread over the workers test by test. The SIGKILL-at-every-step sweep is in
 # `make test`.
 test-faults: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load --durations=15 -m "faults and not extended" tests/pipelines/test_faults.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load -m "faults and not extended" tests/pipelines/test_faults.py
 
 # The extended tier, outside .ci/run (which must end within 90 minutes on 2 cores): the trained
 # text-to-image model's tests (its request end to end, and killed mid-unlearning) and the longest
 # model-quality checks (two successive class erasures). Run it before a release, or where cores
 # are plenty (21 tests, 15.6 min on 2 cores with the base model cached, the text-to-image model's training included).
 test-extended: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 --no-loadscope-reorder -m "extended and not containers"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "extended and not containers"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
