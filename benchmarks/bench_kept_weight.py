@@ -71,24 +71,18 @@ def dataset_as_purged(source: Path, model: DiffusionModel, out: Path) -> dict[st
     }
 
 
-def inputs_of(row: dict[str, Any]) -> str:
-    """A row's ``keep_forgotten_inputs``: rows written before it existed used the destination's images."""
-    return row.get("keep_forgotten_inputs", "destination")
+# The options this bench compares besides the weight, each with the value that rows written before
+# it was recorded ran with: the destination's images, conditional predictions, the chain.
+COMPARED = {
+    "keep_forgotten_inputs": "destination",
+    "keep_forgotten_target": "conditional",
+    "keep_forgotten_reroute": "chain",
+}
 
 
-def target_of(row: dict[str, Any]) -> str:
-    """A row's ``keep_forgotten_target``: rows written before it existed compared conditional predictions."""
-    return row.get("keep_forgotten_target", "conditional")
-
-
-def options_of(row: dict[str, Any]) -> str:
-    """A row's other EraseDiff options (``--set``), as a key: rows written before them used the defaults."""
-    return json.dumps(row.get("options", {}), sort_keys=True)
-
-
-def reroute_of(row: dict[str, Any]) -> str:
-    """A row's ``keep_forgotten_reroute``: rows written before it existed followed the chain."""
-    return row.get("keep_forgotten_reroute", "chain")
+def variant_of(row: dict[str, Any]) -> tuple[str, ...]:
+    """A row's compared options (``COMPARED``'s order), then its other ones (``--set``) as JSON."""
+    return (*(row.get(k, before) for k, before in COMPARED.items()), json.dumps(row.get("options", {}), sort_keys=True))
 
 
 def main() -> None:
@@ -113,10 +107,9 @@ def main() -> None:
     add_erasediff_variant_flags(ap, example="--set steps=300")
     args = ap.parse_args()
     options = erasediff_options(args)
-    axes = {"seed", "keep_forgotten_weight", "keep_forgotten_inputs", "keep_forgotten_target", "keep_forgotten_reroute"}
-    if clash := sorted(axes & set(options)):
+    if clash := sorted({"seed", "keep_forgotten_weight", *COMPARED} & set(options)):
         raise SystemExit(f"--set {', '.join(clash)}: compared by this bench's own flags, not --set")
-    this = json.dumps(options, sort_keys=True)
+    suffix = f"-{args.tag}" if options else ""
     work = Path(args.workdir)
     parent_dir = work / "versions" / f"v{args.version}"
     parent = DiffusionModel.load(parent_dir)
@@ -151,19 +144,14 @@ def main() -> None:
 
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
-    done = {
-        (r["keep_forgotten_weight"], r["seed"], inputs_of(r), target_of(r), reroute_of(r))
-        for r in out["runs"]
-        if options_of(r) == this
-    }
-    variants = [(i, g, r) for i in args.inputs for g in args.targets for r in args.reroutes]
+    done = {(r["keep_forgotten_weight"], r["seed"], variant_of(r)) for r in out["runs"]}
+    this = json.dumps(options, sort_keys=True)
+    variants = [(i, g, r, this) for i in args.inputs for g in args.targets for r in args.reroutes]
     # Seed-major, so that an interrupted comparison still holds every variant on the first seeds.
-    todo = [
-        (w, s, i, g, r) for s in args.seeds for i, g, r in variants for w in args.weights if (w, s, i, g, r) not in done
-    ]
-    for w, s, inputs, target, reroute in tqdm(todo, desc="erasures", unit="run"):
-        tag = f"-{args.tag}" if options else ""
-        child = work / "kept-weight" / f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-{reroute}{tag}-s{s}"
+    todo = [(w, s, v) for s in args.seeds for v in variants for w in args.weights if (w, s, v) not in done]
+    for w, s, (inputs, target, reroute, _) in tqdm(todo, desc="erasures", unit="run"):
+        name = f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-{reroute}{suffix}-s{s}"
+        child = work / "kept-weight" / name
         shutil.rmtree(child, ignore_errors=True)
         overrides = {
             **options,
@@ -192,21 +180,16 @@ def main() -> None:
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")
-        what = f"weight {w:g}, {inputs}, {target}, {reroute}{tag}, seed {s}"
+        what = f"weight {w:g}, {inputs}, {target}, {reroute}{suffix}, seed {s}"
         tqdm.write(f"{what}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
-    for w, inputs, target, reroute in [(w, i, g, r) for i, g, r in variants for w in args.weights]:
-        rows = [
-            r
-            for r in out["runs"]
-            if r["keep_forgotten_weight"] == w
-            and options_of(r) == this
-            and (inputs_of(r), target_of(r), reroute_of(r)) == (inputs, target, reroute)
-        ]
+    for w, v in [(w, v) for v in variants for w in args.weights]:
+        rows = [r for r in out["runs"] if r["keep_forgotten_weight"] == w and variant_of(r) == v]
         if rows:
+            inputs, target, reroute, _ = v
             p = [r["p_erased"] for r in rows]
             worst = {c: max(x[c] for x in p) for c in p[0]}
             mean_kept = sum(r["kept_accuracy"] for r in rows) / len(rows)
-            what = f"weight {w:g}, {inputs}, {target}, {reroute}{f' {args.tag}' if options else ''}, {len(rows)} seeds"
+            what = f"weight {w:g}, {inputs}, {target}, {reroute}{suffix}, {len(rows)} seeds"
             print(f"{what}: worst P {worst}, mean kept accuracy {mean_kept:.3f}")
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
