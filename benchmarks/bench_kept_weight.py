@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_kept_weight.py --workdir DIR --evaluator DIR \\
         [--version 6] [--erase 6] [--weights 0.25 1.0 3.0] [--seeds 0 1 2 3] [--inputs destination]
         [--targets conditional] [--reroutes chain distinct] [--per-class 300] [--set KEY=VALUE --tag NAME]
+        [--redraws 5]
 
 Takes the model a ``bench_successive.py --path pipeline`` run left at ``--version`` (in
 ``<workdir>/versions/v<N>``), and the dataset as the pipeline had it then: the run's source data
@@ -24,6 +25,13 @@ with other options in the same results file are kept apart.
 The purged dataset (``unlearn_lib.data.purge``, the pipeline's purge) is cached in
 ``<workdir>/data-as-of-v<N>``.
 
+``--redraws N`` scores every model of the file again (the parent and each run of the variants
+asked for) on N further sampling draws (seeds 100, 101, ...), ``--per-class`` samples each of the
+erased class and of the class the run sends it to: P(erased) per draw, and P(erased) on the
+destination's own samples, in the run's model and in the parent (the judge's floor there: what a
+flawless erasure onto that class reads). One draw's P(erased) moves with the draw as much as
+between seeds, and every run shares the draw, so this separates the two.
+
 Writes ``benchmarks/results/kept-weight-<workdir name>-v<version>-erase<class>-<device>.json`` after every run
 (resumable: runs already recorded there for the same parent model are skipped).
 """
@@ -42,14 +50,14 @@ from _common import add_erasediff_variant_flags, erasediff_options, machine  # b
 from bench_successive import Judge
 from tqdm import tqdm
 
-from unlearn_lib.audit import Evaluator
+from unlearn_lib.audit import Evaluator, generate_class_samples
 from unlearn_lib.data import ForgetTargets, load_dataset
 from unlearn_lib.data.manifest import MANIFEST_NAME
 from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
-from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_REROUTES, KEPT_TARGETS
+from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_REROUTES, KEPT_TARGETS, SCOPE_DEFAULTS
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY
 
 
@@ -80,9 +88,47 @@ COMPARED = {
 }
 
 
+# The class scope's lam is part of every variant: its default changed (1 -> 3, 2026-12-04), and rows
+# written before then recorded no options for it.
+LAM_BEFORE = 1.0
+
+
+def effective_options(options: dict[str, Any], lam: float) -> str:
+    """``--set`` options with the lam a run resolves to, as a JSON key."""
+    return json.dumps({"lam": lam, **options}, sort_keys=True)
+
+
 def variant_of(row: dict[str, Any]) -> tuple[str, ...]:
-    """A row's compared options (``COMPARED``'s order), then its other ones (``--set``) as JSON."""
-    return (*(row.get(k, before) for k, before in COMPARED.items()), json.dumps(row.get("options", {}), sort_keys=True))
+    """A row's compared options (``COMPARED``'s order), then its other ones (``--set``, and lam) as JSON."""
+    compared = (row.get(k, before) for k, before in COMPARED.items())
+    return (*compared, effective_options(row.get("options", {}), row.get("lam", LAM_BEFORE)))
+
+
+REDRAW_SEED = 100
+
+
+def redrawn(
+    model: DiffusionModel, evaluator: Evaluator, erase: int, dest: int, n: int, per_class: int
+) -> dict[str, Any]:
+    """P(erase) on ``n`` fresh draws of the erased class and of its destination (seeds 100, 101, ...)."""
+    on_erased, on_dest = [], []
+    for seed in range(REDRAW_SEED, REDRAW_SEED + n):
+        samples = generate_class_samples(model, evaluator, per_class, seed=seed, classes=[dest, erase])
+        on_erased.append(round(float(samples.for_class(erase)[1][:, erase].mean()), 4))
+        on_dest.append(round(float(samples.for_class(dest)[1][:, erase].mean()), 4))
+    return {"destination": dest, "p_erased": on_erased, "p_erased_on_destination": on_dest}
+
+
+def destination_of(model_dir: Path, erase: int) -> int:
+    """Where the run sent the erased class (its resolved remap target)."""
+    record = json.loads((model_dir / "unlearning.json").read_text())
+    return int(record["config"]["resolved_target"]["mapping"][str(erase)])
+
+
+def run_name(version: int, erase: int, weight: float, variant: tuple[str, ...], tag: str, seed: int) -> str:
+    """The run's model folder under ``<workdir>/kept-weight``."""
+    inputs, target, reroute = variant[:3]
+    return f"v{version}-no-{erase}-w{weight:g}-{inputs}-{target}-{reroute}{'-' + tag if tag else ''}-s{seed}"
 
 
 def main() -> None:
@@ -104,6 +150,9 @@ def main() -> None:
     )
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--sample-seed", type=int, default=7)
+    ap.add_argument(
+        "--redraws", type=int, default=0, help="score the erased class again on this many further sampling draws"
+    )
     add_erasediff_variant_flags(ap, example="--set steps=300")
     args = ap.parse_args()
     options = erasediff_options(args)
@@ -145,12 +194,15 @@ def main() -> None:
     if "parent" not in out:
         out["parent"] = judge(parent, erased, False)
     done = {(r["keep_forgotten_weight"], r["seed"], variant_of(r)) for r in out["runs"]}
-    this = json.dumps(options, sort_keys=True)
+    this = effective_options(options, float(options.get("lam", SCOPE_DEFAULTS["class"]["lam"])))
     variants = [(i, g, r, this) for i in args.inputs for g in args.targets for r in args.reroutes]
     # Seed-major, so that an interrupted comparison still holds every variant on the first seeds.
     todo = [(w, s, v) for s in args.seeds for v in variants for w in args.weights if (w, s, v) not in done]
     for w, s, (inputs, target, reroute, _) in tqdm(todo, desc="erasures", unit="run"):
-        name = f"v{args.version}-no-{args.erase}-w{w:g}-{inputs}-{target}-{reroute}{suffix}-s{s}"
+        # Runs of the defaults before lam's default changed have folders without a tag: a defaults
+        # run now names its lam, so that it never replaces one of theirs.
+        tag = args.tag if options else f"lam{SCOPE_DEFAULTS['class']['lam']:g}"
+        name = run_name(args.version, args.erase, w, (inputs, target, reroute), tag, s)
         child = work / "kept-weight" / name
         shutil.rmtree(child, ignore_errors=True)
         overrides = {
@@ -170,20 +222,56 @@ def main() -> None:
             "keep_forgotten_target": target,
             "keep_forgotten_reroute": reroute,
             **({"options": options, "tag": args.tag} if options else {}),
+            "run_name": name,
             **({"keep_forgotten_replay": record["config"]["keep_forgotten_replay"]} if inputs != "destination" else {}),
             "seed": s,
             "date": time.strftime("%Y-%m-%d"),
             "unlearning_seconds": round(result.seconds, 1),
             "steps": result.steps,
             "kept_mapping": record["config"].get("resolved_target", {}).get("kept_mapping"),
+            "lam": record["config"]["lam"],
             **judge(DiffusionModel.load(child), erased, False),
         }
         out["runs"].append(row)
         path.write_text(json.dumps(out, indent=2) + "\n")
         what = f"weight {w:g}, {inputs}, {target}, {reroute}{suffix}, seed {s}"
         tqdm.write(f"{what}: P {row['p_erased']}, kept accuracy {row['kept_accuracy']:.3f}")
+    if args.redraws:
+        wanted = [
+            r
+            for r in out["runs"]
+            if r["keep_forgotten_weight"] in args.weights
+            and r["seed"] in args.seeds
+            and variant_of(r) in variants
+            and len((r.get("redraws") or {}).get("p_erased", [])) < args.redraws
+        ]
+        evaluator = judge.evaluator
+        for row in tqdm(wanted, desc="redraws", unit="model"):
+            w, v = row["keep_forgotten_weight"], variant_of(row)
+            name = row.get("run_name") or run_name(args.version, args.erase, w, v, row.get("tag", ""), row["seed"])
+            child = work / "kept-weight" / name
+            dest = destination_of(child, args.erase)
+            row["redraws"] = redrawn(
+                DiffusionModel.load(child), evaluator, args.erase, dest, args.redraws, args.per_class
+            )
+            floors = out.setdefault("parent_redraws", {})
+            if len(floors.get(str(dest), {}).get("p_erased_on_destination", [])) < args.redraws:
+                floors[str(dest)] = redrawn(parent, evaluator, args.erase, dest, args.redraws, args.per_class)
+            path.write_text(json.dumps(out, indent=2) + "\n")
     for w, v in [(w, v) for v in variants for w in args.weights]:
         rows = [r for r in out["runs"] if r["keep_forgotten_weight"] == w and variant_of(r) == v]
+        if rows and args.redraws:
+            for r in rows:
+                d = r.get("redraws")
+                if d:
+                    floor = out["parent_redraws"][str(d["destination"])]["p_erased_on_destination"]
+                    print(
+                        f"seed {r['seed']}: P({args.erase}) over {len(d['p_erased'])} draws "
+                        f"{sum(d['p_erased']) / len(d['p_erased']):.3f} ({min(d['p_erased']):.3f}-"
+                        f"{max(d['p_erased']):.3f}); on its {d['destination']}s "
+                        f"{sum(d['p_erased_on_destination']) / len(d['p_erased_on_destination']):.3f}; "
+                        f"on the parent's {d['destination']}s {sum(floor) / len(floor):.3f}"
+                    )
         if rows:
             inputs, target, reroute, _ = v
             p = [r["p_erased"] for r in rows]

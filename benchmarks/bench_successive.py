@@ -26,7 +26,9 @@ records can still be regenerated.
 
 ``--set`` changes EraseDiff options from their defaults on both paths (a variant under study: the
 pipeline gets them as the run's algorithm options); give it a ``--tag`` so the defaults' results
-file stays.
+file stays. With ``--set-scope class`` they apply to the class deletions only, and the subject's
+deletion keeps the record defaults (``lam``, ``lr`` and ``steps`` have a default per scope: ``--set
+lam=3`` on the subject's deletion replaces its 0.1).
 
 Variants (CLI path): ``full`` (the lineage excludes earlier deletions from the retain set and
 remap targets and EraseDiff keeps erased classes forgotten), ``exclude-only``
@@ -133,6 +135,13 @@ def targets_of(step: int | str) -> ForgetTargets:
     return ForgetTargets.build(labels=[int(step)])
 
 
+def step_overrides(args: argparse.Namespace, overrides: dict, step: int | str) -> dict:
+    """The options a deletion runs with: ``--set-scope class`` leaves the subject's at its defaults."""
+    if step == SUBJECT and args.set_scope == "class":
+        return {k: v for k, v in overrides.items() if k == "keep_forgotten"}
+    return overrides
+
+
 def cli_steps(args: argparse.Namespace, work: Path, dataset_dir: Path, overrides: dict):
     """Yield (model folder, step record) for each deletion through ``erase``."""
     yield Path(args.base), {}
@@ -142,7 +151,8 @@ def cli_steps(args: argparse.Namespace, work: Path, dataset_dir: Path, overrides
         done.append(str(step))
         child = work / f"{args.variant}-no-{'-'.join(done)}"
         t0 = time.perf_counter()
-        result, record = erase(parent, dataset_dir, targets_of(step), "erasediff", child, overrides, progress=False)
+        options = step_overrides(args, overrides, step)
+        result, record = erase(parent, dataset_dir, targets_of(step), "erasediff", child, options, progress=False)
         if args.variant == "none":
             strip_deletions(child)
         target = record["config"].get("resolved_target", {})
@@ -191,7 +201,7 @@ def pipeline_steps(args: argparse.Namespace, work: Path, overrides: dict):
         }
         submit_request(settings, parse_request(raw))
         t0 = time.perf_counter()
-        worst = run_pending(settings, "erasediff", overrides, {})
+        worst = run_pending(settings, "erasediff", step_overrides(args, overrides, step), {})
         seconds = time.perf_counter() - t0
         row = store.get_request(raw["request_id"])
         audits = client.search_runs(
@@ -239,6 +249,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--workdir", default=None)
     add_erasediff_variant_flags(ap, example="--set keep_forgotten_target=guided")
+    ap.add_argument(
+        "--set-scope", choices=("all", "class"), default="all", help="class: --set applies to class deletions only"
+    )
     args = ap.parse_args()
     options = erasediff_options(args)
     args.sequence = parse_sequence(args.sequence)
@@ -268,6 +281,7 @@ def main() -> None:
         "variant": args.variant,
         "algorithm": "erasediff",
         "options": overrides,
+        "options_scope": args.set_scope,
         "sequence": args.sequence,
         "kept_classes": kept,
         "per_class": args.per_class,

@@ -97,7 +97,7 @@ def test_erasediff_forgets_the_class_and_keeps_the_others(erasediff_class_result
     assert after.retained_accuracy >= base_figures.retained_accuracy - 0.05
     hist = record["history"]
     assert len(hist["loss_f"]) == record["steps"] == SCOPE_DEFAULTS["class"]["steps"]
-    assert all(v == 1.0 for v in hist["lam"])  # fixed lambda by default
+    assert all(v == SCOPE_DEFAULTS["class"]["lam"] for v in hist["lam"])  # fixed lambda by default
     assert hist["loss_f"][-1] < hist["loss_f"][0]  # the constraint's loss was driven down
 
 
@@ -510,7 +510,7 @@ def test_erase_writes_model_and_record(base_model_dir, digits_dir, tmp_path):
     )
     saved = json.loads((out / "unlearning.json").read_text())
     assert saved["algorithm"] == "erasediff" and saved["steps"] == 3 and saved["seed"] == 0
-    assert saved["config"]["lam"] == 1.0 and len(saved["history"]["lam"]) == 3
+    assert saved["config"]["lam"] == 3.0 and len(saved["history"]["lam"]) == 3  # the class scope's default
     assert saved["selection"]["forget"] == len(select_forget(digits_dir))
     assert len(saved["base_model"]["unet_sha256"]) == 64
     assert (out / "unlearning_curves.png").is_file()
