@@ -39,6 +39,7 @@ from unlearn_lib.audit import (
 from unlearn_lib.data import Dataset, DigitsConfig, ForgetTargets, build_digits, select
 from unlearn_lib.models import DiffusionModel, TrainConfig, class_grid_labels, sample, train_base
 from unlearn_lib.unlearning import erase, make_unlearner, task_from_selection
+from unlearn_lib.unlearning.erasediff import SCOPE_DEFAULTS
 
 PER_CLASS = 100
 FORGET = 3
@@ -103,6 +104,7 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "options": options,
+        "class_defaults": SCOPE_DEFAULTS["class"],  # what the options left as they were (lam was 1 until 2026-12-04)
         "base_training": (
             {"path": str(Path(args.base).resolve())}
             if train is None

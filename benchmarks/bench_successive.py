@@ -63,6 +63,7 @@ from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.diffusion import META_NAME
 from unlearn_lib.unlearning import erase
+from unlearn_lib.unlearning.erasediff import SCOPE_DEFAULTS
 
 SAMPLE_SEED = 123
 SUBJECT = "subject"
@@ -282,6 +283,7 @@ def main() -> None:
         "algorithm": "erasediff",
         "options": overrides,
         "options_scope": args.set_scope,
+        "scope_defaults": SCOPE_DEFAULTS,  # what the options left as they were (class lam was 1 until 2026-12-04)
         "sequence": args.sequence,
         "kept_classes": kept,
         "per_class": args.per_class,
