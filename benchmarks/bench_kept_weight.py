@@ -59,6 +59,7 @@ from unlearn_lib.models.digest import model_digest
 from unlearn_lib.unlearning import erase
 from unlearn_lib.unlearning.erasediff import KEPT_INPUTS, KEPT_REROUTES, KEPT_TARGETS, SCOPE_DEFAULTS
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY
+from unlearn_lib.unlearning.run import UNLEARNING_JSON
 
 
 def dataset_as_purged(source: Path, model: DiffusionModel, out: Path) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def redrawn(
 
 def destination_of(model_dir: Path, erase: int) -> int:
     """Where the run sent the erased class (its resolved remap target)."""
-    record = json.loads((model_dir / "unlearning.json").read_text())
+    record = json.loads((model_dir / UNLEARNING_JSON).read_text())
     return int(record["config"]["resolved_target"]["mapping"][str(erase)])
 
 
