@@ -86,9 +86,10 @@ from .targets import (
 SCOPE_DEFAULTS = {
     # lam 3 since 2026-12-04 (1 before). Through the compliance pipeline the sequence 3, 5, the
     # canary subject, 8, 1, 6 landed every request with every deletion still forgotten (P <= 0.006
-    # at the end, kept accuracy 0.964, the base's 0.916; one run). At 1 no run did: erasing 8 from
-    # one parent read 0.065-0.123 on 4 seeds (lam 3: 0.057-0.066, lower kept FID), or later
-    # requests failed fid_ratio. A first erasure of 3 stays within the class bar on 5 seeds.
+    # at the end, kept accuracy 0.964, the base's 0.916; a second seed landed five of six, 6 refused
+    # at 0.072). At 1 no run did: erasing 8 from one parent read 0.065-0.123 on 4 seeds (lam 3:
+    # 0.057-0.066, lower kept FID), or later requests failed fid_ratio. A first erasure of 3 stays
+    # within the class bar on 5 seeds.
     "class": {"steps": 150, "lr": 1e-3, "lam": 3.0},
     # lr 3e-4 since the stop aims at the marked look-alikes' level, 1.6x further than the diluted
     # one: at 1e-4 a canary set needed 244 steps (0.72x a retrain), at 3e-4 78 (0.24x), and the
