@@ -29,6 +29,7 @@ from unlearn_lib.audit.memorization import neighbourhood_distance
 from unlearn_lib.audit.run import extraction_of
 from unlearn_lib.data import DigitsConfig, ForgetTargets, load_dataset, select
 from unlearn_lib.data.tensors import TensorSet
+from unlearn_lib.errors import SelectionError
 from unlearn_lib.models import DiffusionModel
 
 FIRST_SEED = 100  # away from the audit's 0 and the successive bench's 123
@@ -48,8 +49,11 @@ def main() -> None:
         ap.error(f"not a model folder: {', '.join(missing)}")
 
     ds = load_dataset(args.dataset)
-    sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
-    if not sel.forget:
+    try:
+        sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
+    except SelectionError:
+        sel = None
+    if sel is None or not sel.forget:
         ap.error(f"{args.dataset} holds no record of {DigitsConfig().canary_subject} (a purged dataset?)")
     params = AuditParams()
     canaries = TensorSet.from_records(ds, sel.forget).distinct()
