@@ -482,21 +482,55 @@ def _init_postgres(d: Path, password: str, log: str) -> None:
         fh.write("\n# unlearn stack\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
 
 
+class _PortTaken(StackError):
+    pass
+
+
 def _start_postgres(d: Path, svc: Service) -> Service:
     _, pg_ctl = _pg_tools()
     data = d / "pg" / "data"
-    _pg_run(
-        [pg_ctl, "-D", str(data), "-l", svc.log, "-w", "-t", "60", "-o", f"-p {svc.port}", "start"],
-        "pg_ctl start",
-        svc.log,
-        timeout=START_TIMEOUT["postgres"] + 10,
-    )
+    log = Path(svc.log)
+    seen = log.stat().st_size if log.is_file() else 0
+    try:
+        _pg_run(
+            [pg_ctl, "-D", str(data), "-l", svc.log, "-w", "-t", "60", "-o", f"-p {svc.port}", "start"],
+            "pg_ctl start",
+            svc.log,
+            timeout=START_TIMEOUT["postgres"] + 10,
+        )
+    except StackError as err:
+        with contextlib.suppress(OSError), open(log, "rb") as fh:
+            fh.seek(seen)
+            if b"Address already in use" in fh.read():
+                raise _PortTaken(str(err)) from None
+        raise
     try:
         svc.pid = int((data / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         raise _failed(svc, "no postmaster.pid after pg_ctl start") from None
     svc.started = _start_ticks(svc.pid)
     return svc
+
+
+def _start_postgres_on_a_free_port(d: Path, prefer: int | None = None, tries: int = 4) -> Service:
+    """Start the server on ``prefer`` if it can have it, else on the first free port that holds.
+
+    A port found free can be taken before the server binds it (another stack's service, any
+    outgoing connection's ephemeral port), so a clash is retried on a new port rather than
+    failing the stack.
+    """
+    ports = ([prefer] if prefer else []) + [0] * tries
+    for i, port in enumerate(ports):
+        svc = _service(d, "postgres", port or _free_port())
+        try:
+            return _start_postgres(d, svc)
+        except _PortTaken:
+            if i == len(ports) - 1:
+                raise StackError(
+                    f"postgres did not start: {len(ports)} ports in a row were taken before it could bind; "
+                    f"see its log {svc.log}"
+                ) from None
+    raise AssertionError("unreachable")
 
 
 def _pg_connect(port: int, password: str, dbname: str) -> Any:
@@ -890,8 +924,15 @@ def _fresh(
     }
     if state_db == "postgresql":
         creds[STATE_DB_PASSWORD_ENV] = "pw" + secrets.token_hex(16)
-    names = ["s3", "mlflow", "git"] + (["postgres"] if state_db == "postgresql" else [])
-    services = {name: _service(d, name, _free_port()) for name in names}
+    # Each port is chosen right before its server starts: chosen all at once here, postgres
+    # and a postgres-backed MLflow would bind them only after initdb, and by then another
+    # process can hold one (it did, once, in CI).
+    services: dict[str, Service] = {}
+
+    def fresh(name: str) -> Service:
+        services[name] = _service(d, name, _free_port())
+        return services[name]
+
     data: dict[str, Any] = {
         "version": 1,
         "state": "starting",
@@ -906,24 +947,23 @@ def _fresh(
         # Started side by side: MLflow's start-up (imports, migrations) is most of the wait, and
         # initdb runs meanwhile.
         echo("starting s3 (moto), git daemon" + (", postgres" if state_db == "postgresql" else "") + ", mlflow")
-        started["s3"] = _start_s3(services["s3"])
+        started["s3"] = _start_s3(fresh("s3"))
         _write_stack(d, data, started)
         _init_git(d)
-        started["git"] = _start_git(d, services["git"])
+        started["git"] = _start_git(d, fresh("git"))
         _write_stack(d, data, started)
         if mlflow_backend == "sqlite":
-            started["mlflow"] = _start_mlflow(d, services["mlflow"], services["s3"], creds, mlflow_backend, 0)
+            started["mlflow"] = _start_mlflow(d, fresh("mlflow"), services["s3"], creds, mlflow_backend, 0)
             _write_stack(d, data, started)
-        if "postgres" in services:
-            pg = services["postgres"]
-            _init_postgres(d, creds[STATE_DB_PASSWORD_ENV], pg.log)
-            started["postgres"] = _start_postgres(d, pg)
+        if state_db == "postgresql":
+            _init_postgres(d, creds[STATE_DB_PASSWORD_ENV], _service(d, "postgres", 0).log)
+            pg = services["postgres"] = started["postgres"] = _start_postgres_on_a_free_port(d)
             _write_stack(d, data, started)
             databases = [DB_NAME, "mlflow"] if mlflow_backend == "postgresql" else [DB_NAME]
             _create_databases(pg.port, creds[STATE_DB_PASSWORD_ENV], databases)
         if mlflow_backend == "postgresql":
             started["mlflow"] = _start_mlflow(
-                d, services["mlflow"], services["s3"], creds, mlflow_backend, services["postgres"].port
+                d, fresh("mlflow"), services["s3"], creds, mlflow_backend, services["postgres"].port
             )
             _write_stack(d, data, started)
         failpoint("stack.services_spawned")
@@ -981,14 +1021,16 @@ def _repair(
                 _stop_postgres(d, old)
             elif _our_group(old):
                 _stop_groups([old.pid], timeout=3.0)
-        port = old.port if _port_free(old.port) else _free_port()
-        svc = _service(d, name, port)
         if name == "postgres":
-            _start_postgres(d, svc)
-        elif name == "git":
+            svc = _start_postgres_on_a_free_port(d, prefer=old.port)
+            port = svc.port
+        else:
+            port = old.port if _port_free(old.port) else _free_port()
+            svc = _service(d, name, port)
+        if name == "git":
             _init_git(d)
             _start_git(d, svc)
-        else:
+        elif name == "mlflow":
             pg_port = services["postgres"].port if "postgres" in services else 0
             _start_mlflow(d, svc, services["s3"], creds, backend, pg_port)
         services[name] = svc

@@ -264,6 +264,31 @@ def test_a_service_that_dies_while_starting_tears_the_stack_down_with_one_line(r
     assert not d.exists()
 
 
+def test_postgres_whose_port_is_taken_before_it_binds_starts_on_another(root):
+    # The race CI once lost: a port found free is held by someone else by the time the
+    # server binds it. Here a real listener holds it.
+    from unlearn_lib import stack as st
+
+    d = root / "pg-clash"
+    (d / "logs").mkdir(parents=True)
+    os.chmod(d, 0o755)
+    log = d / "logs" / "postgres.log"
+    st._init_postgres(d, "pw-clash", str(log))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        svc = st._start_postgres_on_a_free_port(d, prefer=taken)
+        try:
+            assert svc.port != taken and listening(svc.port)
+            assert "Address already in use" in log.read_text()
+            with st._pg_connect(svc.port, "pw-clash", "postgres") as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            st._stop_postgres(d, svc)
+    assert not listening(svc.port)
+
+
 # ---- without services ------------------------------------------------------------------------------
 
 
