@@ -5,9 +5,34 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from unlearn_lib.data import Dataset
+    from unlearn_lib.data.tensors import TensorSet
+
+
+def canaries_of(ds: Dataset, k: int) -> tuple[TensorSet, torch.Tensor] | None:
+    """The dataset's canary images (one per distinct image) and their k-NN training distance.
+
+    What the audit's extraction test scores the canary subject on; ``None`` when ``ds`` no
+    longer holds the subject (a purged dataset).
+    """
+    from unlearn_lib.audit.memorization import neighbourhood_distance
+    from unlearn_lib.data import DigitsConfig, ForgetTargets, select
+    from unlearn_lib.data.tensors import TensorSet
+    from unlearn_lib.errors import SelectionError
+
+    try:
+        sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
+    except SelectionError:
+        return None
+    if not sel.forget:
+        return None
+    canaries = TensorSet.from_records(ds, sel.forget).distinct()
+    return canaries, neighbourhood_distance(canaries, TensorSet.from_records(ds, ds.train), k)
 
 
 def machine() -> str:

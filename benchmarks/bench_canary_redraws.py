@@ -21,15 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from _common import canaries_of, machine  # benchmarks/ is the script's folder: on sys.path
 from tqdm import tqdm
 
 from unlearn_lib.audit.gates import AuditParams
-from unlearn_lib.audit.memorization import neighbourhood_distance
 from unlearn_lib.audit.run import extraction_of
-from unlearn_lib.data import DigitsConfig, ForgetTargets, load_dataset, select
-from unlearn_lib.data.tensors import TensorSet
-from unlearn_lib.errors import SelectionError
+from unlearn_lib.data import DigitsConfig, load_dataset
 from unlearn_lib.models import DiffusionModel
 
 FIRST_SEED = 100  # away from the audit's 0 and the successive bench's 123
@@ -48,16 +45,11 @@ def main() -> None:
     if missing:
         ap.error(f"not a model folder: {', '.join(missing)}")
 
-    ds = load_dataset(args.dataset)
-    try:
-        sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
-    except SelectionError:
-        sel = None
-    if sel is None or not sel.forget:
-        ap.error(f"{args.dataset} holds no record of {DigitsConfig().canary_subject} (a purged dataset?)")
     params = AuditParams()
-    canaries = TensorSet.from_records(ds, sel.forget).distinct()
-    neighbourhood = neighbourhood_distance(canaries, TensorSet.from_records(ds, ds.train), params.extraction_k)
+    found = canaries_of(load_dataset(args.dataset), params.extraction_k)
+    if found is None:
+        ap.error(f"{args.dataset} holds no record of {DigitsConfig().canary_subject} (a purged dataset?)")
+    canaries, neighbourhood = found
 
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(args.models) * args.draws, desc="extraction draws") as bar:

@@ -50,15 +50,15 @@ from typing import Any
 import torch
 from _common import (  # benchmarks/ is the script's folder: on sys.path
     add_erasediff_variant_flags,
+    canaries_of,
     erasediff_options,
     machine,
 )
 
 from unlearn_lib.audit import Evaluator, EvaluatorFeatures, RealReference, class_figures, generate_class_samples
 from unlearn_lib.audit.gates import AuditParams
-from unlearn_lib.audit.memorization import neighbourhood_distance
 from unlearn_lib.audit.run import extraction_of
-from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset, select
+from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.diffusion import META_NAME
@@ -92,11 +92,10 @@ class Judge:
         self.evaluator, self.per_class, self.kept, self.seed = evaluator, per_class, kept, seed
         self.params = AuditParams()
         ds = load_dataset(dataset_dir)
-        sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
-        self.canaries = TensorSet.from_records(ds, sel.forget).distinct()
-        self.neighbourhood = neighbourhood_distance(
-            self.canaries, TensorSet.from_records(ds, ds.train), self.params.extraction_k
-        )
+        found = canaries_of(ds, self.params.extraction_k)
+        if found is None:
+            raise SystemExit(f"{dataset_dir} holds no record of {DigitsConfig().canary_subject}: the judge needs them")
+        self.canaries, self.neighbourhood = found
         # FID of the never-erased classes' samples, on the judge's features, as the audit's
         # fid_ratio gate measures it: the guided "keep forgotten" variants held every earlier class
         # by this judge's P and still failed that gate in the pipeline (benchmarks/README.md, "The
