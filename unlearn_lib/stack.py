@@ -520,17 +520,13 @@ def _start_postgres_on_a_free_port(d: Path, prefer: int | None = None, tries: in
     failing the stack.
     """
     ports = ([prefer] if prefer else []) + [0] * tries
-    for i, port in enumerate(ports):
+    for port in ports:
         svc = _service(d, "postgres", port or _free_port())
-        try:
+        with contextlib.suppress(_PortTaken):
             return _start_postgres(d, svc)
-        except _PortTaken:
-            if i == len(ports) - 1:
-                raise StackError(
-                    f"postgres did not start: {len(ports)} ports in a row were taken before it could bind; "
-                    f"see its log {svc.log}"
-                ) from None
-    raise AssertionError("unreachable")
+    raise StackError(
+        f"postgres did not start: {len(ports)} ports in a row were taken before it could bind; see its log {svc.log}"
+    )
 
 
 def _pg_connect(port: int, password: str, dbname: str) -> Any:
