@@ -10,9 +10,8 @@ often near-identical generations recur. This measures that signal here: per mode
 ``--samples`` samples (default 500: the extraction test's count; its steps and guidance); for
 each sample, how many *other* samples lie within ``alpha`` times its mean distance to its 50
 nearest retained training images (the extraction criterion's own scale, with the generation in
-the record's place). The
-reference is ``--dataset``'s training records less the canary subject, what a purged dataset
-still holds. A clean class has a handful; a class that regurgitates an image has dozens.
+the record's place). The reference is ``--dataset``'s training records less the canary subject,
+what a purged dataset still holds. A clean class has a handful; a class that regurgitates an image has dozens.
 
 Where ``--dataset`` still holds the canaries, the audit's records-based extraction test of the
 canaries runs on the same samples of their class, for comparison. Draw i uses sampling seed 1
@@ -81,7 +80,8 @@ def main() -> None:
     ds = load_dataset(args.dataset)
     subject = DigitsConfig().canary_subject
     reference = flat01(TensorSet.from_records(ds, [r for r in ds.train if r.subject_id != subject]).images)
-    canaries = canaries_of(ds, params.extraction_k)
+    found = canaries_of(ds, params.extraction_k)
+    canary_labels = {int(v) for v in found[0].labels.tolist()} if found else set()
 
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(args.models) * len(args.classes) * args.draws, desc="sampling") as bar:
@@ -103,8 +103,9 @@ def main() -> None:
                     )
                     counts = recurrence(generated, reference, args.alpha)
                     draw: dict[str, Any] = {"seed": seed, "max_recurrence": int(counts.max())}
-                    if canaries is not None and c in {int(v) for v in canaries[0].labels.tolist()}:
-                        ratios = extraction_ratios(canaries[0].images, canaries[1], generated, params.extraction_alpha)
+                    if found and c in canary_labels:
+                        canaries, neighbourhood = found
+                        ratios = extraction_ratios(canaries.images, neighbourhood, generated, params.extraction_alpha)
                         draw["canary_min_ratio"] = round(float(ratios.ratios.min()), 3)
                     draws.append(draw)
                     bar.update()
