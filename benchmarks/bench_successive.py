@@ -213,6 +213,8 @@ def pipeline_steps(args: argparse.Namespace, work: Path, overrides: dict):
         audit = (
             {
                 "verdict": audits[0].data.tags.get("unlearn.audit_verdict"),
+                # One audit per unlearning draw (settings.utility_redraws); the newest decided.
+                "draws": len(audits),
                 "original": audits[0].data.tags.get("unlearn.audit_original"),
                 **{
                     k: round(audits[0].data.metrics[f"audit.{k}"], 4)

@@ -528,7 +528,46 @@ def run_local(
     started = launch(settings, batch, dataset_rev, algorithm, options, audit_params, runner, explicit)
     if isinstance(started, RunOutcome):
         return started
-    return _execute_local(started, runner)
+    outcome = _execute_local(started, runner)
+    for draw in range(1, settings.utility_redraws + 1):
+        reason = redraw_reason(settings, outcome)
+        if reason is None:
+            break
+        # The audit keeps its own seeds: only the unlearning is drawn again, and the same judge
+        # measures every draw.
+        drawn = {**(options or {}), "seed": int((options or {}).get("seed", 0)) + draw}
+        print(
+            f"{', '.join(outcome.request_ids)}: v{outcome.version} forgot but failed {reason}; "
+            f"unlearning again with seed {drawn['seed']} (redraw {draw} of {settings.utility_redraws})",
+            flush=True,
+        )
+        started = launch(settings, batch, dataset_rev, algorithm, drawn, audit_params, runner, explicit=True)
+        if isinstance(started, RunOutcome):
+            return started
+        outcome = _execute_local(started, runner)
+    return outcome
+
+
+def redraw_reason(settings: Settings, outcome: RunOutcome) -> str | None:
+    """The failed gates when a run's candidate failed its audit on utility gates alone, else None.
+
+    Read from the candidate version's ``unlearn.audit_failed*`` tags: the register step wrote them
+    from the audit record. Anything unreadable (MLflow down, an older version without the tags)
+    is not redrawn: the request stays failed for a person, as before.
+    """
+    if outcome.status != "failed" or outcome.verdict != "fail" or not outcome.version:
+        return None
+    from unlearn_lib.tracking import TAG_PREFIX, client_for
+    from unlearn_lib.tracking.lineage import check_reachable
+
+    try:
+        check_reachable(settings)  # fails in seconds where the client would retry for minutes
+        tags = client_for(settings).get_model_version(settings.model_name, outcome.version).tags or {}
+    except Exception:  # MLflow may be what failed; the failed run stands as it is
+        return None
+    if tags.get(f"{TAG_PREFIX}audit_failed_groups") != "utility":
+        return None
+    return tags.get(f"{TAG_PREFIX}audit_failed", "a utility gate")
 
 
 def check_container_ready(settings: Settings) -> None:

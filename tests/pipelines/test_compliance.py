@@ -264,6 +264,59 @@ def test_failed_audit_registers_a_candidate_and_nothing_is_served(weak_pipeline_
     assert ws.ref_sha(run_ref(out.run_id)) is None
     row = StateStore.open(settings).get_request("REQ-WEAK")
     assert (row.state, row.retryable, row.attempts) == ("failed", False, 1) and "audit failed" in row.last_error
+    # It failed to forget: that is never drawn again (utility_redraws is on by default), so version 2
+    # is the only candidate.
+    assert "memorization" in tags["unlearn.audit_failed_groups"].split(",") and tags["unlearn.audit_failed"] != "none"
+    versions = client.search_model_versions(f"name='{settings.model_name}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+
+
+@pytest.mark.long
+def test_a_candidate_that_forgot_but_failed_a_utility_gate_is_drawn_again_with_the_next_seed(
+    workspace_template, tmp_path, capsys
+):
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(workspace_template, root, symlinks=True)
+    settings = Settings(workspace=str(root), utility_redraws=1)
+    ensure_base_registered(settings, Workspace(root))
+    # A retain-loss bar no unlearned model meets (stricter than the default: nothing is relaxed by
+    # it): every draw forgets the canaries and fails this one utility gate.
+    out = run_local(settings, batch_of(), audit_params={**FAST_AUDIT, "max_retain_loss_ratio": 0.5})
+    printed = capsys.readouterr().out
+    assert "REQ-CANARY: v2 forgot but failed retain_loss_ratio; unlearning again with seed 1 (redraw 1 of 1)" in printed
+    # The redraw failed the same gate: the request is failed after two draws, nothing is served.
+    assert (out.status, out.verdict, out.version, out.alias) == ("failed", "fail", "3", "candidate"), out
+    client = client_for(settings)
+    assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "1"
+    for version in ("2", "3"):
+        tags = client.get_model_version(settings.model_name, version).tags
+        assert (tags["unlearn.audit_failed"], tags["unlearn.audit_failed_groups"]) == ("retain_loss_ratio", "utility")
+    exp = client.get_experiment_by_name(settings.mlflow_experiment)
+    unlearn_runs = client.search_runs([exp.experiment_id], filter_string="tags.`unlearn.step` = 'unlearn'")
+    # Two unlearning runs: the options as given, then the same with the next seed.
+    # (kfp hands options over as JSON numbers: the seed is logged as 1.0.)
+    assert len(unlearn_runs) == 2
+    assert sorted(float(r.data.params.get("option.seed", -1)) for r in unlearn_runs) == [-1.0, 1.0]
+    row = StateStore.open(settings).get_request("REQ-CANARY")
+    assert (row.state, row.attempts) == ("failed", 2) and "retain_loss_ratio" in row.last_error
+
+
+def test_no_redraw_when_mlflow_cannot_say_what_failed(tmp_path):
+    import socket
+    import time
+
+    from pipelines.run import RunOutcome, redraw_reason
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(workspace=str(tmp_path / "ws"), mlflow_tracking_uri=f"http://127.0.0.1:{port}")
+    failed = RunOutcome(status="failed", lineage_run_id="r", version="2", verdict="fail", run_id="r")
+    t0 = time.monotonic()
+    assert redraw_reason(settings, failed) is None
+    assert time.monotonic() - t0 < 30
 
 
 def test_a_failed_candidate_is_retired_after_the_grace_period_and_never_served(weak_pipeline_run):

@@ -633,6 +633,17 @@ def _failed_gates(audit: dict) -> str:
     return ", ".join(failed) or "see the report"
 
 
+def failed_gate_groups(audit: dict) -> list[str]:
+    """The groups (efficacy, memorization, utility, policy, ...) of the gates an audit failed."""
+    metrics = audit.get("metrics") or {}
+    groups = {
+        (metrics.get(g["metric"]) or {}).get("group", "unknown")
+        for g in audit.get("gates", [])
+        if g.get("passed") is False
+    }
+    return sorted(groups)
+
+
 def _run_version(client: Any, name: str, run_id: str) -> Any | None:
     """The version an earlier attempt of this run registered, if any (registering is idempotent)."""
     from ..tracking import TAG_PREFIX
@@ -708,6 +719,11 @@ def register_step(
                     or "none",
                     "pipeline_run_id": ctx.lineage_run_id,
                     "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
+                    # What failed, by gate and by group: the driver draws the unlearning again only
+                    # when every failed gate is a utility gate (pipelines.run.redraw_reason).
+                    "audit_failed": ",".join(g["metric"] for g in audit.get("gates", []) if g.get("passed") is False)
+                    or "none",
+                    "audit_failed_groups": ",".join(failed_gate_groups(audit)) or "none",
                 }
                 mv = register_version(
                     client,
