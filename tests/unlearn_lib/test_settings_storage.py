@@ -82,6 +82,7 @@ def test_new_fields_and_state_url(tmp_path):
         ({"lease_ttl_seconds": float("inf")}, "^setting lease_ttl_seconds: "),
         ({"max_attempts": 0}, "^setting max_attempts: Input should be greater than or equal to 1"),
         ({"max_attempts": "many"}, "^setting max_attempts: Input should be a valid integer"),
+        ({"utility_redraws": -1}, "^setting utility_redraws: Input should be greater than or equal to 0"),
         ({"state_db_url": "db.example.com"}, "^setting state_db_url: must be a database URL"),
         ({"colour": "red"}, "^unknown setting\\(s\\) colour \\(known: "),
     ],
