@@ -529,13 +529,14 @@ def run_local(
     if isinstance(started, RunOutcome):
         return started
     outcome = _execute_local(started, runner)
+    given = options or {}
     for draw in range(1, settings.utility_redraws + 1):
         reason = redraw_reason(settings, outcome)
         if reason is None:
             break
         # The audit keeps its own seeds: only the unlearning is drawn again, and the same judge
         # measures every draw.
-        drawn = {**(options or {}), "seed": int((options or {}).get("seed", 0)) + draw}
+        drawn = {**given, "seed": int(given.get("seed", 0)) + draw}
         print(
             f"{', '.join(outcome.request_ids)}: v{outcome.version} forgot but failed {reason}; "
             f"unlearning again with seed {drawn['seed']} (redraw {draw} of {settings.utility_redraws})",

@@ -628,20 +628,19 @@ def audit_step(
 # ---- 4. register: the commit ----------------------------------------------------------------------
 
 
+def failed_gates(audit: dict) -> list[str]:
+    """The metrics of the gates an audit failed, in the audit's order."""
+    return [g["metric"] for g in audit.get("gates", []) if g.get("passed") is False]
+
+
 def _failed_gates(audit: dict) -> str:
-    failed = [g["metric"] for g in audit.get("gates", []) if g.get("passed") is False]
-    return ", ".join(failed) or "see the report"
+    return ", ".join(failed_gates(audit)) or "see the report"
 
 
 def failed_gate_groups(audit: dict) -> list[str]:
     """The groups (efficacy, memorization, utility, policy, ...) of the gates an audit failed."""
     metrics = audit.get("metrics") or {}
-    groups = {
-        (metrics.get(g["metric"]) or {}).get("group", "unknown")
-        for g in audit.get("gates", [])
-        if g.get("passed") is False
-    }
-    return sorted(groups)
+    return sorted({(metrics.get(m) or {}).get("group", "unknown") for m in failed_gates(audit)})
 
 
 def _run_version(client: Any, name: str, run_id: str) -> Any | None:
@@ -721,8 +720,7 @@ def register_step(
                     "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
                     # What failed, by gate and by group: the driver draws the unlearning again only
                     # when every failed gate is a utility gate (pipelines.run.redraw_reason).
-                    "audit_failed": ",".join(g["metric"] for g in audit.get("gates", []) if g.get("passed") is False)
-                    or "none",
+                    "audit_failed": ",".join(failed_gates(audit)) or "none",
                     "audit_failed_groups": ",".join(failed_gate_groups(audit)) or "none",
                 }
                 mv = register_version(
