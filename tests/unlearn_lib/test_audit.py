@@ -24,6 +24,7 @@ from unlearn_lib.audit import (
     train_evaluator,
     validate_record,
 )
+from unlearn_lib.audit.gates import failed_gate_groups, failed_gates
 from unlearn_lib.audit.memorization import auc_null_std, chance_allowance
 from unlearn_lib.data import ForgetTargets, TensorSet, load_dataset
 from unlearn_lib.errors import ConfigError, UnlearnError
@@ -167,6 +168,12 @@ def test_erasing_the_class_fails_a_record_deletion(base_model_dir, digits_dir, e
     m = {x.name: x for x in res.metrics}
     assert m["forget_class_accuracy_drop"].passed is False
     assert not res.passed
+    # What the register step tags the version with and the evidence lists, read from audit.json.
+    failed = failed_gates(res.record)
+    assert "forget_class_accuracy_drop" in failed and failed == [x.name for x in res.metrics if x.passed is False]
+    assert "utility" in failed_gate_groups(res.record) and failed_gate_groups(res.record) == sorted(
+        {m[f].group for f in failed}
+    )
 
 
 # ---- class scenario ----------------------------------------------------------------------------

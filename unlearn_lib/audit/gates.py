@@ -222,6 +222,17 @@ def gate_status(passed: bool | None, inconclusive: str | None = None) -> str:
     return "INCONCLUSIVE" if inconclusive else "PASS"
 
 
+def failed_gates(record: dict) -> list[str]:
+    """The metrics of the gates an audit record (audit.json) failed, in the record's order."""
+    return [g["metric"] for g in record.get("gates", []) if g.get("passed") is False]
+
+
+def failed_gate_groups(record: dict) -> list[str]:
+    """The groups (efficacy, memorization, utility, policy, ...) of the gates an audit record failed."""
+    metrics = record.get("metrics") or {}
+    return sorted({(metrics.get(m) or {}).get("group", "unknown") for m in failed_gates(record)})
+
+
 def verdict(metrics: list[Metric]) -> bool:
     """No gate failed (an inconclusive gate does not fail a run; the other gates decide)."""
     gated = [m for m in metrics if m.passed is not None]

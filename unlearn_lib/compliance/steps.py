@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..audit.gates import failed_gate_groups, failed_gates
 from ..data.manifest import Dataset
 from ..data.selection import Selection, select
 from ..errors import ConfigError, DatasetError, ModelError, SelectionError, UnlearnError
@@ -628,19 +629,8 @@ def audit_step(
 # ---- 4. register: the commit ----------------------------------------------------------------------
 
 
-def failed_gates(audit: dict) -> list[str]:
-    """The metrics of the gates an audit failed, in the audit's order."""
-    return [g["metric"] for g in audit.get("gates", []) if g.get("passed") is False]
-
-
 def _failed_gates(audit: dict) -> str:
     return ", ".join(failed_gates(audit)) or "see the report"
-
-
-def failed_gate_groups(audit: dict) -> list[str]:
-    """The groups (efficacy, memorization, utility, policy, ...) of the gates an audit failed."""
-    metrics = audit.get("metrics") or {}
-    return sorted({(metrics.get(m) or {}).get("group", "unknown") for m in failed_gates(audit)})
 
 
 def _run_version(client: Any, name: str, run_id: str) -> Any | None:

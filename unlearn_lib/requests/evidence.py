@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ..audit.gates import failed_gates
 from ..errors import UnlearnError
 from ..redact import redact_text, redact_url
 from ..settings import Settings
@@ -363,7 +364,7 @@ def _audit_from_record(record: dict) -> dict[str, Any]:
         # A gate that could not have failed (too few samples) is not counted as passed.
         "gates_passed": sum(1 for g in record.get("gates", []) if g.get("passed") and not g.get("inconclusive")),
         "gates_inconclusive": [g["metric"] for g in record.get("gates", []) if g.get("inconclusive")],
-        "failed_gates": [g["metric"] for g in record.get("gates", []) if g.get("passed") is False],
+        "failed_gates": failed_gates(record),
         "params": record.get("params", {}),
         "selection": {
             k: selection.get(k) for k in ("scope", "forget", "forget_distinct_images", "retain", "forget_set_sha256")
