@@ -295,10 +295,10 @@ def test_a_candidate_that_forgot_but_failed_a_utility_gate_is_drawn_again_with_t
         assert (tags["unlearn.audit_failed"], tags["unlearn.audit_failed_groups"]) == ("retain_loss_ratio", "utility")
     exp = client.get_experiment_by_name(settings.mlflow_experiment)
     unlearn_runs = client.search_runs([exp.experiment_id], filter_string="tags.`unlearn.step` = 'unlearn'")
-    # Two unlearning runs: the options as given, then the same with the next seed.
-    # (kfp hands options over as JSON numbers: the seed is logged as 1.0.)
+    # Two unlearning runs: the options as given, then the same with the next seed, logged as the
+    # unlearner read it (kfp hands it over as the JSON number 1.0).
     assert len(unlearn_runs) == 2
-    assert sorted(float(r.data.params.get("option.seed", -1)) for r in unlearn_runs) == [-1.0, 1.0]
+    assert sorted(r.data.params.get("option.seed", "none") for r in unlearn_runs) == ["1", "none"]
     row = StateStore.open(settings).get_request("REQ-CANARY")
     assert (row.state, row.attempts) == ("failed", 2) and "retain_loss_ratio" in row.last_error
 
@@ -317,6 +317,17 @@ def test_no_redraw_when_mlflow_cannot_say_what_failed(tmp_path):
     t0 = time.monotonic()
     assert redraw_reason(settings, failed) is None
     assert time.monotonic() - t0 < 30
+
+
+def test_options_are_logged_as_the_unlearner_reads_them():
+    from unlearn_lib.compliance.steps import typed_options
+
+    # As kfp hands them over: every number a JSON float.
+    typed = typed_options("erasediff", {"seed": 1.0, "lam": 3, "steps": 20.0, "preset": "paper"})
+    assert typed == {"seed": 1, "lam": 3.0, "steps": 20, "preset": "paper"}
+    assert [type(typed[k]) for k in ("seed", "lam", "steps")] == [int, float, int]
+    with pytest.raises(UnlearnError, match="seed"):
+        typed_options("erasediff", {"seed": 1.5})
 
 
 def test_a_failed_candidate_is_retired_after_the_grace_period_and_never_served(weak_pipeline_run):

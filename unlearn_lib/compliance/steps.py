@@ -405,11 +405,12 @@ def unlearn_step(
             else:
                 base_dir = _registry_model(ctx, parent_version)
                 ds, sel = ctx.selection(dataset_rev, forget_set_sha256)
+                text_to_image = is_text_to_image_folder(base_dir)
                 mlflow.log_params(
                     {
                         "algorithm": algorithm,
                         "parent_version": parent_version,
-                        **{f"option.{k}": v for k, v in options.items()},
+                        **{f"option.{k}": v for k, v in typed_options(algorithm, options, text_to_image).items()},
                     }
                 )
                 name = Path(ctx.settings.dataset_path).name
@@ -422,7 +423,7 @@ def unlearn_step(
                     "retain",
                     len(sel.retain),
                 )
-                if is_text_to_image_folder(base_dir):
+                if text_to_image:
                     from ..t2i.run import erase_t2i
 
                     # Each deleted record's influence, conditioned on its own caption.
@@ -461,6 +462,27 @@ def unlearn_step(
                 files.keep("model", model_dir)
         ctx.store.finish_step(run.run_id, "unlearn", out | {"model_sha256": model_digest(model_dir)})
     return out
+
+
+def typed_options(algorithm: str, options: Mapping[str, Any], text_to_image: bool = False) -> dict[str, Any]:
+    """The run's options as the unlearner reads them, for the run's params.
+
+    kfp hands options over as JSON, where every number is a float: a seed of 1 arrives as 1.0
+    and would be logged so. The algorithm's config knows each option's type.
+    """
+    from ..unlearning.base import make_unlearner
+
+    given = dict(options)
+    if text_to_image:
+        from ..t2i.run import t2i_unlearner
+
+        unlearner, per_prompt = t2i_unlearner(algorithm, given)
+        if "generate_per_prompt" in given:
+            given["generate_per_prompt"] = per_prompt
+    else:
+        unlearner = make_unlearner(algorithm, given)
+    config = unlearner.config
+    return {k: getattr(config, k.replace("-", "_"), v) for k, v in given.items()}
 
 
 def _log_history(history: dict[str, list[float]]) -> None:
