@@ -126,11 +126,18 @@ def test_the_untouched_base_model_never_passes_a_memorization_gate_outright(
     assert control["records"] >= 16
     expected = chance_allowance(control["extracted"]["unlearned"], control["records"], len(plain))
     assert control["allowance"] == expected and ex.threshold["value"] == expected
-    assert "INCONCLUSIVE" in (tmp_path / "a" / "report.md").read_text()
+    assert "INCONCLUSIVE" in (res.out / "report.md").read_text()
 
 
-def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
-    res = audit(base_model_dir, models["canary"], digits_dir, CANARY, tmp_path / "a", evaluator_dir)
+@pytest.fixture(scope="module")
+def canary_audit(base_model_dir, digits_dir, evaluator_dir, models, tmp_path_factory):
+    """The audit of EraseDiff's canary deletion, read by the verdict test and the report test."""
+    out = tmp_path_factory.mktemp("canary") / "a"
+    return audit(base_model_dir, models["canary"], digits_dir, CANARY, out, evaluator_dir)
+
+
+def test_canary_deletion_passes(canary_audit):
+    res = canary_audit
     m = {x.name: x for x in res.metrics}
     assert m["extracted_records"].base == 3 and m["extracted_records"].value == 0
     tol = m["mia_auc"].threshold["value"]
@@ -141,7 +148,7 @@ def test_canary_deletion_passes(base_model_dir, digits_dir, evaluator_dir, model
     assert res.passed, {x.name: (x.value, x.passed) for x in res.metrics if x.passed is not None}
     # Three marked images: the membership gate did not fail, but at this size it could not have.
     assert m["mia_auc"].status == "INCONCLUSIVE" and "3 forget images" in m["mia_auc"].inconclusive
-    assert "INCONCLUSIVE" in (tmp_path / "a" / "report.md").read_text()
+    assert "INCONCLUSIVE" in (res.out / "report.md").read_text()
     assert {g["metric"] for g in res.record["gates"] if g.get("inconclusive")} == {"mia_auc"}
     print("PIA after the deletion:", m["pia_auc"].value, "base", m["pia_auc"].base)
     assert m["pia_auc"].value < m["pia_auc"].base
@@ -520,9 +527,8 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
 # ---- report ------------------------------------------------------------------------------------
 
 
-def test_report_files_open_and_audit_json_validates(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
-    out = tmp_path / "report"
-    audit(base_model_dir, models["canary"], digits_dir, CANARY, out, evaluator_dir)
+def test_report_files_open_and_audit_json_validates(canary_audit):
+    out = canary_audit.out
     record = json.loads((out / "audit.json").read_text())
     validate_record(record)
     for name in record["pictures"].values():

@@ -216,8 +216,9 @@ def test_after_the_commit_the_erased_images_leave_the_dvc_remote(remote, s3_env,
     settings = remote["settings"]("pod-x").replace(s3_prefix=f"{seeded['prefix']}-erase")
     ws = RemoteWorkspace.open(settings)
     base = ws.resolve("HEAD")
-    canaries = [r for r in ws.dataset(base).records if r.subject_id == "subject-canary"]
-    images = {hashlib.md5((ws.dataset(base).root / r.path).read_bytes()).hexdigest() for r in canaries}
+    dataset = ws.dataset(base)  # once: each call reads the manifest and every image again
+    canaries = [r for r in dataset.records if r.subject_id == "subject-canary"]
+    images = {hashlib.md5((dataset.root / r.path).read_bytes()).hexdigest() for r in canaries}
     purged = ws.prepare_purge(base, {"subject_ids": ["subject-canary"]}, ["REQ-X"], "a" * 64, "run-x")
     register = RemoteWorkspace.open(settings.replace(scratch_dir=str(tmp_path / "pod-register")))
     register.publish(purged, base)
