@@ -126,7 +126,7 @@ def test_the_untouched_base_model_never_passes_a_memorization_gate_outright(
     assert control["records"] >= 16
     expected = chance_allowance(control["extracted"]["unlearned"], control["records"], len(plain))
     assert control["allowance"] == expected and ex.threshold["value"] == expected
-    assert "INCONCLUSIVE" in (res.out / "report.md").read_text()
+    assert "INCONCLUSIVE" in (tmp_path / "a" / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
