@@ -218,7 +218,14 @@ def pipeline_steps(args: argparse.Namespace, work: Path, overrides: dict):
                 "original": audits[0].data.tags.get("unlearn.audit_original"),
                 **{
                     k: round(audits[0].data.metrics[f"audit.{k}"], 4)
-                    for k in ("fid_ratio", "fid_ratio_to_original", "retained_accuracy_drop", "retain_loss_ratio")
+                    for k in (
+                        "forgotten_probability",
+                        "forgotten_probability_floor",
+                        "fid_ratio",
+                        "fid_ratio_to_original",
+                        "retained_accuracy_drop",
+                        "retain_loss_ratio",
+                    )
                     if f"audit.{k}" in audits[0].data.metrics
                 },
             }

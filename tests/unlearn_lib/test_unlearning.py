@@ -13,6 +13,7 @@ from unlearn_lib.data.selection import SAME_CAPTION_MIN
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.errors import ConfigError, SelectionError, UnlearnError
 from unlearn_lib.models import DiffusionModel, ForwardProcess, Preset, build_model, per_sample_denoising_error
+from unlearn_lib.models.objectives import predict_eps
 from unlearn_lib.unlearning import (
     REGISTRY,
     UnlearningTask,
@@ -26,6 +27,7 @@ from unlearn_lib.unlearning.erasediff import (
     PAPER_PRESET,
     SCOPE_DEFAULTS,
     EraseDiffConfig,
+    build_destination,
     build_target,
     draw_forget_batch,
 )
@@ -600,6 +602,45 @@ def test_paper_forgetting_loss_is_the_official_formula():
     assert torch.allclose(batch.x_t, x_t, atol=1e-6)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert abs(independent.item() - want.item()) > 1e-3
+
+
+def test_the_class_erased_now_can_also_learn_its_destinations_images(class_task, canary_task):
+    """``destination_weight``: the erased label on the destination's images, regressed onto the base under it.
+
+    Sampling under the erased label passes through x_t that look like the destination; the
+    forgetting loss alone never sees those (benchmarks/README.md, "The demo's class request").
+    """
+    assert make_unlearner("erasediff").resolved(class_task).destination_weight == 1.0  # on by default
+    cfg = make_unlearner("erasediff", {"destination_weight": "2"}).resolved(class_task)
+    loop = UnlearningLoop("erasediff", class_task, cfg, None, progress=False)
+    target = build_target(cfg, class_task, loop)
+    term = build_destination(cfg, class_task, loop, target)
+    dst = target.mapping[FORGET]
+    retain = class_task.retain
+    # Every retained image of the destination, each labelled with the class erased now.
+    assert term.labels.unique().tolist() == [FORGET]
+    assert torch.equal(term.images.cpu(), retain.images[retain.labels == dst])
+    assert term.target.mapping == {FORGET: dst} and term.scale == 2.0
+
+    # Before any step the model is the base: each image's error is |e(x_t, y_in) - e_base(x_t, dst)|^2.
+    batch = term.draw(loop, 16)
+    with torch.no_grad():
+        e_in = predict_eps(class_task.base.unet, batch.x_t, batch.t, batch.y_in)
+        e_dst = predict_eps(class_task.base.unet, batch.x_t, batch.t, torch.full_like(batch.y_in, dst))
+        per_image = (e_in - e_dst).pow(2).flatten(1).mean(1)
+        expected = term.scale * (batch.weight * per_image).sum() / batch.weight.sum()
+        assert batch.loss(loop).item() == pytest.approx(expected.item(), rel=1e-4)
+
+    # Off at 0, and for record deletions (they have no destination class).
+    off = make_unlearner("erasediff", {"destination_weight": "0"}).resolved(class_task)
+    assert build_destination(off, class_task, loop, target) is None
+    records = make_unlearner("erasediff", {"destination_weight": "2"}).resolved(canary_task)
+    records_loop = UnlearningLoop("erasediff", canary_task, records, None, progress=False)
+    records_target = build_target(records, canary_task, records_loop)
+    assert build_destination(records, canary_task, records_loop, records_target) is None
+    for bad in ("-1", "nan"):
+        with pytest.raises(ConfigError, match="destination_weight must be a number >= 0"):
+            make_unlearner("erasediff", {"destination_weight": bad})
 
 
 def test_the_forgetting_loss_can_leave_the_smallest_timesteps_out():
