@@ -578,6 +578,9 @@ def demo_run(digits, tmp_path_factory) -> dict:
         # in this process (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to child processes).
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEARN_", "AWS_", "MLFLOW_"))}
         demo_env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
+        # Its two threads share the cores with the other worker: OpenMP's spinning idle threads then
+        # cost the demo 17 min instead of ~7 (CI, 2026-12-05). Passive waiting changes no result.
+        demo_env["OMP_WAIT_POLICY"] = "PASSIVE"
         proc = subprocess.run(
             [str(Path(sys.executable).with_name("unlearn")), "pipeline", "demo", "--workspace", str(root)]
             + ["--dvc-cache", str(folder / "dvc-cache")],

@@ -185,7 +185,7 @@ def _done(demo_run: dict, digits) -> dict:
     assert (row.state, row.version) == ("done", "2"), row
     run = store.get_run(row.run_id)
     assert run.state == "succeeded" and run.ids == [REQ], run
-    # The template workspace, which the demo started from, was built from the session's dataset.
+    # The demo built its dataset from the same parameters as the session's (demo_run checks the digest).
     sel = select(digits, ForgetTargets.build(subject_ids=["subject-canary"]))
     client = client_for(settings)
     versions = {str(v.version): v for v in client.search_model_versions("name='digits-diffusion'")}
