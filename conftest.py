@@ -82,8 +82,9 @@ RUN_FIRST = (
     "tests/unlearn_lib/test_requests.py",
     "tests/unlearn_lib/test_ddp.py",
     # In the long tier, the server run and the redraw (~5 min in one file) start beside the demo
-    # (~6 min). Placed after test_audit, they went to whichever worker came free first, which can
-    # also be the one that takes the GPU benchmark's smoke run (CI's long tier: 13.5 min; 12.1 after).
+    # (~12.6 min since it trains its own base, 2026-12-05). Placed after test_audit, they went to
+    # whichever worker came free first, which can also be the one that takes the GPU benchmark's
+    # smoke run (CI's long tier: 13.5 min; 12.1 after).
     "tests/pipelines/test_compliance.py",
     "tests/unlearn_lib/test_unlearning.py",
     "tests/unlearn_lib/test_audit.py",

@@ -549,8 +549,7 @@ def build_kept(
         for c in task.erased_labels:
             own = task.erased.images[task.erased.labels == c] if task.erased is not None else task.retain.images[:0]
             if own.shape[0] == 0:
-                dst = mapping[c]
-                own = task.retain.images if dst == null else task.retain.images[task.retain.labels == dst]
+                own = destination_images(task, mapping[c], null)
             images.append(own)
             labels.append(torch.full((own.shape[0],), c, dtype=torch.long))
     if cfg.keep_forgotten_inputs in ("replay", "both"):
@@ -565,6 +564,12 @@ def build_kept(
         weight=cfg.keep_forgotten_weight,
         guidance=float(loop.model.meta.guidance_scale) if cfg.keep_forgotten_target == "guided" else None,
     )
+
+
+def destination_images(task: UnlearningTask, dst: int, null: int) -> torch.Tensor:
+    """The retained images of the class ``dst`` (all of them for the null class): what stands for a
+    class sent there, since sampling under its label should end in that class."""
+    return task.retain.images if dst == null else task.retain.images[task.retain.labels == dst]
 
 
 def build_destination(
@@ -582,7 +587,7 @@ def build_destination(
     mapping = {c: target_fn.mapping[c] for c in task.forget_labels if c in target_fn.mapping}
     images, labels = [], []
     for c, dst in mapping.items():
-        own = task.retain.images if dst == null else task.retain.images[task.retain.labels == dst]
+        own = destination_images(task, dst, null)
         images.append(own)
         labels.append(torch.full((own.shape[0],), c, dtype=torch.long))
     if not images or sum(i.shape[0] for i in images) == 0:
