@@ -144,12 +144,19 @@ def main() -> None:
             overwrite=True,
             original_dir=original,
         )
+        unlearned = audit.measurements["unlearned"].figures
         figures = {m.name: round(m.value, 4) for m in audit.metrics if m.name in FIGURES and m.value is not None}
         row = {
             "seed": seed,
             "options": options,
             "verdict": audit.record["verdict"],
             "failed": failed_gates(audit.record),
+            "inconclusive": [g["metric"] for g in audit.record["gates"] if g.get("inconclusive")],
+            # The class gate's own samples (forgotten_samples since 2026-12-05; 100 before) and error.
+            "forgotten_samples": unlearned.get("forgotten_samples", 100),
+            "forgotten_stderr": {
+                c: round(v, 4) for c, v in unlearned.get("forgotten_probability_stderr_by_class", {}).items()
+            },
             "mapping": record["config"].get("resolved_target", {}).get("mapping"),
             "steps": result.steps,
             "unlearning_seconds": round(t1 - t0, 1),

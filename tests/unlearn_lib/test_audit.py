@@ -524,6 +524,52 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
     assert hard_limit_metric(beyond).passed is False
 
 
+def test_the_class_gate_reads_more_samples_of_the_forgotten_class_and_says_when_the_draw_decided(
+    base_model_dir, digits_dir, evaluator_dir, models, tmp_path
+):
+    import copy
+
+    from unlearn_lib.audit.gates import relaxations
+    from unlearn_lib.audit.run import _forgotten_gate
+    from unlearn_lib.models.diffusion import DiffusionModel
+    from unlearn_lib.models.sampling import sample
+
+    # One draw of 100 samples moved a model's forgotten_probability by ~0.02 near the 0.05 gate:
+    # the forgotten class alone gets forgotten_samples, the grid's and more from the audit's own stream.
+    res = audit(
+        base_model_dir, models["class3"], digits_dir, CLASS3, tmp_path / "a", evaluator_dir, forgotten_samples=120
+    )
+    p = {x.name: x for x in res.metrics}["forgotten_probability"]
+    u = res.measurements["unlearned"]
+    assert p.samples == 120 and u.figures["forgotten_samples"] == 120
+    _, grid = u.class_samples.for_class(3)
+    assert len(grid) == PARAMS["samples_per_class"]  # the grid every other figure reads is unchanged
+    ps = params(forgotten_samples=120)
+    more = sample(
+        DiffusionModel.load(models["class3"]), [3] * 80, steps=ps.sampling_steps, seed=ps.stream_seed("forgotten")
+    )
+    probs = torch.cat([grid, Evaluator.load(evaluator_dir).predict_proba(more)])[:, 3]
+    assert p.value == pytest.approx(float(probs.mean()), abs=1e-6)
+    assert u.figures["forgotten_probability_stderr_by_class"]["3"] == pytest.approx(float(probs.std() / 120**0.5))
+    assert p.details["stream_seed"] == ps.stream_seed("forgotten") != ps.seed
+    assert res.record["relaxed"]["forgotten_samples"] == {"used": 120, "default": 500}
+    assert relaxations(AuditParams(forgotten_samples=1000)) == {}  # more samples: tighter, not relaxed
+    with pytest.raises(ConfigError, match="forgotten_samples must be >= 1"):
+        AuditParams(forgotten_samples=0).validate()
+
+    # A pass the draw could have decided is INCONCLUSIVE, not PASS; a clear pass and a fail stay.
+    def regate(value: float, se: float):
+        mm = copy.deepcopy(p)
+        mm.value, mm.inconclusive = value, None
+        return _forgotten_gate(mm, None, {"3": value}, params(), {"3": se})
+
+    near = regate(0.045, 0.01)
+    assert near.passed and near.status == "INCONCLUSIVE"
+    assert "class 3 reads 0.045 +- 0.010 against 0.05 (95% bound 0.061)" in near.inconclusive
+    assert regate(0.02, 0.01).status == "PASS"  # 0.036 at most
+    assert regate(0.06, 0.001).status == "FAIL" and regate(0.06, 0.001).inconclusive is None
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 

@@ -91,7 +91,34 @@ def class_figures(samples: ClassSamples, forget_labels: list[int]) -> ClassFigur
         pred = p.argmax(-1)
         figs.accuracy[c] = float((pred == c).float().mean())
         if c in forget_labels:
-            figs.forgotten_probability[c] = float(p[:, c].mean())
-            figs.forgotten_rate[c] = float((pred == c).float().mean())
-            figs.forgotten_entropy[c] = float(-(p * p.clamp(min=1e-12).log()).sum(-1).mean())
+            f = forgotten_figures(p, c)
+            figs.forgotten_probability[c] = f.probability
+            figs.forgotten_rate[c] = f.rate
+            figs.forgotten_entropy[c] = f.entropy
     return figs
+
+
+@dataclass
+class ForgottenFigures:
+    """One forgotten class, on every sample drawn of it: the judge's mean probability of the class,
+    its standard error, the share classified as it and the prediction entropy (nats)."""
+
+    probability: float
+    stderr: float
+    rate: float
+    entropy: float
+    samples: int
+
+
+def forgotten_figures(probs: torch.Tensor, label: int) -> ForgottenFigures:
+    """``probs``: the judge's probabilities ``[N, K]`` on N samples conditioned on ``label``."""
+    p = probs[:, label]
+    n = len(p)
+    return ForgottenFigures(
+        probability=float(p.mean()),
+        # One sample has no spread of its own: the largest a probability can have (never conclusive).
+        stderr=float(p.std() / math.sqrt(n)) if n > 1 else 0.5,
+        rate=float((probs.argmax(-1) == label).float().mean()),
+        entropy=float(-(probs * probs.clamp(min=1e-12).log()).sum(-1).mean()),
+        samples=n,
+    )

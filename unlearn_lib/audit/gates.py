@@ -17,6 +17,10 @@ class AuditParams:
     sampling_steps: int = 25
     guidance_scale: float | None = None  # None: each model's own
     samples_per_class: int = 100
+    # Samples of each forgotten class the class gate reads (the grid's samples_per_class and more,
+    # from the audit's own stream). 100 moved one model's forgotten_probability by ~0.02 near the
+    # gate (0.050-0.105 over five draws); 500 bring that to ~0.009. Only the forgotten classes: cheap.
+    forgotten_samples: int = 500
     extraction_samples: int = 500  # per forgotten label (in total for unconditional models)
     extraction_alpha: float = 0.5
     extraction_k: int = 50
@@ -81,6 +85,7 @@ class AuditParams:
         positive = (
             "sampling_steps",
             "samples_per_class",
+            "forgotten_samples",
             "extraction_samples",
             "extraction_k",
             "mia_noise_draws",
@@ -257,7 +262,13 @@ _LOOSER_WHEN_LARGER = (
 )
 _AUTO_WHEN_NONE = ("mia_auc_tolerance",)  # None: computed from the forget-set size
 _OFF_WHEN_NONE = ("forgotten_probability_floor_margin",)  # None: a leniency turned off, stricter
-_LOOSER_WHEN_SMALLER = ("samples_per_class", "extraction_samples", "mia_noise_draws", "attack_samples")
+_LOOSER_WHEN_SMALLER = (
+    "samples_per_class",
+    "forgotten_samples",
+    "extraction_samples",
+    "mia_noise_draws",
+    "attack_samples",
+)
 # Beyond these no audit passes, whatever a run asks for: the gate is reported and fails.
 HARD_LIMITS: dict[str, float] = {
     "max_forgotten_probability": 0.2,

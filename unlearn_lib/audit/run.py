@@ -35,7 +35,7 @@ from ..models.digest import model_digest
 from ..models.lineage import erased_labels, prior_deletions
 from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
-from .efficacy import ClassSamples, class_figures, generate_class_samples
+from .efficacy import ClassSamples, ForgottenFigures, class_figures, forgotten_figures, generate_class_samples
 from .evaluator import Evaluator, train_evaluator
 from .forget_quality import retrain_position
 from .gates import HARD_LIMITS, AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
@@ -159,10 +159,13 @@ def measure_model(
             else float("nan")
         )
         if scope == "class":
-            m.figures["forgotten_probability"] = figs.mean_forgotten_probability
-            m.figures["forgotten_probability_by_class"] = {str(c): p for c, p in figs.forgotten_probability.items()}
-            m.figures["forgotten_rate"] = sum(figs.forgotten_rate.values()) / len(figs.forgotten_rate)
-            m.figures["forgotten_entropy"] = sum(figs.forgotten_entropy.values()) / len(figs.forgotten_entropy)
+            fg = _forgotten_draws(model, evaluator, m.class_samples, forget_labels, params, progress)
+            m.figures["forgotten_probability"] = sum(f.probability for f in fg.values()) / len(fg)
+            m.figures["forgotten_probability_by_class"] = {str(c): f.probability for c, f in fg.items()}
+            m.figures["forgotten_probability_stderr_by_class"] = {str(c): f.stderr for c, f in fg.items()}
+            m.figures["forgotten_samples"] = min(f.samples for f in fg.values())
+            m.figures["forgotten_rate"] = sum(f.rate for f in fg.values()) / len(fg)
+            m.figures["forgotten_entropy"] = sum(f.entropy for f in fg.values()) / len(fg)
         else:
             m.figures["forget_class_accuracy"] = sum(figs.accuracy[c] for c in forget_labels) / len(forget_labels)
         gen_retained = m.class_samples.images_of(retained_classes)
@@ -190,6 +193,37 @@ def measure_model(
             m.membership, m.pia = membership_attacks(model, forget_distinct, reference, params, reference_weights)
     m.seconds = time.perf_counter() - t0
     return m
+
+
+def _forgotten_draws(
+    model: DiffusionModel,
+    evaluator: Evaluator,
+    grid: ClassSamples,
+    forget_labels: Sequence[int],
+    params: AuditParams,
+    progress: bool,
+) -> dict[int, ForgottenFigures]:
+    """Each forgotten class on the grid's samples of it and ``forgotten_samples`` in all.
+
+    The extra samples come from the audit's own stream, so the grid (which every other figure
+    reads) stays the draw it always was; they are judged and dropped, never kept or shown.
+    """
+    extra = max(0, params.forgotten_samples - grid.per_class)
+    probs = {c: grid.for_class(c)[1] for c in forget_labels}
+    if extra:
+        labels = torch.tensor([c for c in forget_labels for _ in range(extra)], dtype=torch.long)
+        images = sample(
+            model,
+            labels,
+            steps=params.sampling_steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.stream_seed("forgotten"),
+            progress=progress,
+        )
+        more = evaluator.predict_proba(images)
+        for i, c in enumerate(forget_labels):
+            probs[c] = torch.cat([probs[c], more[i * extra : (i + 1) * extra]])
+    return {c: forgotten_figures(p, c) for c, p in probs.items()}
 
 
 def measure_utility(
@@ -523,8 +557,17 @@ def _earlier_erasures(
     return gate(m, "<=", params.max_earlier_erasure_drop)
 
 
+# One-sided 95%: a class whose probability passes by less than this many standard errors could sit
+# at the gate; its pass is a draw's, not the model's.
+FORGOTTEN_Z = 1.645
+
+
 def _forgotten_gate(
-    m: Metric, floor: Metric | None, label_probability: dict[str, float], params: AuditParams
+    m: Metric,
+    floor: Metric | None,
+    label_probability: dict[str, float],
+    params: AuditParams,
+    stderr: dict[str, float] | None = None,
 ) -> Metric:
     """Gate ``forgotten_probability``; where the judge's floor leaves the fixed gate no room, per class.
 
@@ -534,8 +577,41 @@ def _forgotten_gate(
     every class must pass its own: a class far under its high floor cannot carry one above the gate.
     The floor counts only for a class mostly drawn as its destination: a model that still draws the
     class has no flawless twin. ``label_probability``: the mean probability of each forgotten class
-    (by its string) on the unlearned model's samples of it, which ``m.value`` averages.
+    (by its string) on the unlearned model's samples of it, which ``m.value`` averages; ``stderr``:
+    its standard error. A pass within ``FORGOTTEN_Z`` standard errors of a class's limit is
+    INCONCLUSIVE: the draw, not the model, decided it (``forgotten_samples`` buys power).
     """
+    m = _forgotten_gate_limits(m, floor, label_probability, params)
+    if not m.passed or not stderr:
+        return m
+    assert m.threshold is not None
+    per = m.threshold.get("labels") or {
+        f: {"probability": p, "limit": m.threshold["value"]} for f, p in label_probability.items()
+    }
+    close = []
+    for f, x in per.items():
+        se = stderr.get(f)
+        if se is None:
+            continue
+        bound = x["probability"] + FORGOTTEN_Z * se
+        m.details.setdefault("upper_bound", {})[f] = bound
+        if bound > x["limit"]:
+            close.append(
+                f"class {f} reads {x['probability']:.3f} +- {se:.3f} against {x['limit']:.3g} (95% bound {bound:.3f})"
+            )
+    if close:
+        m.details["z"] = FORGOTTEN_Z
+        m.inconclusive = (
+            "; ".join(close)
+            + f": within sampling error of the gate on {m.samples} samples; the model may sit at it (forgotten_samples)"
+        )
+    return m
+
+
+def _forgotten_gate_limits(
+    m: Metric, floor: Metric | None, label_probability: dict[str, float], params: AuditParams
+) -> Metric:
+    """The limits of :func:`_forgotten_gate` and its decision on the measured probabilities."""
     limit = params.max_forgotten_probability
     margin = params.forgotten_probability_floor_margin
     cap = HARD_LIMITS["max_forgotten_probability"]
@@ -628,11 +704,17 @@ def _metrics(
             "efficacy",
             "forgotten_probability",
             desc,
-            per_class * len(selection.forget_labels) if conditional else per_class * 10,
+            int(u.figures.get("forgotten_samples", per_class)) * len(selection.forget_labels)
+            if conditional
+            else per_class * 10,
         )
+        if conditional:
+            # The extra samples come from another stream: not the grid's seed alone.
+            m.details["stream_seed"] = params.stream_seed("forgotten")
         floor = _judge_floor(u, b, selection.forget_labels, retained_classes, seed)
         by_class = u.figures.get("forgotten_probability_by_class", {}) if conditional else {}
-        out.append(_forgotten_gate(m, floor, by_class, params))
+        stderr = u.figures.get("forgotten_probability_stderr_by_class", {}) if conditional else {}
+        out.append(_forgotten_gate(m, floor, by_class, params, stderr))
         if floor is not None:
             out.append(floor)
         if conditional:
@@ -642,7 +724,7 @@ def _metrics(
                     "efficacy",
                     "forgotten_rate",
                     "share of samples conditioned on the forgotten class classified as it",
-                    per_class,
+                    int(u.figures.get("forgotten_samples", per_class)),
                 )
             )
             out.append(
@@ -651,7 +733,7 @@ def _metrics(
                     "efficacy",
                     "forgotten_entropy",
                     "entropy (nats) of the evaluator's prediction on those samples",
-                    per_class,
+                    int(u.figures.get("forgotten_samples", per_class)),
                 )
             )
     if conditional:

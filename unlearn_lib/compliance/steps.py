@@ -725,7 +725,7 @@ def register_step(
                     # Every audit setting looser than the defaults that judged this version.
                     "audit_relaxed": relaxed_summary(audit.get("relaxed") or {}),
                     "audit_hard_limits": "on" if audit.get("hard_limits", True) else "off",
-                    # Gates that did not fail but could not have (too few forget images for the test).
+                    # Gates that did not fail but could not have (too few forget images or samples for the test).
                     "audit_inconclusive": ",".join(g["metric"] for g in audit.get("gates", []) if g.get("inconclusive"))
                     or "none",
                     "pipeline_run_id": ctx.lineage_run_id,
