@@ -151,7 +151,7 @@ def measure_model(
             seed=params.seed,
             progress=progress,
         )
-        figs = class_figures(m.class_samples, forget_labels if scope == "class" else [])
+        figs = class_figures(m.class_samples, [])  # accuracy; the forgotten classes: _forgotten_draws
         m.figures["class_accuracy"] = figs.accuracy
         m.figures["retained_accuracy"] = (
             sum(figs.accuracy[c] for c in retained_classes) / len(retained_classes)
@@ -672,6 +672,8 @@ def _metrics(
     u, b, r = meas["unlearned"], meas["base"], meas.get("retrain")
     seed = params.seed
     per_class = params.samples_per_class
+    # The class gate's samples of each forgotten class (the grid's, or forgotten_samples).
+    per_forgotten = int(u.figures.get("forgotten_samples", per_class))
 
     def fig(mm: ModelMeasurements | None, key: str) -> float | None:
         if mm is None:
@@ -704,9 +706,7 @@ def _metrics(
             "efficacy",
             "forgotten_probability",
             desc,
-            int(u.figures.get("forgotten_samples", per_class)) * len(selection.forget_labels)
-            if conditional
-            else per_class * 10,
+            per_forgotten * len(selection.forget_labels) if conditional else per_class * 10,
         )
         if conditional:
             # The extra samples come from another stream: not the grid's seed alone.
@@ -724,7 +724,7 @@ def _metrics(
                     "efficacy",
                     "forgotten_rate",
                     "share of samples conditioned on the forgotten class classified as it",
-                    int(u.figures.get("forgotten_samples", per_class)),
+                    per_forgotten,
                 )
             )
             out.append(
@@ -733,7 +733,7 @@ def _metrics(
                     "efficacy",
                     "forgotten_entropy",
                     "entropy (nats) of the evaluator's prediction on those samples",
-                    int(u.figures.get("forgotten_samples", per_class)),
+                    per_forgotten,
                 )
             )
     if conditional:
