@@ -82,6 +82,8 @@ def cifar_unlearn_and_audit(work: Path, device: str, quick: bool) -> dict:
         extraction_samples=2 if quick else 500,
         sampling_steps=2 if quick else 25,
         mia_noise_draws=1 if quick else 4,
+        # The class gate's own draw (500 by default) is most of a CPU smoke run's time otherwise.
+        forgotten_samples=2 if quick else AuditParams().forgotten_samples,
     )
     t0 = time.perf_counter()
     run_audit(

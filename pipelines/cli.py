@@ -45,8 +45,10 @@ def _print_outcome(outcome: Any, settings: Settings) -> int:
         c.print(f"[yellow]not run: {escape(outcome.message)}")
         return EXIT_FAILED
     color = "green" if outcome.status == "succeeded" else "red"
+    # A pass that rests on fewer gates than the report shows says which ones could not have failed.
+    weak = f" ({', '.join(outcome.inconclusive)} inconclusive)" if outcome.verdict and outcome.inconclusive else ""
     c.print(
-        f"[bold {color}]{outcome.status}[/]: {', '.join(outcome.request_ids)}: verdict {outcome.verdict or '-'}, "
+        f"[bold {color}]{outcome.status}[/]: {', '.join(outcome.request_ids)}: verdict {outcome.verdict or '-'}{weak}, "
         f"version {outcome.version or '-'} (alias {outcome.alias or '-'}), run {outcome.run_id}, "
         f"MLflow run {outcome.lineage_run_id}"
     )

@@ -68,6 +68,8 @@ class RunOutcome:
     run_id: str | None = None
     request_ids: list[str] = dataclasses.field(default_factory=list)
     retryable: bool | None = None
+    # The audit's gates that passed without the power to fail (audit.json's INCONCLUSIVE).
+    inconclusive: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -465,6 +467,7 @@ def outcome_of(settings: Settings, run_id: str) -> RunOutcome:
         run_id=run.run_id,
         request_ids=run.ids,
         retryable=run.state == RUN_INTERRUPTED,
+        inconclusive=list((run.steps.get("audit") or {}).get("inconclusive") or []),
     )
 
 

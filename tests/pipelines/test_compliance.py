@@ -131,10 +131,16 @@ def server_run(workspace_template, tmp_path_factory, mlflow_server, s3_env):
             os.environ[k] = v
 
 
-def test_server_run_registers_an_audited_version_with_lineage(server_run, digits):
+def test_server_run_registers_an_audited_version_with_lineage(server_run, digits, capsys):
+    from pipelines.cli import _print_outcome
+
     out, settings = server_run["outcome"], server_run["settings"]
     assert out.status == "succeeded", out
     assert (out.verdict, out.version, out.alias) == ("pass", "2", "production")
+    # The one line the operator reads says the pass rests on fewer gates than the report shows.
+    assert out.inconclusive == ["mia_auc"]
+    assert _print_outcome(out, settings) == 0
+    assert "REQ-CANARY: verdict pass (mia_auc inconclusive), version 2" in capsys.readouterr().out
     client = client_for(settings)
     mv = client.get_model_version(settings.model_name, "2")
     ws = server_run["ws"]

@@ -232,6 +232,11 @@ def failed_gates(record: dict) -> list[str]:
     return [g["metric"] for g in record.get("gates", []) if g.get("passed") is False]
 
 
+def inconclusive_gates(record: dict) -> list[str]:
+    """The metrics of the gates an audit record did not fail but could not have, in the record's order."""
+    return [g["metric"] for g in record.get("gates", []) if g.get("inconclusive") and g.get("passed") is not False]
+
+
 def failed_gate_groups(record: dict) -> list[str]:
     """The groups (efficacy, memorization, utility, policy, ...) of the gates an audit record failed."""
     metrics = record.get("metrics") or {}

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..audit.gates import failed_gate_groups, failed_gates
+from ..audit.gates import failed_gate_groups, failed_gates, inconclusive_gates
 from ..data.manifest import Dataset
 from ..data.selection import Selection, select
 from ..errors import ConfigError, DatasetError, ModelError, SelectionError, UnlearnError
@@ -642,8 +642,12 @@ def audit_step(
             mlflow.set_tag("unlearn.audit_relaxed", relaxed_summary(record.get("relaxed") or {}))
             mlflow.set_tag("unlearn.audit_hard_limits", "on" if record.get("hard_limits", True) else "off")
             mlflow.log_artifacts(audit_dir, artifact_path="audit")
+        # The run's outcome line names these: a pass that rests on fewer gates than it shows is said so.
+        inconclusive = inconclusive_gates(record)
         ctx.store.finish_step(
-            run.run_id, "audit", {"verdict": record["verdict"], "metrics": metrics, "model_sha256": digest}
+            run.run_id,
+            "audit",
+            {"verdict": record["verdict"], "metrics": metrics, "model_sha256": digest, "inconclusive": inconclusive},
         )
     return {"verdict": record["verdict"], "passed": passed, "metrics": metrics}
 
@@ -726,8 +730,7 @@ def register_step(
                     "audit_relaxed": relaxed_summary(audit.get("relaxed") or {}),
                     "audit_hard_limits": "on" if audit.get("hard_limits", True) else "off",
                     # Gates that did not fail but could not have (too few forget images or samples for the test).
-                    "audit_inconclusive": ",".join(g["metric"] for g in audit.get("gates", []) if g.get("inconclusive"))
-                    or "none",
+                    "audit_inconclusive": ",".join(inconclusive_gates(audit)) or "none",
                     "pipeline_run_id": ctx.lineage_run_id,
                     "bases": ",".join(sorted({r.basis for r in ctx.batch.requests})),
                     # What failed, by gate and by group: the driver draws the unlearning again only
