@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ..audit.gates import failed_gates
+from ..audit.gates import failed_gates, inconclusive_gates
 from ..errors import UnlearnError
 from ..redact import redact_text, redact_url
 from ..settings import Settings
@@ -363,7 +363,7 @@ def _audit_from_record(record: dict) -> dict[str, Any]:
         "gates_total": len(gates),
         # A gate that could not have failed (too few samples) is not counted as passed.
         "gates_passed": sum(1 for g in record.get("gates", []) if g.get("passed") and not g.get("inconclusive")),
-        "gates_inconclusive": [g["metric"] for g in record.get("gates", []) if g.get("inconclusive")],
+        "gates_inconclusive": inconclusive_gates(record),
         "failed_gates": failed_gates(record),
         "params": record.get("params", {}),
         "selection": {
