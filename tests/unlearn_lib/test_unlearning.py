@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -641,6 +642,17 @@ def test_the_class_erased_now_can_also_learn_its_destinations_images(class_task,
     for bad in ("-1", "nan"):
         with pytest.raises(ConfigError, match="destination_weight must be a number >= 0"):
             make_unlearner("erasediff", {"destination_weight": bad})
+
+    # A lineage that already erased a class: off by default (on later erasures the term brought
+    # earlier classes back, benchmarks/README.md), on with destination_scope=always.
+    earlier = next(c for c in class_task.retained_labels if c != dst)
+    later = dataclasses.replace(class_task, erased_labels=[earlier], erased_mapping={earlier: dst})
+    assert build_destination(cfg, later, loop, target) is None
+    always = make_unlearner("erasediff", {"destination_weight": "2", "destination_scope": "always"}).resolved(later)
+    assert torch.equal(build_destination(always, later, loop, target).images.cpu(), term.images.cpu())
+    assert build_destination(always, class_task, loop, target) is not None
+    with pytest.raises(ConfigError, match="destination_scope must be one of first, always, got 'never'"):
+        make_unlearner("erasediff", {"destination_scope": "never"})
 
 
 def test_the_forgetting_loss_can_leave_the_smallest_timesteps_out():

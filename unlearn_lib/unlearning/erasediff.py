@@ -276,6 +276,13 @@ class EraseDiffConfig(CommonConfig):
     # 0.030-0.054 with 3. On the suite's base (3 -> 8) 1 keeps the class bar (0.005-0.012).
     # benchmarks/README.md, "The demo's class request". ~50% more time per step.
     destination_weight: float = 1.0
+    # When the term applies. first: only while no earlier erased class is kept forgotten (the
+    # lineage's first class erasure); always: on every class erasure. In a successive sequence by
+    # the CLI (2026-12-05) the term on later erasures brought earlier classes back: erasing 6 onto
+    # 0 after 3, 5, 8, 1, the same parent and two unlearning seeds each, P(3) read 0.048-0.071 and
+    # P(8) 0.044-0.055 with it against 0.008-0.012 and 0.005 without, and the kept classes' FID
+    # 42-58 against 29-39 (benchmarks/README.md, "The destination term on later erasures").
+    destination_scope: str = "first"
 
     def validate(self) -> None:
         filled = dataclasses.replace(
@@ -304,6 +311,10 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(f"remap_to must be {', '.join(REMAP_MODES)} or a class index, got {self.remap_to!r}")
         if self.neighbours < 1:
             raise ConfigError("neighbours must be >= 1")
+        if self.destination_scope not in DESTINATION_SCOPES:
+            raise ConfigError(
+                f"destination_scope must be one of {', '.join(DESTINATION_SCOPES)}, got {self.destination_scope!r}"
+            )
         if not (math.isfinite(self.destination_weight) and self.destination_weight >= 0):
             raise ConfigError(f"destination_weight must be a number >= 0, got {self.destination_weight}")
         if not (math.isfinite(self.keep_forgotten_weight) and self.keep_forgotten_weight >= 0):
@@ -340,6 +351,7 @@ class EraseDiffConfig(CommonConfig):
 
 REMAP_MODES = ("auto", "null", "nearest-class", "nearest-distinct", "neighbours")
 KEPT_INPUTS = ("destination", "replay", "both")
+DESTINATION_SCOPES = ("first", "always")
 KEPT_TARGETS = ("guided", "conditional")
 KEPT_REROUTES = ("chain", "distinct")
 
@@ -575,9 +587,11 @@ def destination_images(task: UnlearningTask, dst: int, null: int) -> torch.Tenso
 def build_destination(
     cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop, target_fn: ForgetTarget
 ) -> KeptForgotten | None:
-    """The class erased now on its destination's images (``destination_weight``; None: off or not a class remap)."""
+    """The class erased now on its destination's images (``destination_weight``; None: off, not a class
+    remap, or, with ``destination_scope`` first, a lineage that already holds an erased class)."""
     if not (
         cfg.destination_weight > 0
+        and (cfg.destination_scope == "always" or not task.erased_labels)
         and task.scope == "class"
         and task.base.conditional
         and isinstance(target_fn, ClassRemapTarget)
