@@ -262,6 +262,42 @@ def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, 
     validate_record(back.record)
 
 
+def test_records_deleted_earlier_that_come_back_fail_a_later_audit(
+    base_model_dir, digits_dir, evaluator_dir, models, tmp_path
+):
+    from unlearn_lib.audit.run import earlier_deleted_records
+    from unlearn_lib.data.purge import purge_dataset
+
+    # The CLI erases from the same dataset folder every time, so it still holds the canaries the
+    # parent's deletion took out. A later erasure of a neighbouring class has brought them back
+    # (benchmarks/README.md); the later audit runs the extraction test on them as well.
+    parent = models["canary"]
+    five = ForgetTargets.build(labels=[5])
+    held = audit(parent, parent, digits_dir, five, tmp_path / "held", evaluator_dir)
+    m = {x.name: x for x in held.metrics}["earlier_records_extracted"]
+    canaries = [r for r in load_dataset(digits_dir).train if r.subject_id == "subject-canary"]
+    assert m.details["records"] == len(canaries) and m.details["unlearned"]["records"] == 3
+    assert m.passed and m.value == 0 and m.base == 0 and m.threshold["value"] == 0
+
+    # The later model draws them again (here: the original base, which memorized them).
+    back = audit(parent, base_model_dir, digits_dir, five, tmp_path / "back", evaluator_dir)
+    m = {x.name: x for x in back.metrics}["earlier_records_extracted"]
+    assert not back.passed and m.passed is False and m.value == 3 and m.base == 0
+    assert "earlier_records_extracted" in failed_gates(back.record)
+    validate_record(back.record)
+    assert "3 are drawn again" in (tmp_path / "back" / "report.md").read_text()
+
+    # The pipeline's purged data no longer holds them: nothing to measure, no gate.
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text(json.dumps({"targets": {"subject_ids": ["subject-canary"]}}) + "\n")
+    served, removed = purge_dataset(digits_dir, ledger, tmp_path / "served")
+    meta = json.loads((parent / "unlearn_model.json").read_text())
+    assert removed > 0 and earlier_deleted_records(served, meta["lineage"], []) == ([], [])
+    # A record this deletion names again is its own forget set's, not an earlier one's.
+    again, control = earlier_deleted_records(load_dataset(digits_dir), meta["lineage"], canaries)
+    assert again == [] and control == []
+
+
 def test_a_model_no_worse_than_the_lineages_original_passes_a_utility_gate_its_parent_would_fail():
     from unlearn_lib.audit.gates import Metric, threshold_text
     from unlearn_lib.audit.run import _utility_gate

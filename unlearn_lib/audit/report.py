@@ -432,6 +432,18 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
             )
         for c, why in d["not_checked"].items():
             lines.append([("", f"class {c}, erased earlier, is not checked: {why}")])
+    back = record["metrics"].get("earlier_records_extracted")
+    if back is not None:
+        d = back["details"]
+        lines.append(
+            [
+                ("", f"of the {d['unlearned']['records']} distinct images of {d['records']} records deleted earlier "
+                     "in the lineage (the dataset still holds them), "),
+                ("strong", f"{int(back['value'])} are drawn again"),
+                ("", f" ({int(back['base'])} by the base model, nearest at "
+                     f"{min(d['unlearned']['ratios'].values()):.2f}x the extraction threshold)"),
+            ]
+        )  # fmt: skip
     fp = record["metrics"].get("forgotten_probability")
     th = (fp or {}).get("threshold") or {}
     for f, x in (th.get("labels") or {}).items() if "floor" in th else ():

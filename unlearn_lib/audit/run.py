@@ -32,7 +32,7 @@ from ..data.tensors import TensorSet
 from ..errors import ConfigError, ModelError
 from ..models.diffusion import DiffusionModel
 from ..models.digest import model_digest
-from ..models.lineage import erased_labels, prior_deletions
+from ..models.lineage import erased_labels, prior_deletions, prior_matcher
 from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import ClassSamples, ForgottenFigures, class_figures, forgotten_figures, generate_class_samples
@@ -304,6 +304,74 @@ def extraction_of(
     if control is None or not len(control[0]):
         return found, None
     return found, extraction_test(control[0], control[1], generated, alpha, k)
+
+
+def earlier_deleted_records(
+    dataset: Dataset, lineage: dict[str, Any] | None, forget_now: Sequence[Record]
+) -> tuple[list[Record], list[Record]]:
+    """Training records that the lineage's earlier record deletions matched and ``dataset`` still
+    holds (those this deletion names again excluded), and the chance control for their extraction
+    test: hold-out records of their classes that no deletion names.
+
+    Empty when the dataset is a purged one (the pipeline's): there the records are gone, and what
+    a later deletion does to them cannot be measured from the data.
+    """
+    deletions = prior_deletions(lineage)
+    by_records = [d for d in deletions if d.get("scope") != "class"]
+    if not by_records:
+        return [], []
+    matches, any_deletion = prior_matcher(by_records), prior_matcher(deletions)
+    now = {r.record_id for r in forget_now}
+    records = [r for r in dataset.train if matches(r) and r.record_id not in now]
+    labels = {r.label for r in records}
+    control = [r for r in dataset.holdout if r.label in labels and not any_deletion(r)]
+    return records, control
+
+
+def _earlier_records_metric(
+    models: dict[str, DiffusionModel],
+    dataset: Dataset,
+    records: list[Record],
+    control_records: list[Record],
+    params: AuditParams,
+    progress: bool,
+) -> Metric:
+    """Does a later deletion bring back records an earlier one deleted? The extraction test of the
+    unlearned model (and of its parent) on them, gated as ``extracted_records``: at most
+    ``max_extracted`` beyond what passes by chance on never-seen records of their classes."""
+    distinct = TensorSet.from_records(dataset, records).distinct()
+    pool = TensorSet.from_records(dataset, dataset.train)
+    hood = neighbourhood_distance(distinct, pool, params.extraction_k)
+    control = None
+    if control_records:
+        control_set = TensorSet.from_records(dataset, control_records)
+        control = (control_set, neighbourhood_distance(control_set, pool, params.extraction_k))
+    found = {
+        role: extraction_of(models[role], distinct, hood, params, progress, control) for role in ("unlearned", "base")
+    }
+    u, u_chance = found["unlearned"]
+    b, _ = found["base"]
+    allowance = chance_allowance(u_chance.extracted, len(u_chance.ratios), len(u.ratios)) if u_chance else 0
+    m = Metric(
+        name="earlier_records_extracted",
+        group="memorization",
+        value=float(u.extracted),
+        base=float(b.extracted),
+        description=f"images of records deleted earlier in the model's lineage (the dataset still holds them) "
+        f"whose nearest generated sample lies within alpha={params.extraction_alpha} of their "
+        f"{params.extraction_k}-NN training distance: a later deletion must not bring them back "
+        f"(allowed by chance: {allowance})",
+        samples=u.samples,
+        seed=params.seed + 1,
+        details={
+            "unlearned": u.to_dict(),
+            "base": b.to_dict(),
+            "records": len(records),
+            "control": {"records": len(control_records), "extracted": u_chance.extracted if u_chance else None},
+            "allowance": allowance,
+        },
+    )
+    return gate(m, "<=", params.max_extracted + allowance)
 
 
 def extraction_control(reference: Sequence[Record], forget_distinct: TensorSet, conditional: bool) -> list[Record]:
@@ -1110,6 +1178,13 @@ def run_audit(
         )
     earlier = erased_labels(prior_deletions(models["base"][1].meta.lineage)) if conditional else []
     metrics = _metrics(meas, selection, params, conditional, retained, earlier, o_meas)
+    # The CLI's dataset may still hold what an earlier record deletion took out (the pipeline's is
+    # purged): a later erasure of a neighbouring class has brought such records back (benchmarks/
+    # README.md, "Successive deletions"), and nothing else would look.
+    earlier_records, earlier_control = earlier_deleted_records(dataset, models["base"][1].meta.lineage, erasable)
+    if earlier_records:
+        loaded = {role: mdl for role, (_, mdl) in models.items()}
+        metrics.append(_earlier_records_metric(loaded, dataset, earlier_records, earlier_control, params, progress))
     distribution: list[dict] = []
     if others and reference is not None and selection.scope != "class":
         extra = [member_statistics(mdl, forget_distinct, params) for _, mdl in others.values()]

@@ -6,7 +6,11 @@ a model on classes it erased before this deletion), so neither imports the other
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from ..data.manifest import Record
+from ..data.selection import ForgetTargets, target_matcher
 
 LINEAGE_KEY = "deletions"
 
@@ -23,3 +27,20 @@ def erased_labels(deletions: list[dict[str, Any]]) -> list[int]:
         if d.get("scope") == "class":
             out.update(int(c) for c in d.get("forget_labels", d.get("targets", {}).get("labels", [])))
     return sorted(out)
+
+
+def deletion_targets(entry: dict[str, Any]) -> ForgetTargets:
+    """What one lineage entry asked to delete."""
+    t = entry.get("targets", {})
+    return ForgetTargets.build(
+        record_ids=t.get("record_ids", []),
+        subject_ids=t.get("subject_ids", []),
+        labels=t.get("labels", []),
+        caption_pattern=t.get("caption_pattern"),
+    )
+
+
+def prior_matcher(deletions: list[dict[str, Any]]) -> Callable[[Record], bool]:
+    """Does a record fall under any of ``deletions``?"""
+    matchers = [target_matcher(deletion_targets(d)) for d in deletions]
+    return lambda rec: any(m(rec) for m in matchers)

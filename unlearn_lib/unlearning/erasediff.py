@@ -27,7 +27,8 @@ reproduces that side effect (``inner_optimizer=shared``), ours does not.
 **Paper mode** (``preset=paper``, see :data:`PAPER_PRESET`): the official CIFAR-10
 configuration with the paper's forgetting loss (``target=noise``). **Our defaults** differ
 on purpose: the ``remap`` targets (:mod:`.targets`), for classes also on the destination's
-images (``destination_weight``), lambda 3 and lr 1e-3 for classes,
+images (``destination_weight``, on a lineage's first class erasure: ``destination_scope``),
+lambda 3 and lr 1e-3 for classes,
 smaller steps and a calibrated stop for records.
 
 With ``inner_data=batch`` (ours) the inner steps and L_f* use the same forget batch, noise

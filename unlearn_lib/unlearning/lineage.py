@@ -23,29 +23,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.manifest import Record
-from ..data.selection import ForgetTargets, Selection, target_matcher
+from ..data.selection import Selection
 
 # Re-exported: they are part of this module's API; they live below the audit and the algorithms.
 from ..models.lineage import LINEAGE_KEY as LINEAGE_KEY
+from ..models.lineage import deletion_targets as deletion_targets
 from ..models.lineage import erased_labels as erased_labels
 from ..models.lineage import prior_deletions as prior_deletions
+from ..models.lineage import prior_matcher as prior_matcher
 
 log = logging.getLogger(__name__)
-
-
-def deletion_targets(entry: dict[str, Any]) -> ForgetTargets:
-    t = entry.get("targets", {})
-    return ForgetTargets.build(
-        record_ids=t.get("record_ids", []),
-        subject_ids=t.get("subject_ids", []),
-        labels=t.get("labels", []),
-        caption_pattern=t.get("caption_pattern"),
-    )
 
 
 def prior_class_mapping(deletions: list[dict[str, Any]]) -> dict[int, int]:
@@ -55,12 +46,6 @@ def prior_class_mapping(deletions: list[dict[str, Any]]) -> dict[int, int]:
         for src, dst in (d.get("mapping") or {}).items():
             out[int(src)] = int(dst)
     return out
-
-
-def prior_matcher(deletions: list[dict[str, Any]]) -> Callable[[Record], bool]:
-    """Does a record fall under any earlier deletion?"""
-    matchers = [target_matcher(deletion_targets(d)) for d in deletions]
-    return lambda rec: any(m(rec) for m in matchers)
 
 
 @dataclass
