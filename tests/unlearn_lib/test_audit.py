@@ -298,6 +298,30 @@ def test_records_deleted_earlier_that_come_back_fail_a_later_audit(
     assert again == [] and control == []
 
 
+def test_earlier_deleted_records_leave_out_images_a_retained_record_still_holds(tmp_path):
+    from unlearn_lib.audit.run import earlier_deleted_records
+    from unlearn_lib.data.manifest import Dataset, Record
+
+    def rec(rid, subject, label, sha, split="train"):
+        return Record(rid, subject, label, None, f"images/{rid}.png", sha, split)
+
+    records = [
+        rec("a", "s1", 7, "img-a"),  # deleted earlier, its image nowhere else
+        rec("b", "s1", 7, "img-b"),  # deleted earlier, but retained record "c" holds the same image
+        rec("c", "s2", 7, "img-b"),
+        rec("d", "s3", 4, "img-d"),  # deleted now
+        rec("h7", None, 7, "img-h7", "holdout"),
+        rec("h4", None, 4, "img-h4", "holdout"),
+        rec("hs", "s1", 7, "img-hs", "holdout"),  # the earlier subject's own hold-out record
+    ]
+    ds = Dataset(tmp_path, records, {}, np.zeros((len(records), 1, 8, 8), dtype=np.uint8))
+    lineage = {"deletions": [{"scope": "subject", "targets": {"subject_ids": ["s1"]}}]}
+    found, control = earlier_deleted_records(ds, lineage, [records[3]])
+    assert [r.record_id for r in found] == ["a"] and [r.record_id for r in control] == ["h7"]
+    # A class erasure in the lineage is judged by earlier_erasure_drop, not here.
+    assert earlier_deleted_records(ds, {"deletions": [{"scope": "class", "targets": {"labels": [7]}}]}, []) == ([], [])
+
+
 def test_a_model_no_worse_than_the_lineages_original_passes_a_utility_gate_its_parent_would_fail():
     from unlearn_lib.audit.gates import Metric, threshold_text
     from unlearn_lib.audit.run import _utility_gate

@@ -310,8 +310,9 @@ def earlier_deleted_records(
     dataset: Dataset, lineage: dict[str, Any] | None, forget_now: Sequence[Record]
 ) -> tuple[list[Record], list[Record]]:
     """Training records that the lineage's earlier record deletions matched and ``dataset`` still
-    holds (those this deletion names again excluded), and the chance control for their extraction
-    test: hold-out records of their classes that no deletion names.
+    holds (those this deletion names again excluded, and those whose image a retained record also
+    holds: that image stays learned), and the chance control for their extraction test: hold-out
+    records of their classes that no deletion names.
 
     Empty when the dataset is a purged one (the pipeline's): there the records are gone, and what
     a later deletion does to them cannot be measured from the data.
@@ -322,7 +323,8 @@ def earlier_deleted_records(
         return [], []
     matches, any_deletion = prior_matcher(by_records), prior_matcher(deletions)
     now = {r.record_id for r in forget_now}
-    records = [r for r in dataset.train if matches(r) and r.record_id not in now]
+    held = {r.sha256 for r in dataset.train if not any_deletion(r) and r.record_id not in now}
+    records = [r for r in dataset.train if matches(r) and r.record_id not in now and r.sha256 not in held]
     labels = {r.label for r in records}
     control = [r for r in dataset.holdout if r.label in labels and not any_deletion(r)]
     return records, control
