@@ -331,8 +331,10 @@ def earlier_deleted_records(
 
 
 def _earlier_records_metric(
-    models: dict[str, DiffusionModel],
+    unlearned: DiffusionModel,
+    base: DiffusionModel,
     dataset: Dataset,
+    train_pool: TensorSet,
     records: list[Record],
     control_records: list[Record],
     params: AuditParams,
@@ -342,17 +344,13 @@ def _earlier_records_metric(
     unlearned model (and of its parent) on them, gated as ``extracted_records``: at most
     ``max_extracted`` beyond what passes by chance on never-seen records of their classes."""
     distinct = TensorSet.from_records(dataset, records).distinct()
-    pool = TensorSet.from_records(dataset, dataset.train)
-    hood = neighbourhood_distance(distinct, pool, params.extraction_k)
+    hood = neighbourhood_distance(distinct, train_pool, params.extraction_k)
     control = None
     if control_records:
         control_set = TensorSet.from_records(dataset, control_records)
-        control = (control_set, neighbourhood_distance(control_set, pool, params.extraction_k))
-    found = {
-        role: extraction_of(models[role], distinct, hood, params, progress, control) for role in ("unlearned", "base")
-    }
-    u, u_chance = found["unlearned"]
-    b, _ = found["base"]
+        control = (control_set, neighbourhood_distance(control_set, train_pool, params.extraction_k))
+    u, u_chance = extraction_of(unlearned, distinct, hood, params, progress, control)
+    b, _ = extraction_of(base, distinct, hood, params, progress, control)
     allowance = chance_allowance(u_chance.extracted, len(u_chance.ratios), len(u.ratios)) if u_chance else 0
     m = Metric(
         name="earlier_records_extracted",
@@ -1185,8 +1183,18 @@ def run_audit(
     # README.md, "Successive deletions"), and nothing else would look.
     earlier_records, earlier_control = earlier_deleted_records(dataset, models["base"][1].meta.lineage, erasable)
     if earlier_records:
-        loaded = {role: mdl for role, (_, mdl) in models.items()}
-        metrics.append(_earlier_records_metric(loaded, dataset, earlier_records, earlier_control, params, progress))
+        metrics.append(
+            _earlier_records_metric(
+                models["unlearned"][1],
+                models["base"][1],
+                dataset,
+                train_pool,
+                earlier_records,
+                earlier_control,
+                params,
+                progress,
+            )
+        )
     distribution: list[dict] = []
     if others and reference is not None and selection.scope != "class":
         extra = [member_statistics(mdl, forget_distinct, params) for _, mdl in others.values()]
