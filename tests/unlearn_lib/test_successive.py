@@ -17,7 +17,7 @@ from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.objectives import ForwardProcess, per_sample_denoising_error, predict_eps
 from unlearn_lib.models.sampling import sample
 from unlearn_lib.unlearning import erase, make_unlearner, targets, task_from_selection
-from unlearn_lib.unlearning.erasediff import build_kept, build_target
+from unlearn_lib.unlearning.erasediff import build_kept, build_kept_records, build_target
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY, deletion_entry, exclude_prior
 from unlearn_lib.unlearning.loop import UnlearningLoop
 from unlearn_lib.unlearning.run import model_digest
@@ -370,6 +370,65 @@ def test_dataset_still_holding_earlier_deletions_is_excluded_with_one_line(digit
     everything = _with_deletions(base_model, digits, *(ForgetTargets.build(labels=[c]) for c in range(1, 10)))
     with pytest.raises(SelectionError, match="no training record would remain"):
         task_from_selection(digits, select(digits, ForgetTargets.build(labels=[0])), everything)
+
+
+def test_records_an_earlier_deletion_matched_stay_under_the_forgetting_constraint(digits, base_model):
+    """``keep_forgotten_records_weight``: when the dataset still holds an earlier record deletion's
+    records (the CLI with the same folder), L_f gains their record-deletion term, each distinct
+    image regressed onto its retained look-alikes: out of the retain set alone they came back."""
+    canary = ForgetTargets.build(subject_ids=["subject-canary"])
+    parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]), canary)
+    sel = select(digits, ForgetTargets.build(labels=[5]))
+    canaries = [r for r in digits.records if r.subject_id == "subject-canary" and r.split == "train"]
+    distinct = {r.sha256 for r in canaries}
+    task = task_from_selection(digits, sel, parent)
+    # One entry per distinct canary image (their copies count once), none of the erased class 3.
+    assert task.erased_records is not None and sorted(task.erased_records.sha256) == sorted(distinct)
+    assert set(task.erased_records.labels.tolist()) == {r.label for r in canaries}
+
+    cfg = make_unlearner("erasediff", {"keep_forgotten_records_weight": "2"}).resolved(task)
+    loop = UnlearningLoop("erasediff", task, cfg, None, progress=False)
+    term = build_kept_records(cfg, task, loop)
+    assert term is not None and term.weight == 2.0
+    # Each image's look-alikes are retained images of its own label, never a deleted record.
+    nb = term.target.neighbours.cpu()
+    assert nb.shape == (len(distinct), cfg.neighbours)
+    assert set(task.retain.labels[nb.flatten()].tolist()) == {r.label for r in canaries}
+    assert not {task.retain.record_ids[i] for i in nb.flatten().tolist()} & {r.record_id for r in canaries}
+    # Its batch is a record deletion's: the model's prediction against the look-alikes' redirection.
+    batch = term.draw(loop, 16)
+    assert batch.scale == 2.0 and batch.kept is None
+    with torch.no_grad():
+        pred = predict_eps(task.base.unet, batch.x_t, batch.t, batch.y_in)
+        per_image = (pred - batch.target).pow(2).flatten(1).mean(1)
+        expected = 2.0 * (batch.weight * per_image).sum() / batch.weight.sum()
+        assert batch.loss(loop).item() == pytest.approx(expected.item(), rel=1e-4)
+        # Before any step the base regenerates the canaries: their own noise is far from the redirection.
+        assert per_image.mean() > 0
+
+    # Off at 0 and with keep_forgotten=false; refused below 0.
+    for off in ({"keep_forgotten_records_weight": "0"}, {"keep_forgotten": "false"}):
+        assert build_kept_records(make_unlearner("erasediff", off).resolved(task), task, loop) is None
+    with pytest.raises(ConfigError, match="keep_forgotten_records_weight must be a number >= 0"):
+        make_unlearner("erasediff", {"keep_forgotten_records_weight": "-1"})
+
+    # An image a retained record still holds stays learned: not kept forgotten.
+    held = next(
+        r for r in sel.retain if r.label == canaries[0].label and r.record_id not in {c.record_id for c in canaries}
+    )
+    sel_held = select(digits, ForgetTargets.build(labels=[5]))
+    sel_held.retain = [dataclasses.replace(r, sha256=canaries[0].sha256) if r is held else r for r in sel_held.retain]
+    kept_images = task_from_selection(digits, sel_held, parent).erased_records
+    assert kept_images is not None and canaries[0].sha256 not in kept_images.sha256
+    assert len(kept_images) == len(distinct) - 1
+
+    # A purged dataset (the pipeline's) holds none: no term.
+    purged = select(digits, ForgetTargets.build(labels=[5]))
+    purged.retain = [r for r in purged.retain if r.subject_id != "subject-canary"]
+    assert task_from_selection(digits, purged, parent).erased_records is None
+    # Nor a lineage of class erasures only: their records are the class term's.
+    classes_only = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]))
+    assert task_from_selection(digits, sel, classes_only).erased_records is None
 
 
 @pytest.mark.extended  # two full class erasures (~4 min on 2 cores): make test-extended

@@ -47,6 +47,10 @@ class UnlearningTask:
     erased_mapping: dict[int, int] = field(default_factory=dict)
     # Their records when the dataset still holds them (never retained; may anchor "keep forgotten").
     erased: TensorSet | None = None
+    # Distinct images of the records earlier record deletions matched, when the dataset still holds
+    # them (outside the erased classes, and not also held by a retained record): never retained,
+    # and kept forgotten by algorithms that can (EraseDiff's ``keep_forgotten_records_weight``).
+    erased_records: TensorSet | None = None
     # What the lineage took out of this task's data (recorded in unlearning.json).
     prior: dict = field(default_factory=dict)
 

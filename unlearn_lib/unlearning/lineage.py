@@ -12,7 +12,10 @@ A later erasure from such a model reads them back so that:
   brought class 3 back to 0.92) and out of the hold-out reference;
 * no remap target is an erased class (erasing 1 after 8 must not send 1 onto 8);
 * the earlier erased classes are passed to the algorithm (``UnlearningTask.erased_labels``)
-  so EraseDiff keeps them under its forgetting constraint (see ``keep_forgotten``).
+  so EraseDiff keeps them under its forgetting constraint (see ``keep_forgotten``);
+* records an earlier record deletion matched, when the dataset still holds them, are passed too
+  (``UnlearningTask.erased_records``, distinct images a retained record does not also hold), so
+  EraseDiff keeps them forgotten as well (``keep_forgotten_records_weight``).
 
 When the dataset given still holds records of an earlier deletion (the CLI with the same
 folder, rather than the pipeline's purged one), they are excluded automatically and one

@@ -60,6 +60,11 @@ def task_from_selection(
     )
     erasable = selection.erasable_or_refuse()
     held = [r for r in prior.excluded_train if r.label in set(prior.erased_labels)]
+    # An image a retained record still holds stays learned, as in a model retrained without the records.
+    retained_images = {r.sha256 for r in selection.retain}
+    records = distinct_records(
+        [r for r in prior.excluded_train if r.label not in set(prior.erased_labels) and r.sha256 not in retained_images]
+    )
     # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
     again = set(selection.forget_labels) if selection.scope == "class" else set()
     return UnlearningTask(
@@ -74,6 +79,7 @@ def task_from_selection(
         erased_labels=[c for c in prior.erased_labels if c not in again],
         erased_mapping=prior_class_mapping(prior_deletions(base.meta.lineage)),
         erased=TensorSet.from_records(dataset, held) if held else None,
+        erased_records=TensorSet.from_records(dataset, records) if records else None,
         prior=prior.summary(),
     )
 
