@@ -631,8 +631,7 @@ def test_the_class_erased_now_can_also_learn_its_destinations_images(class_task,
         per_image = (e_in - e_dst).pow(2).flatten(1).mean(1)
         expected = term.scale * (batch.weight * per_image).sum() / batch.weight.sum()
         assert batch.loss(loop).item() == pytest.approx(expected.item(), rel=1e-4)
-        # Chained behind the forget batch, both terms come from one forward of the whole chain:
-        # the same loss as each term's own.
+        # Chained behind the forget batch, its loss adds to the forget batch's own.
         forget = draw_forget_batch(loop, target)
         alone = forget.loss(loop)
         forget.kept = batch

@@ -395,11 +395,7 @@ class ForgetBatch:
         # and a run follows another trajectory (erasing 3 then 5 by the CLI, seed 0: kept accuracy
         # 0.892 instead of 0.950, then P(5) 0.068 instead of 0.009), so every measured figure would
         # need measuring again. It would save about a third of the forgetting side's time.
-        loss = self._term(loop, loop.predict(self.x_t, self.t, self.y_in))
-        return loss if self.kept is None else loss + self.kept.loss(loop)
-
-    def _term(self, loop: UnlearningLoop, pred: torch.Tensor) -> torch.Tensor:
-        """This batch's own loss, given the model's prediction on its inputs."""
+        pred = loop.predict(self.x_t, self.t, self.y_in)
         if self.guidance is not None:
             # The unconditional branch is every class's in guided sampling: the term moves only the
             # conditional one (letting it move both held 8 no better, 2026-12-01).
@@ -407,7 +403,8 @@ class ForgetBatch:
                 e_u = loop.predict(self.x_t, self.t, self.null)
             pred = e_u + self.guidance * (pred - e_u)
         err = (pred - self.target).pow(2).flatten(1).mean(1)
-        return self.scale * (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
+        loss = self.scale * (self.weight * err).sum() / self.weight.sum().clamp(min=1e-8)
+        return loss if self.kept is None else loss + self.kept.loss(loop)
 
 
 @dataclass

@@ -59,11 +59,12 @@ def task_from_selection(
         selection.reference(reference_min, part="calibration", same_caption_min=SAME_CAPTION_MIN)
     )
     erasable = selection.erasable_or_refuse()
-    held = [r for r in prior.excluded_train if r.label in set(prior.erased_labels)]
+    erased_labels = set(prior.erased_labels)
+    held = [r for r in prior.excluded_train if r.label in erased_labels]
     # An image a retained record still holds stays learned, as in a model retrained without the records.
     retained_images = {r.sha256 for r in selection.retain}
     records = distinct_records(
-        [r for r in prior.excluded_train if r.label not in set(prior.erased_labels) and r.sha256 not in retained_images]
+        [r for r in prior.excluded_train if r.label not in erased_labels and r.sha256 not in retained_images]
     )
     # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
     again = set(selection.forget_labels) if selection.scope == "class" else set()
