@@ -15,6 +15,7 @@ from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.errors import ConfigError, SelectionError, UnlearnError
 from unlearn_lib.models import DiffusionModel, ForwardProcess, Preset, build_model, per_sample_denoising_error
 from unlearn_lib.models.objectives import predict_eps
+from unlearn_lib.models.sampling import sample, trajectory_states
 from unlearn_lib.unlearning import (
     REGISTRY,
     UnlearningTask,
@@ -29,6 +30,7 @@ from unlearn_lib.unlearning.erasediff import (
     SCOPE_DEFAULTS,
     EraseDiffConfig,
     build_destination,
+    build_sampled_states,
     build_target,
     draw_forget_batch,
 )
@@ -434,8 +436,19 @@ def test_noise_target_and_attention_only_subset(class_task):
     assert changed and all(".attentions." in k for k in changed)
 
 
-def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch):
-    opts = {"steps": 6, "checkpoint_every": 3}
+# The second case redraws its sampled states at step 2 and checkpoints at 3: resumed, the run must
+# go on with the pool drawn at 2, not draw one at 3.
+SAMPLED = {
+    "sampled_states_weight": 1,
+    "sampled_states_every": 2,
+    "sampled_states_samples": 4,
+    "sampled_states_steps": 3,
+}
+
+
+@pytest.mark.parametrize("extra", [{}, SAMPLED], ids=["defaults", "sampled-states"])
+def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch, extra):
+    opts = {"steps": 6, "checkpoint_every": 3, **extra}
     straight = make_unlearner("erasediff", opts).run(class_task, progress=False)
     # Simulate a preempted pod: a run that dies after its step-3 checkpoint.
     from unlearn_lib.unlearning import loop as loop_mod
@@ -637,16 +650,7 @@ def test_the_class_erased_now_can_also_learn_its_destinations_images(class_task,
         forget.kept = batch
         assert forget.loss(loop).item() == pytest.approx((alone + expected).item(), rel=1e-4)
 
-    # Off at 0, and for record deletions (they have no destination class).
-    off = make_unlearner("erasediff", {"destination_weight": "0"}).resolved(class_task)
-    assert build_destination(off, class_task, loop, target) is None
-    records = make_unlearner("erasediff", {"destination_weight": "2"}).resolved(canary_task)
-    records_loop = UnlearningLoop("erasediff", canary_task, records, None, progress=False)
-    records_target = build_target(records, canary_task, records_loop)
-    assert build_destination(records, canary_task, records_loop, records_target) is None
-    for bad in ("-1", "nan"):
-        with pytest.raises(ConfigError, match="destination_weight must be a number >= 0"):
-            make_unlearner("erasediff", {"destination_weight": bad})
+    # Off at 0 and for record deletions: test_a_class_erasures_own_extra_terms_are_off_at_0_and_for_records.
 
     # A lineage that already erased a class: off by default (on later erasures the term brought
     # earlier classes back, benchmarks/README.md), on with destination_scope=always.
@@ -658,6 +662,90 @@ def test_the_class_erased_now_can_also_learn_its_destinations_images(class_task,
     assert build_destination(always, class_task, loop, target) is not None
     with pytest.raises(ConfigError, match="destination_scope must be one of first, always, got 'never'"):
         make_unlearner("erasediff", {"destination_scope": "never"})
+
+
+def test_the_class_erased_now_can_also_learn_at_the_states_its_own_sampling_passes_through(class_task, canary_task):
+    """``sampled_states_weight``: guided DDIM trajectories under the erased label, drawn with the model
+    being unlearned, and its prediction at their states sent onto the base's under the destination.
+
+    The forgetting loss sees noised images of the class only; the samples that still read as the
+    class after an erasure come from trajectories it never visits (benchmarks/README.md).
+    """
+    assert make_unlearner("erasediff").resolved(class_task).sampled_states_weight == 0.0  # off by default
+    opts = {"sampled_states_weight": "2", "sampled_states_every": "3", "sampled_states_samples": "6"}
+    cfg = make_unlearner("erasediff", {**opts, "sampled_states_steps": "4"}).resolved(class_task)
+    loop = UnlearningLoop("erasediff", class_task, cfg, None, progress=False)
+    target = build_target(cfg, class_task, loop)
+    term = build_sampled_states(cfg, class_task, loop, target)
+    dst = target.mapping[FORGET]
+    assert term.labels.tolist() == [FORGET] * 6 and term.target.mapping == {FORGET: dst} and term.weight == 2.0
+
+    # The pool is sampling's own path: 4 DDIM states of 6 trajectories from the step's seeded noise,
+    # and one more guided step from the last state ends where sample() ends.
+    term.refresh(loop, 0)
+    assert loop.model.unet.training  # sampled in eval mode, left as it was
+    assert term.x.shape == (24, 1, 8, 8) and term.drawn_at == 0
+    seed = cfg.seed * 1_000_003
+    noise = torch.randn((6, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(term.x[:6].cpu(), noise)
+    states, ts = trajectory_states(loop.model, term.labels, 4, seed=seed)
+    assert torch.equal(term.x, states.flatten(0, 1)) and ts.tolist() == [750, 500, 250, 0]
+    assert term.t.tolist() == [t for t in ts.tolist() for _ in range(6)] and set(term.y.tolist()) == {FORGET}
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(class_task.base.scheduler.config)
+    sched.set_timesteps(4)
+    null = torch.full((6,), class_task.base.null_class)
+    w = class_task.base.meta.guidance_scale
+    with torch.no_grad():
+        e_c = predict_eps(class_task.base.unet, states[-1], torch.zeros(6, dtype=torch.long), term.labels)
+        e_u = predict_eps(class_task.base.unet, states[-1], torch.zeros(6, dtype=torch.long), null)
+        last = sched.step(e_u + w * (e_c - e_u), 0, states[-1]).prev_sample.clamp(-1, 1)
+    assert torch.allclose(last, sample(class_task.base, term.labels, steps=4, seed=seed), atol=1e-5)
+
+    # Redrawn every 3 steps, not before.
+    pool = term.x
+    term.refresh(loop, 2)
+    assert term.x is pool
+    term.refresh(loop, 3)
+    assert term.drawn_at == 3 and not torch.equal(term.x, pool)
+
+    # Before any step the model is the base: the error is |e(x_t, y_in) - e_base(x_t, dst)|^2, weighed 2x.
+    batch = term.draw(loop, 16)
+    with torch.no_grad():
+        e_in = predict_eps(class_task.base.unet, batch.x_t, batch.t, batch.y_in)
+        e_dst = predict_eps(class_task.base.unet, batch.x_t, batch.t, torch.full_like(batch.y_in, dst))
+        expected = 2.0 * (e_in - e_dst).pow(2).flatten(1).mean(1).mean()
+        assert batch.loss(loop).item() == pytest.approx(expected.item(), rel=1e-4)
+        assert expected.item() > 0
+
+    # What a checkpoint keeps gives the same pool back.
+    again = build_sampled_states(cfg, class_task, loop, target)
+    again.restore(term.state(), loop.device)
+    assert torch.equal(again.x, term.x) and torch.equal(again.t, term.t) and again.drawn_at == 3
+    again.refresh(loop, 5)
+    assert torch.equal(again.x, term.x)  # not due yet: the resumed run goes on with it
+
+    with pytest.raises(ConfigError, match="sampled_states_every, sampled_states_samples and sampled_states_steps"):
+        make_unlearner("erasediff", {"sampled_states_every": "0"})
+
+
+@pytest.mark.parametrize(
+    "option, build", [("destination_weight", build_destination), ("sampled_states_weight", build_sampled_states)]
+)
+def test_a_class_erasures_own_extra_terms_are_off_at_0_and_for_records(option, build, class_task, canary_task):
+    """Off at 0, and for record deletions (they have no destination class); a bad weight is refused."""
+    off = make_unlearner("erasediff", {option: "0"}).resolved(class_task)
+    loop = UnlearningLoop("erasediff", class_task, off, None, progress=False)
+    assert build(off, class_task, loop, build_target(off, class_task, loop)) is None
+    on = make_unlearner("erasediff", {option: "2"})
+    assert build(on.resolved(class_task), class_task, loop, build_target(off, class_task, loop)) is not None
+    records = on.resolved(canary_task)
+    records_loop = UnlearningLoop("erasediff", canary_task, records, None, progress=False)
+    assert build(records, canary_task, records_loop, build_target(records, canary_task, records_loop)) is None
+    for bad in ("-1", "nan"):
+        with pytest.raises(ConfigError, match=f"{option} must be a number >= 0"):
+            make_unlearner("erasediff", {option: bad})
 
 
 def test_the_forgetting_loss_can_leave_the_smallest_timesteps_out():

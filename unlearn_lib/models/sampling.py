@@ -64,8 +64,7 @@ def sample(
 
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps)
-    unet = model.unet
-    unet.eval()
+    model.unet.eval()
     use_bf16 = device.type == "cuda"
     out = torch.empty((n, c, h, wd))
     batches = range(0, n, batch_size)
@@ -73,24 +72,62 @@ def sample(
     for start in batches:
         x = noise[start : start + batch_size].to(device)
         y = None if y_all is None else y_all[start : start + batch_size].to(device)
-        # Samples asking for the null class are unconditional already: no second branch.
-        guided = y is not None and w != 1.0
         for t in sched.timesteps:
-            tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                if guided:
-                    null = torch.full_like(y, model.null_class)
-                    eps = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([y, null])).sample
-                    e_c, e_u = eps.float().chunk(2)
-                    is_null = (y == model.null_class).view(-1, 1, 1, 1)
-                    eps = torch.where(is_null, e_c, e_u + w * (e_c - e_u))
-                else:
-                    eps = unet(x, tt, class_labels=y).sample.float()
+            eps = _guided_eps(model, x, int(t), y, w, use_bf16)
             x = sched.step(eps, t, x, eta=eta).prev_sample
             bar.update(1)
         out[start : start + x.shape[0]] = x.float().clamp(-1, 1).cpu()
     bar.close()
     return out
+
+
+def _guided_eps(
+    model: DiffusionModel, x: torch.Tensor, t: int, y: torch.Tensor | None, w: float, bf16: bool
+) -> torch.Tensor:
+    """The noise prediction sampling follows at ``x``: classifier-free guided at scale ``w`` for a label."""
+    unet, device = model.unet, x.device
+    tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        # Samples asking for the null class are unconditional already: no second branch.
+        if y is not None and w != 1.0:
+            null = torch.full_like(y, model.null_class)
+            eps = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([y, null])).sample
+            e_c, e_u = eps.float().chunk(2)
+            is_null = (y == model.null_class).view(-1, 1, 1, 1)
+            return torch.where(is_null, e_c, e_u + w * (e_c - e_u))
+        return unet(x, tt, class_labels=y).sample.float()
+
+
+@torch.no_grad()
+def trajectory_states(
+    model: DiffusionModel, labels: torch.Tensor, steps: int = 25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The x_t that guided DDIM sampling under ``labels`` passes through, as :func:`sample` samples
+    (the model's guidance scale, eta 0): ``[steps, N, C, H, W]`` on the model's device, each state
+    before the step at its timestep, and those timesteps ``[steps]``. The model's training mode is
+    left as it was."""
+    if not model.conditional:
+        raise ConfigError("trajectory states are drawn under labels: the model must be class-conditional")
+    from diffusers import DDIMScheduler
+
+    device = model.device
+    sched = DDIMScheduler.from_config(model.scheduler.config)
+    sched.set_timesteps(steps)
+    y = torch.as_tensor(labels, dtype=torch.long).flatten().to(device)
+    c, h, wd = model.meta.image_shape
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn((y.numel(), c, h, wd), generator=gen).to(device)
+    training = model.unet.training
+    model.unet.eval()
+    states = []
+    try:
+        for t in sched.timesteps:
+            states.append(x)
+            eps = _guided_eps(model, x, int(t), y, float(model.meta.guidance_scale), device.type == "cuda")
+            x = sched.step(eps, t, x, eta=0.0).prev_sample
+    finally:
+        model.unet.train(training)
+    return torch.stack(states).float(), sched.timesteps.to(device=device, dtype=torch.long)
 
 
 def class_grid_labels(model: DiffusionModel, per_class: int, classes: Sequence[int] | None = None) -> torch.Tensor:
