@@ -57,6 +57,19 @@ RUNS = {
     "erasediff": ("erasediff", {**UNLEARN, "stop": "none", "lambda_mode": "fixed", "lam": 1.0}),
     # BOME's lambda takes dot products of gradients: they are averaged across processes first.
     "erasediff-bome": ("erasediff", {**UNLEARN, "stop": "none", "lambda_mode": "bome"}),
+    # The sampled states' pool is the main process's in every process.
+    "erasediff-sampled": (
+        "erasediff",
+        {
+            **UNLEARN,
+            "stop": "none",
+            "lam": 1.0,
+            "sampled_states_weight": 1.0,
+            "sampled_states_every": 2,
+            "sampled_states_samples": 4,
+            "sampled_states_steps": 3,
+        },
+    ),
     # NegGrad's cap reads the forget loss's value: the whole batch's in every process.
     "neggrad": ("neggrad", UNLEARN),
 }

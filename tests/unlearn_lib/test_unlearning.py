@@ -449,6 +449,17 @@ SAMPLED = {
 @pytest.mark.parametrize("extra", [{}, SAMPLED], ids=["defaults", "sampled-states"])
 def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch, extra):
     opts = {"steps": 6, "checkpoint_every": 3, **extra}
+    from unlearn_lib.unlearning import erasediff
+
+    # The steps each pool was drawn at (its seed is seed * 1_000_003 + step; seed 0 here).
+    drawn_at: list[int] = []
+    sampler = erasediff.trajectory_states
+
+    def recorded(model, labels, steps, seed):
+        drawn_at.append(seed)
+        return sampler(model, labels, steps, seed=seed)
+
+    monkeypatch.setattr(erasediff, "trajectory_states", recorded)
     straight = make_unlearner("erasediff", opts).run(class_task, progress=False)
     # Simulate a preempted pod: a run that dies after its step-3 checkpoint.
     from unlearn_lib.unlearning import loop as loop_mod
@@ -467,8 +478,6 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch
     finally:
         loop_mod.UnlearningLoop.maybe_checkpoint = original
     # The destination comes from the checkpoint: measured again, GPU sampling noise could move it.
-    from unlearn_lib.unlearning import erasediff
-
     def measure_again(*args, **kwargs):
         raise AssertionError("a resumed run chose its destination again")
 
@@ -480,6 +489,9 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch
     for k, v in straight.model.unet.state_dict().items():
         assert torch.allclose(v, resumed.model.unet.state_dict()[k], atol=1e-6), k
     assert resumed.history["loss_r"] == pytest.approx(straight.history["loss_r"], rel=1e-5)
+    # Sampled states: drawn at 0, 2 and 4 straight; 0 and 2 before the kill; after resuming at 3 the
+    # pool drawn at 2 goes on, and the next is drawn at 4.
+    assert drawn_at == ([0, 2, 4, 0, 2, 4] if extra else [])
 
 
 def test_neggrad_raises_the_forget_loss(class_task):
@@ -702,6 +714,12 @@ def test_the_class_erased_now_can_also_learn_at_the_states_its_own_sampling_pass
         e_u = predict_eps(class_task.base.unet, states[-1], torch.zeros(6, dtype=torch.long), null)
         last = sched.step(e_u + w * (e_c - e_u), 0, states[-1]).prev_sample.clamp(-1, 1)
     assert torch.allclose(last, sample(class_task.base, term.labels, steps=4, seed=seed), atol=1e-5)
+
+    # Trajectory-major: each state row holds one state of every trajectory, in the labels' order.
+    two = dataclasses.replace(term, labels=torch.tensor([FORGET, dst]), x=None, drawn_at=None)
+    two.refresh(loop, 0)
+    assert two.y.tolist() == [FORGET, dst] * 4 and two.t.tolist() == [750, 750, 500, 500, 250, 250, 0, 0]
+    assert torch.equal(two.x, trajectory_states(loop.model, two.labels, 4, seed=seed)[0].flatten(0, 1))
 
     # Redrawn every 3 steps, not before.
     pool = term.x

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast, broadcast_object_list
 
 from ..data.tensors import to_model_space, to_uint8
 from ..errors import ConfigError, StopNotLanded
@@ -303,16 +303,18 @@ class EraseDiffConfig(CommonConfig):
     # through with the model being unlearned (ESD's on-policy states, Gandikota et al. 2023): every
     # ``sampled_states_every`` steps the model draws ``sampled_states_samples`` guided DDIM
     # trajectories under the erased label(s) (``sampled_states_steps`` each, as the audit and users
-    # sample), and its conditional prediction at their states is sent onto the base's under the
-    # destination, weighing this much relative to the class's own forgetting loss (0: off). The
-    # forgetting loss sees only noised images of the class; the samples that still read as the class
-    # after an erasure come from trajectories it never visits. Remap targets and class erasures only.
+    # sample), and its prediction under the label at their states (with the forgetting loss's label
+    # dropout) is sent onto the base's under the destination, weighing this much relative to the
+    # class's own forgetting loss (0: off). The forgetting loss sees only noised images of the class;
+    # the samples that still read as the class after an erasure come from trajectories it never
+    # visits. Remap targets and class erasures only. The states cover every DDIM timestep whatever
+    # ``forget_t_min``; they are drawn with the raw weights, not the EMA the run hands back; on
+    # several processes every one samples and the main process's pool is used by all.
     # At 3 with 256 trajectories (2026-12-05): erasing 8 on the CLI sequence's seeds 2 and 4, P(8)
     # 0.017 and 0.033 against 0.090 and 0.058, and both whole sequences then held every deletion;
-    # the demo's class request 0.025 on three seeds against 0.033-0.048. But on the suite's base,
-    # where 3 already reached 0.005-0.012, it read 0.006-0.016, seed 0's sequence erased 5 to 0.0496
-    # (0.009 without), and a class erasure takes 1.5-1.8x as long: off (benchmarks/README.md, "The
-    # class erased now at its own sampling states").
+    # the demo's class request 0.025-0.026 on three seeds against 0.033-0.048. But on the suite's
+    # base, where 3 already reached 0.005-0.012, it read 0.006-0.016, and a class erasure takes
+    # 1.2-2.2x as long: off (benchmarks/README.md, "The class erased now at its own sampling states").
     sampled_states_weight: float = 0.0
     sampled_states_every: int = 25
     sampled_states_samples: int = 64
@@ -546,6 +548,10 @@ class SampledStates:
         # Seeded by the step, not the loop's generator: the pool consumes none of the loop's draws,
         # and a resumed run draws what an uninterrupted one would have.
         states, ts = trajectory_states(loop.model, self.labels, self.steps, seed=self.seed * 1_000_003 + step)
+        if loop.world_size > 1:
+            # Every process draws the same batches from the pool; GPU sampling is not bit-reproducible,
+            # so the main process's pool is everyone's (as the destination is, in ``_distinct``).
+            states = broadcast(states.contiguous(), from_process=0)
         n = self.labels.shape[0]
         self.x = states.flatten(0, 1)
         self.t = ts.repeat_interleave(n)
