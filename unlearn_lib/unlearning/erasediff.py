@@ -543,7 +543,7 @@ class SampledStates:
 
     def refresh(self, loop: UnlearningLoop, step: int) -> None:
         """Sample the pool again when it is due (or missing)."""
-        if self.x is not None and self.drawn_at is not None and step - self.drawn_at < self.every:
+        if self.drawn_at is not None and step - self.drawn_at < self.every:
             return
         # Seeded by the step, not the loop's generator: the pool consumes none of the loop's draws,
         # and a resumed run draws what an uninterrupted one would have.
@@ -596,7 +596,8 @@ def build_sampled_states(
     per = -(-cfg.sampled_states_samples // len(labels))
     return SampledStates(
         labels=torch.tensor(labels, dtype=torch.long, device=loop.device).repeat_interleave(per),
-        target=ClassRemapTarget(loop.frozen.unet, {c: target_fn.mapping[c] for c in labels}, "sampled"),
+        # The forgetting loss's own target: the pool holds only labels it sends somewhere.
+        target=target_fn,
         weight=cfg.sampled_states_weight,
         every=cfg.sampled_states_every,
         steps=cfg.sampled_states_steps,
