@@ -81,6 +81,20 @@ RUN_FIRST = (
     "tests/unlearn_lib/test_state.py",
     "tests/unlearn_lib/test_requests.py",
     "tests/unlearn_lib/test_ddp.py",
+    # More files that need no base model, so that the worker not training it reaches
+    # test_compliance (whose weak run needs it) as late as it can: it sat 74 s on the base
+    # model's lock there (make test from a clean cache, 2 cores, 2026-12-05).
+    "tests/unlearn_lib/test_imports.py",
+    "tests/unlearn_lib/test_s3_store.py",
+    "tests/infra/test_bootstrap.py",
+    "tests/infra/test_manifests.py",
+    "tests/unlearn_lib/test_layers.py",
+    "tests/unlearn_lib/test_containers.py",
+    "tests/unlearn_lib/test_checkpoint.py",
+    "tests/unlearn_lib/test_forget_quality.py",
+    "tests/unlearn_lib/test_redact.py",
+    "tests/unlearn_lib/test_step_context.py",
+    "tests/test_infra.py",
     # In the long tier, the server run and the redraw (~5 min in one file) start beside the demo
     # (~12.6 min since it trains its own base, 2026-12-05). Placed after test_audit, they went to
     # whichever worker came free first, which can also be the one that takes the GPU benchmark's

@@ -251,6 +251,31 @@ def test_request_is_marked_done_and_a_rerun_creates_no_second_version(server_run
     assert sorted(int(v.version) for v in versions) == [1, 2]
 
 
+# Before the tests that need the base model: the evaluator this test asks for is trained while the
+# other worker trains the base model, instead of this worker waiting for the base model first.
+def test_the_judge_store_hands_a_judge_to_the_next_workspace(evaluator, digits, tmp_path, monkeypatch):
+    from unlearn_lib.compliance import steps
+
+    name, digest = f"{digits.digest()[:16]}-test", digits.digest()
+    monkeypatch.delenv(steps.JUDGE_STORE_ENV, raising=False)
+    steps.store_judge(name, evaluator)  # off by default: nothing kept anywhere
+    assert steps.stored_judge(name, digest) is None
+    monkeypatch.setenv(steps.JUDGE_STORE_ENV, str(tmp_path))
+    assert steps.stored_judge(name, digest) is None
+    steps.store_judge(name, evaluator)
+    got = steps.stored_judge(name, digest)
+    images = to_model_space(torch.from_numpy(digits.load_images(digits.holdout[:32])))
+    assert torch.equal(got.logits(images), evaluator.logits(images))
+    assert steps.stored_judge(name, "another dataset") is None  # fitted on other data: not this one's
+    # A torn judge is never handed out, and the next one trained replaces it.
+    for torn in ("evaluator.json", "evaluator.safetensors"):
+        path = tmp_path / name / torn
+        path.write_bytes(path.read_bytes()[:20])
+        assert steps.stored_judge(name, digest) is None, torn
+        steps.store_judge(name, evaluator)
+        assert torch.equal(steps.stored_judge(name, digest).logits(images), evaluator.logits(images))
+
+
 def test_failed_audit_registers_a_candidate_and_nothing_is_served(weak_pipeline_run):
     out, settings = weak_pipeline_run["outcome"], weak_pipeline_run["settings"]
     # Under-forgetting (two steps, no calibrated stop) leaves the canaries extractable.
@@ -514,26 +539,3 @@ def test_a_refused_submission_leaves_nothing_claimed(workspace):
     assert row.state == "pending" and "KFP refused the run" in row.last_error
     assert store.lease("model:digits-diffusion") is None
     assert [r.state for r in store.runs()] == ["rolled_back"]
-
-
-def test_the_judge_store_hands_a_judge_to_the_next_workspace(evaluator, digits, tmp_path, monkeypatch):
-    from unlearn_lib.compliance import steps
-
-    name, digest = f"{digits.digest()[:16]}-test", digits.digest()
-    monkeypatch.delenv(steps.JUDGE_STORE_ENV, raising=False)
-    steps.store_judge(name, evaluator)  # off by default: nothing kept anywhere
-    assert steps.stored_judge(name, digest) is None
-    monkeypatch.setenv(steps.JUDGE_STORE_ENV, str(tmp_path))
-    assert steps.stored_judge(name, digest) is None
-    steps.store_judge(name, evaluator)
-    got = steps.stored_judge(name, digest)
-    images = to_model_space(torch.from_numpy(digits.load_images(digits.holdout[:32])))
-    assert torch.equal(got.logits(images), evaluator.logits(images))
-    assert steps.stored_judge(name, "another dataset") is None  # fitted on other data: not this one's
-    # A torn judge is never handed out, and the next one trained replaces it.
-    for torn in ("evaluator.json", "evaluator.safetensors"):
-        path = tmp_path / name / torn
-        path.write_bytes(path.read_bytes()[:20])
-        assert steps.stored_judge(name, digest) is None, torn
-        steps.store_judge(name, evaluator)
-        assert torch.equal(steps.stored_judge(name, digest).logits(images), evaluator.logits(images))

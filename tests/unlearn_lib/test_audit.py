@@ -33,7 +33,9 @@ from unlearn_lib.unlearning import erase
 CANARY = ForgetTargets.build(subject_ids=["subject-canary"])
 CLASS3 = ForgetTargets.build(labels=[3])
 # Fewer samples than the defaults keep the suite fast; the gates keep their default thresholds.
-PARAMS = dict(samples_per_class=40, extraction_samples=250, sampling_steps=15)
+# A class erasure's gate still reads more samples of the forgotten class than the grid holds
+# (120 against 40), from the audit's own stream.
+PARAMS = dict(samples_per_class=40, extraction_samples=250, sampling_steps=15, forgotten_samples=120)
 
 
 def params(**kw) -> AuditParams:
@@ -186,11 +188,18 @@ def test_erasing_the_class_fails_a_record_deletion(base_model_dir, digits_dir, e
 # ---- class scenario ----------------------------------------------------------------------------
 
 
-def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
+@pytest.fixture(scope="module")
+def class3_audit(base_model_dir, digits_dir, evaluator_dir, class3_model_dir, tmp_path_factory):
+    """The audit of EraseDiff's class-3 erasure, read by the scenario test and the loosened-settings test."""
+    out = tmp_path_factory.mktemp("class3") / "good"
+    return audit(base_model_dir, class3_model_dir, digits_dir, CLASS3, out, evaluator_dir)
+
+
+def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, class3_audit, tmp_path):
     base = audit(base_model_dir, base_model_dir, digits_dir, CLASS3, tmp_path / "base", evaluator_dir)
     mb = {x.name: x for x in base.metrics}
     assert not base.passed and mb["forgotten_probability"].passed is False
-    good = audit(base_model_dir, models["class3"], digits_dir, CLASS3, tmp_path / "good", evaluator_dir)
+    good = class3_audit
     mg = {x.name: x for x in good.metrics}
     assert mg["forgotten_probability"].passed and mg["forgotten_probability"].value < 0.05
     assert mg["retained_accuracy_drop"].passed and mg["fid_ratio"].passed and mg["retain_loss_ratio"].passed
@@ -205,7 +214,7 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, models, tmp_p
     assert floor.value < 0.1 < mb["forgotten_probability"].value  # the judge knows a genuine {dest} from a 3
     _, probs = good.measurements["unlearned"].class_samples.for_class(3)
     assert floor.details["destination_share"]["3"] == pytest.approx(float((probs.argmax(-1) == dest).float().mean()))
-    report = (tmp_path / "good" / "report.md").read_text()
+    report = (good.out / "report.md").read_text()
     assert f"class 3 is now drawn as {dest}" in report
     assert "the mean of 3 judges trained with successive seeds; each alone: " in report
     still = mb["forgotten_probability_floor"]
@@ -467,7 +476,7 @@ def test_class_samples_images_of_picks_each_named_class_block_in_grid_order():
 
 
 def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
-    base_model_dir, digits_dir, evaluator_dir, models, tmp_path
+    base_model_dir, digits_dir, evaluator_dir, models, class3_audit, tmp_path
 ):
     from unlearn_lib.audit.gates import HARD_LIMITS, relaxations, relaxed_summary
 
@@ -478,7 +487,7 @@ def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
         "max_fid_ratio=2.0 (default 1.5); mia_auc_tolerance=0.2 (default auto); samples_per_class=40 (default 100)"
     )
     # The same good erasure, judged by settings no promotion may rest on: the audit fails on them alone.
-    ok = audit(base_model_dir, models["class3"], digits_dir, CLASS3, tmp_path / "ok", evaluator_dir)
+    ok = class3_audit
     assert ok.passed and ok.record["relaxed"]["samples_per_class"] == {"used": 40, "default": 100}
     beyond = audit(
         base_model_dir,
@@ -585,7 +594,7 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
 
 
 def test_the_class_gate_reads_more_samples_of_the_forgotten_class_and_says_when_the_draw_decided(
-    base_model_dir, digits_dir, evaluator_dir, models, tmp_path
+    evaluator_dir, models, class3_audit
 ):
     import copy
 
@@ -596,15 +605,14 @@ def test_the_class_gate_reads_more_samples_of_the_forgotten_class_and_says_when_
 
     # One draw of 100 samples moved a model's forgotten_probability by ~0.02 near the 0.05 gate:
     # the forgotten class alone gets forgotten_samples, the grid's and more from the audit's own stream.
-    res = audit(
-        base_model_dir, models["class3"], digits_dir, CLASS3, tmp_path / "a", evaluator_dir, forgotten_samples=120
-    )
+    res = class3_audit
+    assert PARAMS["forgotten_samples"] == 120
     p = {x.name: x for x in res.metrics}["forgotten_probability"]
     u = res.measurements["unlearned"]
     assert p.samples == 120 and u.figures["forgotten_samples"] == 120
     _, grid = u.class_samples.for_class(3)
     assert len(grid) == PARAMS["samples_per_class"]  # the grid every other figure reads is unchanged
-    ps = params(forgotten_samples=120)
+    ps = params()
     more = sample(
         DiffusionModel.load(models["class3"]), [3] * 80, steps=ps.sampling_steps, seed=ps.stream_seed("forgotten")
     )
