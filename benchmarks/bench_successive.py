@@ -22,7 +22,10 @@ those classes' samples (the judge's features, as the audit's ``fid_ratio`` gate)
 the previous model's. Once the
 subject is deleted, every later model is also asked for the audit's extraction test on the
 canary records (500 samples of their label, alpha 0.5 of the 50-NN training distance): how many
-records can still be regenerated.
+records can still be regenerated. Each class erasure on the CLI path also gets ``audit_rule``: the
+judge's floor (its P of the erased class on the parent's own samples of the destination), the share
+of the erased class's samples drawn as the destination, and the limit the audit's class gate would
+hold P to (``benchmarks/README.md``, "The judge's floor"; ``judge_floors.py`` adds it to older files).
 
 ``--set`` changes EraseDiff options from their defaults on both paths (a variant under study: the
 pipeline gets them as the run's algorithm options); give it a ``--tag`` so the defaults' results
@@ -56,7 +59,7 @@ from _common import (  # benchmarks/ is the script's folder: on sys.path
 )
 
 from unlearn_lib.audit import Evaluator, EvaluatorFeatures, RealReference, class_figures, generate_class_samples
-from unlearn_lib.audit.gates import AuditParams
+from unlearn_lib.audit.gates import HARD_LIMITS, AuditParams
 from unlearn_lib.audit.run import extraction_of
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset
 from unlearn_lib.data.tensors import TensorSet
@@ -111,8 +114,14 @@ class Judge:
     def __call__(self, model: DiffusionModel, erased: list[int], subject_deleted: bool) -> dict[str, Any]:
         samples = generate_class_samples(model, self.evaluator, self.per_class, seed=self.seed)
         figs = class_figures(samples, erased)
+        probs = {c: samples.for_class(c)[1] for c in samples.classes}
         out: dict[str, Any] = {
             "p_erased": {str(c): round(figs.forgotten_probability[c], 4) for c in erased},
+            # The judge's mean probabilities on each class's samples (row: the class asked for):
+            # the next step's floor is read from this model's row of the erased class's destination.
+            "mean_probs": {str(c): [round(float(v), 4) for v in p.mean(0)] for c, p in probs.items()},
+            # What the erased classes are drawn as: the audit's floor applies when mostly the destination.
+            "drawn_as": {str(c): drawn_as(probs[c]) for c in erased},
             "kept_accuracy": round(sum(figs.accuracy[c] for c in self.kept) / len(self.kept), 4),
             "accuracy": {str(c): round(a, 4) for c, a in figs.accuracy.items()},
             "kept_fid": round(self.real.measure(samples.images_of(self.kept))["fid"], 3),
@@ -120,6 +129,36 @@ class Judge:
         if subject_deleted or not erased:  # the base model's figure is the one to compare with
             out["canaries"] = self.extracted(model)
         return out
+
+
+def drawn_as(probs: torch.Tensor) -> dict[str, float]:
+    """The share of samples the judge takes for each class (those it takes any for)."""
+    counts = torch.bincount(probs.argmax(-1), minlength=probs.shape[1]).tolist()
+    return {str(k): round(n / len(probs), 4) for k, n in enumerate(counts) if n}
+
+
+def audit_rule(parent: dict[str, Any], step: dict[str, Any], mapping: dict[str, int]) -> dict[str, Any]:
+    """Each class erased at this step as the audit's class gate reads it: P against the judge's floor.
+
+    The floor is the judge's P(f) on the parent's own samples of f's destination: what an erasure
+    that draws f exactly as the parent draws the destination reads (the audit's
+    ``forgotten_probability_floor``). Where the erased class is mostly drawn as its destination and
+    the floor plus the margin is above the gate, the audit judges against that instead, capped by
+    the hard limit; elsewhere the gate stands.
+    """
+    p = AuditParams()
+    margin = p.forgotten_probability_floor_margin or 0.0
+    out: dict[str, Any] = {}
+    for f, dest in mapping.items():
+        floor = parent["mean_probs"][str(dest)][int(f)]
+        share = step["drawn_as"][str(f)].get(str(dest), 0.0)
+        limit = p.max_forgotten_probability
+        if share >= 0.5 and floor + margin > limit:
+            limit = min(floor + margin, HARD_LIMITS["max_forgotten_probability"])
+        value = step["p_erased"][str(f)]
+        out[str(f)] = {"destination": int(dest), "floor": floor, "destination_share": share,
+                       "limit": round(limit, 4), "held": value <= limit}  # fmt: skip
+    return out
 
 
 def strip_deletions(model_dir: Path) -> None:
@@ -317,12 +356,15 @@ def main() -> None:
         parent = out["steps"][-1] if out["steps"] else out["base"]
         # As the audit's fid_ratio gate (1.5 by default) reads it: against the model it would replace.
         s["kept_fid_ratio_to_parent"] = round(s["kept_fid"] / parent["kept_fid"], 3)
+        if s.get("mapping"):
+            s["audit_rule"] = audit_rule(parent, s, s["mapping"])
         out["steps"].append(s)
         path.write_text(json.dumps(out, indent=2) + "\n")  # a long run keeps what it measured
         print(
             f"erase {step}: {s['seconds']:.0f}s, P(erased) {s['p_erased']}, kept accuracy {s['kept_accuracy']:.3f} "
             f"(base {out['base']['kept_accuracy']:.3f}), kept FID {s['kept_fid']:.2f} "
             f"({s['kept_fid_ratio_to_parent']:.2f}x the parent's), canaries {s.get('canaries')}, "
+            f"floor {s.get('audit_rule')}, "
             f"{ {k: s[k] for k in ('mapping', 'request_state', 'production_moved') if k in s} }",
             flush=True,
         )
