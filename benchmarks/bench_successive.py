@@ -145,15 +145,20 @@ def audit_rule(parent: dict[str, Any], step: dict[str, Any], mapping: dict[str, 
     ``forgotten_probability_floor``). Where the erased class is mostly drawn as its destination and
     the floor plus the margin is above the gate, the audit judges against that instead, capped by
     the hard limit; elsewhere the gate stands.
+
+    Where it differs from the audit: the destination is EraseDiff's mapping (the audit takes the
+    retained class the judge most often reads the erased class's samples as); P is the bench's, on
+    ``--per-class`` samples, with no INCONCLUSIVE (the audit reads ``forgotten_samples``, 500, and
+    calls a pass within its sampling error inconclusive); the grid is the bench's (its own seed).
     """
     p = AuditParams()
-    margin = p.forgotten_probability_floor_margin or 0.0
+    margin = p.forgotten_probability_floor_margin
     out: dict[str, Any] = {}
     for f, dest in mapping.items():
         floor = parent["mean_probs"][str(dest)][int(f)]
         share = step["drawn_as"][str(f)].get(str(dest), 0.0)
         limit = p.max_forgotten_probability
-        if share >= 0.5 and floor + margin > limit:
+        if margin is not None and share >= 0.5 and floor + margin > limit:
             limit = min(floor + margin, HARD_LIMITS["max_forgotten_probability"])
         value = step["p_erased"][str(f)]
         out[str(f)] = {"destination": int(dest), "floor": floor, "destination_share": share,

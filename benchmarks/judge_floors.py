@@ -34,7 +34,10 @@ def main() -> None:
         raise SystemExit(f"{args.results}: a pipeline run; its audits recorded their own floors")
     seq = out["sequence"]
     judge = Judge(Evaluator.load(args.evaluator), args.workdir / "data", out["per_class"], out["kept_classes"])
-    out["base"]["mean_probs"] = judge(DiffusionModel.load(args.base), [], False)["mean_probs"]
+    base = judge(DiffusionModel.load(args.base), [], False)
+    if base["accuracy"] != out["base"]["accuracy"]:
+        raise SystemExit(f"{args.base}: accuracy {base['accuracy']}, not the file's {out['base']['accuracy']}")
+    out["base"]["mean_probs"] = base["mean_probs"]
     parent = out["base"]
     erased: list[int] = []
     for i, step in enumerate(out["steps"]):

@@ -251,7 +251,7 @@ def test_request_is_marked_done_and_a_rerun_creates_no_second_version(server_run
     assert sorted(int(v.version) for v in versions) == [1, 2]
 
 
-# Before the tests that need the base model: the evaluator this test asks for is trained while the
+# Before the tests that need the base model in `make test`: the evaluator this test asks for is trained while the
 # other worker trains the base model, instead of this worker waiting for the base model first.
 def test_the_judge_store_hands_a_judge_to_the_next_workspace(evaluator, digits, tmp_path, monkeypatch):
     from unlearn_lib.compliance import steps

@@ -190,7 +190,7 @@ def test_erasing_the_class_fails_a_record_deletion(base_model_dir, digits_dir, e
 
 @pytest.fixture(scope="module")
 def class3_audit(base_model_dir, digits_dir, evaluator_dir, class3_model_dir, tmp_path_factory):
-    """The audit of EraseDiff's class-3 erasure, read by the scenario test and the loosened-settings test."""
+    """The audit of EraseDiff's class-3 erasure: the scenario, loosened-settings and more-samples tests read it."""
     out = tmp_path_factory.mktemp("class3") / "good"
     return audit(base_model_dir, class3_model_dir, digits_dir, CLASS3, out, evaluator_dir)
 
