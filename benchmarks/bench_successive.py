@@ -59,8 +59,8 @@ from _common import (  # benchmarks/ is the script's folder: on sys.path
 )
 
 from unlearn_lib.audit import Evaluator, EvaluatorFeatures, RealReference, class_figures, generate_class_samples
-from unlearn_lib.audit.gates import HARD_LIMITS, AuditParams
-from unlearn_lib.audit.run import extraction_of
+from unlearn_lib.audit.gates import AuditParams, Metric
+from unlearn_lib.audit.run import _forgotten_gate_limits, extraction_of
 from unlearn_lib.data import DigitsConfig, ForgetTargets, build_digits, load_dataset
 from unlearn_lib.data.tensors import TensorSet
 from unlearn_lib.models import DiffusionModel
@@ -151,19 +151,29 @@ def audit_rule(parent: dict[str, Any], step: dict[str, Any], mapping: dict[str, 
     ``--per-class`` samples, with no INCONCLUSIVE (the audit reads ``forgotten_samples``, 500, and
     calls a pass within its sampling error inconclusive); the grid is the bench's (its own seed).
     """
-    p = AuditParams()
-    margin = p.forgotten_probability_floor_margin
     out: dict[str, Any] = {}
     for f, dest in mapping.items():
         floor = parent["mean_probs"][str(dest)][int(f)]
         share = step["drawn_as"][str(f)].get(str(dest), 0.0)
-        limit = p.max_forgotten_probability
-        if margin is not None and share >= 0.5 and floor + margin > limit:
-            limit = min(floor + margin, HARD_LIMITS["max_forgotten_probability"])
         value = step["p_erased"][str(f)]
+        # The audit's own rule, one class at a time (the limits of its class gate).
+        details = {"floor": {str(f): floor}, "destination_share": {str(f): share}}
+        m = _forgotten_gate_limits(
+            Metric("forgotten_probability", "efficacy", value, ""),
+            Metric("forgotten_probability_floor", "efficacy", floor, "", details=details),
+            {str(f): value},
+            AuditParams(),
+        )
+        assert m.threshold is not None
+        limit = m.threshold["labels"][str(f)]["limit"] if "labels" in m.threshold else m.threshold["value"]
         out[str(f)] = {"destination": int(dest), "floor": floor, "destination_share": share,
-                       "limit": round(limit, 4), "held": value <= limit}  # fmt: skip
+                       "limit": round(limit, 4), "held": bool(m.passed)}  # fmt: skip
     return out
+
+
+def step_folder(work: Path, variant: str, done: list[str]) -> Path:
+    """The CLI path's folder of the model after the deletions ``done`` (in order)."""
+    return work / f"{variant}-no-{'-'.join(done)}"
 
 
 def strip_deletions(model_dir: Path) -> None:
@@ -193,7 +203,7 @@ def cli_steps(args: argparse.Namespace, work: Path, dataset_dir: Path, overrides
     done: list[str] = []
     for step in args.sequence:
         done.append(str(step))
-        child = work / f"{args.variant}-no-{'-'.join(done)}"
+        child = step_folder(work, args.variant, done)
         t0 = time.perf_counter()
         options = step_overrides(args, overrides, step)
         result, record = erase(parent, dataset_dir, targets_of(step), "erasediff", child, options, progress=False)

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench_successive import SUBJECT, Judge, audit_rule  # benchmarks/ is the script's folder: on sys.path
+from bench_successive import SUBJECT, Judge, audit_rule, step_folder  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit import Evaluator
 from unlearn_lib.models import DiffusionModel
@@ -43,7 +43,7 @@ def main() -> None:
     for i, step in enumerate(out["steps"]):
         if seq[i] != SUBJECT:
             erased.append(int(seq[i]))
-        folder = args.workdir / f"{out['variant']}-no-{'-'.join(str(s) for s in seq[: i + 1])}"
+        folder = step_folder(args.workdir, out["variant"], [str(s) for s in seq[: i + 1]])
         again = judge(DiffusionModel.load(folder), erased, False)
         if again["p_erased"] != step["p_erased"]:
             raise SystemExit(f"{folder}: P {again['p_erased']}, the file's {step['p_erased']}: not this run's model")
