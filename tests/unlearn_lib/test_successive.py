@@ -135,10 +135,12 @@ def test_an_erased_class_goes_to_the_nearest_class_the_base_model_never_takes_fo
     target, _ = _targets_of(task)
     assert target.mode == "nearest-distinct"
     dest, tried = target.mapping[8], target.confusion[8]
-    # Candidates are tried nearest first; the first the model never confuses with 8 wins.
-    assert next(iter(tried)) == 1 and tried[1] > 0.0
-    assert list(tried)[-1] == dest and tried[dest] == 0.0 and dest not in (1, 3, 5, 8)
-    assert all(v > 0.0 for r, v in tried.items() if r != dest)
+    # Candidates are tried nearest first; the first of whose samples the model takes at most 2% for
+    # 8, or nearly (within the margin), wins.
+    tolerance = targets.DISTINCT_TOLERANCE
+    assert next(iter(tried)) == 1 and tried[1] > tolerance
+    assert list(tried)[-1] == dest and tried[dest] <= tolerance and dest not in (1, 3, 5, 8)
+    assert all(v > tolerance for r, v in tried.items() if r != dest)
     assert target.describe()["confusion"]["8"] == {str(r): v for r, v in tried.items()}
     # The run's seed does not move it: the destination is the base model's and the classes'.
     again, _ = _targets_of(task, seed=SEED + 5)
@@ -147,6 +149,24 @@ def test_an_erased_class_goes_to_the_nearest_class_the_base_model_never_takes_fo
     samples = generate_class_samples(base_model, evaluator, 100, seed=SEED, classes=[1, dest])
     p8 = {c: float(samples.for_class(c)[1][:, 8].mean()) for c in (1, dest)}
     assert p8[dest] < 0.02 < p8[1], p8
+
+
+def test_a_class_the_model_barely_keeps_apart_is_not_distinct(digits, base_model, evaluator, tmp_path, monkeypatch):
+    # The model's samples of a class are drawn toward it, so it seldom prefers the erased label on
+    # them outright; the odd look-alike only narrows the gap, and a judge sees it. Sent onto such a
+    # class, an erasure reads as partial however complete it is (8 onto 1 in the CLI sequence:
+    # 0.038-0.090 by the benchmark's judge; benchmarks/README.md, "A margin in the destination check").
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
+    train = digits.train
+    means = targets.class_means(torch.from_numpy(digits.load_images(train)), torch.tensor([r.label for r in train]))
+    assert targets.by_distance(3, [7, 4], means) == [7, 4]
+    outright, shares = targets.distinct_mapping(base_model, [3], [7, 4], means, margin=0.0, tolerance=0.0)
+    assert outright == {3: 7} and shares[3] == {7: 0.0}
+    mapping, shares = targets.distinct_mapping(base_model, [3], [7, 4], means)
+    assert mapping == {3: 4} and shares[3][7] > 0.0 and shares[3][4] == 0.0
+    samples = generate_class_samples(base_model, evaluator, 100, seed=SEED, classes=[7, 4])
+    p3 = {c: float(samples.for_class(c)[1][:, 3].mean()) for c in (7, 4)}
+    assert p3[4] < 0.01 < 0.02 < p3[7], p3
 
 
 def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp_path, monkeypatch):
@@ -164,7 +184,15 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
         cond = torch.full((n,), label, dtype=torch.long)
         return per_sample_denoising_error(base_model.unet, fp, x, cond, grid, draws, 0).mean(1)
 
-    assert share > 0 and share == pytest.approx(float((error(8) < error(1)).float().mean()), abs=1.5 / n)
+    # A sample counts unless the model explains it under 1 by the margin; with no margin, when it
+    # prefers 8 at all, which is fewer samples (each setting is its own measurement).
+    e8, e1 = error(8), error(1)
+    within = float((e8 < (1 + targets.DISTINCT_MARGIN) * e1).float().mean())
+    assert share > 0 and share == pytest.approx(within, abs=1.5 / n)
+    outright = targets.confused_share(base_model, 8, 1, 0, margin=0.0)
+    assert outright == pytest.approx(float((e8 < e1).float().mean()), abs=1.5 / n) and outright < share
+    assert len(list((tmp_path / "nearest-distinct").glob("*.json"))) == 2
+    (tmp_path / "nearest-distinct" / f"{targets.share_key(base_model, 8, 1, 0, margin=0.0)}.json").unlink()
 
     def must_not_sample(*args, **kwargs):
         raise AssertionError("sampled again for weights it has measured")
@@ -178,21 +206,22 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     key = targets.share_key(base_model, 8, 1, 0)
     assert len({key, targets.share_key(changed, 8, 1, 0), targets.share_key(base_model, 8, 2, 0)}) == 3
     assert key != targets.share_key(base_model, 8, 1, 1)
+    assert key != targets.share_key(base_model, 8, 1, 0, margin=0.1)
     # A torn or inconsistent entry is measured again and rewritten, never trusted.
     calls = []
 
-    def measure(model, f, r, seed, screen=False, start=0):
+    def measure(model, f, r, seed, screen=False, start=0, margin=targets.DISTINCT_MARGIN, allowed=0):
         calls.append((screen, start))
         return [0, 10, 0, 0][start:] if not screen else [0, 10][start:]
 
     monkeypatch.setattr(targets, "measure_confused_share", measure)
-    for torn in ("{not json", '{"chunks": [0, 0]}', '{"chunks": [1.0, 0, 0, 0]}', '{"chunks": [0, 0, 0, 0, 0]}'):
+    for torn in ("{not json", '{"chunks": [1.0, 0, 0, 0]}', '{"chunks": [0, 0, 0, 0, 0]}', '{"chunks": [0, 51]}'):
         entry.write_text(torn)
         assert targets.confused_share(base_model, 8, 1, 0) == 0.05, torn
         assert json.loads(entry.read_text())["chunks"] == [0, 10, 0, 0]
     assert list((tmp_path / "nearest-distinct").iterdir()) == entries  # no temporary file left
-    # A screen stops at the first chunk with a confused sample; the full measurement goes on from
-    # there, and the screen's answer is the same once everything is measured.
+    # A screen stops at the chunk that takes the count past the tolerance (4 of 200); the full
+    # measurement goes on from there, and the screen's answer is the same once everything is measured.
     entry.unlink()
     calls.clear()
     assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.1  # 10 of the first 100
@@ -203,34 +232,48 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
 
 def test_when_every_candidate_is_confused_the_least_confused_wins_on_full_shares(base_model, tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
-    # Screened, 1 (1 of its first 50) looks less confused than 2 (3 of 50); measured in full, 2 is.
-    full = {1: [1, 1, 1, 1], 2: [3, 0, 0, 0], 4: [5, 5, 5, 5]}
+    # Screened, 1 (6 of its first 100) looks less confused than 2 (5 of 50); measured in full, 2 is.
+    full = {1: [3, 3, 0, 0], 2: [5, 0, 0, 0], 4: [5, 5, 5, 5]}
 
-    def measure(model, f, r, seed, screen=False, start=0):
+    def measure(model, f, r, seed, screen=False, start=0, margin=targets.DISTINCT_MARGIN, allowed=0):
         counts = full[r][start:]
-        first = next((i for i, c in enumerate(counts) if c), len(counts))
-        return counts[: first + 1] if screen else counts
+        total = 0
+        for i, c in enumerate(counts):
+            total += c
+            if screen and total > allowed:
+                return counts[: i + 1]
+        return counts
 
     monkeypatch.setattr(targets, "measure_confused_share", measure)
     means = {c: torch.full((4,), float(c)) for c in (0, 1, 2, 4)}
     mapping, shares = targets.distinct_mapping(base_model, [0], [1, 2, 4], means, seed=0)
-    # None reaches 0.0: each is measured in full, and the least confused wins.
-    assert shares[0] == {1: 0.02, 2: 0.015, 4: 0.1} and mapping == {0: 2}
+    # None is within the tolerance (4 of 200): each is measured in full, and the least confused wins.
+    assert shares[0] == {1: 0.03, 2: 0.025, 4: 0.1} and mapping == {0: 2}
+    # 4 of 200 are within it: the nearest such candidate wins at once.
+    full[1] = [2, 1, 1, 0]
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path / "again"))
+    mapping, shares = targets.distinct_mapping(base_model, [0], [1, 2, 4], means, seed=0)
+    assert shares[0] == {1: 0.02} and mapping == {0: 1}
+    # With no tolerance, the first candidate that no sample counts for wins (the rule before the margin).
+    full[4] = [0, 0, 0, 0]
+    mapping, shares = targets.distinct_mapping(base_model, [0], [1, 2, 4], means, seed=0, margin=0.0, tolerance=0.0)
+    assert shares[0] == {1: 0.04, 2: 0.1, 4: 0.0} and mapping == {0: 4}
 
 
 def test_a_class_that_already_holds_an_erased_class_is_tried_last(digits, base_model):
-    # 3 was sent onto 8; 5's nearest distinct class is 8 as well. Both there, erasing 8 later moves
-    # three classes at once (benchmarks/README.md, "Where an erased class is sent").
+    # 3 was sent where 5 would go on its own. Both there, erasing that class later moves three
+    # classes at once (benchmarks/README.md, "Where an erased class is sent").
     fresh = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[5])), base_model)
     alone, _ = _targets_of(fresh)
-    assert alone.mapping == {5: 8}
+    (dest,) = alone.mapping.values()
+    assert alone.confusion[5][dest] <= targets.DISTINCT_TOLERANCE
     parent = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]))
-    parent.meta.lineage[LINEAGE_KEY][0]["mapping"] = {"3": 8}
+    parent.meta.lineage[LINEAGE_KEY][0]["mapping"] = {"3": dest}
     task = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[5])), parent)
-    assert task.erased_mapping == {3: 8}
+    assert task.erased_mapping == {3: dest}
     target, kept = _targets_of(task)
-    assert target.mapping[5] not in (3, 8) and 8 not in target.confusion[5]
-    assert kept.target.mapping == {3: 8}
+    assert target.mapping[5] not in (3, dest) and dest not in target.confusion[5]
+    assert kept.target.mapping == {3: dest}
 
 
 def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_model):
@@ -263,6 +306,8 @@ def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="keep_forgotten_weight must be a number >= 0"):
             dataclasses.replace(cfg, keep_forgotten_weight=bad).validate()
+        with pytest.raises(ConfigError, match="distinct_margin must be a number >= 0"):
+            dataclasses.replace(cfg, distinct_margin=bad).validate()
 
 
 def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, base_model):

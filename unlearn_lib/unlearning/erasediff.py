@@ -76,6 +76,8 @@ from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, Unlea
 from .calibration import RULES, CalibratedStop, ExtractionCheck
 from .loop import UnlearningLoop
 from .targets import (
+    DISTINCT_MARGIN,
+    DISTINCT_TOLERANCE,
     ClassRemapTarget,
     ForgetTarget,
     NeighbourTarget,
@@ -190,6 +192,14 @@ class EraseDiffConfig(CommonConfig):
     eta: float = 0.5  # BOME's eta when adaptive
     target: str = "remap"  # noise | remap
     remap_to: str = "auto"  # auto | null | nearest-class | nearest-distinct | neighbours | <class index>
+    # nearest-distinct: a sample of a candidate destination r counts as taken for the erased class f
+    # unless the base model's denoising error under f is at least (1 + margin) times that under r,
+    # and r is distinct when at most `distinct_tolerance` of its samples count. Both 0 is the rule
+    # before 2026-12-06 (no sample the model prefers f for): it sent 8 onto 1, whose samples the
+    # judge reads as 8 at 0.028-0.095, on 3 of 5 CLI sequences, and 5 onto 9 (0.021-0.059) on 2
+    # (benchmarks/README.md, "A margin in the destination check").
+    distinct_margin: float = DISTINCT_MARGIN
+    distinct_tolerance: float = DISTINCT_TOLERANCE
     neighbours: int = 8
     # The forgetting loss draws its timesteps from [forget_t_min, T); the retain loss from all.
     # 100 kept a record deletion off the records' look-alikes at the smallest timesteps
@@ -371,6 +381,10 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(
                 f"keep_forgotten_reroute must be one of {', '.join(KEPT_REROUTES)}, got {self.keep_forgotten_reroute!r}"
             )
+        if not (math.isfinite(self.distinct_margin) and self.distinct_margin >= 0):
+            raise ConfigError(f"distinct_margin must be a number >= 0, got {self.distinct_margin}")
+        if not (0 <= self.distinct_tolerance < 1):
+            raise ConfigError(f"distinct_tolerance must be a share in [0, 1), got {self.distinct_tolerance}")
         if not (math.isfinite(self.sampled_states_weight) and self.sampled_states_weight >= 0):
             raise ConfigError(f"sampled_states_weight must be a number >= 0, got {self.sampled_states_weight}")
         if min(self.sampled_states_every, self.sampled_states_samples, self.sampled_states_steps) < 1:
@@ -666,18 +680,25 @@ def build_target(
         assert means is not None
         # Seed 0 whatever the run's: the destination is a property of the base model and the classes.
         taken = set(task.erased_mapping.values())
-        mapping, confusion = _distinct(loop, forget_labels, task.retained_labels, means, taken)
+        mapping, confusion = _distinct(loop, forget_labels, task.retained_labels, means, taken, cfg)
         return ClassRemapTarget(loop.frozen.unet, mapping, mode, confusion)
     mapping = class_mapping(mode, forget_labels, task.retained_labels, loop.model.null_class, means)
     return ClassRemapTarget(loop.frozen.unet, mapping, mode)
 
 
 def _distinct(
-    loop: UnlearningLoop, labels: list[int], retained: list[int], means: dict[int, torch.Tensor], taken: set[int]
+    loop: UnlearningLoop,
+    labels: list[int],
+    retained: list[int],
+    means: dict[int, torch.Tensor],
+    taken: set[int],
+    cfg: EraseDiffConfig,
 ) -> tuple[dict[int, int], dict[int, dict[int, float]]]:
     """``distinct_mapping`` on the frozen base, seed 0 whatever the run's: the destination is a
     property of the base model and the classes."""
-    mapping, confusion = distinct_mapping(loop.frozen, labels, retained, means, 0, taken)
+    mapping, confusion = distinct_mapping(
+        loop.frozen, labels, retained, means, 0, taken, cfg.distinct_margin, cfg.distinct_tolerance
+    )
     if loop.world_size > 1:
         # Every process measures, and on GPUs they need not agree to the sample: the main one's
         # choice is everyone's, or processes would average gradients toward different classes.
@@ -717,7 +738,7 @@ def build_kept(
         # Candidates by distance from what the model draws as c now: a purged dataset has no c.
         drawn = drawn_as_mean(c, task.erased_mapping, means)
         own = {**means, c: drawn} if drawn is not None else means
-        chosen, shares = _distinct(loop, [c], task.retained_labels, own, taken)
+        chosen, shares = _distinct(loop, [c], task.retained_labels, own, taken, cfg)
         confusion.update(shares)
         return chosen[c]
 

@@ -12,7 +12,7 @@ forget set by regressing its noise prediction onto another target:
 * ``remap`` to a class (``null``, a fixed class, the ``nearest-class``: the retained class
   whose mean image is closest, the smallest change that removes the class, or the
   ``nearest-distinct`` class: the nearest one whose own samples the base model never takes
-  for the forgotten class): the untouched base model's prediction for the same noisy input
+  for the forgotten class, nor nearly): the untouched base model's prediction for the same noisy input
   under that condition.
 * ``remap`` to ``neighbours``: for deleting records rather than a class. Each forget image
   is redirected toward its k nearest retained images (same label for record-level
@@ -52,6 +52,20 @@ DISTINCT_CHUNKS = -(-DISTINCT_SAMPLES // DISTINCT_CHUNK)
 # The diffusion classifier's timesteps (Li et al. 2023 spread them over the schedule) and noise draws.
 DISTINCT_TIMESTEPS = tuple(range(50, 1000, 100))
 DISTINCT_DRAWS = 2
+# A sample of r counts as taken for f unless the model explains it better under r by this much: its
+# denoising error under f is at least (1 + margin) times that under r. The model's own samples of r
+# are drawn toward r, so its classifier seldom prefers f outright: in the CLI sequence it took none
+# of 200 of its 1s for 8 on three parents of five, and 8 was sent onto 1 there, whose samples the
+# judge reads as 8 at 0.028-0.095. The odd 8-like stroke only narrows the gap: 0.055-0.22 of those
+# 1s fall within 20%, against 0-0.015 of the 2s, 4s and 7s, which the judge reads as 8 at 0.011 or
+# less. It also rules out some the judge reads low (9s: 0.10-0.36 within, read as 8 at 0.008-0.034);
+# the cost is a farther destination (benchmarks/README.md, "A margin in the destination check").
+DISTINCT_MARGIN = 0.2
+# The share of a candidate's samples that may fall within the margin: up to 4 of 200. With none
+# allowed, a class is ruled out by one sample in the tail, and on the demo's base every candidate
+# for 3 but the farthest was (0.01-0.075 within): 3 went onto 4 and the audit's retained accuracy
+# dropped 0.018-0.113 on three seeds, where onto 9 it had risen.
+DISTINCT_TOLERANCE = 0.02
 
 
 class ForgetTarget:
@@ -172,6 +186,8 @@ def distinct_mapping(
     class_means: dict[int, torch.Tensor],
     seed: int = 0,
     taken: set[int] | frozenset[int] = frozenset(),
+    margin: float = DISTINCT_MARGIN,
+    tolerance: float = DISTINCT_TOLERANCE,
 ) -> tuple[dict[int, int], dict[int, dict[int, float]]]:
     """``nearest-distinct``: each forgotten class goes to the nearest retained class the base model keeps apart from it.
 
@@ -179,13 +195,16 @@ def distinct_mapping(
     renderings of r is what is left of f, however well the erasure went: a model whose 1s look
     like 8s now and then makes a flawless erasure of 8 onto 1 read as a partial one, by any judge
     that sees it. The model is its own judge here: candidates are tried nearest first and the
-    first whose samples :func:`confused_share` never takes for f wins; a candidate is ruled out at
-    the first chunk of its samples that holds one taken for f, and its recorded share is that of the
-    chunks up to that one. If every one is confused sometimes, each is measured in full (going on
-    from its screened chunks) and the least confused wins (the nearest of equals). No evaluator is consulted: the method
-    must not depend on the audit's judge (issue 11 part 7). ``taken``: classes that earlier erased
-    classes are drawn as; they are tried last, so that erasing one later moves as few classes at once
-    as possible. Returns the mapping and the shares measured (per f, per candidate tried).
+    first of whose samples :func:`confused_share` takes at most ``tolerance`` for f (or nearly:
+    ``margin``) wins; a candidate is ruled out at the chunk of its samples that takes it past the
+    tolerance, and its recorded share is that of the chunks up to that one. If every one is
+    confused more, each is measured in full (going on from its screened chunks) and the least
+    confused wins (the nearest of equals). No evaluator is consulted: the method must not depend on
+    the audit's judge (issue 11 part 7). ``taken``: classes that earlier erased classes are drawn as;
+    they are tried last, so that erasing one later moves as few classes at once as possible.
+    ``margin``, ``tolerance``: :data:`DISTINCT_MARGIN`, :data:`DISTINCT_TOLERANCE` (both 0: the
+    first candidate the model never prefers f for wins). Returns the mapping and the shares measured
+    (per f, per candidate tried).
     """
     if not retained:
         raise ConfigError("remap_to=nearest-distinct needs at least one retained class")
@@ -197,13 +216,13 @@ def distinct_mapping(
         order = [r for r in near if r not in taken] + [r for r in near if r in taken]
         tried: dict[int, float] = {}
         for r in order:
-            tried[r] = confused_share(model, f, r, seed, screen=True, weights=weights)
-            if tried[r] == 0.0:
+            tried[r] = confused_share(model, f, r, seed, True, weights, margin, tolerance)
+            if tried[r] <= tolerance:
                 break
         else:
-            # Every candidate is confused sometimes: the least confused wins, which takes the whole
-            # measurement of each (a screened share is only that of its first chunks).
-            tried = {r: confused_share(model, f, r, seed, weights=weights) for r in order}
+            # Every candidate is confused past the tolerance: the least confused wins, which takes
+            # the whole measurement of each (a screened share is only that of its first chunks).
+            tried = {r: confused_share(model, f, r, seed, False, weights, margin) for r in order}
         mapping[f] = min(tried, key=lambda r: (tried[r], order.index(r)))
         shares[f] = tried
     return mapping, shares
@@ -224,7 +243,9 @@ def weights_digest(model: DiffusionModel) -> str:
     return h.hexdigest()
 
 
-def share_key(model: DiffusionModel, f: int, r: int, seed: int, weights: str | None = None) -> str:
+def share_key(
+    model: DiffusionModel, f: int, r: int, seed: int, weights: str | None = None, margin: float = DISTINCT_MARGIN
+) -> str:
     """What a share depends on: the weights, the noise schedule, the guidance and the check's own settings.
 
     ``weights``: :func:`weights_digest` of ``model``, when the caller already has it (it hashes every
@@ -240,6 +261,7 @@ def share_key(model: DiffusionModel, f: int, r: int, seed: int, weights: str | N
         "timesteps": list(DISTINCT_TIMESTEPS),
         "draws": DISTINCT_DRAWS,
         "chunk": DISTINCT_CHUNK,
+        "margin": margin,
         "f": f,
         "r": r,
         "seed": seed,
@@ -249,35 +271,53 @@ def share_key(model: DiffusionModel, f: int, r: int, seed: int, weights: str | N
 
 
 def confused_share(
-    model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False, weights: str | None = None
+    model: DiffusionModel,
+    f: int,
+    r: int,
+    seed: int,
+    screen: bool = False,
+    weights: str | None = None,
+    margin: float = DISTINCT_MARGIN,
+    tolerance: float = DISTINCT_TOLERANCE,
 ) -> float:
     """The share of the model's own guided samples of class r that its diffusion classifier takes for f.
 
     Li et al. 2023, pairwise: a sample counts when its denoising error over a fixed grid of
-    timesteps and noise draws is lower under label f than under r. ``screen``: the share over the
-    chunks (:data:`DISTINCT_CHUNK`) up to the first that holds such a sample, which is enough to
-    rule r out; a share of 0.0 is always over all :data:`DISTINCT_SAMPLES`. Either answer is the
-    same whatever was measured before.
+    timesteps and noise draws under label f is below ``1 + margin`` times that under r
+    (:data:`DISTINCT_MARGIN`; at 0, when f explains it better at all). ``screen``: the share over the
+    chunks (:data:`DISTINCT_CHUNK`) up to the one that takes the count past ``tolerance`` of
+    :data:`DISTINCT_SAMPLES`, which is enough to rule r out; a share within the tolerance is always
+    over all of them. Either answer is the same whatever was measured before.
 
     A share is a property of the weights, so it is measured once per model and kept on disk
     (:func:`share_cache_dir`, keyed by :func:`share_key`) as the count of each chunk measured: a
     retried request, the next seed of a benchmark or another erasure from the same base reads it
-    back instead of sampling again, and a full measurement goes on from a screen's chunks. An
+    back instead of sampling again, and a longer measurement goes on from the chunks kept. An
     unreadable or inconsistent entry is measured again. ``weights``: as for :func:`share_key`.
     """
-    path = share_cache_dir() / f"{share_key(model, f, r, seed, weights)}.json"
+    allowed = int(tolerance * DISTINCT_SAMPLES + 1e-9)
+    path = share_cache_dir() / f"{share_key(model, f, r, seed, weights, margin)}.json"
     chunks = _cached_chunks(path)
-    if not _answers(chunks, screen):
-        chunks = chunks + measure_confused_share(model, f, r, seed, screen, start=len(chunks))
+    if not (len(chunks) == DISTINCT_CHUNKS or (screen and sum(chunks) > allowed)):
+        more = measure_confused_share(model, f, r, seed, screen, len(chunks), margin, allowed - sum(chunks))
+        chunks = chunks + more
         try:
             write_json(path, {"chunks": chunks, "f": f, "r": r})
         except OSError:
             pass  # a read-only home only costs the next run the measurement
-    return _share(chunks, screen)
+    if screen:
+        # Up to the chunk that took the count past the tolerance, wherever a longer measurement went.
+        total = 0
+        for i, count in enumerate(chunks):
+            total += count
+            if total > allowed:
+                chunks = chunks[: i + 1]
+                break
+    return round(sum(chunks) / min(len(chunks) * DISTINCT_CHUNK, DISTINCT_SAMPLES), 4)
 
 
 def _cached_chunks(path: Path) -> list[int]:
-    """A cache entry's per-chunk counts: all chunks, or zeros up to a first non-zero one (a screen)."""
+    """A cache entry's per-chunk counts: the first chunks of the measurement, or all of them."""
     try:
         chunks = json.loads(path.read_text())["chunks"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -286,40 +326,45 @@ def _cached_chunks(path: Path) -> list[int]:
         isinstance(chunks, list)
         and 0 < len(chunks) <= DISTINCT_CHUNKS
         and all(type(c) is int and 0 <= c <= DISTINCT_CHUNK for c in chunks)
-        and (len(chunks) == DISTINCT_CHUNKS or (chunks[-1] > 0 and not any(chunks[:-1])))
     )
     return chunks if ok else []
 
 
-def _answers(chunks: list[int], screen: bool) -> bool:
-    return len(chunks) == DISTINCT_CHUNKS or (screen and bool(chunks) and chunks[-1] > 0)
-
-
-def _share(chunks: list[int], screen: bool) -> float:
-    if screen:
-        first = next((i for i, c in enumerate(chunks) if c), None)
-        if first is not None:
-            chunks = chunks[: first + 1]
-    seen = min(len(chunks) * DISTINCT_CHUNK, DISTINCT_SAMPLES)
-    return round(sum(chunks) / seen, 4)
-
-
 def measure_confused_share(
-    model: DiffusionModel, f: int, r: int, seed: int, screen: bool = False, start: int = 0
+    model: DiffusionModel,
+    f: int,
+    r: int,
+    seed: int,
+    screen: bool = False,
+    start: int = 0,
+    margin: float = DISTINCT_MARGIN,
+    allowed: int = 0,
 ) -> list[int]:
     """:func:`confused_share` without the cache: the count of each chunk from chunk ``start`` on (all
-    of them, or up to the first non-zero one when ``screen``)."""
+    of them, or when ``screen``, up to the one that takes their sum past ``allowed``)."""
     counts = []
-    for count in share_chunks(model, f, r, seed, start):
+    for count in share_chunks(model, f, r, seed, start, margin):
         counts.append(count)
-        if screen and count:
+        if screen and sum(counts) > allowed:
             break
     return counts
 
 
+def share_chunks(
+    model: DiffusionModel, f: int, r: int, seed: int, start: int = 0, margin: float = DISTINCT_MARGIN
+) -> Iterator[int]:
+    """How many of each chunk of the model's guided samples of class r are taken for f (within
+    ``margin``, as :func:`confused_share` says), chunk ``start`` on."""
+    for _, error_f, error_r in pair_errors(model, f, r, seed, start):
+        yield int((error_f < (1 + margin) * error_r).sum())
+
+
 @torch.no_grad()
-def share_chunks(model: DiffusionModel, f: int, r: int, seed: int, start: int = 0) -> Iterator[int]:
-    """How many of each chunk of the model's guided samples of class r are taken for f, chunk ``start`` on.
+def pair_errors(
+    model: DiffusionModel, f: int, r: int, seed: int, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per chunk from chunk ``start`` on: the model's guided samples of class r, and each one's
+    denoising error under f and under r (mean over the classifier's timesteps and noise draws).
 
     The initial noise and the classifier's noise are drawn for all :data:`DISTINCT_SAMPLES` at once
     from ``seed``, and each chunk uses its slice: the chunks add up to the whole measurement (the
@@ -342,7 +387,7 @@ def share_chunks(model: DiffusionModel, f: int, r: int, seed: int, start: int = 
             noise = class_noise[:, :, lo:hi]
             return per_sample_denoising_error(model.unet, fp, x, cond, grid, DISTINCT_DRAWS, seed, noise=noise).mean(1)
 
-        yield int((error(f) < error(r)).sum())
+        yield x, error(f), error(r)
 
 
 def kept_mapping(
