@@ -115,15 +115,15 @@ def test_an_earlier_class_is_rerouted_to_its_own_nearest_distinct_class_not_alon
     assert target.mapping == chained_target.mapping  # this deletion's own destination is unchanged
     new = kept.target.mapping[3]
     assert new not in (3, 8, target.mapping[8]) and new in task.retained_labels
-    # Chosen by the base model's own confusion, as this deletion's destination is: a class it never
-    # takes for what it draws as 3 now, and the measurement is on the record.
-    assert kept.target.confusion[3][new] == 0.0
+    # Chosen by the base model's own confusion, as this deletion's destination is: a class it
+    # seldom takes for what it draws as 3 now, or nearly, and the measurement is on the record.
+    assert kept.target.confusion[3][new] <= targets.DISTINCT_TOLERANCE
     assert set(kept.labels.unique().tolist()) == {3}
     with pytest.raises(ConfigError, match="keep_forgotten_reroute must be one of chain, distinct"):
         make_unlearner("erasediff", {"keep_forgotten_reroute": "spread"}).resolved(task)
 
 
-def test_an_erased_class_goes_to_the_nearest_class_the_base_model_never_takes_for_it(digits, base_model, evaluator):
+def test_an_erased_class_goes_to_the_nearest_class_the_base_model_keeps_apart_from_it(digits, base_model, evaluator):
     # After 3 and 5, 8's nearest class by mean image is 1, and this base model draws some 1s that it
     # and a judge take for 8s. Sent onto 1, a flawless erasure of 8 read 0.079 by the successive
     # benchmark's judge (its floor there 0.108), and erasing 1 afterwards dragged 5 and 8 along to a
@@ -230,6 +230,35 @@ def test_a_measured_share_is_read_back_for_the_same_weights_only(base_model, tmp
     assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.1
 
 
+def test_a_screen_stops_past_the_tolerance_and_goes_on_from_the_kept_chunks(base_model, tmp_path, monkeypatch):
+    # The per-chunk counts stand in for the model (the sampling itself is tested above).
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
+    counts = {1: [2, 3, 0, 1], 2: [1, 1, 0, 2]}
+    drawn = []
+
+    def chunks(model, f, r, seed, start=0, margin=targets.DISTINCT_MARGIN):
+        for i in range(start, len(counts[r])):
+            drawn.append((r, i))
+            yield counts[r][i]
+
+    monkeypatch.setattr(targets, "share_chunks", chunks)
+    # With none allowed, the first chunk rules 1 out (2 of 50).
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True, tolerance=0.0) == 0.04
+    assert drawn == [(1, 0)]
+    # With 4 allowed, the screen goes on from the kept chunk and stops at the one past it (5 of 100).
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.05
+    assert drawn == [(1, 0), (1, 1)]
+    # Within the tolerance every chunk is measured (4 of 200), and the answer is that of all 200.
+    assert targets.confused_share(base_model, 8, 2, 0, screen=True) == 0.02
+    assert drawn[2:] == [(2, 0), (2, 1), (2, 2), (2, 3)]
+    # The full measurement goes on from the kept chunks, and each screen's answer stays what it was.
+    assert targets.confused_share(base_model, 8, 1, 0) == 0.03
+    assert drawn[6:] == [(1, 2), (1, 3)]
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True, tolerance=0.0) == 0.04
+    assert targets.confused_share(base_model, 8, 1, 0, screen=True) == 0.05
+    assert len(drawn) == 8
+
+
 def test_when_every_candidate_is_confused_the_least_confused_wins_on_full_shares(base_model, tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
     # Screened, 1 (6 of its first 100) looks less confused than 2 (5 of 50); measured in full, 2 is.
@@ -308,6 +337,9 @@ def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_
             dataclasses.replace(cfg, keep_forgotten_weight=bad).validate()
         with pytest.raises(ConfigError, match="distinct_margin must be a number >= 0"):
             dataclasses.replace(cfg, distinct_margin=bad).validate()
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="distinct_tolerance must be a share in"):
+            dataclasses.replace(cfg, distinct_tolerance=bad).validate()
 
 
 def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, base_model):

@@ -196,7 +196,7 @@ class EraseDiffConfig(CommonConfig):
     # unless the base model's denoising error under f is at least (1 + margin) times that under r,
     # and r is distinct when at most `distinct_tolerance` of its samples count. Both 0 is the rule
     # before 2026-12-06 (no sample the model prefers f for): it sent 8 onto 1, whose samples the
-    # judge reads as 8 at 0.028-0.095, on 3 of 5 CLI sequences, and 5 onto 9 (0.021-0.059) on 2
+    # judge reads as 8 at 0.047-0.095 there, on 3 of 5 CLI sequences, and 5 onto 9 (0.027-0.033) on 2
     # (benchmarks/README.md, "A margin in the destination check").
     distinct_margin: float = DISTINCT_MARGIN
     distinct_tolerance: float = DISTINCT_TOLERANCE
