@@ -36,6 +36,11 @@ CLASS3 = ForgetTargets.build(labels=[3])
 # A class erasure's gate still reads more samples of the forgotten class than the grid holds
 # (120 against 40), from the audit's own stream.
 PARAMS = dict(samples_per_class=40, extraction_samples=250, sampling_steps=15, forgotten_samples=120)
+# The class audits whose utility gates are asserted sample with the audit's own 25 steps. At 15 the
+# suite base's retained FID rose 1.64-2.44x for 3 erased onto 2 (the default destination) and
+# 1.21-1.41x onto 8, on the same models that read 1.19-1.32x and 0.84-0.98x at 25 steps (40 samples
+# per class, four seeds; benchmarks/README.md, "What a farther destination costs").
+CLASS_AUDIT = dict(sampling_steps=25)
 
 
 def params(**kw) -> AuditParams:
@@ -192,11 +197,11 @@ def test_erasing_the_class_fails_a_record_deletion(base_model_dir, digits_dir, e
 def class3_audit(base_model_dir, digits_dir, evaluator_dir, class3_model_dir, tmp_path_factory):
     """The audit of EraseDiff's class-3 erasure: the scenario, loosened-settings and more-samples tests read it."""
     out = tmp_path_factory.mktemp("class3") / "good"
-    return audit(base_model_dir, class3_model_dir, digits_dir, CLASS3, out, evaluator_dir)
+    return audit(base_model_dir, class3_model_dir, digits_dir, CLASS3, out, evaluator_dir, **CLASS_AUDIT)
 
 
 def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, class3_audit, tmp_path):
-    base = audit(base_model_dir, base_model_dir, digits_dir, CLASS3, tmp_path / "base", evaluator_dir)
+    base = audit(base_model_dir, base_model_dir, digits_dir, CLASS3, tmp_path / "base", evaluator_dir, **CLASS_AUDIT)
     mb = {x.name: x for x in base.metrics}
     assert not base.passed and mb["forgotten_probability"].passed is False
     good = class3_audit
@@ -264,7 +269,9 @@ def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, 
 
     back = audit(parent, canary_model_dir, tmp_path / "served", CANARY, tmp_path / "back", tmp_path / "judge")
     m = {x.name: x for x in back.metrics}["earlier_erasure_drop"]
-    assert not back.passed and m.passed is False and m.value > 0.5, m.details
+    # Not a fall to 0: a judge that never saw a 3 reads many genuine 3s as the destination (with 3
+    # sent onto 2, about 70% of them here), so the share falls only by what the judge can tell apart.
+    assert not back.passed and m.passed is False and m.value > AuditParams().max_earlier_erasure_drop, m.details
     assert m.details["classes"]["3"]["destination"] == three["destination"]
     report = (tmp_path / "back" / "report.md").read_text()
     assert f"class 3, erased earlier, is drawn as {three['destination']} in" in report
@@ -517,7 +524,8 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
 
     # A gate below what a flawless erasure reads (the judge's floor) moves up to the floor plus the
     # margin; the move is written on the metric, in the report and, for a wider margin, as relaxed.
-    # The calibrated judge gives the base's own 9s about 0.0004 of 3 here, so the gate goes lower.
+    # The calibrated judge gives the base's own 2s (where 3 goes) about 3e-5 of 3 here, so the gate
+    # is 0: below any floor.
     res = audit(
         base_model_dir,
         models["class3"],
@@ -525,13 +533,14 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
         CLASS3,
         tmp_path / "a",
         evaluator_dir,
-        max_forgotten_probability=0.0001,
+        max_forgotten_probability=0.0,
         forgotten_probability_floor_margin=0.05,
+        **CLASS_AUDIT,
     )
     m = {x.name: x for x in res.metrics}
     p, floor = m["forgotten_probability"], m["forgotten_probability_floor"]
-    assert floor.details["destination_share"]["3"] >= 0.5 and floor.value > 0.0001
-    assert p.threshold == {"op": "<=", "value": pytest.approx(floor.value + 0.05), "gate": 0.0001,
+    assert floor.details["destination_share"]["3"] >= 0.5 and floor.value > 0.0
+    assert p.threshold == {"op": "<=", "value": pytest.approx(floor.value + 0.05), "gate": 0.0,
                            "floor": floor.value, "margin": 0.05,
                            "labels": {"3": {"probability": pytest.approx(p.value), "floor": floor.value,
                                             "limit": pytest.approx(floor.value + 0.05)}}}  # fmt: skip
@@ -539,7 +548,7 @@ def test_a_class_erasure_is_judged_against_the_judges_floor_only_when_the_gate_l
     assert res.record["relaxed"]["forgotten_probability_floor_margin"] == {"used": 0.05, "default": 0.02}
     validate_record(res.record)
     rule = next(r[5] for r in metric_rows(res.record) if r[0] == "forgotten_probability")
-    assert rule == f"<= {floor.value + 0.05:.3g} (floor {floor.value:.3g} + 0.05; gate 0.0001)"
+    assert rule == f"<= {floor.value + 0.05:.3g} (floor {floor.value:.3g} + 0.05; gate 0)"
     assert "class 3 was judged against the judge's floor" in (tmp_path / "a" / "report.md").read_text()
 
     def regate(value: float, share: float | None = None, **kw) -> object:
@@ -612,7 +621,7 @@ def test_the_class_gate_reads_more_samples_of_the_forgotten_class_and_says_when_
     assert p.samples == 120 and u.figures["forgotten_samples"] == 120
     _, grid = u.class_samples.for_class(3)
     assert len(grid) == PARAMS["samples_per_class"]  # the grid every other figure reads is unchanged
-    ps = params()
+    ps = params(**CLASS_AUDIT)
     more = sample(
         DiffusionModel.load(models["class3"]), [3] * 80, steps=ps.sampling_steps, seed=ps.stream_seed("forgotten")
     )

@@ -132,8 +132,7 @@ def test_an_erased_class_goes_to_the_nearest_class_the_base_model_keeps_apart_fr
     task = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[8])), parent)
     nearest, _ = _targets_of(task, remap_to="nearest-class")
     assert nearest.mapping == {8: 1}
-    margin = {"distinct_margin": targets.DISTINCT_MARGIN, "distinct_tolerance": targets.DISTINCT_TOLERANCE}
-    target, _ = _targets_of(task, **margin)
+    target, _ = _targets_of(task)  # the defaults: the margin and the tolerance
     assert target.mode == "nearest-distinct"
     dest, tried = target.mapping[8], target.confusion[8]
     # Candidates are tried nearest first; the first of whose samples the model takes at most 2% for
@@ -144,7 +143,7 @@ def test_an_erased_class_goes_to_the_nearest_class_the_base_model_keeps_apart_fr
     assert all(v > tolerance for r, v in tried.items() if r != dest)
     assert target.describe()["confusion"]["8"] == {str(r): v for r, v in tried.items()}
     # The run's seed does not move it: the destination is the base model's and the classes'.
-    again, _ = _targets_of(task, seed=SEED + 5, **margin)
+    again, _ = _targets_of(task, seed=SEED + 5)
     assert again.mapping == target.mapping
     # The judge, which the method never consults, sees the difference on the base model's own samples.
     samples = generate_class_samples(base_model, evaluator, 100, seed=SEED, classes=[1, dest])
@@ -341,6 +340,8 @@ def test_each_earlier_class_weighs_as_much_as_the_class_erased_now(digits, base_
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ConfigError, match="distinct_tolerance must be a share in"):
             dataclasses.replace(cfg, distinct_tolerance=bad).validate()
+    # The destination check's defaults are the measured ones, which the library's functions default to.
+    assert (cfg.distinct_margin, cfg.distinct_tolerance) == (targets.DISTINCT_MARGIN, targets.DISTINCT_TOLERANCE)
 
 
 def test_keep_forgotten_compares_guided_predictions_as_sampling_does(digits, base_model):

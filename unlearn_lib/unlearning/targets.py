@@ -61,7 +61,7 @@ DISTINCT_DRAWS = 2
 # fall within 20%, against 0-1.5% of the 2s, 4s and 7s (on all five parents), which the judge reads
 # as 8 at 0.011 or less. It also rules out some the judge reads low (9s: 0.10-0.36 within, read as 8 at 0.008-0.034);
 # the cost is a farther destination (benchmarks/README.md, "A margin in the destination check").
-# EraseDiff's `distinct_margin` is 0 unless set (this value is the one measured).
+# EraseDiff's default `distinct_margin`.
 DISTINCT_MARGIN = 0.2
 # The share of a candidate's samples that may fall within the margin: up to 4 of 200. With none
 # allowed, a class is ruled out by one sample in the tail, and on the demo's base every candidate
