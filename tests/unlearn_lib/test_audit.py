@@ -36,10 +36,11 @@ CLASS3 = ForgetTargets.build(labels=[3])
 # A class erasure's gate still reads more samples of the forgotten class than the grid holds
 # (120 against 40), from the audit's own stream.
 PARAMS = dict(samples_per_class=40, extraction_samples=250, sampling_steps=15, forgotten_samples=120)
-# The class audits whose utility gates are asserted sample with the audit's own 25 steps. At 15 the
-# suite base's retained FID rose 1.64-2.44x for 3 erased onto 2 (the default destination) and
-# 1.21-1.41x onto 8, on the same models that read 1.19-1.32x and 0.84-0.98x at 25 steps (40 samples
-# per class, four seeds; benchmarks/README.md, "What a farther destination costs").
+# The audits of an erased class whose utility gates are asserted sample with the audit's own 25
+# steps (an audit of a model against itself reads 1.0 at any). At 15 the suite base's retained FID
+# rose about 2x for 3 erased onto 2 (the default destination) and 1.3x onto 8, on the same models
+# that read about 1.2x and 0.9x at 25 steps (four draws; benchmarks/README.md, "What a farther
+# destination costs").
 CLASS_AUDIT = dict(sampling_steps=25)
 
 
@@ -504,10 +505,11 @@ def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
         tmp_path / "beyond",
         evaluator_dir,
         max_forgotten_probability=0.5,
+        **CLASS_AUDIT,
     )
     m = {x.name: x for x in beyond.metrics}
     assert not beyond.passed and m["settings_beyond_hard_limits"].passed is False
-    assert m["forgotten_probability"].passed  # every real gate passed
+    assert [x.name for x in beyond.metrics if x.passed is False] == ["settings_beyond_hard_limits"]
     assert "max_forgotten_probability=0.5 (limit 0.2)" in m["settings_beyond_hard_limits"].description
     assert HARD_LIMITS["max_extracted"] == 0
     validate_record(beyond.record)

@@ -199,7 +199,7 @@ class EraseDiffConfig(CommonConfig):
     # on 3 of 5 CLI sequences, and 5 onto 9 (0.027-0.033) on 2; with 0.2 and 0.02 (the defaults,
     # DISTINCT_MARGIN and DISTINCT_TOLERANCE) the sequence held on 5 of 5. The price: a farther
     # destination can cost retained quality. On the suite's base 3 goes onto 2, not 8, and the
-    # retained classes' FID rose 1.15-1.32x (onto 8: 0.83-0.98x) at the audit's 25 sampling steps
+    # retained classes' FID was about 1.2x the base's (onto 8: about 0.9x) at the audit's 25 steps
     # (benchmarks/README.md, "A margin in the destination check").
     distinct_margin: float = DISTINCT_MARGIN
     distinct_tolerance: float = DISTINCT_TOLERANCE
@@ -294,8 +294,8 @@ class EraseDiffConfig(CommonConfig):
     # 2026-12-05: `make demo`'s class request (3 -> 9, after the canary deletion, on the base `dvc
     # repro` trains) failed its audit at 0.053 with 0 here; over 5 unlearning seeds, 5 draws each,
     # P(3) read 0.025-0.073 (two seeds above the gate's 0.05) with 0, 0.032-0.047 with 1, and
-    # 0.030-0.054 with 3. On the suite's base (3 -> 8) 1 keeps the class bar (0.005-0.012).
-    # benchmarks/README.md, "The demo's class request". ~50% more time per step.
+    # 0.030-0.054 with 3. On the suite's base (3 -> 8, before the destination margin) 1 kept the
+    # class bar (0.005-0.012). benchmarks/README.md, "The demo's class request". ~50% more time per step.
     destination_weight: float = 1.0
     # When the term applies. first: only while no earlier erased class is kept forgotten (the
     # lineage's first class erasure); always: on every class erasure. In a successive sequence by
