@@ -96,7 +96,8 @@ def main() -> None:
     judges: dict[tuple[int, ...], Evaluator] = {}
 
     def judge(erased: list[int]) -> Evaluator:
-        # As the pipeline's: fitted on the served data, which no longer holds the erased classes.
+        # The pipeline's recipe on the data without every erased class, the one erased now included
+        # (the pipeline's own judge of a class request still knows that class: a difference).
         key = tuple(sorted(erased))
         if key not in judges:
             ledger = scratch / f"ledger-{'-'.join(map(str, key))}.jsonl"
@@ -124,7 +125,7 @@ def main() -> None:
     def compare(parent: tuple, child_version: str, erased_now: list[int], kind: str) -> dict[str, Any]:
         version, earlier, _ = parent
         earlier = [c for c in earlier if c not in erased_now]
-        # The judge of the child's request: fitted without every class erased up to it.
+        # One judge per child: fitted without every class erased up to and including it.
         erased = sorted(set(earlier) | set(erased_now))
         b, u = draw(version, erased), draw(child_version, erased)
         kept = [c for c in range(10) if c not in erased]
