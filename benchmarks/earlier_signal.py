@@ -1,21 +1,29 @@
 """Could a later audit tell more surely that a class erased earlier has come back?
 
 The audit's ``earlier_erasure_drop`` reads, for each class c the parent's lineage erased, the fall
-in the share of c's samples that a judge fitted on the served data (it never saw c) reads as c's
-destination d. With 3 sent onto 2 such a judge reads about 70% of genuine 3s as 2, so a model in
-which 3 came back only reads a drop of ~0.28 (gate 0.2). This script measures that signal beside
-two others on the models of a successive-deletions run through the pipeline
-(``bench_successive.py --path pipeline``), for two kinds of pairs:
+in the share of c's samples that its judge (fitted on the served data: it never saw c) reads as
+c's destination d. With 3 sent onto 2 such a judge reads about 70% of genuine 3s as 2, so a model
+in which 3 came back may read a drop of only ~0.28 (gate 0.2). This script runs that gate (the
+audit's own ``_earlier_erasures``, its skip rules included) beside two other signals on the models
+of a successive-deletions run through the pipeline (``bench_successive.py --path pipeline``), for
+two kinds of pairs:
 
 * legitimate: each request that moved production, its parent against its child (what the audit
   must pass);
 * came back: every production version that has erased a class against the run's base (v1), in
   which every class erased since is back (what the audit must fail).
 
+The judge is the pipeline's recipe on the data the pipeline serves at that request: without the
+classes and the subject the lineage deleted before, the class erased now still in it (the
+pipeline's class-request judge knows the class it erases); a subject request's judge is fitted
+without the subject.
+
 Signals, per earlier class c (samples of parent and child from the same noise, the audit's own
 sampler and seed):
 
-* ``share_drop``: the audit's (argmax share of d, parent minus child);
+* ``share_drop``: the audit's (argmax share of d, parent minus child); ``audit_passed`` is its gate.
+  A class the audit skips (its destination is the class erased now; the base draws it as no one
+  class) still gets the three readings against its most common known class, marked ``not_checked``;
 * ``prob_drop``: the judge's mean probability of d, parent minus child;
 * ``paired_ratio``: the median distance between each parent sample under c and the child's sample
   from the same noise, over the same median for the classes both models keep (how much a
@@ -33,43 +41,50 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
-from unlearn_lib.audit import generate_class_samples
+from unlearn_lib.audit.efficacy import ClassSamples
 from unlearn_lib.audit.evaluator import Evaluator, train_evaluator
 from unlearn_lib.audit.gates import AuditParams
+from unlearn_lib.audit.run import ModelMeasurements, _earlier_erasures
+from unlearn_lib.data import DigitsConfig
 from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
+from unlearn_lib.models.sampling import class_grid_labels, sample
 
 
-def lineage(run: dict[str, Any]) -> list[tuple[str, list[int], list[int]]]:
-    """(production version, classes its lineage erased, classes erased by the request that made it),
-    base first, for every request that moved production."""
-    out = [(str(run["base"]["version"]), [], [])]
+@dataclass(frozen=True)
+class Node:
+    version: str
+    erased: tuple[int, ...]  # every class its lineage erased
+    erased_now: tuple[int, ...]  # the class the request that made it erased (none for the subject)
+    subject_deleted: bool  # its lineage deleted the canary subject
+
+
+def lineage(run: dict[str, Any]) -> list[Node]:
+    """Every production version of the run, base first: one per request that moved production."""
+    out = [Node(str(run["base"]["version"]), (), (), False)]
     for step in run["steps"]:
         if not step.get("production_moved"):
             continue
-        now = [] if step["erased"] == "subject" else [int(step["erased"])]
-        out.append((str(step["production_version"]), out[-1][1] + now, now))
+        last = out[-1]
+        subject = step["erased"] == "subject"
+        now = () if subject else (int(step["erased"]),)
+        out.append(Node(str(step["production_version"]), last.erased + now, now, last.subject_deleted or subject))
     return out
 
 
-def signals(
-    pb: torch.Tensor, pu: torch.Tensor, xb: torch.Tensor, xu: torch.Tensor, known: list[int], kept_dist: float
+def extra_signals(
+    pb: torch.Tensor, pu: torch.Tensor, xb: torch.Tensor, xu: torch.Tensor, d: int, kept_dist: float
 ) -> dict[str, Any]:
-    pred_b, pred_u = pb.argmax(-1), pu.argmax(-1)
-    counts = torch.tensor([int((pred_b == k).sum()) for k in known])
-    d = known[int(counts.argmax())]
-    share_b, share_u = float((pred_b == d).float().mean()), float((pred_u == d).float().mean())
+    """What the audit does not read: the judge's probability of ``d`` and the paired sample distance."""
     dist = float((xb - xu).flatten(1).norm(dim=1).median())
     return {
-        "destination": d,
-        "base_share": round(share_b, 3),
-        "share_drop": round(share_b - share_u, 3),
         "prob_drop": round(float(pb[:, d].mean() - pu[:, d].mean()), 3),
         "paired_distance": round(dist, 3),
         "paired_ratio": round(dist / kept_dist, 2) if kept_dist > 0 else None,
@@ -87,80 +102,115 @@ def main() -> None:
         raise SystemExit(f"{args.run}: not a pipeline run (path {run.get('path')!r})")
     work = Path(args.workdir)
     chain = lineage(run)
-    missing = [v for v, _, _ in chain if not (work / "versions" / f"v{v}").is_dir()]
+    missing = [n.version for n in chain if not (work / "versions" / f"v{n.version}").is_dir()]
     if missing:
         raise SystemExit(f"{work}/versions lacks v{', v'.join(missing)}")
     params = AuditParams()
     t0 = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="earlier-signal-"))
-    judges: dict[tuple[int, ...], Evaluator] = {}
+    judges: dict[tuple[tuple[int, ...], bool], Evaluator] = {}
 
-    def judge(erased: list[int]) -> Evaluator:
-        # The pipeline's recipe on the data without every erased class, the one erased now included
-        # (the pipeline's own judge of a class request still knows that class: a difference).
-        key = tuple(sorted(erased))
+    def judge(classes: tuple[int, ...], subject: bool) -> Evaluator:
+        # The pipeline's recipe on the data it serves: without the classes and the subject the
+        # lineage deleted before. As the pipeline's, a class request's judge still knows the class
+        # it erases (compliance/steps.py::audit); the subject's request's is fitted without it.
+        key = (tuple(sorted(classes)), subject)
         if key not in judges:
-            ledger = scratch / f"ledger-{'-'.join(map(str, key))}.jsonl"
-            ledger.write_text(json.dumps({"targets": {"labels": list(key)}}) + "\n")
-            served, _ = purge_dataset(work / "data", ledger, scratch / f"served-{'-'.join(map(str, key))}")
+            name = "-".join(map(str, key[0])) + ("-subject" if subject else "")
+            lines = [{"targets": {"labels": list(key[0])}}] if key[0] else []
+            if subject:
+                lines.append({"targets": {"subject_ids": [DigitsConfig().canary_subject]}})
+            ledger = scratch / f"ledger-{name}.jsonl"
+            ledger.write_text("".join(json.dumps(x) + "\n" for x in lines))
+            served, _ = purge_dataset(work / "data", ledger, scratch / f"served-{name}")
             judges[key] = train_evaluator(served, progress=False)
         return judges[key]
 
-    samples: dict[tuple[str, tuple[int, ...]], Any] = {}
+    images: dict[str, torch.Tensor] = {}
+    classes = list(range(10))
 
-    def draw(version: str, erased: list[int]) -> Any:
-        key = (version, tuple(sorted(erased)))
-        if key not in samples:
+    def measured(version: str, ev: Evaluator) -> ModelMeasurements:
+        # One draw per version (the audit's sampler and seed), scored by each judge that reads it.
+        if version not in images:
             model = DiffusionModel.load(work / "versions" / f"v{version}")
-            samples[key] = generate_class_samples(
-                model,
-                judge(erased),
-                params.samples_per_class,
-                steps=params.sampling_steps,
-                guidance_scale=params.guidance_scale,
-                seed=params.seed,
+            labels = class_grid_labels(model, params.samples_per_class, classes)
+            images[version] = sample(
+                model, labels, steps=params.sampling_steps, guidance_scale=params.guidance_scale, seed=params.seed
             )
-        return samples[key]
+        x = images[version]
+        cs = ClassSamples(classes, params.samples_per_class, x, ev.predict_proba(x))
+        return ModelMeasurements(role="", path=f"v{version}", sha256="", class_samples=cs)
 
-    def compare(parent: tuple, child_version: str, erased_now: list[int], kind: str) -> dict[str, Any]:
-        version, earlier, _ = parent
-        earlier = [c for c in earlier if c not in erased_now]
-        # One judge per child: fitted without every class erased up to and including it.
-        erased = sorted(set(earlier) | set(erased_now))
-        b, u = draw(version, erased), draw(child_version, erased)
-        kept = [c for c in range(10) if c not in erased]
-        known = sorted(set(kept) | set(erased_now))
-        kept_dist = float((b.images_of(kept) - u.images_of(kept)).flatten(1).norm(dim=1).median())
-        per_class = {}
+    def compare(parent: Node, child: Node, kind: str) -> dict[str, Any]:
+        # As the audit of the request that made ``child`` reads it, against ``parent``; a "came back"
+        # pair has ``child`` the run's base: a next request's audit, were every class back.
+        now = list(child.erased_now) if kind == "legitimate" else []
+        earlier = [c for c in parent.erased if c not in now]
+        subject = child.subject_deleted if kind == "legitimate" else parent.subject_deleted
+        ev = judge(tuple(earlier), subject)
+        b, u = measured(parent.version, ev), measured(child.version, ev)
+        kept = [c for c in classes if c not in set(earlier) | set(now)]
+        assert b.class_samples is not None and u.class_samples is not None
+        kept_dist = float(
+            (b.class_samples.images_of(kept) - u.class_samples.images_of(kept)).flatten(1).norm(dim=1).median()
+        )
+        m = _earlier_erasures(u, b, earlier, now, kept, params)
+        assert m is not None
+        checked, skipped = m.details["classes"], m.details["not_checked"]
+        known = sorted(set(kept) | set(now))
+        per_class: dict[str, Any] = {}
         for c in earlier:
-            xb, pb = b.for_class(c)
-            xu, pu = u.for_class(c)
-            per_class[str(c)] = signals(pb, pu, xb, xu, known, kept_dist)
-            # The audit does not check these: the class follows the chain to a new destination.
-            per_class[str(c)]["destination_erased_now"] = per_class[str(c)]["destination"] in erased_now
+            xb, pb = b.class_samples.for_class(c)
+            xu, pu = u.class_samples.for_class(c)
+            if str(c) in checked:
+                x = checked[str(c)]
+                row = {
+                    "destination": x["destination"],
+                    "base_share": round(x["base_share"], 3),
+                    "share_drop": round(x["drop"], 3),
+                }
+            else:
+                # Not checked by the audit: the other signals still read against the base's most
+                # common known class, so the table shows what a skip hides.
+                pred_b = pb.argmax(-1)
+                d = known[int(torch.tensor([int((pred_b == k).sum()) for k in known]).argmax())]
+                share_b, share_u = float((pred_b == d).float().mean()), float((pu.argmax(-1) == d).float().mean())
+                row = {
+                    "destination": d,
+                    "base_share": round(share_b, 3),
+                    "share_drop": round(share_b - share_u, 3),
+                    "not_checked": skipped[str(c)],
+                }
+            per_class[str(c)] = row | extra_signals(pb, pu, xb, xu, row["destination"], kept_dist)
         return {
             "kind": kind,
-            "parent": version,
-            "child": child_version,
-            "erased_now": erased_now,
+            "parent": parent.version,
+            "child": child.version,
+            "erased_now": now,
+            "judge_without": {"classes": earlier, "subject": subject},
             "kept_paired_distance": round(kept_dist, 3),
+            "audit_drop": None if m.value is None else round(m.value, 3),
+            "audit_passed": m.passed,
             "classes": per_class,
         }
 
     pairs = []
-    for i in range(1, len(chain)):
-        if chain[i - 1][1]:
-            pairs.append(compare(chain[i - 1], chain[i][0], chain[i][2], "legitimate"))
+    for parent, child in zip(chain, chain[1:], strict=False):
+        if parent.erased:
+            pairs.append(compare(parent, child, "legitimate"))
     for node in chain[1:]:
-        pairs.append(compare(node, chain[0][0], [], "came back"))
+        pairs.append(compare(node, chain[0], "came back"))
     for p in pairs:
         row = ", ".join(
             f"{c}->{s['destination']}: share {s['share_drop']:+.3f} prob {s['prob_drop']:+.3f} "
-            f"paired {s['paired_ratio']}x"
-            + (" (not checked: its destination is erased now)" if s["destination_erased_now"] else "")
+            f"paired {s['paired_ratio']}x" + (f" (not checked: {s['not_checked']})" if "not_checked" in s else "")
             for c, s in p["classes"].items()
         )
-        print(f"{p['kind']:>10}: v{p['parent']} -> v{p['child']} (erased now {p['erased_now']}): {row}", flush=True)
+        verdict = "pass" if p["audit_passed"] else "FAIL" if p["audit_passed"] is False else "no gate"
+        print(
+            f"{p['kind']:>10}: v{p['parent']} -> v{p['child']} (erased now {p['erased_now']}; audit {verdict}): {row}",
+            flush=True,
+        )
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     out = {
         "machine": machine(),
