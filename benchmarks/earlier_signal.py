@@ -129,7 +129,7 @@ def main() -> None:
     images: dict[str, torch.Tensor] = {}
     classes = list(range(DiffusionModel.load(work / "versions" / f"v{chain[0].version}").meta.num_classes))
 
-    def measured(version: str, ev: Evaluator) -> ModelMeasurements:
+    def measured(version: str, ev: Evaluator) -> ClassSamples:
         # One draw per version (the audit's sampler and seed), scored by each judge that reads it.
         if version not in images:
             model = DiffusionModel.load(work / "versions" / f"v{version}")
@@ -138,8 +138,7 @@ def main() -> None:
                 model, labels, steps=params.sampling_steps, guidance_scale=params.guidance_scale, seed=params.seed
             )
         x = images[version]
-        cs = ClassSamples(classes, params.samples_per_class, x, ev.predict_proba(x))
-        return ModelMeasurements(role="", path=f"v{version}", sha256="", class_samples=cs)
+        return ClassSamples(classes, params.samples_per_class, x, ev.predict_proba(x))
 
     def compare(parent: Node, child: Node, kind: str) -> dict[str, Any]:
         # As the audit of the request that made ``child`` reads it, against ``parent``; a "came back"
@@ -150,18 +149,23 @@ def main() -> None:
         ev = judge(tuple(earlier), subject)
         b, u = measured(parent.version, ev), measured(child.version, ev)
         kept = [c for c in classes if c not in set(earlier) | set(now)]
-        kept_dist = float(
-            (b.class_samples.images_of(kept) - u.class_samples.images_of(kept)).flatten(1).norm(dim=1).median()
+        kept_dist = float((b.images_of(kept) - u.images_of(kept)).flatten(1).norm(dim=1).median())
+        m = _earlier_erasures(
+            ModelMeasurements(role="unlearned", path=f"v{child.version}", sha256="", class_samples=u),
+            ModelMeasurements(role="base", path=f"v{parent.version}", sha256="", class_samples=b),
+            earlier,
+            now,
+            kept,
+            params,
         )
-        m = _earlier_erasures(u, b, earlier, now, kept, params)
-        if m is None or b.class_samples is None or u.class_samples is None:
+        if m is None:
             raise SystemExit(f"v{parent.version} -> v{child.version}: the audit checks no earlier class here")
         checked, skipped = m.details["classes"], m.details["not_checked"]
         known = sorted(set(kept) | set(now))
         per_class: dict[str, Any] = {}
         for c in earlier:
-            xb, pb = b.class_samples.for_class(c)
-            xu, pu = u.class_samples.for_class(c)
+            xb, pb = b.for_class(c)
+            xu, pu = u.for_class(c)
             if str(c) in checked:
                 x = checked[str(c)]
                 row = {
