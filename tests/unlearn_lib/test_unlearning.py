@@ -446,9 +446,21 @@ SAMPLED = {
 }
 
 
-@pytest.mark.parametrize("extra", [{}, SAMPLED], ids=["defaults", "sampled-states"])
-def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch, extra):
+# The records anchor's pool is drawn once, from the parent, with seed 7 (seed 0 * 1_000_003 + 7):
+# resumed, the run must go on with the checkpointed pool, not draw it again.
+ANCHORED = {"records_anchor_weight": 1, "records_anchor_samples": 4, "records_anchor_steps": 3}
+
+
+@pytest.mark.parametrize(
+    ("extra", "drawn"),
+    [({}, []), (SAMPLED, [0, 2, 4, 0, 2, 4]), (ANCHORED, [7, 7])],
+    ids=["defaults", "sampled-states", "records-anchor"],
+)
+def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch, extra, drawn):
     opts = {"steps": 6, "checkpoint_every": 3, **extra}
+    if extra is ANCHORED:
+        # As after a record deletion of 7s whose records the dataset no longer holds.
+        class_task = dataclasses.replace(class_task, erased_record_labels=[7])
     from unlearn_lib.unlearning import erasediff
 
     # The steps each pool was drawn at (its seed is seed * 1_000_003 + step; seed 0 here).
@@ -461,6 +473,7 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch
 
     monkeypatch.setattr(erasediff, "trajectory_states", recorded)
     straight = make_unlearner("erasediff", opts).run(class_task, progress=False)
+    assert ("records_anchor" in straight.config["resolved_target"]) == (extra is ANCHORED)
     # Simulate a preempted pod: a run that dies after its step-3 checkpoint.
     from unlearn_lib.unlearning import loop as loop_mod
 
@@ -490,8 +503,9 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch
         assert torch.allclose(v, resumed.model.unet.state_dict()[k], atol=1e-6), k
     assert resumed.history["loss_r"] == pytest.approx(straight.history["loss_r"], rel=1e-5)
     # Sampled states: drawn at 0, 2 and 4 straight; 0 and 2 before the kill; after resuming at 3 the
-    # pool drawn at 2 goes on, and the next is drawn at 4.
-    assert drawn_at == ([0, 2, 4, 0, 2, 4] if extra else [])
+    # pool drawn at 2 goes on, and the next is drawn at 4. The anchor's: once straight, once before
+    # the kill, never after resuming.
+    assert drawn_at == drawn
 
 
 def test_neggrad_raises_the_forget_loss(class_task):

@@ -29,6 +29,17 @@ def erased_labels(deletions: list[dict[str, Any]]) -> list[int]:
     return sorted(out)
 
 
+def record_deletion_labels(deletions: list[dict[str, Any]]) -> list[int]:
+    """The labels the records of earlier record (and subject) deletions carried, outside the classes
+    erased as classes. Entries written before 2026-12-06 do not record them: none from those."""
+    gone = set(erased_labels(deletions))
+    out: set[int] = set()
+    for d in deletions:
+        if d.get("scope") != "class":
+            out.update(int(c) for c in d.get("record_labels", []) if int(c) >= 0)
+    return sorted(out - gone)
+
+
 def deletion_targets(entry: dict[str, Any]) -> ForgetTargets:
     """What one lineage entry asked to delete."""
     t = entry.get("targets", {})

@@ -55,6 +55,11 @@ regressed onto its retained look-alikes, as a record deletion's forgetting loss 
 **Sampled states** (``sampled_states_weight``, off by default): the class erased now is also
 regressed at the states of guided DDIM trajectories the model being unlearned draws under its label
 (redrawn every ``sampled_states_every`` steps), onto the base's prediction under the destination.
+
+**Records anchor** (``records_anchor_weight``, off by default): after a record deletion, the labels
+its records carried (the lineage's ``record_labels``) are held at the parent's own guided sampling
+states under them, onto the parent's predictions, so that a later erasure on data purged of the
+records (the pipeline's) cannot drift back toward them unseen.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ from accelerate.utils import broadcast, broadcast_object_list
 
 from ..data.tensors import to_model_space, to_uint8
 from ..errors import ConfigError, StopNotLanded
-from ..models.objectives import drop_labels
+from ..models.objectives import drop_labels, predict_eps
 from ..models.sampling import sample, trajectory_states
 from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
 from .calibration import RULES, CalibratedStop, ExtractionCheck
@@ -332,6 +337,18 @@ class EraseDiffConfig(CommonConfig):
     sampled_states_every: int = 25
     sampled_states_samples: int = 64
     sampled_states_steps: int = 25
+    # Labels whose records earlier record (or subject) deletions removed (the lineage's
+    # ``record_labels``: the canary subject's 7s) keep the parent's behaviour: the parent's own
+    # guided DDIM trajectories under them (``records_anchor_samples`` of ``records_anchor_steps``
+    # states, drawn once) are a batch where the model's prediction (with the forgetting loss's label
+    # dropout) is regressed onto the parent's, weighing this much relative to this deletion's
+    # forgetting loss (0: off). The parent passed its audit without those records; on data purged
+    # of them (the pipeline's) ``keep_forgotten_records_weight`` has nothing to hold, and by the
+    # pipeline a later class erasure brought the subject's images back (benchmarks/README.md,
+    # "Through the pipeline, unlearning seed 1").
+    records_anchor_weight: float = 0.0
+    records_anchor_samples: int = 64
+    records_anchor_steps: int = 25
 
     def validate(self) -> None:
         filled = dataclasses.replace(
@@ -394,6 +411,13 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(
                 "sampled_states_every, sampled_states_samples and sampled_states_steps must be >= 1, got "
                 f"{self.sampled_states_every}, {self.sampled_states_samples}, {self.sampled_states_steps}"
+            )
+        if not (math.isfinite(self.records_anchor_weight) and self.records_anchor_weight >= 0):
+            raise ConfigError(f"records_anchor_weight must be a number >= 0, got {self.records_anchor_weight}")
+        if self.records_anchor_samples < 1 or self.records_anchor_steps < 1:
+            raise ConfigError(
+                "records_anchor_samples and records_anchor_steps must be >= 1, got "
+                f"{self.records_anchor_samples}, {self.records_anchor_steps}"
             )
         if self.keep_forgotten_replay < 1:
             raise ConfigError(f"keep_forgotten_replay must be >= 1, got {self.keep_forgotten_replay}")
@@ -622,6 +646,66 @@ def build_sampled_states(
     )
 
 
+@dataclass
+class AnchoredStates:
+    """The states the parent's own guided sampling under the labels of earlier record deletions
+    passes through, drawn once, where the model is held to the parent (``records_anchor_weight``)."""
+
+    labels: torch.Tensor  # one per trajectory, on the loop's device
+    weight: float
+    steps: int
+    seed: int
+    x: torch.Tensor | None = None  # [steps x trajectories, C, H, W]
+    t: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+
+    def ensure(self, loop: UnlearningLoop) -> None:
+        """Draw the pool from the parent (the loop's frozen copy) unless a checkpoint restored it."""
+        if self.x is not None:
+            return
+        states, ts = trajectory_states(loop.frozen, self.labels, self.steps, seed=self.seed * 1_000_003 + 7)
+        if loop.world_size > 1:
+            states = broadcast(states.contiguous(), from_process=0)
+        n = self.labels.shape[0]
+        self.x = states.flatten(0, 1)
+        self.t = ts.repeat_interleave(n)
+        self.y = self.labels.repeat(ts.shape[0])
+
+    def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
+        self.ensure(loop)
+        assert self.x is not None and self.t is not None and self.y is not None
+        idx = loop._draw(self.x.shape[0], size)
+        x_t, t, y = self.x[idx], self.t[idx], self.y[idx]
+        y_in = drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
+        with torch.no_grad():
+            target = predict_eps(loop.frozen.unet, x_t, t, y_in)
+        weight = torch.ones(x_t.shape[0], device=x_t.device)
+        return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
+
+    def state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps: the pool (GPU sampling is not bit-reproducible)."""
+        return None if self.x is None else {"x": self.x, "t": self.t, "y": self.y}
+
+    def restore(self, state: dict[str, Any] | None, device: torch.device) -> None:
+        if state:
+            self.x, self.t, self.y = (state[k].to(device) for k in ("x", "t", "y"))
+
+
+def build_anchored_states(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> AnchoredStates | None:
+    """The labels of earlier record deletions held at the parent's sampling states
+    (``records_anchor_weight``; None: off, or no such label in the lineage)."""
+    labels = task.erased_record_labels
+    if not (cfg.records_anchor_weight > 0 and task.base.conditional and labels):
+        return None
+    per = -(-cfg.records_anchor_samples // len(labels))
+    return AnchoredStates(
+        labels=torch.tensor(labels, dtype=torch.long, device=loop.device).repeat_interleave(per),
+        weight=cfg.records_anchor_weight,
+        steps=cfg.records_anchor_steps,
+        seed=cfg.seed,
+    )
+
+
 def draw_forget_batch(
     loop: UnlearningLoop, target_fn: ForgetTarget, idx: torch.Tensor | None = None, t_min: int = 0
 ) -> ForgetBatch:
@@ -841,6 +925,9 @@ class EraseDiff(Unlearner):
         sampled = build_sampled_states(cfg, task, loop, target_fn)
         if sampled is not None:
             sampled.restore(resumed.get("sampled"), loop.device)
+        anchored = build_anchored_states(cfg, task, loop)
+        if anchored is not None:
+            anchored.restore(resumed.get("anchored"), loop.device)
         destination = None
         if isinstance(target_fn, ClassRemapTarget) and target_fn.confusion is not None:
             destination = {"mapping": target_fn.mapping, "confusion": target_fn.confusion}
@@ -977,6 +1064,9 @@ class EraseDiff(Unlearner):
                 sampled.refresh(loop, step)
                 extra = sampled.draw(loop, cfg.forget_batch_size)
                 extra.kept, batch.kept = batch.kept, extra
+            if anchored is not None:
+                extra = anchored.draw(loop, cfg.forget_batch_size)
+                extra.kept, batch.kept = batch.kept, extra
             if cfg.inner_data == "batch" and (lf_star is None or step % cfg.round_steps == 0):
                 lf_star = self._inner_minimum(cfg, loop, inner_opt, batch)
             x_r, y_r = loop.retain_batch()
@@ -1016,6 +1106,7 @@ class EraseDiff(Unlearner):
                     "destination": destination,
                     "kept": kept_now,
                     "sampled": sampled.state() if sampled is not None else None,
+                    "anchored": anchored.state() if anchored is not None else None,
                 },
             )
             stop = stop_check(step)
@@ -1037,6 +1128,11 @@ class EraseDiff(Unlearner):
             result.config["resolved_target"]["kept_records"] = int(kept_records.images.shape[0])
         if sampled is not None:
             result.config["resolved_target"]["sampled_states"] = int(sampled.labels.shape[0])
+        if anchored is not None:
+            result.config["resolved_target"]["records_anchor"] = {
+                "labels": sorted({int(c) for c in anchored.labels.tolist()}),
+                "trajectories": int(anchored.labels.shape[0]),
+            }
         return result
 
     def resolved(self, task: UnlearningTask) -> EraseDiffConfig:

@@ -38,6 +38,7 @@ from ..models.lineage import deletion_targets as deletion_targets
 from ..models.lineage import erased_labels as erased_labels
 from ..models.lineage import prior_deletions as prior_deletions
 from ..models.lineage import prior_matcher as prior_matcher
+from ..models.lineage import record_deletion_labels as record_deletion_labels
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,15 @@ def deletion_entry(
     resolved_target: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The lineage entry one erasure adds."""
+    labels = sorted({r.label for r in selection.forget if r.label is not None})
     entry: dict[str, Any] = {
         "targets": selection.targets.to_dict(),
         "scope": selection.scope,
         "forget_labels": selection.forget_labels if selection.scope == "class" else [],
         "forget_records": len(selection.forget),
+        # What a record deletion's records were labelled: a later erasure, on data purged of them,
+        # can still hold the model's behaviour under those labels (EraseDiff's ``records_anchor``).
+        "record_labels": [] if selection.scope == "class" else labels,
         "forget_set_sha256": selection.forget_set_sha256(),
         "algorithm": algorithm,
         "parent_model_sha256": parent_sha256,

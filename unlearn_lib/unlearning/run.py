@@ -35,6 +35,7 @@ from .lineage import (
     exclude_prior,
     prior_class_mapping,
     prior_deletions,
+    record_deletion_labels,
 )
 
 UNLEARNING_JSON = "unlearning.json"
@@ -81,6 +82,13 @@ def task_from_selection(
         erased_mapping=prior_class_mapping(prior_deletions(base.meta.lineage)),
         erased=TensorSet.from_records(dataset, held) if held else None,
         erased_records=TensorSet.from_records(dataset, records) if records else None,
+        erased_record_labels=[
+            c
+            for c in record_deletion_labels(prior_deletions(base.meta.lineage))
+            if c not in again and c not in erased_labels
+        ]
+        if base.conditional
+        else [],
         prior=prior.summary(),
     )
 
