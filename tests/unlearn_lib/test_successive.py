@@ -17,7 +17,13 @@ from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.objectives import ForwardProcess, per_sample_denoising_error, predict_eps
 from unlearn_lib.models.sampling import sample, trajectory_states
 from unlearn_lib.unlearning import erase, make_unlearner, targets, task_from_selection
-from unlearn_lib.unlearning.erasediff import build_anchored_states, build_kept, build_kept_records, build_target
+from unlearn_lib.unlearning.erasediff import (
+    ANCHOR_SEED,
+    build_anchored_states,
+    build_kept,
+    build_kept_records,
+    build_target,
+)
 from unlearn_lib.unlearning.lineage import LINEAGE_KEY, deletion_entry, exclude_prior
 from unlearn_lib.unlearning.loop import UnlearningLoop
 from unlearn_lib.unlearning.run import model_digest
@@ -536,7 +542,7 @@ def test_labels_of_an_earlier_record_deletion_are_held_at_the_parents_sampling_s
     batch = term.draw(loop, 16)
     # The pool: every state of six 4-step trajectories under 7, sampled by the parent.
     assert term.x.shape[0] == 24 and set(term.y.tolist()) == {7}
-    states, ts = trajectory_states(loop.frozen, term.labels, 4, seed=cfg.seed * 1_000_003 + 7)
+    states, ts = trajectory_states(loop.frozen, term.labels, 4, seed=cfg.seed * 1_000_003 + ANCHOR_SEED)
     assert torch.equal(term.x, states.flatten(0, 1)) and torch.equal(term.t, ts.repeat_interleave(6))
     assert batch.scale == 2.0 and batch.kept is None
     with torch.no_grad():
@@ -548,9 +554,25 @@ def test_labels_of_an_earlier_record_deletion_are_held_at_the_parents_sampling_s
             p.add_(0.01 * torch.randn_like(p))
         assert batch.loss(loop).item() > 1e-4
 
-    # Off at 0 (the default), for a lineage of class erasures only, and for an entry written before
-    # record_labels existed; a label erased as a class (earlier or now) is the class terms' business.
+    # A checkpoint's pool goes on only when it is this run's: one drawn under other labels is redrawn.
+    again = build_anchored_states(cfg, task, loop)
+    again.restore(term.state(), loop.device)
+    assert torch.equal(again.x, term.x)
+    other = build_anchored_states(cfg, dataclasses.replace(task, erased_record_labels=[2, 7]), loop)
+    assert other.labels.tolist() == [2] * 3 + [7] * 3
+    other.restore(term.state(), loop.device)
+    assert other.x is None
+    other.ensure(loop)
+    # Two labels: each state keeps the label its trajectory was sampled under.
+    states, _ = trajectory_states(loop.frozen, other.labels, 4, seed=cfg.seed * 1_000_003 + ANCHOR_SEED)
+    assert torch.equal(other.x, states.flatten(0, 1)) and other.y.tolist() == ([2] * 3 + [7] * 3) * 4
+
+    # Off at 0 (the default), with keep_forgotten=false, for a lineage of class erasures only, and for
+    # an entry written before record_labels existed; a label erased as a class (earlier or now) is
+    # the class terms' business, and one this deletion's own records carry is not held to the parent.
     assert build_anchored_states(make_unlearner("erasediff", {}).resolved(task), task, loop) is None
+    off = make_unlearner("erasediff", {"records_anchor_weight": "1", "keep_forgotten": "false"}).resolved(task)
+    assert build_anchored_states(off, task, loop) is None
     classes_only = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]))
     assert task_from_selection(digits, purged, classes_only).erased_record_labels == []
     old = _with_deletions(base_model, digits, canary)
@@ -560,6 +582,9 @@ def test_labels_of_an_earlier_record_deletion_are_held_at_the_parents_sampling_s
     assert task_from_selection(digits, seven, parent).erased_record_labels == []
     seven_gone = _with_deletions(base_model, digits, canary, ForgetTargets.build(labels=[7]))
     assert task_from_selection(digits, purged, seven_gone).erased_record_labels == []
+    one_seven = next(r for r in digits.train if r.label == 7 and r.subject_id != "subject-canary")
+    more_sevens = select(digits, ForgetTargets.build(record_ids=[one_seven.record_id]))
+    assert task_from_selection(digits, more_sevens, parent).erased_record_labels == []
     with pytest.raises(ConfigError, match="records_anchor_weight must be a number >= 0"):
         make_unlearner("erasediff", {"records_anchor_weight": "-1"})
     with pytest.raises(ConfigError, match="records_anchor_samples and records_anchor_steps must be >= 1"):

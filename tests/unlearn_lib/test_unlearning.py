@@ -26,6 +26,7 @@ from unlearn_lib.unlearning import (
 )
 from unlearn_lib.unlearning.baselines import Retrain, RetrainConfig
 from unlearn_lib.unlearning.erasediff import (
+    ANCHOR_SEED,
     PAPER_PRESET,
     SCOPE_DEFAULTS,
     EraseDiffConfig,
@@ -446,14 +447,14 @@ SAMPLED = {
 }
 
 
-# The records anchor's pool is drawn once, from the parent, with seed 7 (seed 0 * 1_000_003 + 7):
+# The records anchor's pool is drawn once, from the parent (seed 0 * 1_000_003 + ANCHOR_SEED):
 # resumed, the run must go on with the checkpointed pool, not draw it again.
 ANCHORED = {"records_anchor_weight": 1, "records_anchor_samples": 4, "records_anchor_steps": 3}
 
 
 @pytest.mark.parametrize(
     ("extra", "drawn"),
-    [({}, []), (SAMPLED, [0, 2, 4, 0, 2, 4]), (ANCHORED, [7, 7])],
+    [({}, []), (SAMPLED, [0, 2, 4, 0, 2, 4]), (ANCHORED, [ANCHOR_SEED] * 2)],
     ids=["defaults", "sampled-states", "records-anchor"],
 )
 def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch, extra, drawn):

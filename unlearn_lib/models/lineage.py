@@ -31,11 +31,13 @@ def erased_labels(deletions: list[dict[str, Any]]) -> list[int]:
 
 def record_deletion_labels(deletions: list[dict[str, Any]]) -> list[int]:
     """The labels the records of earlier record (and subject) deletions carried, outside the classes
-    erased as classes. Entries written before 2026-12-06 do not record them: none from those."""
+    erased as classes. Entries written before 2026-12-06 do not record them: none from those. A
+    concept (caption) deletion's records can span every class: holding all of them would hold the
+    whole model to its parent, so those are left out (not measured)."""
     gone = set(erased_labels(deletions))
     out: set[int] = set()
     for d in deletions:
-        if d.get("scope") != "class":
+        if d.get("scope") == "records":
             out.update(int(c) for c in d.get("record_labels", []) if int(c) >= 0)
     return sorted(out - gone)
 

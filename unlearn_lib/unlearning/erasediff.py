@@ -345,7 +345,13 @@ class EraseDiffConfig(CommonConfig):
     # forgetting loss (0: off). The parent passed its audit without those records; on data purged
     # of them (the pipeline's) ``keep_forgotten_records_weight`` has nothing to hold, and by the
     # pipeline a later class erasure brought the subject's images back (benchmarks/README.md,
-    # "Through the pipeline, unlearning seed 1").
+    # "Through the pipeline, unlearning seed 1"). At 1 the same sequence held every deletion after
+    # every request (canaries 1.47-1.60x the extraction threshold, P <= 0.017, kept 0.964); off
+    # until the demo's class request and the CLI sequences are measured with it ("The same
+    # sequence with the records anchor"). The erasure of 8 took 111 s against 79 s. Seed 0's
+    # sequence resumed from the subject's deletion: canaries 1.64-1.66x (1.02x without), but the
+    # kept classes' FID 27-91% higher and the last class erased at P 0.024 (0.000 without).
+    # ``keep_forgotten=false`` turns it off with the other terms for earlier deletions.
     records_anchor_weight: float = 0.0
     records_anchor_samples: int = 64
     records_anchor_steps: int = 25
@@ -646,6 +652,10 @@ def build_sampled_states(
     )
 
 
+# The records anchor's pool seed offset: far from any step the sampled states' pools are drawn at.
+ANCHOR_SEED = 1_000_001
+
+
 @dataclass
 class AnchoredStates:
     """The states the parent's own guided sampling under the labels of earlier record deletions
@@ -663,7 +673,8 @@ class AnchoredStates:
         """Draw the pool from the parent (the loop's frozen copy) unless a checkpoint restored it."""
         if self.x is not None:
             return
-        states, ts = trajectory_states(loop.frozen, self.labels, self.steps, seed=self.seed * 1_000_003 + 7)
+        # Apart from the sampled states' seeds (seed * 1_000_003 + their step).
+        states, ts = trajectory_states(loop.frozen, self.labels, self.steps, seed=self.seed * 1_000_003 + ANCHOR_SEED)
         if loop.world_size > 1:
             states = broadcast(states.contiguous(), from_process=0)
         n = self.labels.shape[0]
@@ -687,15 +698,20 @@ class AnchoredStates:
         return None if self.x is None else {"x": self.x, "t": self.t, "y": self.y}
 
     def restore(self, state: dict[str, Any] | None, device: torch.device) -> None:
-        if state:
-            self.x, self.t, self.y = (state[k].to(device) for k in ("x", "t", "y"))
+        """Go on with a checkpoint's pool when it is this run's (its labels and size); else draw anew."""
+        if not state:
+            return
+        expected = self.steps * self.labels.shape[0]
+        if state["x"].shape[0] != expected or not torch.equal(state["y"].cpu(), self.labels.cpu().repeat(self.steps)):
+            return
+        self.x, self.t, self.y = (state[k].to(device) for k in ("x", "t", "y"))
 
 
 def build_anchored_states(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> AnchoredStates | None:
     """The labels of earlier record deletions held at the parent's sampling states
     (``records_anchor_weight``; None: off, or no such label in the lineage)."""
     labels = task.erased_record_labels
-    if not (cfg.records_anchor_weight > 0 and task.base.conditional and labels):
+    if not (cfg.keep_forgotten and cfg.records_anchor_weight > 0 and task.base.conditional and labels):
         return None
     per = -(-cfg.records_anchor_samples // len(labels))
     return AnchoredStates(

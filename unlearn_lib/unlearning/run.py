@@ -69,6 +69,8 @@ def task_from_selection(
     )
     # Erasing an erased class again makes it this deletion's forget class, not an earlier one.
     again = set(selection.forget_labels) if selection.scope == "class" else set()
+    # Labels this deletion's own records carry are not held to the parent, which still draws them.
+    deleting_now = {r.label for r in selection.forget if r.label is not None}
     return UnlearningTask(
         base=base,
         retain=TensorSet.from_records(dataset, selection.retain),
@@ -83,9 +85,7 @@ def task_from_selection(
         erased=TensorSet.from_records(dataset, held) if held else None,
         erased_records=TensorSet.from_records(dataset, records) if records else None,
         erased_record_labels=[
-            c
-            for c in record_deletion_labels(prior_deletions(base.meta.lineage))
-            if c not in again and c not in erased_labels
+            c for c in record_deletion_labels(prior_deletions(base.meta.lineage)) if c not in deleting_now
         ]
         if base.conditional
         else [],
