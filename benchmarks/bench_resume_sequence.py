@@ -9,8 +9,9 @@ pipeline's unlearn step makes) on the data the pipeline would serve: the source 
 deletion in the parent's lineage (a purge ledger written from it), so the records of an earlier
 record deletion are not in it. No audit and no redraw: each child is the next parent. A variant
 (``--set``, e.g. ``records_anchor_weight=1``) can thus be tried on the pipeline's own models in
-minutes instead of re-running the whole sequence; without one, the first child is the pipeline's
-own next version when that request landed on its first draw (checked: ``same_as_pipeline``).
+minutes instead of re-running the whole sequence; without one, each child is the pipeline's own
+next version when that request landed on its first draw (each compared with ``versions/v{n+i+1}``,
+one version per request assumed: ``same_as_pipeline``).
 
 After each step the same judge as ``bench_successive.py`` (its ``Judge``) scores the model: P of
 every erased class, the kept classes' accuracy and FID, and the canaries' extraction test on the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,9 @@ def main() -> None:
         "sequence": args.sequence,
         "seed": args.seed,
         "options": options,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+        ).stdout.strip(),
         "kept_classes": kept,
         "steps": [],
     }
@@ -100,7 +105,7 @@ def main() -> None:
     for i, c in enumerate(tqdm(args.sequence, desc="erase", unit="class")):
         # The served data: the source minus every deletion the parent has absorbed.
         ledger = out_dir / "ledger.jsonl"
-        entries = prior_deletions(DiffusionModel.load(parent).meta.lineage)
+        entries = prior_deletions(json.loads((parent / META_NAME).read_text()).get("lineage"))
         ledger.write_text("".join(json.dumps({"targets": d["targets"]}) + "\n" for d in entries))
         served = out_dir / f"served-{i}"
         purge_dataset(source, ledger, served, overwrite=True)

@@ -75,6 +75,7 @@ from accelerate.utils import broadcast, broadcast_object_list
 
 from ..data.tensors import to_model_space, to_uint8
 from ..errors import ConfigError, StopNotLanded
+from ..models.diffusion import DiffusionModel
 from ..models.objectives import drop_labels, predict_eps
 from ..models.sampling import sample, trajectory_states
 from .base import CommonConfig, ConfigPreset, Unlearner, UnlearningResult, UnlearningTask, flat_dot, register
@@ -348,9 +349,10 @@ class EraseDiffConfig(CommonConfig):
     # "Through the pipeline, unlearning seed 1"). At 1 the same sequence held every deletion after
     # every request (canaries 1.47-1.60x the extraction threshold, P <= 0.017, kept 0.964); off
     # until the demo's class request and the CLI sequences are measured with it ("The same
-    # sequence with the records anchor"). The erasure of 8 took 111 s against 79 s. Seed 0's
-    # sequence resumed from the subject's deletion: canaries 1.64-1.66x (1.02x without), but the
-    # kept classes' FID 27-91% higher and the last class erased at P 0.024 (0.000 without).
+    # sequence with the records anchor"). Its EraseDiff run erasing 8 took 111 s against 79 s.
+    # Seed 0's sequence resumed from the subject's deletion: canaries 1.64-1.66x (1.02x without,
+    # not extracted either), but the kept classes' FID 27-91% higher (lower on seed 1) and the last
+    # class erased at P 0.024 (0.000 without; another destination).
     # ``keep_forgotten=false`` turns it off with the other terms for earlier deletions.
     records_anchor_weight: float = 0.0
     records_anchor_samples: int = 64
@@ -571,6 +573,19 @@ def build_kept_records(cfg: EraseDiffConfig, task: UnlearningTask, loop: Unlearn
     )
 
 
+def state_pool(
+    loop: UnlearningLoop, model: DiffusionModel, labels: torch.Tensor, steps: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every state of ``model``'s guided DDIM trajectories under ``labels``, flattened as a pool:
+    states ``[steps x N, C, H, W]``, their timesteps and labels."""
+    states, ts = trajectory_states(model, labels, steps, seed=seed)
+    if loop.world_size > 1:
+        # Every process draws the same batches from the pool; GPU sampling is not bit-reproducible,
+        # so the main process's pool is everyone's (as the destination is, in ``_distinct``).
+        states = broadcast(states.contiguous(), from_process=0)
+    return states.flatten(0, 1), ts.repeat_interleave(labels.shape[0]), labels.repeat(ts.shape[0])
+
+
 @dataclass
 class SampledStates:
     """The states guided sampling under the erased labels passes through with the model being
@@ -594,15 +609,7 @@ class SampledStates:
             return
         # Seeded by the step, not the loop's generator: the pool consumes none of the loop's draws,
         # and a resumed run draws what an uninterrupted one would have.
-        states, ts = trajectory_states(loop.model, self.labels, self.steps, seed=self.seed * 1_000_003 + step)
-        if loop.world_size > 1:
-            # Every process draws the same batches from the pool; GPU sampling is not bit-reproducible,
-            # so the main process's pool is everyone's (as the destination is, in ``_distinct``).
-            states = broadcast(states.contiguous(), from_process=0)
-        n = self.labels.shape[0]
-        self.x = states.flatten(0, 1)
-        self.t = ts.repeat_interleave(n)
-        self.y = self.labels.repeat(ts.shape[0])
+        self.x, self.t, self.y = state_pool(loop, loop.model, self.labels, self.steps, self.seed * 1_000_003 + step)
         self.drawn_at = step
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
@@ -674,13 +681,8 @@ class AnchoredStates:
         if self.x is not None:
             return
         # Apart from the sampled states' seeds (seed * 1_000_003 + their step).
-        states, ts = trajectory_states(loop.frozen, self.labels, self.steps, seed=self.seed * 1_000_003 + ANCHOR_SEED)
-        if loop.world_size > 1:
-            states = broadcast(states.contiguous(), from_process=0)
-        n = self.labels.shape[0]
-        self.x = states.flatten(0, 1)
-        self.t = ts.repeat_interleave(n)
-        self.y = self.labels.repeat(ts.shape[0])
+        seed = self.seed * 1_000_003 + ANCHOR_SEED
+        self.x, self.t, self.y = state_pool(loop, loop.frozen, self.labels, self.steps, seed)
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
         self.ensure(loop)
