@@ -33,16 +33,16 @@ from typing import Any
 
 import torch
 from _common import add_erasediff_variant_flags, erasediff_options, machine  # benchmarks/ is on sys.path
+from bench_kept_weight import dataset_as_purged
 from bench_successive import Judge
 from tqdm.auto import tqdm
 
 from unlearn_lib.audit import Evaluator
 from unlearn_lib.data import ForgetTargets
-from unlearn_lib.data.purge import purge_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.diffusion import META_NAME
 from unlearn_lib.models.digest import model_digest
-from unlearn_lib.models.lineage import erased_labels, prior_deletions
+from unlearn_lib.models.lineage import erased_labels
 from unlearn_lib.unlearning import erase
 
 
@@ -103,12 +103,12 @@ def main() -> None:
     parent = out_dir / args.start
     start_no = int(args.start.lstrip("v"))
     for i, c in enumerate(tqdm(args.sequence, desc="erase", unit="class")):
-        # The served data: the source minus every deletion the parent has absorbed.
-        ledger = out_dir / "ledger.jsonl"
-        entries = prior_deletions(json.loads((parent / META_NAME).read_text()).get("lineage"))
-        ledger.write_text("".join(json.dumps({"targets": d["targets"]}) + "\n" for d in entries))
+        # The served data: the source minus every deletion the parent has absorbed (purged anew:
+        # dataset_as_purged keeps a folder it finds, and another --sequence would find a stale one).
         served = out_dir / f"served-{i}"
-        purge_dataset(source, ledger, served, overwrite=True)
+        if served.exists():
+            shutil.rmtree(served)
+        dataset_as_purged(source, DiffusionModel.load(parent), served)
         child = out_dir / f"erase-{c}"
         t0 = time.perf_counter()
         erase(parent, served, ForgetTargets.build(labels=[c]), "erasediff", child,

@@ -52,8 +52,8 @@ class UnlearningTask:
     # and kept forgotten by algorithms that can (EraseDiff's ``keep_forgotten_records_weight``).
     erased_records: TensorSet | None = None
     # The labels those records carried (from the lineage, whether or not the dataset still holds
-    # them; outside the erased classes and the class erased now): EraseDiff's ``records_anchor``
-    # holds the model's behaviour under them.
+    # them; outside the erased classes and the labels this deletion's own records carry):
+    # EraseDiff's ``records_anchor`` holds the model's behaviour under them.
     erased_record_labels: list[int] = field(default_factory=list)
     # What the lineage took out of this task's data (recorded in unlearning.json).
     prior: dict = field(default_factory=dict)
