@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -75,3 +77,19 @@ def erasediff_options(args: argparse.Namespace) -> dict[str, Any]:
     if options and not args.tag:
         raise SystemExit("--set/--options describe a variant: name it with --tag, so its results stay apart")
     return {key: getattr(config, key.replace("-", "_")) for key in options}
+
+
+def pipeline_run_args() -> tuple[argparse.Namespace, dict[str, Any]]:
+    """``--run`` (a ``bench_successive.py --path pipeline`` results file), ``--workdir`` and ``--tag``,
+    what the scripts that read a pipeline run's models take, and the run loaded."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True, help="a bench_successive.py --path pipeline results file")
+    ap.add_argument("--workdir", required=True, type=Path, help="that run's workdir (versions/vN, data/)")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args()
+    run = json.loads(Path(args.run).read_text())
+    if run.get("path") != "pipeline":
+        raise SystemExit(f"{args.run}: not a pipeline run (path {run.get('path')!r})")
+    if not (args.workdir / "versions").is_dir():
+        raise SystemExit(f"{args.workdir}: not a pipeline run's workdir (no versions/)")
+    return args, run

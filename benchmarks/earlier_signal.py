@@ -37,7 +37,6 @@ Writes results/earlier-signal[-TAG]-<device>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine  # benchmarks/ is the script's folder: on sys.path
+from _common import machine, pipeline_run_args  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit.efficacy import ClassSamples
 from unlearn_lib.audit.evaluator import Evaluator, train_evaluator
@@ -92,15 +91,8 @@ def extra_signals(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True, help="a bench_successive.py --path pipeline results file")
-    ap.add_argument("--workdir", required=True, help="that run's workdir (versions/vN, data/)")
-    ap.add_argument("--tag", default=None)
-    args = ap.parse_args()
-    run = json.loads(Path(args.run).read_text())
-    if run.get("path") != "pipeline":
-        raise SystemExit(f"{args.run}: not a pipeline run (path {run.get('path')!r})")
-    work = Path(args.workdir)
+    args, run = pipeline_run_args()
+    work = args.workdir
     chain = lineage(run)
     missing = [n.version for n in chain if not (work / "versions" / f"v{n.version}").is_dir()]
     if missing:
@@ -161,30 +153,18 @@ def main() -> None:
         if m is None:
             raise SystemExit(f"v{parent.version} -> v{child.version}: the audit checks no earlier class here")
         checked, skipped = m.details["classes"], m.details["not_checked"]
-        known = sorted(set(kept) | set(now))
         per_class: dict[str, Any] = {}
         for c in earlier:
             xb, pb = b.for_class(c)
             xu, pu = u.for_class(c)
-            if str(c) in checked:
-                x = checked[str(c)]
-                row = {
-                    "destination": x["destination"],
-                    "base_share": round(x["base_share"], 3),
-                    "share_drop": round(x["drop"], 3),
-                }
-            else:
-                # Not checked by the audit: the other signals still read against the base's most
-                # common known class, so the table shows what a skip hides.
-                pred_b = pb.argmax(-1)
-                d = known[int(torch.tensor([int((pred_b == k).sum()) for k in known]).argmax())]
-                share_b, share_u = float((pred_b == d).float().mean()), float((pu.argmax(-1) == d).float().mean())
-                row = {
-                    "destination": d,
-                    "base_share": round(share_b, 3),
-                    "share_drop": round(share_b - share_u, 3),
-                    "not_checked": skipped[str(c)],
-                }
+            # A class the audit skips keeps its readings in the record (against the base's most
+            # common known class), so the table shows what a skip hides.
+            x = checked.get(str(c)) or skipped[str(c)]
+            row = {
+                "destination": x["destination"],
+                "base_share": round(x["base_share"], 3),
+                "share_drop": round(x["drop"], 3),
+            } | ({"not_checked": x["why"]} if str(c) in skipped else {})
             per_class[str(c)] = row | extra_signals(pb, pu, xb, xu, row["destination"], kept_dist)
         return {
             "kind": kind,

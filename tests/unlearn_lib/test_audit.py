@@ -428,6 +428,7 @@ def test_the_lineages_original_is_measured_for_utility_only_and_a_wrong_one_is_r
 def test_earlier_erasures_follow_the_chain_and_skip_a_class_drawn_as_nothing_in_particular():
     from unlearn_lib.audit.efficacy import ClassSamples
     from unlearn_lib.audit.gates import HARD_LIMITS, relaxations
+    from unlearn_lib.audit.report import earlier_erasure_lines
     from unlearn_lib.audit.run import ModelMeasurements, _earlier_erasures
 
     def measured(drawn: dict[int, list[int]]) -> ModelMeasurements:
@@ -445,7 +446,25 @@ def test_earlier_erasures_follow_the_chain_and_skip_a_class_drawn_as_nothing_in_
     m = _earlier_erasures(unlearned, base, [3, 8, 6], [1], [0, 2, 4, 5, 7, 9], AuditParams())
     assert m.value == 0.5 and m.passed is False
     assert m.details["classes"] == {"3": {"destination": 9, "base_share": 1.0, "share": 0.5, "drop": 0.5}}
-    assert "erased now" in m.details["not_checked"]["8"] and "no one class" in m.details["not_checked"]["6"]
+    skipped = m.details["not_checked"]
+    assert "erased now" in skipped["8"]["why"] and "no one class" in skipped["6"]["why"]
+    # The skipped classes keep their readings: 8 left 1 (erased now) for 5, 6 went all to 0.
+    assert {k: v for k, v in skipped["8"].items() if k != "why"} == {
+        "destination": 1,
+        "base_share": 0.75,
+        "share": 0.0,
+        "drop": 0.75,
+    }
+    assert skipped["6"]["destination"] == 0 and skipped["6"]["base_share"] == 0.25 and skipped["6"]["share"] == 1.0
+    # The report says what a skip left ungated; a record from before the readings still renders.
+    text = ["".join(t for _, t in line) for line in earlier_erasure_lines(m.to_dict())]
+    assert text[0] == "class 3, erased earlier, is drawn as 9 in 50% of its samples (100% by the base model)"
+    assert text[1].startswith("class 8, erased earlier, is not checked (drawn as 1, the class erased now")
+    assert text[1].endswith("drawn as 1 in 0% of its samples (75% by the base model)")
+    old = m.to_dict() | {"details": {"classes": {}, "not_checked": {"8": "drawn as 1"}}}
+    assert ["".join(t for _, t in line) for line in earlier_erasure_lines(old)] == [
+        "class 8, erased earlier, is not checked: drawn as 1"
+    ]
     assert _earlier_erasures(unlearned, base, [], [1], [0, 2], AuditParams()) is None
 
     loose = AuditParams(max_earlier_erasure_drop=0.5)

@@ -325,6 +325,33 @@ def judge_members(ev: dict) -> str:
     return f" (the mean of {ev['members']} judges trained with successive seeds; each alone: {each})"
 
 
+def earlier_erasure_lines(metric: dict | None) -> list[Line]:
+    """The summary's lines for ``earlier_erasure_drop`` (a record's metric dict): checked classes and skipped ones."""
+    if metric is None:
+        return []
+    lines: list[Line] = []
+    d = metric["details"]
+    for c, x in d["classes"].items():
+        lines.append(
+            [
+                ("", f"class {c}, erased earlier, is drawn as {x['destination']} in "),
+                ("strong", f"{x['share']:.0%}"),
+                ("", f" of its samples ({x['base_share']:.0%} by the base model)"),
+            ]
+        )
+    for c, x in d["not_checked"].items():
+        if isinstance(x, str):  # a record written before the skipped classes kept their readings
+            lines.append([("", f"class {c}, erased earlier, is not checked: {x}")])
+            continue
+        lines.append(
+            [
+                ("", f"class {c}, erased earlier, is not checked ({x['why']}); drawn as {x['destination']} in "
+                     f"{x['share']:.0%} of its samples ({x['base_share']:.0%} by the base model)"),
+            ]
+        )  # fmt: skip
+    return lines
+
+
 def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
     sel = record["selection"]
     lines: list[Line] = [
@@ -419,19 +446,7 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
                     ("", " reads for a flawless erasure onto that class"),
                 ]
             )  # fmt: skip
-    earlier = record["metrics"].get("earlier_erasure_drop")
-    if earlier is not None:
-        d = earlier["details"]
-        for c, x in d["classes"].items():
-            lines.append(
-                [
-                    ("", f"class {c}, erased earlier, is drawn as {x['destination']} in "),
-                    ("strong", f"{x['share']:.0%}"),
-                    ("", f" of its samples ({x['base_share']:.0%} by the base model)"),
-                ]
-            )
-        for c, why in d["not_checked"].items():
-            lines.append([("", f"class {c}, erased earlier, is not checked: {why}")])
+    lines += earlier_erasure_lines(record["metrics"].get("earlier_erasure_drop"))
     back = record["metrics"].get("earlier_records_extracted")
     if back is not None:
         d = back["details"]

@@ -588,7 +588,7 @@ def _earlier_erasures(
     if u.class_samples is None or b.class_samples is None or not earlier or not known:
         return None
     checked: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
+    skipped: dict[str, dict[str, Any]] = {}
     for c in earlier:
         if c not in b.class_samples.classes or c not in u.class_samples.classes:
             continue
@@ -597,15 +597,17 @@ def _earlier_erasures(
         pred_b, pred_u = pb.argmax(-1), pu.argmax(-1)
         counts = torch.tensor([int((pred_b == k).sum()) for k in known])
         d = known[int(counts.argmax())]
-        share_b = float((pred_b == d).float().mean())
+        share_b, share_u = float((pred_b == d).float().mean()), float((pred_u == d).float().mean())
+        # A skipped class keeps its readings too: the record shows what the skip did not gate.
+        shares = {"destination": d, "base_share": share_b, "share": share_u, "drop": share_b - share_u}
         if d in erased_now:
-            skipped[str(c)] = f"drawn as {d}, the class erased now: it follows the chain to a new destination"
+            why = f"drawn as {d}, the class erased now: it follows the chain to a new destination"
+        elif share_b < 0.5:
+            why = f"the base draws it as no one class ({share_b:.0%} of its samples as {d})"
+        else:
+            checked[str(c)] = shares
             continue
-        if share_b < 0.5:
-            skipped[str(c)] = f"the base draws it as no one class ({share_b:.0%} of its samples as {d})"
-            continue
-        share_u = float((pred_u == d).float().mean())
-        checked[str(c)] = {"destination": d, "base_share": share_b, "share": share_u, "drop": share_b - share_u}
+        skipped[str(c)] = {"why": why} | shares
     if not checked and not skipped:
         return None
     m = Metric(

@@ -587,20 +587,48 @@ def state_pool(
 
 
 @dataclass
-class SampledStates:
-    """The states guided sampling under the erased labels passes through with the model being
-    unlearned, redrawn every ``every`` steps, each sent onto the base's prediction under its label's
-    destination (``sampled_states_weight``)."""
+class StatePool:
+    """A pool of guided DDIM sampling states under ``labels`` (one per trajectory) that a forgetting
+    batch is drawn from; a checkpoint keeps it, since GPU sampling is not bit-reproducible."""
 
     labels: torch.Tensor  # one per trajectory, on the loop's device
-    target: ClassRemapTarget
     weight: float
-    every: int
     steps: int  # sampler steps per trajectory
     seed: int
     x: torch.Tensor | None = None  # [steps x trajectories, C, H, W]
     t: torch.Tensor | None = None
     y: torch.Tensor | None = None
+
+    def take(self, loop: UnlearningLoop, size: int) -> tuple[torch.Tensor, ...]:
+        """``size`` states from the pool: their indices, x_t, t, labels and labels after dropout."""
+        assert self.x is not None and self.t is not None and self.y is not None
+        idx = loop._draw(self.x.shape[0], size)
+        y = self.y[idx]
+        return idx, self.x[idx], self.t[idx], y, drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
+
+    def state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps: the pool as drawn (a resumed run goes on with it)."""
+        return None if self.x is None else {"x": self.x, "t": self.t, "y": self.y}
+
+    def restore(self, state: dict[str, Any] | None, device: torch.device) -> bool:
+        """Go on with a checkpoint's pool when it is this run's (its labels and size); else it is drawn anew."""
+        if not state:
+            return False
+        expected = self.steps * self.labels.shape[0]
+        if state["x"].shape[0] != expected or not torch.equal(state["y"].cpu(), self.labels.cpu().repeat(self.steps)):
+            return False
+        self.x, self.t, self.y = (state[k].to(device) for k in ("x", "t", "y"))
+        return True
+
+
+@dataclass
+class SampledStates(StatePool):
+    """The states guided sampling under the erased labels passes through with the model being
+    unlearned, redrawn every ``every`` steps, each sent onto the base's prediction under its label's
+    destination (``sampled_states_weight``)."""
+
+    target: ClassRemapTarget | None = None
+    every: int = 1
     drawn_at: int | None = None  # the step the pool was sampled at
 
     def refresh(self, loop: UnlearningLoop, step: int) -> None:
@@ -613,23 +641,21 @@ class SampledStates:
         self.drawn_at = step
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
-        assert self.x is not None and self.t is not None and self.y is not None
-        idx = loop._draw(self.x.shape[0], size)
-        x_t, t, y = self.x[idx], self.t[idx], self.y[idx]
-        y_in = drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
+        assert self.target is not None
+        idx, x_t, t, y, y_in = self.take(loop, size)
         target, weight = self.target(x_t, y, y_in, idx, t, None, x_t)
         return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
 
     def state(self) -> dict[str, Any] | None:
-        """What a checkpoint keeps: the pool as drawn (a resumed run goes on with it)."""
-        if self.x is None:
-            return None
-        return {"x": self.x, "t": self.t, "y": self.y, "drawn_at": self.drawn_at}
+        pool = super().state()
+        return None if pool is None else pool | {"drawn_at": self.drawn_at}
 
-    def restore(self, state: dict[str, Any] | None, device: torch.device) -> None:
-        if state:
-            self.x, self.t, self.y = (state[k].to(device) for k in ("x", "t", "y"))
-            self.drawn_at = int(state["drawn_at"])
+    def restore(self, state: dict[str, Any] | None, device: torch.device) -> bool:
+        if not super().restore(state, device):
+            return False
+        assert state is not None
+        self.drawn_at = int(state["drawn_at"])
+        return True
 
 
 def build_sampled_states(
@@ -664,17 +690,9 @@ ANCHOR_SEED = 1_000_001
 
 
 @dataclass
-class AnchoredStates:
+class AnchoredStates(StatePool):
     """The states the parent's own guided sampling under the labels of earlier record deletions
     passes through, drawn once, where the model is held to the parent (``records_anchor_weight``)."""
-
-    labels: torch.Tensor  # one per trajectory, on the loop's device
-    weight: float
-    steps: int
-    seed: int
-    x: torch.Tensor | None = None  # [steps x trajectories, C, H, W]
-    t: torch.Tensor | None = None
-    y: torch.Tensor | None = None
 
     def ensure(self, loop: UnlearningLoop) -> None:
         """Draw the pool from the parent (the loop's frozen copy) unless a checkpoint restored it."""
@@ -686,27 +704,11 @@ class AnchoredStates:
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
         self.ensure(loop)
-        assert self.x is not None and self.t is not None and self.y is not None
-        idx = loop._draw(self.x.shape[0], size)
-        x_t, t, y = self.x[idx], self.t[idx], self.y[idx]
-        y_in = drop_labels(y, loop.model.null_class, loop.cond_drop, loop.gen)
+        _, x_t, t, _, y_in = self.take(loop, size)
         with torch.no_grad():
             target = predict_eps(loop.frozen.unet, x_t, t, y_in)
         weight = torch.ones(x_t.shape[0], device=x_t.device)
         return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
-
-    def state(self) -> dict[str, Any] | None:
-        """What a checkpoint keeps: the pool (GPU sampling is not bit-reproducible)."""
-        return None if self.x is None else {"x": self.x, "t": self.t, "y": self.y}
-
-    def restore(self, state: dict[str, Any] | None, device: torch.device) -> None:
-        """Go on with a checkpoint's pool when it is this run's (its labels and size); else draw anew."""
-        if not state:
-            return
-        expected = self.steps * self.labels.shape[0]
-        if state["x"].shape[0] != expected or not torch.equal(state["y"].cpu(), self.labels.cpu().repeat(self.steps)):
-            return
-        self.x, self.t, self.y = (state[k].to(device) for k in ("x", "t", "y"))
 
 
 def build_anchored_states(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> AnchoredStates | None:
