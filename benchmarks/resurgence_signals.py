@@ -74,7 +74,10 @@ def main() -> None:
     label = labels[0]
     kept = [c for c in run["kept_classes"] if c != label]
     chain = production_versions(run)
-    first = next(i for i, (_, made_by) in enumerate(chain) if made_by == SUBJECT) - 1
+    at = next((i for i, (_, made_by) in enumerate(chain) if made_by == SUBJECT), None)
+    if at is None:
+        raise SystemExit("the subject's deletion never moved production in this run: no version to start from")
+    first = at - 1
     chain = chain[first:]
     missing = [v for v, _ in chain if not (work / "versions" / f"v{v}").is_dir()]
     if missing:

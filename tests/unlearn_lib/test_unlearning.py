@@ -758,6 +758,11 @@ def test_the_class_erased_now_can_also_learn_at_the_states_its_own_sampling_pass
     assert torch.equal(again.x, term.x) and torch.equal(again.t, term.t) and again.drawn_at == 3
     again.refresh(loop, 5)
     assert torch.equal(again.x, term.x)  # not due yet: the resumed run goes on with it
+    # ... when it is this run's: a pool drawn under other labels is not taken, and is redrawn.
+    other = build_sampled_states(cfg, class_task, loop, target)
+    assert not other.restore(two.state(), loop.device) and other.x is None and other.drawn_at is None
+    other.refresh(loop, 5)
+    assert other.drawn_at == 5 and set(other.y.tolist()) == {FORGET}
 
     with pytest.raises(ConfigError, match="sampled_states_every, sampled_states_samples and sampled_states_steps"):
         make_unlearner("erasediff", {"sampled_states_every": "0"})
