@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from _common import canaries_of, machine, pipeline_run_args  # benchmarks/ is the script's folder: on sys.path
+from bench_successive import SUBJECT
 from tqdm.auto import tqdm
 
 from unlearn_lib.audit.gates import AuditParams
@@ -39,7 +40,6 @@ from unlearn_lib.data import load_dataset
 from unlearn_lib.models import DiffusionModel
 from unlearn_lib.models.sampling import sample
 
-SUBJECT = "subject"
 KEPT_PER_CLASS = 200  # per never-erased class, for the paired distances' yardstick
 
 

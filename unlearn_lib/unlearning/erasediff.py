@@ -621,14 +621,14 @@ class StatePool:
         return True
 
 
-@dataclass
+@dataclass(kw_only=True)  # its own fields stay required after the pool's defaulted ones
 class SampledStates(StatePool):
     """The states guided sampling under the erased labels passes through with the model being
     unlearned, redrawn every ``every`` steps, each sent onto the base's prediction under its label's
     destination (``sampled_states_weight``)."""
 
-    target: ClassRemapTarget | None = None
-    every: int = 1
+    target: ClassRemapTarget
+    every: int
     drawn_at: int | None = None  # the step the pool was sampled at
 
     def refresh(self, loop: UnlearningLoop, step: int) -> None:
@@ -641,7 +641,6 @@ class SampledStates(StatePool):
         self.drawn_at = step
 
     def draw(self, loop: UnlearningLoop, size: int) -> ForgetBatch:
-        assert self.target is not None
         idx, x_t, t, y, y_in = self.take(loop, size)
         target, weight = self.target(x_t, y, y_in, idx, t, None, x_t)
         return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
