@@ -19,6 +19,7 @@ from unlearn_lib.models.sampling import sample, trajectory_states
 from unlearn_lib.unlearning import erase, make_unlearner, targets, task_from_selection
 from unlearn_lib.unlearning.erasediff import (
     ANCHOR_SEED,
+    anchored_labels,
     build_anchored_states,
     build_kept,
     build_kept_records,
@@ -567,10 +568,26 @@ def test_labels_of_an_earlier_record_deletion_are_held_at_the_parents_sampling_s
     states, _ = trajectory_states(loop.frozen, other.labels, 4, seed=cfg.seed * 1_000_003 + ANCHOR_SEED)
     assert torch.equal(other.x, states.flatten(0, 1)) and other.y.tolist() == ([2] * 3 + [7] * 3) * 4
 
-    # Off at 0 (the default), with keep_forgotten=false, for a lineage of class erasures only, and for
-    # an entry written before record_labels existed; a label erased as a class (earlier or now) is
-    # the class terms' business, and one this deletion's own records carry is not held to the parent.
-    assert build_anchored_states(make_unlearner("erasediff", {}).resolved(task), task, loop) is None
+    # By default it holds, at 1, the labels the records term cannot: here the data is purged of them.
+    default = make_unlearner("erasediff", {}).resolved(task)
+    assert default.records_anchor_weight is None and anchored_labels(default, task) == [7]
+    auto = build_anchored_states(default, task, loop)
+    assert auto is not None and auto.weight == 1.0 and auto.labels.tolist() == [7] * 64
+    # On data that still holds the records (the CLI's folder), the records term holds them instead;
+    # a set weight anchors every such label, and so does the default with the records term off.
+    full = task_from_selection(digits, select(digits, ForgetTargets.build(labels=[5])), parent)
+    assert full.erased_records is not None and 7 in full.erased_records.labels.tolist()
+    assert anchored_labels(default, full) == []
+    assert build_anchored_states(default, full, loop) is None
+    assert anchored_labels(make_unlearner("erasediff", {"records_anchor_weight": "1"}).resolved(full), full) == [7]
+    no_records_term = make_unlearner("erasediff", {"keep_forgotten_records_weight": "0"}).resolved(full)
+    assert anchored_labels(no_records_term, full) == [7]
+    # Off at 0, with keep_forgotten=false, for a lineage of class erasures only, and for an entry
+    # written before record_labels existed; a label erased as a class (earlier or now) is the class
+    # terms' business, and one this deletion's own records carry is not held to the parent.
+    zero = make_unlearner("erasediff", {"records_anchor_weight": "0"}).resolved(task)
+    assert build_anchored_states(zero, task, loop) is None
+    assert make_unlearner("erasediff", {"records_anchor_weight": "none"}).config.records_anchor_weight is None
     off = make_unlearner("erasediff", {"records_anchor_weight": "1", "keep_forgotten": "false"}).resolved(task)
     assert build_anchored_states(off, task, loop) is None
     classes_only = _with_deletions(base_model, digits, ForgetTargets.build(labels=[3]))
@@ -608,9 +625,9 @@ def test_the_records_anchor_holds_the_model_under_the_deleted_records_labels(dig
             return (predict_eps(model.unet, x, t, y) - predict_eps(parent.unet, x, t, y)).pow(2).mean().item()
 
     common = {"steps": 30, "seed": 0}
-    free = make_unlearner("erasediff", common).run(task, progress=False)
+    free = make_unlearner("erasediff", {**common, "records_anchor_weight": 0}).run(task, progress=False)
     held = make_unlearner("erasediff", {**common, "records_anchor_weight": 3}).run(task, progress=False)
-    assert held.config["resolved_target"]["records_anchor"] == {"labels": [7], "trajectories": 64}
+    assert held.config["resolved_target"]["records_anchor"] == {"labels": [7], "trajectories": 64, "weight": 3.0}
     assert "records_anchor" not in free.config["resolved_target"]
     # Measured: 0.011 against 0.022 (the 30 steps on 2 cores, seed 0).
     assert drift(held.model) < 0.7 * drift(free.model)

@@ -56,10 +56,11 @@ regressed onto its retained look-alikes, as a record deletion's forgetting loss 
 regressed at the states of guided DDIM trajectories the model being unlearned draws under its label
 (redrawn every ``sampled_states_every`` steps), onto the base's prediction under the destination.
 
-**Records anchor** (``records_anchor_weight``, off by default): after a record deletion, the labels
-its records carried (the lineage's ``record_labels``) are held at the parent's own guided sampling
-states under them, onto the parent's predictions, so that a later erasure on data purged of the
-records (the pipeline's) cannot drift back toward them unseen.
+**Records anchor** (``records_anchor_weight``): after a record deletion, the labels its records
+carried (the lineage's ``record_labels``) are held at the parent's own guided sampling states under
+them, onto the parent's predictions, so that a later erasure on data purged of the records (the
+pipeline's) cannot drift back toward them unseen. By default (``None``) only the labels the records
+term cannot hold are anchored, at weight 1: those whose records the dataset given no longer holds.
 """
 
 from __future__ import annotations
@@ -343,18 +344,21 @@ class EraseDiffConfig(CommonConfig):
     # guided DDIM trajectories under them (``records_anchor_samples`` of ``records_anchor_steps``
     # states, drawn once) are a batch where the model's prediction (with the forgetting loss's label
     # dropout) is regressed onto the parent's, weighing this much relative to this deletion's
-    # forgetting loss (0: off). The parent passed its audit without those records; on data purged
-    # of them (the pipeline's) ``keep_forgotten_records_weight`` has nothing to hold, and by the
-    # pipeline a later class erasure brought the subject's images back (benchmarks/README.md,
-    # "Through the pipeline, unlearning seed 1"). At 1 the same sequence held every deletion after
-    # every request (canaries 1.47-1.60x the extraction threshold, P <= 0.017, kept 0.964); off
-    # until the demo's class request and the CLI sequences are measured with it ("The same
-    # sequence with the records anchor"). Its EraseDiff run erasing 8 took 111 s against 79 s.
-    # Seed 0's sequence resumed from the subject's deletion: canaries 1.64-1.66x (1.02x without,
-    # not extracted either), but the kept classes' FID 27-91% higher (lower on seed 1) and the last
-    # class erased at P 0.024 (0.000 without; another destination).
-    # ``keep_forgotten=false`` turns it off with the other terms for earlier deletions.
-    records_anchor_weight: float = 0.0
+    # forgetting loss. The parent passed its audit without those records; on data purged of them
+    # (the pipeline's) ``keep_forgotten_records_weight`` has nothing to hold, and by the pipeline a
+    # later class erasure brought the subject's images back (benchmarks/README.md, "Through the
+    # pipeline, unlearning seed 1"). None (the default): weight 1 for the labels the records term
+    # does not hold (their records are not in the dataset given, or that term is off), so the
+    # pipeline's erasures after a record deletion run it and the CLI's on the full folder do not;
+    # a number: that weight for every such label, held or not (0: off). At 1, through the pipeline,
+    # the sequence 3, 5, subject, 8, 1, 6 held every deletion after every request on seeds 0 and 1
+    # (canaries 1.47-1.66x the extraction threshold; without it seed 1 served two of them again),
+    # and the demo's class request after the subject read P(3) 0.022 (0.028 without) on seed 0.
+    # It costs time: 126 s against 55 s of unlearning for that request, 1.3-1.7x for later ones;
+    # and on seed 0 the kept classes' FID 27-91% higher (lower on seed 1) ("The same sequence with
+    # the records anchor" and "The records anchor by default"). ``keep_forgotten=false`` turns it off
+    # with the other terms for earlier deletions.
+    records_anchor_weight: float | None = None
     records_anchor_samples: int = 64
     records_anchor_steps: int = 25
 
@@ -420,8 +424,9 @@ class EraseDiffConfig(CommonConfig):
                 "sampled_states_every, sampled_states_samples and sampled_states_steps must be >= 1, got "
                 f"{self.sampled_states_every}, {self.sampled_states_samples}, {self.sampled_states_steps}"
             )
-        if not (math.isfinite(self.records_anchor_weight) and self.records_anchor_weight >= 0):
-            raise ConfigError(f"records_anchor_weight must be a number >= 0, got {self.records_anchor_weight}")
+        anchor = self.records_anchor_weight
+        if anchor is not None and not (math.isfinite(anchor) and anchor >= 0):
+            raise ConfigError(f"records_anchor_weight must be a number >= 0 (or none: by the data), got {anchor}")
         if self.records_anchor_samples < 1 or self.records_anchor_steps < 1:
             raise ConfigError(
                 "records_anchor_samples and records_anchor_steps must be >= 1, got "
@@ -710,16 +715,30 @@ class AnchoredStates(StatePool):
         return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
 
 
+def anchored_labels(cfg: EraseDiffConfig, task: UnlearningTask) -> list[int]:
+    """The labels of earlier record deletions the anchor holds: all of them at a set weight; by
+    default those the records term does not (no record of the label in the data given, or it is off)."""
+    labels = task.erased_record_labels
+    if cfg.records_anchor_weight is not None or not labels:
+        return labels
+    records = task.erased_records
+    if cfg.keep_forgotten_records_weight <= 0 or records is None:
+        return labels
+    held = {int(c) for c in records.labels.tolist()}
+    return [c for c in labels if c not in held]
+
+
 def build_anchored_states(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> AnchoredStates | None:
     """The labels of earlier record deletions held at the parent's sampling states
-    (``records_anchor_weight``; None: off, or no such label in the lineage)."""
-    labels = task.erased_record_labels
-    if not (cfg.keep_forgotten and cfg.records_anchor_weight > 0 and task.base.conditional and labels):
+    (``records_anchor_weight``; None: off, or no such label in the lineage to hold)."""
+    labels = anchored_labels(cfg, task)
+    weight = 1.0 if cfg.records_anchor_weight is None else cfg.records_anchor_weight
+    if not (cfg.keep_forgotten and weight > 0 and task.base.conditional and labels):
         return None
     per = -(-cfg.records_anchor_samples // len(labels))
     return AnchoredStates(
         labels=torch.tensor(labels, dtype=torch.long, device=loop.device).repeat_interleave(per),
-        weight=cfg.records_anchor_weight,
+        weight=weight,
         steps=cfg.records_anchor_steps,
         seed=cfg.seed,
     )
@@ -1151,6 +1170,7 @@ class EraseDiff(Unlearner):
             result.config["resolved_target"]["records_anchor"] = {
                 "labels": sorted({int(c) for c in anchored.labels.tolist()}),
                 "trajectories": int(anchored.labels.shape[0]),
+                "weight": anchored.weight,
             }
         return result
 
