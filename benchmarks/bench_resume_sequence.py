@@ -18,7 +18,9 @@ every erased class, the kept classes' accuracy and FID, and the canaries' extrac
 unpurged data. A lineage entry written before 2026-12-06 has no ``record_labels``; a record
 deletion's are filled in (the canary subject's: ``--record-labels``, default 7) on a copy of the
 starting version, so that ``records_anchor_weight`` has labels to hold. Writes
-``benchmarks/results/resume-sequence-<tag or defaults>-seed<seed>-<device>.json``.
+``benchmarks/results/resume-sequence-<tag or defaults>-seed<seed>-<device>.json``. The committed
+``defaults`` file is of 2026-12-06, the anchor off; since 2026-12-07 the defaults anchor the purged
+records' labels, so a run without ``--set`` writes another model under that name.
 """
 
 from __future__ import annotations

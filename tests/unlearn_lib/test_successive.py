@@ -582,6 +582,10 @@ def test_labels_of_an_earlier_record_deletion_are_held_at_the_parents_sampling_s
     assert anchored_labels(make_unlearner("erasediff", {"records_anchor_weight": "1"}).resolved(full), full) == [7]
     no_records_term = make_unlearner("erasediff", {"keep_forgotten_records_weight": "0"}).resolved(full)
     assert anchored_labels(no_records_term, full) == [7]
+    # Label by label: a second earlier label with no record in the data is anchored beside the held 7.
+    assert anchored_labels(default, dataclasses.replace(full, erased_record_labels=[2, 7])) == [2]
+    no_earlier_terms = make_unlearner("erasediff", {"keep_forgotten": "false"}).resolved(task)
+    assert build_anchored_states(no_earlier_terms, task, loop) is None
     # Off at 0, with keep_forgotten=false, for a lineage of class erasures only, and for an entry
     # written before record_labels existed; a label erased as a class (earlier or now) is the class
     # terms' business, and one this deletion's own records carry is not held to the parent.

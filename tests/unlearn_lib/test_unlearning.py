@@ -448,8 +448,9 @@ SAMPLED = {
 
 
 # The records anchor's pool is drawn once, from the parent (seed 0 * 1_000_003 + ANCHOR_SEED):
-# resumed, the run must go on with the checkpointed pool, not draw it again.
-ANCHORED = {"records_anchor_weight": 1, "records_anchor_samples": 4, "records_anchor_steps": 3}
+# resumed, the run must go on with the checkpointed pool, not draw it again. Its weight is the
+# default's: 1 for a label whose records the data no longer holds.
+ANCHORED = {"records_anchor_samples": 4, "records_anchor_steps": 3}
 
 
 @pytest.mark.parametrize(
@@ -474,7 +475,8 @@ def test_erasediff_resumes_from_its_checkpoint(class_task, tmp_path, monkeypatch
 
     monkeypatch.setattr(erasediff, "trajectory_states", recorded)
     straight = make_unlearner("erasediff", opts).run(class_task, progress=False)
-    assert ("records_anchor" in straight.config["resolved_target"]) == (extra is ANCHORED)
+    anchor = straight.config["resolved_target"].get("records_anchor")
+    assert anchor == ({"labels": [7], "trajectories": 4, "weight": 1.0} if extra is ANCHORED else None)
     # Simulate a preempted pod: a run that dies after its step-3 checkpoint.
     from unlearn_lib.unlearning import loop as loop_mod
 

@@ -60,7 +60,8 @@ regressed at the states of guided DDIM trajectories the model being unlearned dr
 carried (the lineage's ``record_labels``) are held at the parent's own guided sampling states under
 them, onto the parent's predictions, so that a later erasure on data purged of the records (the
 pipeline's) cannot drift back toward them unseen. By default (``None``) only the labels the records
-term cannot hold are anchored, at weight 1: those whose records the dataset given no longer holds.
+term cannot hold are anchored, at weight 1: those of which the dataset given holds no such record
+(label by label), or all of them when that term is off.
 """
 
 from __future__ import annotations
@@ -353,8 +354,9 @@ class EraseDiffConfig(CommonConfig):
     # a number: that weight for every such label, held or not (0: off). At 1, through the pipeline,
     # the sequence 3, 5, subject, 8, 1, 6 held every deletion after every request on seeds 0 and 1
     # (canaries 1.47-1.66x the extraction threshold; without it seed 1 served two of them again),
-    # and the demo's class request after the subject read P(3) 0.022 (0.028 without) on seed 0.
-    # It costs time: 126 s against 55 s of unlearning for that request, 1.3-1.7x for later ones;
+    # and the demo's class request after the subject read P(3) 0.022 (0.027 without, the same
+    # parent and seed). It costs time: 1.6x the unlearning of that request (139 s against 86 s,
+    # paired), 1.3-1.7x for the long sequence's later ones;
     # and on seed 0 the kept classes' FID 27-91% higher (lower on seed 1) ("The same sequence with
     # the records anchor" and "The records anchor by default"). ``keep_forgotten=false`` turns it off
     # with the other terms for earlier deletions.
@@ -730,7 +732,7 @@ def anchored_labels(cfg: EraseDiffConfig, task: UnlearningTask) -> list[int]:
 
 def build_anchored_states(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> AnchoredStates | None:
     """The labels of earlier record deletions held at the parent's sampling states
-    (``records_anchor_weight``; None: off, or no such label in the lineage to hold)."""
+    (``records_anchor_weight``); returns None when it is off or no label is left to hold."""
     labels = anchored_labels(cfg, task)
     weight = 1.0 if cfg.records_anchor_weight is None else cfg.records_anchor_weight
     if not (cfg.keep_forgotten and weight > 0 and task.base.conditional and labels):
