@@ -75,7 +75,7 @@ from typing import Any
 import torch
 from accelerate.utils import broadcast, broadcast_object_list
 
-from ..data.tensors import to_model_space, to_uint8
+from ..data.tensors import TensorSet, to_model_space, to_uint8
 from ..errors import ConfigError, StopNotLanded
 from ..models.diffusion import DiffusionModel
 from ..models.objectives import drop_labels, predict_eps
@@ -561,12 +561,21 @@ class KeptRecords:
         return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
 
 
+def records_term_holds(cfg: EraseDiffConfig, task: UnlearningTask) -> TensorSet | None:
+    """The records of earlier record deletions that the records term holds (None: none in the data
+    given, or the term is off); the default records anchor leaves their labels to it."""
+    records = task.erased_records
+    if not (cfg.keep_forgotten and cfg.keep_forgotten_records_weight > 0 and records is not None and len(records)):
+        return None
+    return records
+
+
 def build_kept_records(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> KeptRecords | None:
     """The "keep forgotten" term for records earlier record deletions matched that the dataset
     still holds (None: none, or off). Their target is a record deletion's: the denoising of their
     nearest retained images (same label on a conditional model), whatever this deletion's scope."""
-    records = task.erased_records
-    if not (cfg.keep_forgotten and cfg.keep_forgotten_records_weight > 0 and records is not None and len(records)):
+    records = records_term_holds(cfg, task)
+    if records is None:
         return None
     nb = nearest_neighbours(
         records.images, records.labels, task.retain.images, task.retain.labels, cfg.neighbours, task.base.conditional
@@ -721,10 +730,8 @@ def anchored_labels(cfg: EraseDiffConfig, task: UnlearningTask) -> list[int]:
     """The labels of earlier record deletions the anchor holds: all of them at a set weight; by
     default those the records term does not (no record of the label in the data given, or it is off)."""
     labels = task.erased_record_labels
-    if cfg.records_anchor_weight is not None or not labels:
-        return labels
-    records = task.erased_records
-    if cfg.keep_forgotten_records_weight <= 0 or records is None:
+    records = records_term_holds(cfg, task) if cfg.records_anchor_weight is None else None
+    if records is None:
         return labels
     held = {int(c) for c in records.labels.tolist()}
     return [c for c in labels if c not in held]
