@@ -846,6 +846,33 @@ def test_paper_preset_applies_the_official_configuration():
         make_unlearner("erasediff", {"preset": "paper", "inner_lr": "1e-3"})
 
 
+def test_lf_star_is_measured_every_tenth_step_where_measuring_is_all_the_inner_phase_does():
+    """Skipping the inner phase between measurements gives the same model, bit for bit."""
+    from unlearn_lib.unlearning.erasediff import ROUND_STEPS_MEASURED
+
+    task = _tiny_task()
+    base = {"device": "cpu", "steps": 12, "batch_size": 4, "forget_batch_size": 2, "lr": 1e-3, "lam": 1.0}
+
+    def resolved(**opts):
+        return make_unlearner("erasediff", {**base, **opts}).resolved(task).round_steps
+
+    assert resolved() == ROUND_STEPS_MEASURED == 10
+    assert resolved(inner_optimizer="shared") == 1  # the inner steps' moments steer the outer steps
+    assert resolved(inner_data="epoch") == 1  # its passes draw from the run's generator
+    assert resolved(round_steps=3) == 3
+
+    every = make_unlearner("erasediff", {**base, "round_steps": 1}).run(task, progress=False)
+    rounds = make_unlearner("erasediff", base).run(task, progress=False)
+    for k, v in every.model.unet.state_dict().items():
+        assert torch.equal(v, rounds.model.unet.state_dict()[k]), k
+    assert rounds.config["round_steps"] == 10
+    star, every_star = rounds.history["loss_f_star"], every.history["loss_f_star"]
+    assert len(star) == len(rounds.history["loss_r"]) == 12  # logged every step, as the round's value
+    assert len(set(star[:10])) == 1 and star[10] == star[11] != star[9]
+    assert star[0] == every_star[0] and len(set(every_star[:10])) > 1
+    assert rounds.history["q"][5] == pytest.approx(rounds.history["loss_f"][5] - star[0])
+
+
 def test_paper_mode_rounds_share_lf_star_and_resume_inside_a_round(tmp_path):
     task = _tiny_task()
     opts = {"preset": "paper", "device": "cpu", "steps": 5, "round_steps": 3, "batch_size": 4, "forget_batch_size": 2}
