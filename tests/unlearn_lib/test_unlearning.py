@@ -598,8 +598,8 @@ TINY = Preset(
 )
 
 
-def _tiny_task(n_forget: int = 5, n_retain: int = 6) -> UnlearningTask:
-    model = build_model(TINY, num_classes=3, seed=0)
+def _tiny_task(n_forget: int = 5, n_retain: int = 6, dropout: float = 0.0) -> UnlearningTask:
+    model = build_model(dataclasses.replace(TINY, dropout=dropout), num_classes=3, seed=0)
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_forget + n_retain, 1, 8, 8), generator=gen, dtype=torch.uint8)
     labels = torch.tensor([2] * n_forget + [0, 1] * (n_retain // 2))
@@ -865,6 +865,16 @@ def test_lf_star_is_measured_every_tenth_step_where_measuring_is_all_the_inner_p
     rounds = make_unlearner("erasediff", base).run(task, progress=False)
     for k, v in every.model.unet.state_dict().items():
         assert torch.equal(v, rounds.model.unet.state_dict()[k]), k
+    assert every.samples_drawn == rounds.samples_drawn
+    # With dropout the inner steps draw masks from torch's generator: forked, so the outer steps'
+    # masks do not depend on whether the inner phase ran.
+    dropped = _tiny_task(dropout=0.1)
+    every_d = make_unlearner("erasediff", {**base, "round_steps": 1}).run(dropped, progress=False)
+    rounds_d = make_unlearner("erasediff", base).run(dropped, progress=False)
+    for k, v in every_d.model.unet.state_dict().items():
+        assert torch.equal(v, rounds_d.model.unet.state_dict()[k]), k
+    plain = rounds.model.unet.state_dict()
+    assert not all(torch.equal(v, plain[k]) for k, v in rounds_d.model.unet.state_dict().items())  # dropout acted
     assert rounds.config["round_steps"] == 10
     star, every_star = rounds.history["loss_f_star"], every.history["loss_f_star"]
     assert len(star) == len(rounds.history["loss_r"]) == 12  # logged every step, as the round's value

@@ -36,8 +36,10 @@ and timesteps as the outer step, so q is measured on one consistent sample at th
 of each round; with ``inner_data=epoch`` (official) each inner step is a pass over the whole
 forget set and L_f* is the mean loss over the last pass. ``round_steps`` outer steps share one
 L_f* (q inside a round is the step's L_f minus the round's L_f*). Ours measures it every 10
-steps (:data:`ROUND_STEPS_MEASURED`): with its separate optimizer the inner phase only measures,
-so the model is the same as measuring every step, for about 30% less time.
+steps (:data:`ROUND_STEPS_MEASURED`): with its separate optimizer, on the outer step's batch and
+under a forked random generator (dropout masks), the inner phase only measures, so the weights
+are those of measuring every step (bit for bit where the backend is deterministic, as on CPU),
+in half the time for a class erasure and three quarters for a record deletion.
 
 **Successive deletions.** From a model whose lineage holds earlier class erasures
 (:mod:`.lineage`), those classes are never a remap target, their records never in the retain
@@ -122,7 +124,8 @@ SCOPE_DEFAULTS = {
 # Outer steps per measurement of L_f* where measuring is all the inner phase does (see
 # ``round_steps``). Measuring every step, the defaults erased class 3 from a digits base in 67.0 s
 # and the canary subject in 22.4 s; measuring every 10th, in 33.6 s and 17.1 s, with the same
-# weights bit for bit (2 CPU threads, 2026-12-07; benchmarks/README.md "L_f* every tenth step").
+# weights bit for bit (2 CPU threads, 2026-12-07; benchmarks/README.md "L_f* every tenth step";
+# on CUDA, where two runs of either need not agree bit for bit, the same computation).
 # A round of 10 still gives 15 measurements over the class scope's 150 steps, 30 over 300.
 ROUND_STEPS_MEASURED = 10
 
@@ -218,8 +221,9 @@ class EraseDiffConfig(CommonConfig):
     inner_optimizer: str = "separate"  # separate | shared (one Adam for inner and outer steps, as officially)
     # Outer steps per inner phase (one L_f* per round). None: 1 where the inner phase can change
     # the model (a shared optimizer's moments; ``inner_data=epoch`` draws from the run's generator),
-    # else ROUND_STEPS_MEASURED: with a separate optimizer on the outer step's batch the phase only
-    # measures the logged L_f*, and skipping it leaves the model bit for bit the same.
+    # else ROUND_STEPS_MEASURED: with a separate optimizer on the outer step's batch (its dropout
+    # masks drawn from a forked generator) the phase only measures the logged L_f*, and skipping
+    # it leaves the computation of the weights the same.
     round_steps: int | None = None
     lambda_mode: str = "fixed"  # fixed | bome
     lam: float | None = None  # lambda when fixed; None: by scope
@@ -1225,19 +1229,24 @@ class EraseDiff(Unlearner):
     def _inner_minimum(
         cfg: EraseDiffConfig, loop: UnlearningLoop, inner_opt: torch.optim.Optimizer, batch: ForgetBatch
     ) -> torch.Tensor:
-        """K steps on L_f from theta; return L_f at theta_K and restore theta."""
+        """K steps on L_f from theta; return L_f at theta_K and restore theta.
+
+        Torch's global generator is forked: a model with dropout draws its masks from it, and
+        the outer steps must draw the same masks whether or not this phase ran.
+        """
         if cfg.inner_steps == 0:
             return torch.zeros((), device=loop.device)
         saved = [p.detach().clone() for p in loop.params]
-        for _ in range(cfg.inner_steps):
-            loss = batch.loss(loop)
-            inner_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            inner_opt.step()
-        with torch.no_grad():
-            value = batch.loss(loop).detach()
-            for p, s in zip(loop.params, saved, strict=True):
-                p.copy_(s)
+        with torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []):
+            for _ in range(cfg.inner_steps):
+                loss = batch.loss(loop)
+                inner_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                inner_opt.step()
+            with torch.no_grad():
+                value = batch.loss(loop).detach()
+                for p, s in zip(loop.params, saved, strict=True):
+                    p.copy_(s)
         inner_opt.zero_grad(set_to_none=True)
         return value
 
