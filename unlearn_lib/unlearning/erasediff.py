@@ -219,11 +219,8 @@ class EraseDiffConfig(CommonConfig):
     inner_lr: float | None = None  # None: same as lr
     inner_data: str = "batch"  # batch: the outer step's forget batch | epoch: a pass over the forget set per K
     inner_optimizer: str = "separate"  # separate | shared (one Adam for inner and outer steps, as officially)
-    # Outer steps per inner phase (one L_f* per round). None: 1 where the inner phase can change
-    # the model (a shared optimizer's moments; ``inner_data=epoch`` draws from the run's generator),
-    # else ROUND_STEPS_MEASURED: with a separate optimizer on the outer step's batch (its dropout
-    # masks drawn from a forked generator) the phase only measures the logged L_f*, and skipping
-    # it leaves the computation of the weights the same.
+    # Outer steps per inner phase (one L_f* per round). None: default_round_steps, 10 where the
+    # inner phase only measures the logged L_f*, 1 where it can change the model.
     round_steps: int | None = None
     lambda_mode: str = "fixed"  # fixed | bome
     lam: float | None = None  # lambda when fixed; None: by scope
