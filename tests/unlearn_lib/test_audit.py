@@ -34,14 +34,18 @@ CANARY = ForgetTargets.build(subject_ids=["subject-canary"])
 CLASS3 = ForgetTargets.build(labels=[3])
 # Fewer samples than the defaults keep the suite fast; the gates keep their default thresholds.
 # A class erasure's gate still reads more samples of the forgotten class than the grid holds
-# (120 against 40), from the audit's own stream.
+# (120 against the grid's 40, or CLASS_AUDIT's 100), from the audit's own stream.
 PARAMS = dict(samples_per_class=40, extraction_samples=250, sampling_steps=15, forgotten_samples=120)
 # The audits of an erased class whose utility gates are asserted sample with the audit's own 25
 # steps (an audit of a model against itself reads 1.0 at any). At 15 the suite base's retained FID
 # rose about 2x for 3 erased onto 2 (the default destination) and 1.3x onto 8, on the same models
 # that read about 1.2x and 0.9x at 25 steps (four draws; benchmarks/README.md, "What a farther
 # destination costs").
-CLASS_AUDIT = dict(sampling_steps=25)
+# They also read the audit's own 100 samples per class: at 40 a retained-accuracy drop has a
+# standard error of about 0.02, and the same class-3 model read 0.058 at 40 (FAIL, gate 0.05) and
+# 0.028 at 100 from one machine's base, 0.036 and 0.017 from another's (the suite's base differs
+# in float rounding between machines; the default destination was 2 on both).
+CLASS_AUDIT = dict(sampling_steps=25, samples_per_class=100)
 
 
 def params(**kw) -> AuditParams:
@@ -514,8 +518,10 @@ def test_loosened_settings_are_recorded_and_hard_limits_fail_the_audit(
         "max_fid_ratio=2.0 (default 1.5); mia_auc_tolerance=0.2 (default auto); samples_per_class=40 (default 100)"
     )
     # The same good erasure, judged by settings no promotion may rest on: the audit fails on them alone.
+    # Its own audit read fewer samples of the forgotten class than the default, and says so.
     ok = class3_audit
-    assert ok.passed and ok.record["relaxed"]["samples_per_class"] == {"used": 40, "default": 100}
+    assert ok.passed and ok.record["relaxed"]["forgotten_samples"] == {"used": 120, "default": 500}
+    assert "samples_per_class" not in ok.record["relaxed"]
     beyond = audit(
         base_model_dir,
         models["class3"],
@@ -641,10 +647,13 @@ def test_the_class_gate_reads_more_samples_of_the_forgotten_class_and_says_when_
     u = res.measurements["unlearned"]
     assert p.samples == 120 and u.figures["forgotten_samples"] == 120
     _, grid = u.class_samples.for_class(3)
-    assert len(grid) == PARAMS["samples_per_class"]  # the grid every other figure reads is unchanged
     ps = params(**CLASS_AUDIT)
+    assert len(grid) == ps.samples_per_class < 120  # the grid every other figure reads is unchanged
     more = sample(
-        DiffusionModel.load(models["class3"]), [3] * 80, steps=ps.sampling_steps, seed=ps.stream_seed("forgotten")
+        DiffusionModel.load(models["class3"]),
+        [3] * (120 - len(grid)),
+        steps=ps.sampling_steps,
+        seed=ps.stream_seed("forgotten"),
     )
     probs = torch.cat([grid, Evaluator.load(evaluator_dir).predict_proba(more)])[:, 3]
     assert p.value == pytest.approx(float(probs.mean()), abs=1e-6)

@@ -163,12 +163,15 @@ def test_a_class_the_model_barely_keeps_apart_is_not_distinct(digits, base_model
     # them outright; the odd look-alike only narrows the gap, and a judge sees it. Sent onto such a
     # class, an erasure reads as partial however complete it is (8 onto 1 in the CLI sequence:
     # 0.038-0.090 by the benchmark's judge; benchmarks/README.md, "A margin in the destination check").
+    # Without the margin, 7 passes the check's tolerance: the suite's base prefers 3 on 0 or 1 of its
+    # 200 samples of 7, by the machine that trained it (its float rounding differs), and the margin
+    # takes 15 of them on both.
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
     train = digits.train
     means = targets.class_means(torch.from_numpy(digits.load_images(train)), torch.tensor([r.label for r in train]))
     assert targets.by_distance(3, [7, 4], means) == [7, 4]
-    outright, shares = targets.distinct_mapping(base_model, [3], [7, 4], means, margin=0.0, tolerance=0.0)
-    assert outright == {3: 7} and shares[3] == {7: 0.0}
+    outright, shares = targets.distinct_mapping(base_model, [3], [7, 4], means, margin=0.0)
+    assert outright == {3: 7} and list(shares[3]) == [7] and shares[3][7] <= targets.DISTINCT_TOLERANCE
     mapping, shares = targets.distinct_mapping(base_model, [3], [7, 4], means)
     assert mapping == {3: 4} and shares[3][7] > 0.0 and shares[3][4] == 0.0
     samples = generate_class_samples(base_model, evaluator, 100, seed=SEED, classes=[7, 4])
