@@ -230,6 +230,17 @@ def test_class_scenario(base_model_dir, digits_dir, evaluator_dir, class3_audit,
     still = mb["forgotten_probability_floor"]
     assert still.details["destination_share"]["3"] < 0.1  # the base model still draws 3s
     assert "class 3 is not mostly drawn as any retained class" in (tmp_path / "base" / "report.md").read_text()
+    # Over-erasure, reported apart: the judge's accuracy on the retained class nearest to 3, on the
+    # grid's samples of it, for each model.
+    over = mg["over_erasure_accuracy"]
+    ((f, x),) = over.details["neighbours"].items()
+    nb = x["neighbour"]
+    assert f == "3" and nb != 3 and over.passed is None and over.threshold is None
+    for role, key in (("unlearned", "accuracy"), ("base", "base")):
+        _, probs = good.measurements[role].class_samples.for_class(nb)
+        assert x[key] == pytest.approx(float((probs.argmax(-1) == nb).float().mean()))
+    assert (over.value, over.base, over.samples) == (x["accuracy"], x["base"], CLASS_AUDIT["samples_per_class"])
+    assert f"over-erasure: the judge reads the samples of {nb}, the retained class nearest to 3, as {nb} at " in report
     assert "extracted_records" not in mg  # memorization gates are for record-level deletions
     assert "lookalike_loss" not in mg  # a class has no look-alikes outside it
 
@@ -979,6 +990,17 @@ def test_the_judges_probability_of_another_class_on_a_genuine_image_is_its_confu
     p = evaluator.predict_proba(hold.images)
     accuracy = float((p.argmax(-1) == hold.labels).float().mean())
     assert abs(float(p.max(-1).values.mean()) - accuracy) < 0.03
+
+
+def test_each_class_is_nearest_to_its_own_images_in_the_judges_features(digits, evaluator):
+    from unlearn_lib.audit.efficacy import nearest_class
+
+    hold = TensorSet.from_records(digits, [r for r in digits.holdout if r.label is not None])
+    classes = list(range(10))
+    for c in classes:
+        assert nearest_class(evaluator, hold.images[hold.labels == c], hold, classes) == c
+    with pytest.raises(ValueError, match=r"none of the classes \[11\] has an image"):
+        nearest_class(evaluator, hold.images[:3], hold, [11])
 
 
 def test_the_judge_is_the_mean_of_members_trained_with_other_seeds(digits, tmp_path):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from ..data.tensors import TensorSet
 from ..models.diffusion import DiffusionModel
 from ..models.sampling import class_grid_labels, sample
 from .evaluator import Evaluator
@@ -48,6 +49,18 @@ def generate_class_samples(
     labels = class_grid_labels(model, per_class, classes)
     images = sample(model, labels, steps=steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
     return ClassSamples(classes=classes, per_class=per_class, images=images, probs=evaluator.predict_proba(images))
+
+
+def nearest_class(evaluator: Evaluator, of: torch.Tensor, data: TensorSet, candidates: Sequence[int]) -> int:
+    """The candidate class whose images in ``data`` lie nearest the images ``of``, by their means in
+    the evaluator's features. Over-erasure shows first on the neighbour of what was erased (EraseBench's
+    point): a mean over every retained class hides it."""
+    present = [c for c in candidates if bool((data.labels == c).any())]
+    if not present:
+        raise ValueError(f"none of the classes {list(candidates)} has an image to compare with")
+    centre = evaluator.features(of).mean(0)
+    feats = evaluator.features(data.images)
+    return min(present, key=lambda c: float((feats[data.labels == c].mean(0) - centre).norm()))
 
 
 @dataclass

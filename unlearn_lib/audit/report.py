@@ -446,6 +446,20 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
                     ("", " reads for a flawless erasure onto that class"),
                 ]
             )  # fmt: skip
+    over = record["metrics"].get("over_erasure_accuracy")
+    for f, x in (over or {}).get("details", {}).get("neighbours", {}).items():
+        if x["accuracy"] is None or x["base"] is None:
+            continue
+        lines.append(
+            [
+                ("", f"over-erasure: the judge reads the samples of {x['neighbour']}, the retained class nearest "
+                     f"to {f}, as {x['neighbour']} at "),
+                ("strong", f"{x['accuracy']:.1%}"),
+                ("", f" ({x['base']:.1%} for the base model"
+                     + (f", {x['retrain']:.1%} for the retrained one" if x["retrain"] is not None else "")
+                     + "; reported, not gated)"),
+            ]
+        )  # fmt: skip
     lines += earlier_erasure_lines(record["metrics"].get("earlier_erasure_drop"))
     back = record["metrics"].get("earlier_records_extracted")
     if back is not None:

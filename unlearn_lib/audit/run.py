@@ -35,7 +35,14 @@ from ..models.digest import model_digest
 from ..models.lineage import erased_labels, prior_deletions, prior_matcher
 from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
-from .efficacy import ClassSamples, ForgottenFigures, class_figures, forgotten_figures, generate_class_samples
+from .efficacy import (
+    ClassSamples,
+    ForgottenFigures,
+    class_figures,
+    forgotten_figures,
+    generate_class_samples,
+    nearest_class,
+)
 from .evaluator import Evaluator, train_evaluator
 from .forget_quality import retrain_position
 from .gates import HARD_LIMITS, AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
@@ -566,6 +573,51 @@ def _judge_floor(
     )
 
 
+def _over_erasure(
+    u: ModelMeasurements,
+    b: ModelMeasurements,
+    r: ModelMeasurements | None,
+    neighbours: dict[int, int],
+    per_class: int,
+    seed: int,
+) -> Metric:
+    """The judge's accuracy on the retained class nearest each erased one, where over-erasure shows first.
+
+    ``neighbours``: nearest in the judge's features (:func:`.efficacy.nearest_class`), from the base
+    model's own samples of the erased class, since a purged dataset no longer holds its images.
+    Reported beside ``retained_accuracy_drop``, not gated: one class's ``samples_per_class`` samples
+    give a binomial standard error of about 2-5 points, as large as what a gate would look for.
+    """
+
+    def accuracy(mm: ModelMeasurements | None, c: int) -> float | None:
+        if mm is None or mm.class_samples is None or c not in mm.class_samples.classes:
+            return None
+        _, p = mm.class_samples.for_class(c)
+        return float((p.argmax(-1) == c).float().mean())
+
+    per = {
+        str(f): {"neighbour": c, "accuracy": accuracy(u, c), "base": accuracy(b, c), "retrain": accuracy(r, c)}
+        for f, c in neighbours.items()
+    }
+
+    def mean(key: str) -> float | None:
+        values = [x[key] for x in per.values()]
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    return Metric(
+        name="over_erasure_accuracy",
+        group="utility",
+        value=mean("accuracy"),
+        base=mean("base"),
+        retrain=mean("retrain"),
+        description="evaluator accuracy on samples conditioned on the retained class nearest each forgotten "
+        "one (in the evaluator's features): over-erasure, which the mean over every retained class hides",
+        samples=per_class * len(set(neighbours.values())),
+        seed=seed,
+        details={"neighbours": per},
+    )
+
+
 def _earlier_erasures(
     u: ModelMeasurements,
     b: ModelMeasurements,
@@ -733,11 +785,13 @@ def _metrics(
     retained_classes: list[int],
     earlier_labels: Sequence[int] = (),
     original: ModelMeasurements | None = None,
+    neighbours: dict[int, int] | None = None,
 ) -> list[Metric]:
     """``earlier_labels``: the classes the base model's lineage erased before this deletion.
 
     ``original``: the utility figures of the base model's lineage's first model, when the base is
-    not that model (see ``_utility_gate``).
+    not that model (see ``_utility_gate``). ``neighbours``: each forgotten class's nearest retained
+    class (see ``_over_erasure``).
     """
     u, b, r = meas["unlearned"], meas["base"], meas.get("retrain")
     seed = params.seed
@@ -826,6 +880,8 @@ def _metrics(
         out.append(
             _utility_gate(drop, params.max_retained_accuracy_drop, acc, fig(original, "retained_accuracy"), "drop")
         )
+        if neighbours:
+            out.append(_over_erasure(u, b, r, neighbours, per_class, seed))
     fid = metric(
         "fid",
         "utility",
@@ -1179,7 +1235,17 @@ def run_audit(
             progress,
         )
     earlier = erased_labels(prior_deletions(models["base"][1].meta.lineage)) if conditional else []
-    metrics = _metrics(meas, selection, params, conditional, retained, earlier, o_meas)
+    base_samples = meas["base"].class_samples
+    neighbours = (
+        {
+            f: nearest_class(evaluator, base_samples.for_class(f)[0], retain_real, retained)
+            for f in selection.forget_labels
+            if f in base_samples.classes
+        }
+        if selection.scope == "class" and base_samples is not None and retained
+        else {}
+    )
+    metrics = _metrics(meas, selection, params, conditional, retained, earlier, o_meas, neighbours)
     # The CLI's dataset may still hold what an earlier record deletion took out (the pipeline's is
     # purged): a later erasure of a neighbouring class has brought such records back (benchmarks/
     # README.md, "Successive deletions"), and nothing else would look.

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..audit.efficacy import nearest_class
 from ..audit.evaluator import Evaluator
 from ..audit.gates import Metric, gate, hard_limit_metric, relaxations, verdict
 from ..audit.memorization import chance_allowance
@@ -90,13 +91,6 @@ def class_accuracy(
     pred = evaluator.logits(images).argmax(-1).view(len(classes), n)
     acc = {c: float((pred[i] == c).float().mean()) for i, c in enumerate(classes)}
     return acc, {c: images[i * n : (i + 1) * n] for i, c in enumerate(classes)}
-
-
-def nearest_class(evaluator: Evaluator, data: TensorSet, forgotten: int, candidates: list[int]) -> int:
-    """The retained class whose real images lie nearest the forgotten class's (evaluator features)."""
-    feats = evaluator.features(data.images)
-    centre = feats[data.labels == forgotten].mean(0)
-    return min(candidates, key=lambda c: float((feats[data.labels == c].mean(0) - centre).norm()))
 
 
 def adversarial_prompt(
@@ -188,7 +182,9 @@ def audit_t2i(
     # Real images of every class (hold-out first): class centres, FID's reference, the attacker's
     # pictures of the concept (an auditor may use the deleted images; nothing of them is written).
     real_all = TensorSet.from_records(dataset, dataset.holdout + dataset.train)
-    neighbours = {c: nearest_class(evaluator, real_all, c, kept) for c in forget_labels}
+    neighbours = {
+        c: nearest_class(evaluator, real_all.images[real_all.labels == c], real_all, kept) for c in forget_labels
+    }
 
     # Utility: FID/KID in evaluator features between retained-class samples and real retained images.
     real = real_all.subset([i for i, y in enumerate(real_all.labels.tolist()) if y in kept][: p.utility_real])
