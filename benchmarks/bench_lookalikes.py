@@ -1,12 +1,19 @@
 """The canaries' look-alikes against a retrain, over the record-deletion benchmark's canary sets.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_lookalikes.py [--workdir benchmarks/.work/record-deletion]
+        [--configs 10x40@0s4 ...] [--erased TAG ...] [--timesteps 25 50 100 200 --tag NAME]
 
 Reads the models ``bench_record_deletion.py --retrain`` leaves in each canary set's folder
 (``base``, ``erased``, ``retrain``) and measures, with the audit's own ``denoising_loss`` (seed 0),
 the loss on the hold-out records that share a forget record's caption (what the audit reports
-as ``lookalike_loss``) and on the whole hold-out. Writes
-``benchmarks/results/record-deletion-lookalike-retrain-<device>.json``.
+as ``lookalike_loss``) and on the whole hold-out. ``--erased TAG`` reads a variant's model
+(``erased-TAG``, what ``bench_record_deletion.py --tag TAG`` leaves) instead of ``erased``; give
+several to compare them. ``--timesteps`` adds each model's loss on the look-alikes and on the
+forget records at each of those timesteps alone (where an erasure over- or under-forgets), and
+``--bandwidths`` the error of the neighbours forgetting target itself on the forget records at
+those timesteps, for each ``neighbours_bandwidth`` given (built on the base model, as a run builds
+it: what a model that fitted the target exactly would read).
+Writes ``benchmarks/results/record-deletion-lookalike-retrain[-NAME]-<device>.json``.
 """
 
 from __future__ import annotations
@@ -21,24 +28,61 @@ from _common import machine  # benchmarks/ is the script's folder: on sys.path
 
 from unlearn_lib.audit.utility import denoising_loss
 from unlearn_lib.data import DigitsConfig, ForgetTargets, load_dataset, select
-from unlearn_lib.data.tensors import TensorSet
-from unlearn_lib.models import DiffusionModel
+from unlearn_lib.data.tensors import TensorSet, to_model_space
+from unlearn_lib.models import DiffusionModel, ForwardProcess
+from unlearn_lib.unlearning.erasediff import EraseDiffConfig
+from unlearn_lib.unlearning.targets import NeighbourTarget, nearest_neighbours
 
-ROLES = ("base", "erased", "retrain")
+
+@torch.no_grad()
+def target_errors(
+    base: DiffusionModel, forget: TensorSet, retain: TensorSet, bandwidth: float, timesteps: list[int], draws: int = 4
+) -> dict[str, float]:
+    """Mean squared error of the neighbours target against the true noise, per timestep (seed 0)."""
+    nb = nearest_neighbours(
+        forget.images, forget.labels, retain.images, retain.labels, EraseDiffConfig().neighbours, True
+    )
+    fp = ForwardProcess(base.scheduler, base.device)
+    target = NeighbourTarget(base.unet, fp, nb, retain.images, retain.labels, base.null_class, bandwidth=bandwidth)
+    x0, n = to_model_space(forget.images), len(forget)
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for t in timesteps:
+        tt = torch.full((n,), t)
+        err = 0.0
+        for _ in range(draws):
+            eps = torch.randn(x0.shape, generator=gen)
+            got, _ = target(x0, forget.labels, forget.labels, torch.arange(n), tt, eps, fp.add_noise(x0, eps, tt))
+            err += float((got - eps).pow(2).mean()) / draws
+        out[str(t)] = round(err, 4)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=str(Path(__file__).parent / ".work" / "record-deletion"))
+    ap.add_argument("--configs", nargs="+", help="canary set folders to read (default: all)")
+    ap.add_argument("--erased", nargs="+", metavar="TAG", help="read erased-TAG instead of erased")
+    ap.add_argument("--timesteps", nargs="+", type=int, default=[], help="also the loss at each of these alone")
+    ap.add_argument("--bandwidths", nargs="+", type=float, default=[], help="the target's own error at each")
+    ap.add_argument("--tag", help="names the results file (required with --erased or --timesteps)")
     args = ap.parse_args()
+    if (args.erased or args.timesteps) and not args.tag:
+        raise SystemExit("--erased/--timesteps describe another measurement: name its results with --tag")
+    erased = [f"erased-{t}" for t in args.erased] if args.erased else ["erased"]
+    roles = ("base", *erased, "retrain")
     rows: dict[str, dict] = {}
-    for folder in sorted(p for p in Path(args.workdir).iterdir() if "@" in p.name):
+    folders = sorted(p for p in Path(args.workdir).iterdir() if "@" in p.name)
+    if args.configs:
+        folders = [f for f in folders if f.name in args.configs]
+    for folder in folders:
         ds = load_dataset(folder / "data")
         sel = select(ds, ForgetTargets.build(subject_ids=[DigitsConfig().canary_subject]))
         look = TensorSet.from_records(ds, sel.lookalikes())
         whole = TensorSet.from_records(ds, sel.holdout)
+        forget = TensorSet.from_records(ds, sel.erasable).distinct()
         row: dict = {"lookalikes": len(look), "holdout": len(whole)}
-        for role in ROLES:
+        for role in roles:
             if (folder / role).is_dir():
                 model = DiffusionModel.load(folder / role)
                 row[role] = {
@@ -46,9 +90,20 @@ def main() -> None:
                     "holdout_loss": round(denoising_loss(model, whole, seed=0), 4),
                     "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / role).stat().st_mtime)),
                 }
-        if "erased" in row and "retrain" in row:
-            for key in ("lookalike_loss", "holdout_loss"):
-                row[f"{key}_erased_over_retrain"] = round(row["erased"][key] / row["retrain"][key], 3)
+                for name, data in (("lookalike", look), ("forget", forget)) if args.timesteps else ():
+                    row[role][f"{name}_loss_by_t"] = {
+                        str(t): round(denoising_loss(model, data, seed=0, timesteps=[t]), 4) for t in args.timesteps
+                    }
+        if args.bandwidths and args.timesteps:
+            base = DiffusionModel.load(folder / "base")
+            row["target_error_by_t"] = {
+                str(h): target_errors(base, forget, TensorSet.from_records(ds, sel.retain), h, args.timesteps)
+                for h in args.bandwidths
+            }
+        for role in erased:
+            if role in row and "retrain" in row:
+                for key in ("lookalike_loss", "holdout_loss"):
+                    row[f"{key}_{role}_over_retrain"] = round(row[role][key] / row["retrain"][key], 3)
         rows[folder.name] = row
         print(folder.name, json.dumps(row), flush=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,7 +113,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
-    path = Path(__file__).parent / "results" / f"record-deletion-lookalike-retrain-{dev}.json"
+    name = f"record-deletion-lookalike-retrain-{args.tag}" if args.tag else "record-deletion-lookalike-retrain"
+    path = Path(__file__).parent / "results" / f"{name}-{dev}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import pytest
 import torch
@@ -1043,3 +1044,105 @@ def test_lf_star_is_only_logged_unless_the_optimizer_is_shared():
     assert star_none != star_two  # ... only what is logged differs
     shared, _ = weights(inner_steps=2, inner_optimizer="shared")
     assert any(not torch.equal(v, shared[k]) for k, v in none.items())
+
+
+class _MemorizingUNet(torch.nn.Module):
+    """Predicts the exact noise for images noised from one known x_1, as a model that memorized it would."""
+
+    def __init__(self, fp: ForwardProcess, x1: torch.Tensor) -> None:
+        super().__init__()
+        self.fp, self.x1 = fp, x1
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> types.SimpleNamespace:
+        a, s = self.fp.coeffs(t)
+        return types.SimpleNamespace(sample=(x - a * self.x1) / s)
+
+
+def test_the_neighbours_target_with_a_bandwidth_is_the_gaussian_posterior_noise():
+    """With bandwidth h, one neighbour x_1 stands for x_0 ~ N(x_1, h^2 I): the target is E[eps | x_t].
+
+    By linear-Gaussian regression, Cov(eps, x_t) = s I and Var(x_t) = (a^2 h^2 + s^2) I, so
+    E[eps | x_t] = s (x_t - a x_1) / (a^2 h^2 + s^2). At h = 0 that is the jump onto x_1,
+    (x_t - a x_1) / s, at every t; with h > 0 it fades at small t (local denoising) and matches
+    h = 0 where the noise dominates.
+    """
+    from diffusers import DDPMScheduler
+
+    from unlearn_lib.unlearning.targets import NeighbourTarget
+
+    fp = ForwardProcess(DDPMScheduler(num_train_timesteps=1000), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    retain_u8 = torch.randint(0, 256, (1, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    x1 = to_model_space(retain_u8)
+    x0 = to_model_space(torch.randint(0, 256, (4, 1, 8, 8), generator=gen, dtype=torch.uint8))
+    t = torch.tensor([5, 25, 200, 900])
+    eps = torch.randn(x0.shape, generator=gen)
+    x_t = fp.add_noise(x0, eps, t)
+    a, s = fp.coeffs(t)
+    unet = _MemorizingUNet(fp, x1)
+    nb = torch.zeros((4, 1), dtype=torch.long)
+    labels = torch.zeros(1, dtype=torch.long)
+    idx = torch.arange(4)
+
+    def target(h: float) -> torch.Tensor:
+        fn = NeighbourTarget(unet, fp, nb, retain_u8, labels, null_class=None, bandwidth=h)
+        return fn(x0, None, None, idx, t, eps, x_t)[0]
+
+    assert torch.allclose(target(0.0), (x_t - a * x1) / s, atol=1e-4)
+    h = 0.25
+    want = s * (x_t - a * x1) / (a**2 * h**2 + s**2)
+    got = target(h)
+    assert torch.allclose(got, want, atol=1e-4)
+    jump = target(0.0)
+    norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
+    # At t = 5 the jump onto another image is a huge noise; the bandwidth's target is a small fraction of it.
+    assert norm(got)[0] < 0.05 * norm(jump)[0]
+    # Where the noise dominates (t = 900) the two agree.
+    assert torch.allclose(got[3], jump[3], rtol=0.02, atol=1e-3)
+
+
+def test_the_neighbours_bandwidth_weighs_neighbours_by_the_widened_likelihood():
+    """Two neighbours: the weights are the posterior of a Gaussian of variance a^2 h^2 + s^2 about each.
+
+    A base that predicts no noise at all makes each redirection (x_t - x_t_j) / s, the closed form below.
+    """
+
+    class _Zero(torch.nn.Module):
+        def forward(
+            self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
+        ) -> types.SimpleNamespace:
+            return types.SimpleNamespace(sample=torch.zeros_like(x))
+
+    from diffusers import DDPMScheduler
+
+    from unlearn_lib.unlearning.targets import NeighbourTarget
+
+    fp = ForwardProcess(DDPMScheduler(num_train_timesteps=1000), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    retain_u8 = torch.randint(0, 256, (2, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    xr = to_model_space(retain_u8)
+    x0 = to_model_space(torch.randint(0, 256, (3, 1, 8, 8), generator=gen, dtype=torch.uint8))
+    t = torch.tensor([10, 60, 300])
+    eps = torch.randn(x0.shape, generator=gen)
+    x_t = fp.add_noise(x0, eps, t)
+    a, s = fp.coeffs(t)
+    nb = torch.tensor([[0, 1]] * 3)
+    h = 0.2
+    fn = NeighbourTarget(_Zero(), fp, nb, retain_u8, torch.zeros(2, dtype=torch.long), None, bandwidth=h)
+    got, weight = fn(x0, None, None, torch.arange(3), t, eps, x_t)
+
+    c = s**2 / (a**2 * h**2 + s**2)
+    r = torch.stack([(x_t - fp.add_noise(xr[j].expand_as(x0), eps, t)) / s for j in (0, 1)], 1)  # [3, 2, ...]
+    logw = -0.5 * c.view(3, 1) * r.flatten(2).pow(2).sum(-1)
+    w = logw.softmax(1).view(3, 2, 1, 1, 1)
+    assert torch.allclose(got, (w * c.unsqueeze(1) * r).sum(1), atol=1e-4)
+    # The loss weight is the same with or without a bandwidth (min(1, 1/SNR)).
+    assert torch.allclose(weight, ((1 - a**2) / a**2).clamp(max=1).flatten())
+
+
+def test_a_negative_or_non_finite_neighbours_bandwidth_is_refused():
+    for bad in ("-0.1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="neighbours_bandwidth must be a finite number >= 0"):
+            make_unlearner("erasediff", {"neighbours_bandwidth": bad}).config.validate()

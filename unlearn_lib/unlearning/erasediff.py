@@ -239,6 +239,13 @@ class EraseDiffConfig(CommonConfig):
     distinct_margin: float = DISTINCT_MARGIN
     distinct_tolerance: float = DISTINCT_TOLERANCE
     neighbours: int = 8
+    # Record deletions (remap_to=neighbours): how far around each retained neighbour, per pixel in
+    # [-1, 1], a model that never saw the record generalizes (NeighbourTarget). 0: each neighbour
+    # is exactly itself, so at small timesteps the target is a jump onto another image; the
+    # model learns to strip what the records share with images nobody asked to delete (the
+    # canaries' corner mark: their hold-out look-alikes read 2.6x a retrain's error at t = 25).
+    # See benchmarks/README.md, "A bandwidth for the neighbours target".
+    neighbours_bandwidth: float = 0.0
     # The forgetting loss draws its timesteps from [forget_t_min, T); the retain loss from all.
     # 100 kept a record deletion off the records' look-alikes at the smallest timesteps
     # (retain_loss_ratio 1.18 -> 1.14 on 10 marked digits; a retrain 1.08), but the forget error
@@ -418,6 +425,8 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError(f"remap_to must be {', '.join(REMAP_MODES)} or a class index, got {self.remap_to!r}")
         if self.neighbours < 1:
             raise ConfigError("neighbours must be >= 1")
+        if not math.isfinite(self.neighbours_bandwidth) or self.neighbours_bandwidth < 0:
+            raise ConfigError(f"neighbours_bandwidth must be a finite number >= 0, got {self.neighbours_bandwidth}")
         if self.destination_scope not in DESTINATION_SCOPES:
             raise ConfigError(
                 f"destination_scope must be one of {', '.join(DESTINATION_SCOPES)}, got {self.destination_scope!r}"
@@ -588,6 +597,19 @@ class KeptRecords:
         return ForgetBatch(x_t=x_t, t=t, y_in=y_in, target=target, weight=weight, scale=self.weight)
 
 
+def neighbour_target(cfg: EraseDiffConfig, loop: UnlearningLoop, neighbours: torch.Tensor) -> NeighbourTarget:
+    """A record deletion's target: each record toward its ``neighbours`` (indices into the retain set)."""
+    return NeighbourTarget(
+        loop.frozen.unet,
+        loop.fp,
+        neighbours,
+        loop.retain_x,
+        loop.retain_y,
+        loop.model.null_class,
+        bandwidth=cfg.neighbours_bandwidth,
+    )
+
+
 def records_term_holds(cfg: EraseDiffConfig, task: UnlearningTask) -> TensorSet | None:
     """The records of earlier record deletions that the records term holds (None: none in the data
     given, or the term is off); the default records anchor leaves their labels to it."""
@@ -607,7 +629,7 @@ def build_kept_records(cfg: EraseDiffConfig, task: UnlearningTask, loop: Unlearn
     nb = nearest_neighbours(
         records.images, records.labels, task.retain.images, task.retain.labels, cfg.neighbours, task.base.conditional
     )
-    target = NeighbourTarget(loop.frozen.unet, loop.fp, nb, loop.retain_x, loop.retain_y, loop.model.null_class)
+    target = neighbour_target(cfg, loop, nb)
     return KeptRecords(
         images=records.images.to(loop.device),
         labels=records.labels.to(loop.device),
@@ -820,7 +842,7 @@ def build_target(
             cfg.neighbours,
             same_label=task.scope != "class" and task.base.conditional,
         )
-        return NeighbourTarget(loop.frozen.unet, loop.fp, nb, loop.retain_x, loop.retain_y, loop.model.null_class)
+        return neighbour_target(cfg, loop, nb)
     if not task.base.conditional:
         raise ConfigError(f"remap_to={mode} needs a class-conditional model; use neighbours or target=noise")
     if mode.isdigit():

@@ -19,7 +19,9 @@ forget set by regressing its noise prediction onto another target:
   deletions), so the model denoises it as a model that never saw it would: into something
   like its neighbours, not into noise or another class (the idea of ReTrack, arXiv
   2509.13007). The target is built from the base model's prediction on the neighbours
-  noised with the same noise, weighted by each neighbour's posterior given x_t.
+  noised with the same noise, weighted by each neighbour's posterior given x_t; with a
+  ``bandwidth`` each neighbour is a small Gaussian cloud of images rather than one image,
+  which leaves the smallest timesteps to local denoising (see :class:`NeighbourTarget`).
 """
 
 from __future__ import annotations
@@ -492,8 +494,10 @@ class NeighbourTarget(ForgetTarget):
         retain_u8: torch.Tensor,
         retain_labels: torch.Tensor,
         null_class: int | None,
+        bandwidth: float = 0.0,
     ) -> None:
         self.unet, self.fp, self.null = frozen_unet, fp, null_class
+        self.bandwidth = bandwidth
         self.neighbours = neighbours.to(retain_u8.device)
         self.retain_u8, self.retain_labels = retain_u8, retain_labels
 
@@ -516,9 +520,16 @@ class NeighbourTarget(ForgetTarget):
         a, s = self.fp.coeffs(t_rep)
         # The noise that would make x_t denoise into the model's estimate of neighbour j.
         redirect = eps_n + (x_t.repeat_interleave(k, dim=0) - x_t_n) / s
-        redirect = redirect.view(n, k, *x0.shape[1:])
-        # Posterior of neighbour j given x_t is a Gaussian likelihood of its implied noise.
-        logw = -0.5 * redirect.flatten(2).pow(2).sum(-1)
+        # With a bandwidth h each neighbour stands for a Gaussian N(x_j, h^2 I) of images, not for
+        # itself alone: x_t given j is N(a x_j, (a^2 h^2 + s^2) I) and E[eps | x_t, j] is the
+        # redirection shrunk by c = s^2 / (a^2 h^2 + s^2). Where the noise is large c is 1 (the
+        # empirical posterior); where it is small the target tends to a local denoising of x_t
+        # instead of a jump onto another image, which a model that never saw the record does not
+        # make either. h = 0: the empirical posterior at every t.
+        shrink = s.pow(2) / (a.pow(2) * self.bandwidth**2 + s.pow(2))
+        redirect = (shrink * redirect).view(n, k, *x0.shape[1:])
+        # Posterior of neighbour j given x_t: the Gaussian likelihood above, |x_t - a x_j|^2 / (2 (a^2 h^2 + s^2)).
+        logw = -0.5 * redirect.flatten(2).pow(2).sum(-1) / shrink.view(n, k)
         w = logw.softmax(dim=1).view(n, k, *([1] * (x0.dim() - 1)))
         target = (w * redirect).sum(1)
         # Compare in image space where noise is small and in noise space where it is large:
@@ -528,4 +539,9 @@ class NeighbourTarget(ForgetTarget):
         return target, weight
 
     def describe(self) -> dict:
-        return {"target": "remap", "remap_to": "neighbours", "k": int(self.neighbours.shape[1])}
+        return {
+            "target": "remap",
+            "remap_to": "neighbours",
+            "k": int(self.neighbours.shape[1]),
+            "bandwidth": self.bandwidth,
+        }
