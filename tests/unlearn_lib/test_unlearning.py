@@ -1124,7 +1124,7 @@ def test_the_neighbours_bandwidth_weighs_neighbours_by_the_widened_likelihood():
     retain_u8 = torch.randint(0, 256, (2, 1, 8, 8), generator=gen, dtype=torch.uint8)
     xr = to_model_space(retain_u8)
     x0 = to_model_space(torch.randint(0, 256, (3, 1, 8, 8), generator=gen, dtype=torch.uint8))
-    t = torch.tensor([10, 60, 300])
+    t = torch.tensor([10, 100, 300])  # SNR about 455, 8.5 and 0.65
     eps = torch.randn(x0.shape, generator=gen)
     x_t = fp.add_noise(x0, eps, t)
     a, s = fp.coeffs(t)
@@ -1138,11 +1138,23 @@ def test_the_neighbours_bandwidth_weighs_neighbours_by_the_widened_likelihood():
     logw = -0.5 * c.view(3, 1) * r.flatten(2).pow(2).sum(-1)
     w = logw.softmax(1).view(3, 2, 1, 1, 1)
     assert torch.allclose(got, (w * c.unsqueeze(1) * r).sum(1), atol=1e-4)
-    # The loss weight is the same with or without a bandwidth (min(1, 1/SNR)).
+    # The loss weight is the same with or without a bandwidth (min(1, 1/SNR)) ...
     assert torch.allclose(weight, ((1 - a**2) / a**2).clamp(max=1).flatten())
+    # ... and min(1, snr_0 / SNR) with ``full_weight_snr``: 16x at t = 10, full from t = 100 on.
+    fn16 = NeighbourTarget(
+        _Zero(), fp, nb, retain_u8, torch.zeros(2, dtype=torch.long), None, bandwidth=h, full_weight_snr=16.0
+    )
+    got16, weight16 = fn16(x0, None, None, torch.arange(3), t, eps, x_t)
+    assert torch.equal(got16, got)
+    assert torch.allclose(weight16[0], 16 * weight[0]) and weight16[0] < 0.1
+    assert weight16[1] == 1 and weight[1] < 0.2
+    assert weight16[2] == weight[2] == 1
 
 
-def test_a_negative_or_non_finite_neighbours_bandwidth_is_refused():
+def test_a_negative_or_non_finite_neighbours_bandwidth_or_weight_is_refused():
     for bad in ("-0.1", "nan", "inf"):
         with pytest.raises(ConfigError, match="neighbours_bandwidth must be a finite number >= 0"):
             make_unlearner("erasediff", {"neighbours_bandwidth": bad}).config.validate()
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="neighbours_full_weight_snr must be a finite number > 0"):
+            make_unlearner("erasediff", {"neighbours_full_weight_snr": bad}).config.validate()

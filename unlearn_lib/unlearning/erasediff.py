@@ -246,6 +246,9 @@ class EraseDiffConfig(CommonConfig):
     # canaries' corner mark: their hold-out look-alikes read 2.6x a retrain's error at t = 25).
     # See benchmarks/README.md, "A bandwidth for the neighbours target".
     neighbours_bandwidth: float = 0.0
+    # The forgetting loss of a record deletion weighs min(1, snr_0 / SNR(t)): full weight where the
+    # signal-to-noise ratio is at most snr_0, less (image space) where the noise is smaller.
+    neighbours_full_weight_snr: float = 1.0
     # The forgetting loss draws its timesteps from [forget_t_min, T); the retain loss from all.
     # 100 kept a record deletion off the records' look-alikes at the smallest timesteps
     # (retain_loss_ratio 1.18 -> 1.14 on 10 marked digits; a retrain 1.08), but the forget error
@@ -427,6 +430,9 @@ class EraseDiffConfig(CommonConfig):
             raise ConfigError("neighbours must be >= 1")
         if not math.isfinite(self.neighbours_bandwidth) or self.neighbours_bandwidth < 0:
             raise ConfigError(f"neighbours_bandwidth must be a finite number >= 0, got {self.neighbours_bandwidth}")
+        snr0 = self.neighbours_full_weight_snr
+        if not math.isfinite(snr0) or snr0 <= 0:
+            raise ConfigError(f"neighbours_full_weight_snr must be a finite number > 0, got {snr0}")
         if self.destination_scope not in DESTINATION_SCOPES:
             raise ConfigError(
                 f"destination_scope must be one of {', '.join(DESTINATION_SCOPES)}, got {self.destination_scope!r}"
@@ -607,6 +613,7 @@ def neighbour_target(cfg: EraseDiffConfig, loop: UnlearningLoop, neighbours: tor
         loop.retain_y,
         loop.model.null_class,
         bandwidth=cfg.neighbours_bandwidth,
+        full_weight_snr=cfg.neighbours_full_weight_snr,
     )
 
 

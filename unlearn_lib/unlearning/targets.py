@@ -495,9 +495,10 @@ class NeighbourTarget(ForgetTarget):
         retain_labels: torch.Tensor,
         null_class: int | None,
         bandwidth: float = 0.0,
+        full_weight_snr: float = 1.0,
     ) -> None:
         self.unet, self.fp, self.null = frozen_unet, fp, null_class
-        self.bandwidth = bandwidth
+        self.bandwidth, self.full_weight_snr = bandwidth, full_weight_snr
         self.neighbours = neighbours.to(retain_u8.device)
         self.retain_u8, self.retain_labels = retain_u8, retain_labels
 
@@ -533,9 +534,11 @@ class NeighbourTarget(ForgetTarget):
         w = logw.softmax(dim=1).view(n, k, *([1] * (x0.dim() - 1)))
         target = (w * redirect).sum(1)
         # Compare in image space where noise is small and in noise space where it is large:
-        # weight min(1, 1/SNR) keeps the huge low-t redirections from dominating.
+        # weight min(1, snr_0 / SNR) keeps the huge low-t redirections from dominating; snr_0 is
+        # ``full_weight_snr``. A bandwidth bounds those redirections, and then a larger snr_0 lets
+        # the loss reach t = 100-200, where many copies of a record are memorized.
         ab = self.fp.sqrt_ab[t].pow(2)
-        weight = ((1 - ab) / ab).clamp(max=1.0)
+        weight = (self.full_weight_snr * (1 - ab) / ab).clamp(max=1.0)
         return target, weight
 
     def describe(self) -> dict:
@@ -544,4 +547,5 @@ class NeighbourTarget(ForgetTarget):
             "remap_to": "neighbours",
             "k": int(self.neighbours.shape[1]),
             "bandwidth": self.bandwidth,
+            "full_weight_snr": self.full_weight_snr,
         }
