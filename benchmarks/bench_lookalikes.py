@@ -42,17 +42,20 @@ def target_errors(
     nb = nearest_neighbours(
         forget.images, forget.labels, retain.images, retain.labels, EraseDiffConfig().neighbours, True
     )
-    fp = ForwardProcess(base.scheduler, base.device)
-    target = NeighbourTarget(base.unet, fp, nb, retain.images, retain.labels, base.null_class, bandwidth=bandwidth)
-    x0, n = to_model_space(forget.images), len(forget)
+    dev = base.device
+    fp = ForwardProcess(base.scheduler, dev)
+    target = NeighbourTarget(
+        base.unet, fp, nb, retain.images.to(dev), retain.labels.to(dev), base.null_class, bandwidth=bandwidth
+    )
+    x0, y, n = to_model_space(forget.images).to(dev), forget.labels.to(dev), len(forget)
     gen = torch.Generator().manual_seed(0)
     out = {}
     for t in timesteps:
-        tt = torch.full((n,), t)
+        tt = torch.full((n,), t, device=dev)
         err = 0.0
         for _ in range(draws):
-            eps = torch.randn(x0.shape, generator=gen)
-            got, _ = target(x0, forget.labels, forget.labels, torch.arange(n), tt, eps, fp.add_noise(x0, eps, tt))
+            eps = torch.randn(x0.shape, generator=gen).to(dev)
+            got, _ = target(x0, y, y, torch.arange(n, device=dev), tt, eps, fp.add_noise(x0, eps, tt))
             err += float((got - eps).pow(2).mean()) / draws
         out[str(t)] = round(err, 4)
     return out
@@ -67,13 +70,18 @@ def main() -> None:
     ap.add_argument("--bandwidths", nargs="+", type=float, default=[], help="the target's own error at each")
     ap.add_argument("--tag", help="names the results file (required with --erased or --timesteps)")
     args = ap.parse_args()
-    if (args.erased or args.timesteps) and not args.tag:
-        raise SystemExit("--erased/--timesteps describe another measurement: name its results with --tag")
+    if (args.erased or args.timesteps or args.configs) and not args.tag:
+        raise SystemExit("--configs/--erased/--timesteps describe another measurement: name its results with --tag")
+    if args.bandwidths and not args.timesteps:
+        raise SystemExit("--bandwidths measures the target at --timesteps: give them")
     erased = [f"erased-{t}" for t in args.erased] if args.erased else ["erased"]
     roles = ("base", *erased, "retrain")
     rows: dict[str, dict] = {}
     folders = sorted(p for p in Path(args.workdir).iterdir() if "@" in p.name)
     if args.configs:
+        missing = sorted(set(args.configs) - {f.name for f in folders})
+        if missing:
+            raise SystemExit(f"no canary set folder {', '.join(missing)} in {args.workdir}")
         folders = [f for f in folders if f.name in args.configs]
     for folder in folders:
         ds = load_dataset(folder / "data")
@@ -94,7 +102,7 @@ def main() -> None:
                     row[role][f"{name}_loss_by_t"] = {
                         str(t): round(denoising_loss(model, data, seed=0, timesteps=[t]), 4) for t in args.timesteps
                     }
-        if args.bandwidths and args.timesteps:
+        if args.bandwidths:
             base = DiffusionModel.load(folder / "base")
             row["target_error_by_t"] = {
                 str(h): target_errors(base, forget, TensorSet.from_records(ds, sel.retain), h, args.timesteps)

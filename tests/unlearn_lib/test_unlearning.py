@@ -1065,7 +1065,7 @@ def test_the_neighbours_target_with_a_bandwidth_is_the_gaussian_posterior_noise(
 
     By linear-Gaussian regression, Cov(eps, x_t) = s I and Var(x_t) = (a^2 h^2 + s^2) I, so
     E[eps | x_t] = s (x_t - a x_1) / (a^2 h^2 + s^2). At h = 0 that is the jump onto x_1,
-    (x_t - a x_1) / s, at every t; with h > 0 it fades at small t (local denoising) and matches
+    (x_t - a x_1) / s, at every t; with h > 0 it fades at small t (x_t left nearly as it is) and matches
     h = 0 where the noise dominates.
     """
     from diffusers import DDPMScheduler
@@ -1129,7 +1129,7 @@ def test_the_neighbours_bandwidth_weighs_neighbours_by_the_widened_likelihood():
     x_t = fp.add_noise(x0, eps, t)
     a, s = fp.coeffs(t)
     nb = torch.tensor([[0, 1]] * 3)
-    h = 0.2
+    h = 1.0  # c about 0.1 at t = 100: the widened and the plain likelihood weigh the two apart
     fn = NeighbourTarget(_Zero(), fp, nb, retain_u8, torch.zeros(2, dtype=torch.long), None, bandwidth=h)
     got, weight = fn(x0, None, None, torch.arange(3), t, eps, x_t)
 
@@ -1138,6 +1138,8 @@ def test_the_neighbours_bandwidth_weighs_neighbours_by_the_widened_likelihood():
     logw = -0.5 * c.view(3, 1) * r.flatten(2).pow(2).sum(-1)
     w = logw.softmax(1).view(3, 2, 1, 1, 1)
     assert torch.allclose(got, (w * c.unsqueeze(1) * r).sum(1), atol=1e-4)
+    plain = (-0.5 * r.flatten(2).pow(2).sum(-1)).softmax(1).view(3, 2, 1, 1, 1)
+    assert (got - (plain * c.unsqueeze(1) * r).sum(1)).abs().max() > 1e-2
     # The loss weight is the same with or without a bandwidth (min(1, 1/SNR)) ...
     assert torch.allclose(weight, ((1 - a**2) / a**2).clamp(max=1).flatten())
     # ... and min(1, snr_0 / SNR) with ``full_weight_snr``: 16x at t = 10, full from t = 100 on.

@@ -239,15 +239,17 @@ class EraseDiffConfig(CommonConfig):
     distinct_margin: float = DISTINCT_MARGIN
     distinct_tolerance: float = DISTINCT_TOLERANCE
     neighbours: int = 8
-    # Record deletions (remap_to=neighbours): how far around each retained neighbour, per pixel in
+    # The neighbours target (record deletions, any remap_to=neighbours run, and the term that keeps
+    # earlier record deletions forgotten): how far around each retained neighbour, per pixel in
     # [-1, 1], a model that never saw the record generalizes (NeighbourTarget). 0: each neighbour
     # is exactly itself, so at small timesteps the target is a jump onto another image; the
     # model learns to strip what the records share with images nobody asked to delete (the
     # canaries' corner mark: their hold-out look-alikes read 2.6x a retrain's error at t = 25).
     # See benchmarks/README.md, "A bandwidth for the neighbours target".
     neighbours_bandwidth: float = 0.0
-    # The forgetting loss of a record deletion weighs min(1, snr_0 / SNR(t)): full weight where the
-    # signal-to-noise ratio is at most snr_0, less (image space) where the noise is smaller.
+    # The neighbours target's loss (the same terms) weighs min(1, snr_0 / SNR(t)): full weight where
+    # the signal-to-noise ratio is at most snr_0 (16: from t = 73 on the digits schedule; 1: from
+    # t = 259), less (image space) where the noise is smaller. Same README section.
     neighbours_full_weight_snr: float = 1.0
     # The forgetting loss draws its timesteps from [forget_t_min, T); the retain loss from all.
     # 100 kept a record deletion off the records' look-alikes at the smallest timesteps

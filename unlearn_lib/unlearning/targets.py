@@ -21,7 +21,7 @@ forget set by regressing its noise prediction onto another target:
   2509.13007). The target is built from the base model's prediction on the neighbours
   noised with the same noise, weighted by each neighbour's posterior given x_t; with a
   ``bandwidth`` each neighbour is a small Gaussian cloud of images rather than one image,
-  which leaves the smallest timesteps to local denoising (see :class:`NeighbourTarget`).
+  which at the smallest timesteps leaves x_t nearly as it is (see :class:`NeighbourTarget`).
 """
 
 from __future__ import annotations
@@ -524,7 +524,7 @@ class NeighbourTarget(ForgetTarget):
         # With a bandwidth h each neighbour stands for a Gaussian N(x_j, h^2 I) of images, not for
         # itself alone: x_t given j is N(a x_j, (a^2 h^2 + s^2) I) and E[eps | x_t, j] is the
         # redirection shrunk by c = s^2 / (a^2 h^2 + s^2). Where the noise is large c is 1 (the
-        # empirical posterior); where it is small the target tends to a local denoising of x_t
+        # empirical posterior); where it is small the target tends to 0, x_t left nearly as it is,
         # instead of a jump onto another image, which a model that never saw the record does not
         # make either. h = 0: the empirical posterior at every t.
         shrink = s.pow(2) / (a.pow(2) * self.bandwidth**2 + s.pow(2))
