@@ -36,28 +36,35 @@ from unlearn_lib.unlearning.targets import NeighbourTarget, nearest_neighbours
 
 @torch.no_grad()
 def target_errors(
-    base: DiffusionModel, forget: TensorSet, retain: TensorSet, bandwidth: float, timesteps: list[int], draws: int = 4
-) -> dict[str, float]:
-    """Mean squared error of the neighbours target against the true noise, per timestep (seed 0)."""
+    base: DiffusionModel,
+    forget: TensorSet,
+    retain: TensorSet,
+    bandwidths: list[float],
+    timesteps: list[int],
+    draws: int = 4,
+) -> dict[str, dict[str, float]]:
+    """Per bandwidth and timestep, the mean squared error of the neighbours target against the true noise (seed 0)."""
     nb = nearest_neighbours(
         forget.images, forget.labels, retain.images, retain.labels, EraseDiffConfig().neighbours, True
     )
     dev = base.device
     fp = ForwardProcess(base.scheduler, dev)
-    target = NeighbourTarget(
-        base.unet, fp, nb, retain.images.to(dev), retain.labels.to(dev), base.null_class, bandwidth=bandwidth
-    )
     x0, y, n = to_model_space(forget.images).to(dev), forget.labels.to(dev), len(forget)
-    gen = torch.Generator().manual_seed(0)
-    out = {}
-    for t in timesteps:
-        tt = torch.full((n,), t, device=dev)
-        err = 0.0
-        for _ in range(draws):
-            eps = torch.randn(x0.shape, generator=gen).to(dev)
-            got, _ = target(x0, y, y, torch.arange(n, device=dev), tt, eps, fp.add_noise(x0, eps, tt))
-            err += float((got - eps).pow(2).mean()) / draws
-        out[str(t)] = round(err, 4)
+    out: dict[str, dict[str, float]] = {}
+    for h in bandwidths:
+        target = NeighbourTarget(
+            base.unet, fp, nb, retain.images.to(dev), retain.labels.to(dev), base.null_class, bandwidth=h
+        )
+        gen = torch.Generator().manual_seed(0)  # the same noise for every bandwidth
+        out[str(h)] = {}
+        for t in timesteps:
+            tt = torch.full((n,), t, device=dev)
+            err = 0.0
+            for _ in range(draws):
+                eps = torch.randn(x0.shape, generator=gen).to(dev)
+                got, _ = target(x0, y, y, torch.arange(n, device=dev), tt, eps, fp.add_noise(x0, eps, tt))
+                err += float((got - eps).pow(2).mean()) / draws
+            out[str(h)][str(t)] = round(err, 4)
     return out
 
 
@@ -104,10 +111,8 @@ def main() -> None:
                     }
         if args.bandwidths:
             base = DiffusionModel.load(folder / "base")
-            row["target_error_by_t"] = {
-                str(h): target_errors(base, forget, TensorSet.from_records(ds, sel.retain), h, args.timesteps)
-                for h in args.bandwidths
-            }
+            retain = TensorSet.from_records(ds, sel.retain)
+            row["target_error_by_t"] = target_errors(base, forget, retain, args.bandwidths, args.timesteps)
         for role in erased:
             if role in row and "retrain" in row:
                 for key in ("lookalike_loss", "holdout_loss"):

@@ -528,9 +528,9 @@ class NeighbourTarget(ForgetTarget):
         # instead of a jump onto another image, which a model that never saw the record does not
         # make either. h = 0: the empirical posterior at every t.
         shrink = s.pow(2) / (a.pow(2) * self.bandwidth**2 + s.pow(2))
-        redirect = (shrink * redirect).view(n, k, *x0.shape[1:])
         # Posterior of neighbour j given x_t: the Gaussian likelihood above, |x_t - a x_j|^2 / (2 (a^2 h^2 + s^2)).
-        logw = -0.5 * redirect.flatten(2).pow(2).sum(-1) / shrink.view(n, k)
+        logw = -0.5 * shrink.view(n, k) * redirect.view(n, k, -1).pow(2).sum(-1)
+        redirect = (shrink * redirect).view(n, k, *x0.shape[1:])
         w = logw.softmax(dim=1).view(n, k, *([1] * (x0.dim() - 1)))
         target = (w * redirect).sum(1)
         # Compare in image space where noise is small and in noise space where it is large:
