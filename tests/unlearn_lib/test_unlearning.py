@@ -1160,3 +1160,101 @@ def test_a_negative_or_non_finite_neighbours_bandwidth_or_weight_is_refused():
     for bad in ("0", "-1", "nan", "inf"):
         with pytest.raises(ConfigError, match="neighbours_full_weight_snr must be a finite number > 0"):
             make_unlearner("erasediff", {"neighbours_full_weight_snr": bad}).config.validate()
+
+
+def test_a_stalled_record_deletion_escalates_its_forgetting_strength_step_by_step(canary_task):
+    """While the stop's ratio stands still, lam and the neighbours weight rise one level per window.
+
+    A step size too small to move the model stands in for records memorized too deeply for the
+    start's strength: the stop's measure is deterministic, so its pace reads 0.
+    """
+    opts = {"lr": 1e-9, "lam": 0.1, "steps": 24, "stop_extraction_samples": 0, "escalate": True, "escalate_window": 5}
+    result = make_unlearner("erasediff", opts).run(canary_task, progress=False)
+    assert result.stop is None and result.steps == 24
+    # Not before calibrate_min_steps (10), then one level every window, up to the top.
+    assert result.history["escalated_at"] == [10, 15, 20]
+    assert result.history["escalation_level"] == [1, 2, 3]
+    lam = result.history["lam"]  # logged at each step, before the step's check
+    assert lam[9] == pytest.approx(0.1) and lam[10] == pytest.approx(0.1 * 10 ** (1 / 3))
+    assert lam[15] == pytest.approx(0.1 * 10 ** (2 / 3)) and lam[23] == pytest.approx(1.0)
+    target = result.config["resolved_target"]
+    assert target["full_weight_snr"] == pytest.approx(16.0)
+    assert target["escalation"] == {"level": 3, "of": 3, "at": [10, 15, 20], "lam": pytest.approx(1.0)}
+    # Without the option the same run keeps its strength.
+    plain = make_unlearner("erasediff", opts | {"escalate": False}).run(canary_task, progress=False)
+    assert "escalated_at" not in plain.history and plain.history["lam"] == pytest.approx([0.1] * 24)
+    assert plain.config["resolved_target"]["full_weight_snr"] == 1.0
+
+
+def test_a_resumed_run_keeps_the_forgetting_strength_it_escalated_to(base_model_dir, digits_dir, tmp_path):
+    from unlearn_lib.unlearning import erase
+    from unlearn_lib.unlearning import loop as loop_mod
+
+    opts = {
+        "lr": 1e-9,
+        "lam": 0.1,
+        "steps": 18,
+        "stop_extraction_samples": 0,
+        "escalate": True,
+        "escalate_window": 5,
+        "checkpoint_every": 1,
+    }
+    original = loop_mod.UnlearningLoop.maybe_checkpoint
+
+    def die_after_the_first_escalation(self, done, optimizers, extra=None):
+        original(self, done, optimizers, extra)
+        if done == 12:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "erased"
+    loop_mod.UnlearningLoop.maybe_checkpoint = die_after_the_first_escalation
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
+    finally:
+        loop_mod.UnlearningLoop.maybe_checkpoint = original
+    erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
+    record = json.loads((out / "unlearning.json").read_text())
+    assert record["resumed_from"] == 12
+    # Level 1 from step 10 carried over (a fresh start would wait for step 10 + 5 from 12 on).
+    assert record["config"]["resolved_target"]["escalation"]["level"] == 2
+    assert record["history"]["escalated_at"][-1] == 15
+    assert record["history"]["lam"][-1] == pytest.approx(0.1 * 10 ** (2 / 3))
+
+
+def test_escalation_needs_a_fixed_lambda_the_calibrated_stop_and_a_higher_ceiling(class_task, canary_task):
+    with pytest.raises(ConfigError, match="escalate needs lambda_mode=fixed"):
+        make_unlearner("erasediff", {"escalate": True, "lambda_mode": "bome"}).config.validate()
+    with pytest.raises(ConfigError, match="escalate_levels, escalate_window and escalate_horizon must be >= 1"):
+        make_unlearner("erasediff", {"escalate_levels": 0}).config.validate()
+    # Ceilings are judged against the run's own start (the scope's lam is only known then).
+    with pytest.raises(ConfigError, match=r"escalate_lam must be >= lam \(0.3\), got 0.05, or escalate=false"):
+        make_unlearner("erasediff", {"escalate_lam": 0.05}).run(canary_task, progress=False)
+    with pytest.raises(ConfigError, match=r"escalate_full_weight_snr must be >= neighbours_full_weight_snr \(32\)"):
+        make_unlearner("erasediff", {"neighbours_full_weight_snr": 32}).run(canary_task, progress=False)
+    with pytest.raises(ConfigError, match="escalate needs the calibrated stop"):
+        make_unlearner("erasediff", {"escalate": True, "steps": 1}).run(class_task, progress=False)
+    # By default a class erasure (no calibrated stop) simply does not escalate; a ceiling under
+    # the start is no error there.
+    done = make_unlearner("erasediff", {"steps": 1, "escalate_lam": 0.05}).run(class_task, progress=False)
+    assert "escalation" not in done.config["resolved_target"] and done.history["lam"] == [3.0]
+
+
+def test_the_default_record_deletion_escalates_exactly_where_its_pace_falls_short(canary_model_dir):
+    """On the suite's canary deletion (the defaults), each step's decision is re-derived from the stop's curve."""
+    record = json.loads((canary_model_dir / "unlearning.json").read_text())
+    cfg, h = EraseDiffConfig(), record["history"]
+    escalation = record["config"]["resolved_target"]["escalation"]
+    assert record["stop"]["crossings_lost"] == 0  # else steps after a lost crossing could escalate too
+    curve = dict(zip((int(s) for s in h["calib_step"]), h["calib_ratio"], strict=True))
+    level, at, expected = 0, 0, []
+    for step in range(cfg.calibrate_min_steps, record["stop"]["crossed_at"]):
+        if level >= cfg.escalate_levels or step < at + cfg.escalate_window:
+            continue
+        pace = (curve[step] - curve[step - cfg.escalate_window]) / cfg.escalate_window
+        if pace <= 0 or (1 + cfg.calibrate_margin - curve[step]) / pace > cfg.escalate_horizon:
+            level, at = level + 1, step
+            expected.append(step)
+    assert escalation["at"] == expected and escalation["level"] == len(expected)
+    lam = [0.3 * (1 / 0.3) ** (sum(s < step for s in expected) / 3) for step in range(1, record["steps"] + 1)]
+    assert h["lam"] == pytest.approx(lam)

@@ -117,8 +117,10 @@ SCOPE_DEFAULTS = {
     "class": {"steps": 150, "lr": 1e-3, "lam": 3.0},
     # lr 3e-4 since the stop aims at the marked look-alikes' level, 1.6x further than the diluted
     # one: at 1e-4 a canary set needed 244 steps (0.72x a retrain), at 3e-4 78 (0.24x), and the
-    # retain loss rose the same (1.18) either way.
-    "records": {"steps": 300, "lr": 3e-4, "lam": 0.1},
+    # retain loss rose the same (1.18) either way. lam 0.3 since 2026-12-07 (0.1 before): the start
+    # of the escalation (``escalate``), at which the 10-copy canary sets land; records memorized
+    # deeper raise it on the way.
+    "records": {"steps": 300, "lr": 3e-4, "lam": 0.3},
 }
 
 # Outer steps per measurement of L_f* where measuring is all the inner phase does (see
@@ -140,6 +142,7 @@ def default_round_steps(cfg: EraseDiffConfig) -> int:
     if cfg.inner_optimizer == "separate" and cfg.inner_data == "batch":
         return ROUND_STEPS_MEASURED
     return 1
+
 
 # The official configuration for CIFAR-10 (forget "airplane"), read from JingWu321/EraseDiff at
 # HEAD 14f4e98 unless a line says otherwise. Their optimizer, data and EMA settings come from
@@ -245,12 +248,30 @@ class EraseDiffConfig(CommonConfig):
     # is exactly itself, so at small timesteps the target is a jump onto another image; the
     # model learns to strip what the records share with images nobody asked to delete (the
     # canaries' corner mark: their hold-out look-alikes read 2.6x a retrain's error at t = 25).
-    # See benchmarks/README.md, "A bandwidth for the neighbours target".
-    neighbours_bandwidth: float = 0.0
+    # 0.25 (since 2026-12-07; 0 before) is about the median gap between two retained images of a
+    # digit (0.23) and puts a 10-copy set's records and look-alikes within 3-11% of a retrain's
+    # error. See benchmarks/README.md, "A bandwidth for the neighbours target".
+    neighbours_bandwidth: float = 0.25
     # The neighbours target's loss (the same terms) weighs min(1, snr_0 / SNR(t)): full weight where
     # the signal-to-noise ratio is at most snr_0 (16: from t = 73 on the digits schedule; 1: from
     # t = 259), less (image space) where the noise is smaller. Same README section.
     neighbours_full_weight_snr: float = 1.0
+    # Forgetting strength that follows how deeply the records are memorized (calibrated stop only).
+    # The run starts at ``lam`` and ``neighbours_full_weight_snr`` and, whenever the stop's ratio
+    # rose too slowly over the last ``escalate_window`` steps to reach its level within
+    # ``escalate_horizon`` more, moves one of ``escalate_levels`` geometric steps toward
+    # ``escalate_lam`` and ``escalate_full_weight_snr``. Records with 40 copies need lam 1 and the
+    # weight from t = 73 on (snr_0 16) to reach the level; 10 copies are over-forgotten by that
+    # within ten steps (``retain_loss_ratio`` 1.22-1.26) and land one or two levels up. The
+    # defaults since 2026-12-07: 11 of 14 canary runs (seven sets, two unlearning seeds) pass the
+    # audit at 0.10-0.27x a retrain, against 4 of 7 before (benchmarks/README.md, "Escalating the
+    # forgetting strength"). None: on wherever the calibrated stop runs with a fixed lambda.
+    escalate: bool | None = None
+    escalate_lam: float = 1.0
+    escalate_full_weight_snr: float = 16.0
+    escalate_levels: int = 3
+    escalate_window: int = 10
+    escalate_horizon: int = 30
     # The forgetting loss draws its timesteps from [forget_t_min, T); the retain loss from all.
     # 100 kept a record deletion off the records' look-alikes at the smallest timesteps
     # (retain_loss_ratio 1.18 -> 1.14 on 10 marked digits; a retrain 1.08), but the forget error
@@ -435,6 +456,15 @@ class EraseDiffConfig(CommonConfig):
         snr0 = self.neighbours_full_weight_snr
         if not math.isfinite(snr0) or snr0 <= 0:
             raise ConfigError(f"neighbours_full_weight_snr must be a finite number > 0, got {snr0}")
+        if self.escalate and self.lambda_mode != "fixed":
+            raise ConfigError("escalate needs lambda_mode=fixed (it raises a fixed lambda)")
+        if not (math.isfinite(self.escalate_lam) and math.isfinite(self.escalate_full_weight_snr)):
+            raise ConfigError("escalate_lam and escalate_full_weight_snr must be finite numbers")
+        if min(self.escalate_levels, self.escalate_window, self.escalate_horizon) < 1:
+            raise ConfigError(
+                "escalate_levels, escalate_window and escalate_horizon must be >= 1, got "
+                f"{self.escalate_levels}, {self.escalate_window}, {self.escalate_horizon}"
+            )
         if self.destination_scope not in DESTINATION_SCOPES:
             raise ConfigError(
                 f"destination_scope must be one of {', '.join(DESTINATION_SCOPES)}, got {self.destination_scope!r}"
@@ -1017,6 +1047,7 @@ class EraseDiff(Unlearner):
         inner_opt = optimizer if shared else loop.adam(cfg.inner_lr or cfg.lr)
         optimizers = {"outer": optimizer} if shared else {"outer": optimizer, "inner": inner_opt}
         stopper = self._stopper(cfg, task, loop)
+        escalating = self._escalating(cfg, stopper)
         extractor = self._extractor(cfg, task) if stopper is not None else None
         resumed = loop.resume(optimizers)
         # After resuming: a resumed run keeps the destination it was trained toward. Measured again
@@ -1063,6 +1094,39 @@ class EraseDiff(Unlearner):
         lf_star: torch.Tensor | None = None
         if resumed.get("lf_star") is not None:
             lf_star = torch.as_tensor(resumed["lf_star"], device=loop.device)
+
+        # The forgetting strength now: escalation level (0: as configured) and the step it was reached.
+        escalation = resumed.get("escalation") or {"level": 0, "at": 0}
+        lam_now = cfg.lam
+
+        def strengthen(level: int) -> None:
+            nonlocal lam_now
+            share = level / cfg.escalate_levels
+            lam_now = _between(cfg.lam, cfg.escalate_lam, share)
+            if isinstance(target_fn, NeighbourTarget):
+                target_fn.full_weight_snr = _between(
+                    cfg.neighbours_full_weight_snr, cfg.escalate_full_weight_snr, share
+                )
+
+        def escalate_check(step: int) -> None:
+            """Move one level up when the stop's ratio cannot reach its level soon at its recent pace."""
+            if not escalating or crossing is not None or escalation["level"] >= cfg.escalate_levels:
+                return
+            if step < max(cfg.calibrate_min_steps, escalation["at"] + cfg.escalate_window):
+                return
+            steps, ratios = _calibration_ratios(loop.history)
+            first = next(i for i, s in enumerate(steps) if s >= step - cfg.escalate_window)
+            if steps[-1] - steps[first] < cfg.escalate_window // 2:
+                return
+            pace = (ratios[-1] - ratios[first]) / (steps[-1] - steps[first])
+            if pace > 0 and (level - ratios[-1]) / pace <= cfg.escalate_horizon:
+                return
+            escalation.update(level=escalation["level"] + 1, at=step)
+            strengthen(escalation["level"])
+            loop.log(escalated_at=step, escalation_level=escalation["level"], escalated_lam=lam_now)
+
+        if escalation["level"]:
+            strengthen(escalation["level"])
 
         def measured(step: int) -> dict:
             assert stopper is not None
@@ -1184,7 +1248,7 @@ class EraseDiff(Unlearner):
             if cfg.lambda_mode == "bome":
                 lam = torch.clamp((cfg.eta * q_norm2 - dot) / q_norm2.clamp(min=1e-20), min=0.0)
             else:
-                lam = torch.tensor(cfg.lam, device=loop.device)
+                lam = torch.tensor(lam_now, device=loop.device)
             grad_norm = loop.apply(optimizer, [gr + lam * gq for gr, gq in zip(g_r, g_q, strict=True)], reduced=True)
             cos = dot / (q_norm2.sqrt() * flat_dot(g_r, g_r).sqrt()).clamp(min=1e-20)
             loop.log(
@@ -1212,9 +1276,12 @@ class EraseDiff(Unlearner):
                     "kept": kept_now,
                     "sampled": sampled.state() if sampled is not None else None,
                     "anchored": anchored.state() if anchored is not None else None,
+                    "escalation": escalation,
                 },
             )
             stop = stop_check(step)
+            if stop is None:
+                escalate_check(step)
         bar.close()
         if stopper is not None and stop is None and must_land:
             stop = stop_check(step, final=True)
@@ -1231,6 +1298,13 @@ class EraseDiff(Unlearner):
                 }
         if kept_records is not None:
             result.config["resolved_target"]["kept_records"] = int(kept_records.images.shape[0])
+        if escalating:
+            result.config["resolved_target"]["escalation"] = {
+                "level": escalation["level"],
+                "of": cfg.escalate_levels,
+                "at": [int(v) for v in loop.history.get("escalated_at", [])],
+                "lam": lam_now,
+            }
         if sampled is not None:
             result.config["resolved_target"]["sampled_states"] = int(sampled.labels.shape[0])
         if anchored is not None:
@@ -1414,9 +1488,7 @@ class EraseDiff(Unlearner):
                 f"regenerated (nearest generated sample at {worst:.2f} of the extraction threshold, "
                 f"{_extraction_needed(cfg, h):.3g} needed)"
             )
-        return (
-            f"the calibrated stop did not land within {cfg.steps} steps: {why}; {_refusal_advice(cfg)}"
-        )
+        return f"the calibrated stop did not land within {cfg.steps} steps: {why}; {_refusal_advice(cfg)}"
 
     @staticmethod
     def _extractor(cfg: EraseDiffConfig, task: UnlearningTask) -> ExtractionCheck | None:
@@ -1433,6 +1505,24 @@ class EraseDiff(Unlearner):
             seed=cfg.seed + 7919,
             control=task.reference,
         )
+
+    @staticmethod
+    def _escalating(cfg: EraseDiffConfig, stopper: CalibratedStop | None) -> bool:
+        """Does this run escalate its forgetting strength? Refuses a ceiling under the start."""
+        if cfg.escalate is None:
+            on = stopper is not None and cfg.lambda_mode == "fixed"
+        elif cfg.escalate and stopper is None:
+            raise ConfigError("escalate needs the calibrated stop (a record deletion with hold-out reference records)")
+        else:
+            on = cfg.escalate
+        if on and cfg.escalate_lam < cfg.lam:
+            raise ConfigError(f"escalate_lam must be >= lam ({cfg.lam:g}), got {cfg.escalate_lam:g}, or escalate=false")
+        if on and cfg.escalate_full_weight_snr < cfg.neighbours_full_weight_snr:
+            raise ConfigError(
+                f"escalate_full_weight_snr must be >= neighbours_full_weight_snr ({cfg.neighbours_full_weight_snr:g}), "
+                f"got {cfg.escalate_full_weight_snr:g}, or escalate=false"
+            )
+        return on
 
     @staticmethod
     def _stopper(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> CalibratedStop | None:
@@ -1455,6 +1545,13 @@ class EraseDiff(Unlearner):
             cfg.calibrate_rule,
             task.reference_weights,
         )
+
+
+def _between(start: float, end: float, share: float) -> float:
+    """``share`` of the way from ``start`` to ``end`` on a log scale (linear from 0)."""
+    if start <= 0:
+        return start + share * (end - start)
+    return start * (end / start) ** share
 
 
 def _extraction_needed(cfg: EraseDiffConfig, history: dict) -> float:
