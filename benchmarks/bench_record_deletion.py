@@ -133,6 +133,7 @@ def run_config(
         "cost": unlearn_seconds / retrain_seconds,
         "steps": result.steps,
         "stop": result.stop,
+        "escalation": result.config.get("resolved_target", {}).get("escalation"),
         "verdict": audit.record["verdict"],
         "gates": gates,
         "passed": audit.record["verdict"] == "pass" and unlearn_seconds / retrain_seconds <= MAX_COST,

@@ -31,7 +31,7 @@ hold P to (``benchmarks/README.md``, "The judge's floor"; ``judge_floors.py`` ad
 pipeline gets them as the run's algorithm options); give it a ``--tag`` so the defaults' results
 file stays. With ``--set-scope class`` they apply to the class deletions only, and the subject's
 deletion keeps the record defaults (``lam``, ``lr`` and ``steps`` have a default per scope: ``--set
-lam=3`` on the subject's deletion replaces its 0.1).
+lam=3`` on the subject's deletion replaces its 0.3, where its escalation starts and stays at least).
 
 Variants (CLI path): ``full`` (the lineage excludes earlier deletions from the retain set and
 remap targets and EraseDiff keeps erased classes forgotten), ``exclude-only``

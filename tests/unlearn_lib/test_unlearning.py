@@ -1184,6 +1184,14 @@ def test_a_stalled_record_deletion_escalates_its_forgetting_strength_step_by_ste
     plain = make_unlearner("erasediff", opts | {"escalate": False}).run(canary_task, progress=False)
     assert "escalated_at" not in plain.history and plain.history["lam"] == pytest.approx([0.1] * 24)
     assert plain.config["resolved_target"]["full_weight_snr"] == 1.0
+    # A stop measuring every other step: judged only where it measured, over the window's measurements.
+    sparse = make_unlearner("erasediff", opts | {"steps": 17, "calibrate_every": 2}).run(canary_task, progress=False)
+    assert sparse.history["escalated_at"] == [10, 16]
+    # Measuring less than twice a window: the default leaves escalation off, asking for it is refused.
+    rare = make_unlearner("erasediff", opts | {"steps": 13, "calibrate_every": 12, "escalate": None})
+    assert "escalation" not in rare.run(canary_task, progress=False).config["resolved_target"]
+    with pytest.raises(ConfigError, match=r"escalate_window \(5\) must span two of the stop's measurements"):
+        make_unlearner("erasediff", opts | {"calibrate_every": 12}).run(canary_task, progress=False)
 
 
 def test_a_resumed_run_keeps_the_forgetting_strength_it_escalated_to(base_model_dir, digits_dir, tmp_path):
@@ -1201,13 +1209,13 @@ def test_a_resumed_run_keeps_the_forgetting_strength_it_escalated_to(base_model_
     }
     original = loop_mod.UnlearningLoop.maybe_checkpoint
 
-    def die_after_the_first_escalation(self, done, optimizers, extra=None):
+    def die_at_the_second_escalation(self, done, optimizers, extra=None):
         original(self, done, optimizers, extra)
-        if done == 12:
+        if done == 15:  # the checkpoint is written; the step's stop and escalation checks are not run
             raise KeyboardInterrupt
 
     out = tmp_path / "erased"
-    loop_mod.UnlearningLoop.maybe_checkpoint = die_after_the_first_escalation
+    loop_mod.UnlearningLoop.maybe_checkpoint = die_at_the_second_escalation
     try:
         with pytest.raises(KeyboardInterrupt):
             erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
@@ -1215,11 +1223,14 @@ def test_a_resumed_run_keeps_the_forgetting_strength_it_escalated_to(base_model_
         loop_mod.UnlearningLoop.maybe_checkpoint = original
     erase(base_model_dir, digits_dir, CANARY, "erasediff", out, opts, progress=False)
     record = json.loads((out / "unlearning.json").read_text())
-    assert record["resumed_from"] == 12
-    # Level 1 from step 10 carried over (a fresh start would wait for step 10 + 5 from 12 on).
+    assert record["resumed_from"] == 15
+    # Level 1 from step 10 carried over, and step 15's own check ran on resuming: the same
+    # schedule as a run never interrupted (escalations at 10 and 15, then none before 20).
     assert record["config"]["resolved_target"]["escalation"]["level"] == 2
-    assert record["history"]["escalated_at"][-1] == 15
-    assert record["history"]["lam"][-1] == pytest.approx(0.1 * 10 ** (2 / 3))
+    assert record["history"]["escalated_at"] == [10, 15]
+    lam = record["history"]["lam"]
+    assert lam[10:15] == pytest.approx([0.1 * 10 ** (1 / 3)] * 5)
+    assert lam[15:] == pytest.approx([0.1 * 10 ** (2 / 3)] * 3)
 
 
 def test_escalation_needs_a_fixed_lambda_the_calibrated_stop_and_a_higher_ceiling(class_task, canary_task):
@@ -1227,23 +1238,30 @@ def test_escalation_needs_a_fixed_lambda_the_calibrated_stop_and_a_higher_ceilin
         make_unlearner("erasediff", {"escalate": True, "lambda_mode": "bome"}).config.validate()
     with pytest.raises(ConfigError, match="escalate_levels, escalate_window and escalate_horizon must be >= 1"):
         make_unlearner("erasediff", {"escalate_levels": 0}).config.validate()
-    # Ceilings are judged against the run's own start (the scope's lam is only known then).
+    # Asked for, a ceiling is judged against the run's own start (the scope's lam is only known then).
     with pytest.raises(ConfigError, match=r"escalate_lam must be >= lam \(0.3\), got 0.05, or escalate=false"):
-        make_unlearner("erasediff", {"escalate_lam": 0.05}).run(canary_task, progress=False)
+        make_unlearner("erasediff", {"escalate": True, "escalate_lam": 0.05}).run(canary_task, progress=False)
     with pytest.raises(ConfigError, match=r"escalate_full_weight_snr must be >= neighbours_full_weight_snr \(32\)"):
-        make_unlearner("erasediff", {"neighbours_full_weight_snr": 32}).run(canary_task, progress=False)
+        asked = {"escalate": True, "neighbours_full_weight_snr": 32}
+        make_unlearner("erasediff", asked).run(canary_task, progress=False)
     with pytest.raises(ConfigError, match="escalate needs the calibrated stop"):
         make_unlearner("erasediff", {"escalate": True, "steps": 1}).run(class_task, progress=False)
     # By default a class erasure (no calibrated stop) simply does not escalate; a ceiling under
     # the start is no error there.
     done = make_unlearner("erasediff", {"steps": 1, "escalate_lam": 0.05}).run(class_task, progress=False)
     assert "escalation" not in done.config["resolved_target"] and done.history["lam"] == [3.0]
+    # Nor does a record deletion's default escalation lower a lam the user set above its ceiling.
+    opts = {"lam": 3, "lr": 1e-9, "steps": 1, "stop_extraction_samples": 0}
+    high = make_unlearner("erasediff", opts).run(canary_task, progress=False)
+    assert high.history["lam"] == [3.0] and high.config["resolved_target"]["escalation"]["lam"] == 3.0
 
 
 def test_the_default_record_deletion_escalates_exactly_where_its_pace_falls_short(canary_model_dir):
     """On the suite's canary deletion (the defaults), each step's decision is re-derived from the stop's curve."""
     record = json.loads((canary_model_dir / "unlearning.json").read_text())
-    cfg, h = EraseDiffConfig(), record["history"]
+    fields = EraseDiffConfig.__dataclass_fields__
+    cfg = EraseDiffConfig(**{k: v for k, v in record["config"].items() if k in fields})
+    h = record["history"]
     escalation = record["config"]["resolved_target"]["escalation"]
     assert record["stop"]["crossings_lost"] == 0  # else steps after a lost crossing could escalate too
     curve = dict(zip((int(s) for s in h["calib_step"]), h["calib_ratio"], strict=True))
@@ -1256,5 +1274,8 @@ def test_the_default_record_deletion_escalates_exactly_where_its_pace_falls_shor
             level, at = level + 1, step
             expected.append(step)
     assert escalation["at"] == expected and escalation["level"] == len(expected)
-    lam = [0.3 * (1 / 0.3) ** (sum(s < step for s in expected) / 3) for step in range(1, record["steps"] + 1)]
+    lam = [
+        cfg.lam * (cfg.escalate_lam / cfg.lam) ** (sum(s < step for s in expected) / cfg.escalate_levels)
+        for step in range(1, record["steps"] + 1)
+    ]
     assert h["lam"] == pytest.approx(lam)

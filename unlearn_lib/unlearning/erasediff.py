@@ -117,9 +117,9 @@ SCOPE_DEFAULTS = {
     "class": {"steps": 150, "lr": 1e-3, "lam": 3.0},
     # lr 3e-4 since the stop aims at the marked look-alikes' level, 1.6x further than the diluted
     # one: at 1e-4 a canary set needed 244 steps (0.72x a retrain), at 3e-4 78 (0.24x), and the
-    # retain loss rose the same (1.18) either way. lam 0.3 since 2026-12-07 (0.1 before): the start
-    # of the escalation (``escalate``), at which the 10-copy canary sets land; records memorized
-    # deeper raise it on the way.
+    # retain loss rose the same (1.18) either way. lam 0.3 since 2026-12-07 (0.1 before): where the
+    # escalation (``escalate``) starts; lam 1 from the first step over-forgot the 10-copy canary
+    # sets within 10-11 steps.
     "records": {"steps": 300, "lr": 3e-4, "lam": 0.3},
 }
 
@@ -262,10 +262,12 @@ class EraseDiffConfig(CommonConfig):
     # ``escalate_horizon`` more, moves one of ``escalate_levels`` geometric steps toward
     # ``escalate_lam`` and ``escalate_full_weight_snr``. Records with 40 copies need lam 1 and the
     # weight from t = 73 on (snr_0 16) to reach the level; 10 copies are over-forgotten by that
-    # within ten steps (``retain_loss_ratio`` 1.22-1.26) and land one or two levels up. The
-    # defaults since 2026-12-07: 11 of 14 canary runs (seven sets, two unlearning seeds) pass the
-    # audit at 0.10-0.27x a retrain, against 4 of 7 before (benchmarks/README.md, "Escalating the
-    # forgetting strength"). None: on wherever the calibrated stop runs with a fixed lambda.
+    # within 10-11 steps (``retain_loss_ratio`` 1.22-1.26); how far a run goes is its curve's call
+    # (0-3 levels on the canary sets). The defaults since 2026-12-07: 11 of 14 canary runs (seven
+    # sets, two unlearning seeds) pass the audit at 0.10-0.27x a retrain, against 9 of 14 with the
+    # defaults before on the same bases (benchmarks/README.md, "Escalating the forgetting
+    # strength"). None: on wherever the calibrated stop runs with a fixed lambda, measuring at
+    # least twice a window, never below what the user set (EraseDiff._escalating).
     escalate: bool | None = None
     escalate_lam: float = 1.0
     escalate_full_weight_snr: float = 16.0
@@ -459,7 +461,10 @@ class EraseDiffConfig(CommonConfig):
         if self.escalate and self.lambda_mode != "fixed":
             raise ConfigError("escalate needs lambda_mode=fixed (it raises a fixed lambda)")
         if not (math.isfinite(self.escalate_lam) and math.isfinite(self.escalate_full_weight_snr)):
-            raise ConfigError("escalate_lam and escalate_full_weight_snr must be finite numbers")
+            raise ConfigError(
+                "escalate_lam and escalate_full_weight_snr must be finite numbers, got "
+                f"{self.escalate_lam}, {self.escalate_full_weight_snr}"
+            )
         if min(self.escalate_levels, self.escalate_window, self.escalate_horizon) < 1:
             raise ConfigError(
                 "escalate_levels, escalate_window and escalate_horizon must be >= 1, got "
@@ -1047,7 +1052,7 @@ class EraseDiff(Unlearner):
         inner_opt = optimizer if shared else loop.adam(cfg.inner_lr or cfg.lr)
         optimizers = {"outer": optimizer} if shared else {"outer": optimizer, "inner": inner_opt}
         stopper = self._stopper(cfg, task, loop)
-        escalating = self._escalating(cfg, stopper)
+        escalating, lam_top, snr_top = self._escalating(cfg, stopper)
         extractor = self._extractor(cfg, task) if stopper is not None else None
         resumed = loop.resume(optimizers)
         # After resuming: a resumed run keeps the destination it was trained toward. Measured again
@@ -1102,11 +1107,9 @@ class EraseDiff(Unlearner):
         def strengthen(level: int) -> None:
             nonlocal lam_now
             share = level / cfg.escalate_levels
-            lam_now = _between(cfg.lam, cfg.escalate_lam, share)
+            lam_now = _between(cfg.lam, lam_top, share)
             if isinstance(target_fn, NeighbourTarget):
-                target_fn.full_weight_snr = _between(
-                    cfg.neighbours_full_weight_snr, cfg.escalate_full_weight_snr, share
-                )
+                target_fn.full_weight_snr = _between(cfg.neighbours_full_weight_snr, snr_top, share)
 
         def escalate_check(step: int) -> None:
             """Move one level up when the stop's ratio cannot reach its level soon at its recent pace."""
@@ -1115,11 +1118,20 @@ class EraseDiff(Unlearner):
             if step < max(cfg.calibrate_min_steps, escalation["at"] + cfg.escalate_window):
                 return
             steps, ratios = _calibration_ratios(loop.history)
-            first = next(i for i, s in enumerate(steps) if s >= step - cfg.escalate_window)
-            if steps[-1] - steps[first] < cfg.escalate_window // 2:
+            if not steps or steps[-1] != step:
+                return  # judged where the stop has just measured (calibrate_every > 1)
+            first = next((i for i, s in enumerate(steps) if s >= step - cfg.escalate_window), None)
+            if first is None or steps[-1] - steps[first] < cfg.escalate_window // 2:
                 return
             pace = (ratios[-1] - ratios[first]) / (steps[-1] - steps[first])
-            if pace > 0 and (level - ratios[-1]) / pace <= cfg.escalate_horizon:
+            raise_it = not (pace > 0 and (level - ratios[-1]) / pace <= cfg.escalate_horizon)
+            if loop.world_size > 1:
+                # Every process measures; on GPUs they need not agree to the last digit, and a
+                # process at another lambda would average its gradients into a different step.
+                chosen = [raise_it]
+                broadcast_object_list(chosen, from_process=0)
+                raise_it = chosen[0]
+            if not raise_it:
                 return
             escalation.update(level=escalation["level"] + 1, at=step)
             strengthen(escalation["level"])
@@ -1215,6 +1227,9 @@ class EraseDiff(Unlearner):
             return result | e
 
         stop = stop_check(loop.start_step)
+        if stop is None:
+            # A checkpoint is written before its step's checks: a run resumed there still owes them.
+            escalate_check(loop.start_step)
         step = loop.start_step
         bar = loop.bar()
         while stop is None and step < cfg.steps:
@@ -1507,22 +1522,35 @@ class EraseDiff(Unlearner):
         )
 
     @staticmethod
-    def _escalating(cfg: EraseDiffConfig, stopper: CalibratedStop | None) -> bool:
-        """Does this run escalate its forgetting strength? Refuses a ceiling under the start."""
+    def _escalating(cfg: EraseDiffConfig, stopper: CalibratedStop | None) -> tuple[bool, float, float]:
+        """Does this run escalate its forgetting strength, and toward which lam and snr_0?
+
+        Asked for (``escalate=true``), a setting that cannot escalate is refused. By default
+        (None) escalation is on where the calibrated stop runs with a fixed lambda and measures
+        at least twice a window, and never lowers what the user set: a ceiling under the start
+        is the start.
+        """
+        lam_top, snr_top = cfg.escalate_lam, cfg.escalate_full_weight_snr
         if cfg.escalate is None:
-            on = stopper is not None and cfg.lambda_mode == "fixed"
-        elif cfg.escalate and stopper is None:
+            on = stopper is not None and cfg.lambda_mode == "fixed" and cfg.calibrate_every <= cfg.escalate_window // 2
+            return on, max(lam_top, cfg.lam), max(snr_top, cfg.neighbours_full_weight_snr)
+        if not cfg.escalate:
+            return False, lam_top, snr_top
+        if stopper is None:
             raise ConfigError("escalate needs the calibrated stop (a record deletion with hold-out reference records)")
-        else:
-            on = cfg.escalate
-        if on and cfg.escalate_lam < cfg.lam:
-            raise ConfigError(f"escalate_lam must be >= lam ({cfg.lam:g}), got {cfg.escalate_lam:g}, or escalate=false")
-        if on and cfg.escalate_full_weight_snr < cfg.neighbours_full_weight_snr:
+        if cfg.calibrate_every > cfg.escalate_window // 2:
+            raise ConfigError(
+                f"escalate_window ({cfg.escalate_window}) must span two of the stop's measurements "
+                f"(calibrate_every {cfg.calibrate_every}): raise escalate_window or set escalate=false"
+            )
+        if lam_top < cfg.lam:
+            raise ConfigError(f"escalate_lam must be >= lam ({cfg.lam:g}), got {lam_top:g}, or escalate=false")
+        if snr_top < cfg.neighbours_full_weight_snr:
             raise ConfigError(
                 f"escalate_full_weight_snr must be >= neighbours_full_weight_snr ({cfg.neighbours_full_weight_snr:g}), "
-                f"got {cfg.escalate_full_weight_snr:g}, or escalate=false"
+                f"got {snr_top:g}, or escalate=false"
             )
-        return on
+        return True, lam_top, snr_top
 
     @staticmethod
     def _stopper(cfg: EraseDiffConfig, task: UnlearningTask, loop: UnlearningLoop) -> CalibratedStop | None:
