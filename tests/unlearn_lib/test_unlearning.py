@@ -304,7 +304,11 @@ def test_ordinary_records_stalled_within_the_ratios_noise_land_instead_of_being_
     plain = sorted(r.record_id for r in digits.train if r.subject_id != "subject-canary")
     targets = ForgetTargets.build(record_ids=random.Random(0).sample(plain, round(0.02 * len(digits.train)) - 1))
     out = tmp_path / "erased"
-    _, record = erase(base_model_dir, digits_dir, targets, "erasediff", out, progress=False)
+    # The record defaults before 2026-12-07 (no escalation, lam 0.1, no bandwidth): the stall this
+    # path is for. By default the run now raises its strength when the ratio stalls, and this draw
+    # then crossed the level itself (step 61); a run that stalls at the top level lands the same way.
+    opts = {"escalate": False, "lam": 0.1, "neighbours_bandwidth": 0.0}
+    _, record = erase(base_model_dir, digits_dir, targets, "erasediff", out, opts, progress=False)
     stop = record["stop"]
     assert stop["within_noise"] and stop["level"] == 1.0, stop
     assert stop["noise_floor"] <= stop["ratio"] < stop["level"]
