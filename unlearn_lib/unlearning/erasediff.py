@@ -1120,10 +1120,10 @@ class EraseDiff(Unlearner):
             steps, ratios = _calibration_ratios(loop.history)
             if not steps or steps[-1] != step:
                 return  # judged where the stop has just measured (calibrate_every > 1)
-            first = next((i for i, s in enumerate(steps) if s >= step - cfg.escalate_window), None)
-            if first is None or steps[-1] - steps[first] < cfg.escalate_window // 2:
+            recent = _recent_pace(step, steps, ratios, cfg.escalate_window)
+            if recent is None:
                 return
-            pace = (ratios[-1] - ratios[first]) / (steps[-1] - steps[first])
+            pace = recent[0]
             raise_it = not (pace > 0 and (level - ratios[-1]) / pace <= cfg.escalate_horizon)
             if loop.world_size > 1:
                 # Every process measures; on GPUs they need not agree to the last digit, and a
@@ -1418,12 +1418,10 @@ class EraseDiff(Unlearner):
         """
         if step < (cfg.steps // 2 if start is None else start) or not steps:
             return None
-        window = max(5, cfg.steps // 5)
-        first = next(i for i, s in enumerate(steps) if s >= step - window)
-        span = steps[-1] - steps[first]
-        if span < window // 2:
+        recent = _recent_pace(step, steps, values, max(5, cfg.steps // 5))
+        if recent is None:
             return None
-        pace = (values[-1] - values[first]) / span
+        pace, span = recent
         if pace > 0 and (target - values[-1]) / pace <= 2 * (cfg.steps - step):
             return None
         return (
@@ -1573,6 +1571,18 @@ class EraseDiff(Unlearner):
             cfg.calibrate_rule,
             task.reference_weights,
         )
+
+
+def _recent_pace(step: int, steps: list[int], values: list[float], window: int) -> tuple[float, int] | None:
+    """How fast ``values`` moved per step over their measurements in the last ``window`` steps, and over how many.
+
+    None when those measurements span less than half the window: too few to judge a pace by.
+    """
+    first = next((i for i, s in enumerate(steps) if s >= step - window), None)
+    if first is None or steps[-1] - steps[first] < window // 2:
+        return None
+    span = steps[-1] - steps[first]
+    return (values[-1] - values[first]) / span, span
 
 
 def _between(start: float, end: float, share: float) -> float:
