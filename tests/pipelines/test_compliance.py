@@ -137,10 +137,14 @@ def test_server_run_registers_an_audited_version_with_lineage(server_run, digits
     out, settings = server_run["outcome"], server_run["settings"]
     assert out.status == "succeeded", out
     assert (out.verdict, out.version, out.alias) == ("pass", "2", "production")
-    # The one line the operator reads says the pass rests on fewer gates than the report shows.
-    assert out.inconclusive == ["mia_auc"]
+    # The one line the operator reads says the pass rests on fewer gates than the report shows:
+    # three canary images are too few to fail the membership gate, and at this test's 20 samples a
+    # class the retained-accuracy drop can sit within the draw's error of its gate (it read 0.045
+    # +- 0.020 against 0.05 on 2026-12-07), which the record and the line then say too.
+    assert "mia_auc" in out.inconclusive and set(out.inconclusive) <= {"mia_auc", "retained_accuracy_drop"}
     assert _print_outcome(out, settings) == 0
-    assert "REQ-CANARY: verdict pass (mia_auc inconclusive), version 2" in capsys.readouterr().out
+    weak = ", ".join(out.inconclusive)
+    assert f"REQ-CANARY: verdict pass ({weak} inconclusive), version 2" in capsys.readouterr().out
     client = client_for(settings)
     mv = client.get_model_version(settings.model_name, "2")
     ws = server_run["ws"]
@@ -156,7 +160,7 @@ def test_server_run_registers_an_audited_version_with_lineage(server_run, digits
     assert tags["unlearn.dataset_rev_before"] == server_run["rev_before"]
     assert tags["unlearn.dataset_rev_after"] == ws.head() != server_run["rev_before"]
     assert tags["unlearn.audit_verdict"] == "pass" and tags["unlearn.algorithm"] == "erasediff"
-    assert tags["unlearn.audit_inconclusive"] == "mia_auc"  # three canary images: too few to fail it
+    assert tags["unlearn.audit_inconclusive"] == ",".join(out.inconclusive)
     assert tags["unlearn.pipeline_run_id"] == out.lineage_run_id and tags["unlearn.run_id"] == out.run_id
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "2"
     # The version's run lists the dataset versions it came from, as inputs with revision and digest.

@@ -24,7 +24,7 @@ from unlearn_lib.audit import (
     train_evaluator,
     validate_record,
 )
-from unlearn_lib.audit.gates import failed_gate_groups, failed_gates
+from unlearn_lib.audit.gates import failed_gate_groups, failed_gates, inconclusive_gates
 from unlearn_lib.audit.memorization import auc_null_std, chance_allowance
 from unlearn_lib.data import ForgetTargets, TensorSet, load_dataset, select
 from unlearn_lib.errors import ConfigError, UnlearnError
@@ -1050,3 +1050,68 @@ def test_the_judge_is_the_mean_of_members_trained_with_other_seeds(digits, tmp_p
     (tmp_path / "ensemble" / MEMBER_WEIGHTS).unlink()
     with pytest.raises(ModelError, match="3 members"):
         Evaluator.load(tmp_path / "ensemble")
+
+
+def test_a_retained_accuracy_pass_within_the_pairs_sampling_error_is_inconclusive():
+    """Both models draw each retained class from the same noise: the drop's error is the pairs'."""
+    from unlearn_lib.audit.efficacy import ClassSamples
+    from unlearn_lib.audit.gates import Metric, gate
+    from unlearn_lib.audit.run import ModelMeasurements, _drop_within_sampling_error
+
+    classes, per = list(range(9)), 40
+
+    def drawn(wrong: dict[int, list[int]]) -> ModelMeasurements:
+        """Samples whose judged class is right but for the indices ``wrong[c]`` of each class c."""
+        pred = torch.tensor([c for c in classes for _ in range(per)])
+        for c, idx in wrong.items():
+            for i in idx:
+                pred[c * per + i] = (c + 1) % 10
+        probs = torch.nn.functional.one_hot(pred, 10).float()
+        cs = ClassSamples(classes=classes, per_class=per, images=torch.zeros(len(pred), 1, 8, 8), probs=probs)
+        return ModelMeasurements(role="x", path="x", sha256="x", class_samples=cs)
+
+    def judged(u: ModelMeasurements, b: ModelMeasurements, limit: float = 0.05) -> Metric:
+        acc = {
+            role: sum(float((m.class_samples.for_class(c)[1].argmax(-1) == c).float().mean()) for c in classes) / 9
+            for role, m in (("u", u), ("b", b))
+        }
+        m = Metric(name="retained_accuracy_drop", group="utility", value=acc["b"] - acc["u"], description="")
+        return _drop_within_sampling_error(gate(m, "<=", limit), u, b, classes)
+
+    # 16 of 360 samples flip to wrong (0.044): a pass by less than the pairs' 1.645 standard errors.
+    base = drawn({})
+    near = judged(drawn({c: [0, 1] for c in range(8)}), base)
+    assert near.value == pytest.approx(16 / 360) and near.passed and near.status == "INCONCLUSIVE"
+    se = math.sqrt(8 * (2 / 40 * 38 / 40 * 40 / 39) / 40) / 9
+    assert near.details["stderr"] == pytest.approx(se)
+    assert near.details["upper_bound"] == pytest.approx(16 / 360 + 1.645 * se)
+    assert "drop 0.044 +- 0.011 against 0.05 (95% bound 0.062), paired over 360 samples" in near.inconclusive
+    # The same flips, read with a looser gate: a clear pass.
+    assert judged(drawn({c: [0, 1] for c in range(8)}), base, limit=0.08).status == "PASS"
+    # A base that is itself wrong on a quarter of its samples, and an unlearned model wrong on the very
+    # same ones: no drop, and no doubt (unpaired binomial errors would have put it at +-0.03).
+    same = {c: list(range(10)) for c in classes}
+    clear = judged(drawn(same), drawn(same))
+    assert clear.value == 0 and clear.details["stderr"] == 0 and clear.status == "PASS"
+    # A fail stays a fail; without the samples (a record from before) nothing is added.
+    failed = judged(drawn({c: [0, 1, 2] for c in classes}), base)
+    assert failed.status == "FAIL" and failed.inconclusive is None and "stderr" not in failed.details
+    bare = ModelMeasurements(role="x", path="x", sha256="x")
+    m = gate(Metric(name="retained_accuracy_drop", group="utility", value=0.049, description=""), "<=", 0.05)
+    assert _drop_within_sampling_error(m, bare, bare, classes).status == "PASS"
+
+
+def test_an_audits_retained_accuracy_gate_reads_the_error_of_its_own_paired_samples(canary_audit):
+    res = canary_audit
+    u, b = res.measurements["unlearned"], res.measurements["base"]
+    assert b.class_samples.per_class == u.class_samples.per_class == PARAMS["samples_per_class"]
+    diffs = []
+    for c in u.class_samples.classes:  # a record deletion retains every class
+        pu, pb = u.class_samples.for_class(c)[1].argmax(-1), b.class_samples.for_class(c)[1].argmax(-1)
+        diffs.append((pb == c).float() - (pu == c).float())
+    se = math.sqrt(sum(float(d.var()) / len(d) for d in diffs)) / len(diffs)
+    drop = res.record["metrics"]["retained_accuracy_drop"]
+    assert drop["value"] == pytest.approx(sum(float(d.mean()) for d in diffs) / len(diffs), abs=1e-6)
+    assert drop["details"]["stderr"] == pytest.approx(se, rel=1e-5)
+    near = drop["value"] + 1.645 * se > drop["threshold"]["value"]
+    assert bool(drop.get("inconclusive")) == near == ("retained_accuracy_drop" in inconclusive_gates(res.record))

@@ -453,3 +453,58 @@ def test_the_audit_takes_a_torchscript_or_clip_judge(tiny_sd_dir, erased_seven, 
     assert (tmp_path / "a3" / "report.html").is_file()
     with pytest.raises(ModelError, match="is not a CLIP folder"):
         ClipJudge(tmp_path / "nothing", ["a"])
+
+
+def test_text_to_image_erasediff_measures_lf_star_once_a_round_and_steps_as_if_every_step(
+    digits, tmp_path, monkeypatch
+):
+    """The inner phase only measures: a round of 5 gives the weights of measuring every step, bit
+    for bit on CPU, and a run resumed inside a round keeps the round's L_f* (an untrained tiny-sd:
+    the bookkeeping, not the forgetting, is under test; make test has no trained one)."""
+    from unlearn_lib.t2i import erase as erase_mod
+    from unlearn_lib.t2i.model import T2IMeta
+    from unlearn_lib.t2i.run import build_task
+    from unlearn_lib.t2i.training import build_t2i_model, captions_of, class_prompts, get_t2i_preset
+
+    preset = get_t2i_preset("tiny-sd")
+    names, prompts = class_prompts(digits)
+    shape = (preset.channels, preset.sample_size, preset.sample_size)
+    meta = T2IMeta(preset=preset.name, image_shape=shape, class_names=names, class_prompts=prompts)
+    model = build_t2i_model(preset, captions_of(digits.train), meta)
+    task, _ = build_task(model, digits, ForgetTargets.build(labels=[7]))
+    opts = {"steps": 12, "batch_size": 8, "forget_batch_size": 4, "checkpoint_every": 2, "lr": 1e-3}
+
+    def run(checkpoint_dir=None, **kw):
+        return erase_mod.make_t2i_unlearner("erasediff", {**opts, **kw}).run(
+            task, progress=False, checkpoint_dir=checkpoint_dir
+        )
+
+    every, rounds = run(round_steps=1), run(round_steps=5)
+    for key, value in every.model.unet.state_dict().items():
+        assert torch.equal(value, rounds.model.unet.state_dict()[key]), key
+    assert rounds.history["loss_r"] == every.history["loss_r"] and rounds.history["loss_f"] == every.history["loss_f"]
+    star = rounds.history["loss_f_star"]
+    assert [star[i] for i in (0, 5, 10)] == [every.history["loss_f_star"][i] for i in (0, 5, 10)]
+    assert star[:5] == [star[0]] * 5 and star[5:10] == [star[5]] * 5 and star[10:] == [star[10]] * 2
+    assert len({star[0], star[5], star[10]}) == 3  # each round measured anew
+    assert rounds.history["q"] == pytest.approx([f - s for f, s in zip(rounds.history["loss_f"], star, strict=True)])
+
+    ck = tmp_path / "ck"
+    original = erase_mod.T2IUnlearner.maybe_checkpoint
+
+    def die(self, done, optimizers, extra=None):
+        """A preempted pod: step 6's checkpoint on disk (inside the round begun at step 5), step 7 lost."""
+        original(self, done, optimizers, extra)
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(erase_mod.T2IUnlearner, "maybe_checkpoint", die)
+        run(round_steps=5, checkpoint_dir=ck)
+    resumed = run(round_steps=5, checkpoint_dir=ck)
+    assert resumed.resumed_from == 6
+    assert resumed.history["loss_f_star"] == star  # step 6-9 keep step 5's L_f*, not one measured at 6
+    for key, value in rounds.model.unet.state_dict().items():
+        assert torch.equal(value, resumed.model.unet.state_dict()[key]), key
+    with pytest.raises(ConfigError, match="round_steps must be >= 1"):
+        erase_mod.make_t2i_unlearner("erasediff", {"round_steps": 0})

@@ -524,6 +524,49 @@ def _utility_gate(rel: Metric, limit: float, m: Metric, original: float | None, 
     return rel
 
 
+def _drop_within_sampling_error(
+    m: Metric, u: ModelMeasurements, b: ModelMeasurements, retained_classes: list[int]
+) -> Metric:
+    """A retained-accuracy pass the sample could have decided is INCONCLUSIVE, not PASS.
+
+    Both models draw each retained class from the same noise (the audit's seed), so sample i of the
+    base and of the unlearned model are a pair and the drop is the mean of the pairs' differences in
+    correctness; its standard error is theirs (an unpaired binomial one, which ignores that most
+    pairs agree, would call far more passes inconclusive). With the lineage's original as the bar,
+    the same pairs stand in for the unlearned model against the original (drawn from that noise
+    too). A fail stays a fail, as with the other gates: a deletion is never promoted on a doubt.
+    """
+    if not m.passed or m.value is None or m.threshold is None:
+        return m
+    if u.class_samples is None or b.class_samples is None:
+        return m
+    pairs = []
+    for c in retained_classes:
+        if c not in u.class_samples.classes or c not in b.class_samples.classes:
+            return m
+        _, pu = u.class_samples.for_class(c)
+        _, pb = b.class_samples.for_class(c)
+        if len(pu) != len(pb):
+            return m
+        pairs.append((pb.argmax(-1) == c).float() - (pu.argmax(-1) == c).float())
+    if not pairs:
+        return m
+    # retained_accuracy averages the classes' accuracies: one weight per class, whatever its size.
+    n = len(pairs)
+    per_class_var = torch.stack([d.var(unbiased=True) / len(d) if len(d) > 1 else torch.tensor(1.0) for d in pairs])
+    se = float(per_class_var.sum().sqrt() / n)
+    limit = float(m.threshold["value"])
+    bound = m.value + FORGOTTEN_Z * se
+    m.details.update({"stderr": se, "upper_bound": bound, "z": FORGOTTEN_Z})
+    if bound > limit:
+        m.inconclusive = (
+            f"drop {m.value:.3f} +- {se:.3f} against {limit:.3g} (95% bound {bound:.3f}), paired over "
+            f"{sum(len(d) for d in pairs)} samples: within sampling error of the gate; the model may sit at "
+            "it (samples_per_class)"
+        )
+    return m
+
+
 def _judge_floor(
     u: ModelMeasurements,
     b: ModelMeasurements,
@@ -876,9 +919,8 @@ def _metrics(
         drop = _drop_from_base(
             acc, "retained_accuracy_drop", "base model's retained-class accuracy minus the unlearned model's"
         )
-        out.append(
-            _utility_gate(drop, params.max_retained_accuracy_drop, acc, fig(original, "retained_accuracy"), "drop")
-        )
+        drop = _utility_gate(drop, params.max_retained_accuracy_drop, acc, fig(original, "retained_accuracy"), "drop")
+        out.append(_drop_within_sampling_error(drop, u, b, retained_classes))
         if neighbours:
             out.append(_over_erasure(u, b, r, neighbours, per_class, seed))
     fid = metric(

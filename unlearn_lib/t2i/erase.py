@@ -111,6 +111,11 @@ class EraseDiffT2IConfig(T2IConfig):
     inner_steps: int = 2
     inner_lr: float | None = None  # None: lr
     target: str = "anchor"  # anchor | noise (the paper's)
+    # Outer steps per inner phase (one L_f* per round, as the digits EraseDiff's ``round_steps``).
+    # The inner phase only measures the logged L_f*: its own SGD optimizer, the outer step's batch,
+    # the weights restored and the random streams forked, so a round of 10 leaves the weights those
+    # of measuring every step, in fewer model passes (K + 1 of every K + 3 a step).
+    round_steps: int = 10
 
     def validate(self) -> None:
         super().validate()
@@ -118,6 +123,8 @@ class EraseDiffT2IConfig(T2IConfig):
             raise ConfigError(f"target must be anchor or noise, got {self.target!r}")
         if self.lam < 0 or self.inner_steps < 0:
             raise ConfigError("lam and inner_steps must be >= 0")
+        if self.round_steps < 1:
+            raise ConfigError(f"round_steps must be >= 1, got {self.round_steps}")
 
 
 @dataclass
@@ -458,31 +465,42 @@ class EraseDiffT2I(T2IUnlearner):
         opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=self.device.type == "cuda")
         inner_opt = torch.optim.SGD(self.params, lr=cfg.inner_lr or cfg.lr)
         optimizers = {"opt": opt, "inner": inner_opt}
-        self.resume(task, checkpoint_dir, optimizers)
+        # A run resumed inside a round keeps the round's L_f* (measured on the weights of the
+        # round's first step), as the straight run does.
+        f_star = self.resume(task, checkpoint_dir, optimizers).get("f_star")
         t0 = time.perf_counter()
         for i in self.step_range("erasediff-t2i", progress):
             batch = self.forget_batch(task)
-            # K inner steps approximate min_phi L_f from theta (theta is restored afterwards). L_f*
-            # is a number, not a function of theta: it is logged, the update does not depend on it.
-            saved = [p.detach().clone() for p in self.params]
-            f_star = float("nan")
-            for _k in range(cfg.inner_steps):
-                loss_in = self.forget_loss(task, *batch)
-                self.step(inner_opt, loss_in)
-            if cfg.inner_steps:
-                with torch.no_grad():
-                    f_star = accel.mean_value(self.forget_loss(task, *batch))
-                with torch.no_grad():
-                    for p, s in zip(self.params, saved, strict=True):
-                        p.copy_(s)
+            if f_star is None or i % cfg.round_steps == 0:
+                f_star = self.inner_minimum(task, batch, inner_opt)
             loss_f = self.forget_loss(task, *batch)
             loss_r = self.retain_loss(task)
-            total = loss_r + cfg.lam * (loss_f - (f_star if f_star == f_star else 0.0))
-            self.step(opt, total)
+            # L_f* is a number, not a function of theta: the update does not depend on it.
+            self.step(opt, loss_r + cfg.lam * loss_f)
             lf = accel.mean_value(loss_f)
             self.log(loss_r=accel.mean_value(loss_r), loss_f=lf, loss_f_star=f_star, q=lf - f_star)
-            self.maybe_checkpoint(i + 1, optimizers)
+            self.maybe_checkpoint(i + 1, optimizers, {"f_star": f_star})
         return self.finish(task, cfg.steps, t0)
+
+    def inner_minimum(self, task: T2ITask, batch: tuple, inner_opt: torch.optim.Optimizer) -> float:
+        """L_f* = L_f after K inner steps from theta on ``batch``; theta is restored afterwards.
+
+        NaN without inner steps. The global random streams are forked (dropout, where a UNet has
+        it): measuring or not leaves the outer steps' draws as they were.
+        """
+        cfg: EraseDiffT2IConfig = self.config  # type: ignore[assignment]
+        if not cfg.inner_steps:
+            return float("nan")
+        saved = [p.detach().clone() for p in self.params]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for _k in range(cfg.inner_steps):
+                self.step(inner_opt, self.forget_loss(task, *batch))
+            with torch.no_grad():
+                f_star = accel.mean_value(self.forget_loss(task, *batch))
+        with torch.no_grad():
+            for p, s in zip(self.params, saved, strict=True):
+                p.copy_(s)
+        return f_star
 
 
 @_register
