@@ -114,7 +114,8 @@ class EraseDiffT2IConfig(T2IConfig):
     # Outer steps per inner phase (one L_f* per round, as the digits EraseDiff's ``round_steps``).
     # The inner phase only measures the logged L_f*: its own SGD optimizer, the outer step's batch,
     # the weights restored and the random streams forked, so a round of 10 leaves the weights those
-    # of measuring every step, in fewer model passes (K + 1 of every K + 3 a step).
+    # of measuring every step: on tiny-sd, 150 steps in 17.8-18.8 s instead of 28.8-31.6 s (2 CPU
+    # cores, 2026-12-07).
     round_steps: int = 10
 
     def validate(self) -> None:
