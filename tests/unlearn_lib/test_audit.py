@@ -104,6 +104,9 @@ def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluato
     # The second attack (PIA), which nothing in the method calibrates against, sees them too.
     print("PIA on the base:", m["pia_auc"].value, m["pia_tpr_at_low_fpr"].value)
     assert m["pia_auc"].value > 0.9 and m["pia_auc"].passed is None  # reported, not gated
+    # The same model against itself draws the same samples: every pair agrees, no drop and no doubt.
+    drop = m["retained_accuracy_drop"]
+    assert drop.value == 0 and drop.details["stderr"] == 0 and drop.status == "PASS"
 
 
 @pytest.mark.long
@@ -807,10 +810,10 @@ def test_audit_refuses_bad_input_and_writes_nothing(base_model_dir, digits_dir, 
 def test_cli_exit_code_tells_pass_or_fail(base_model_dir, digits_dir, evaluator_dir, models, tmp_path):
     common = ["--base", str(base_model_dir), "--dataset", str(digits_dir), "--evaluator", str(evaluator_dir)]
     common += ["--forget-subjects", "subject-canary", "--quiet"]
-    # 40 samples a class, as the canary audit above: at 20 the retained-accuracy gate's binomial
-    # noise (about 2 points over 9 classes) sits too near its 5 points, and the defaults' canary
-    # deletion read a 5.5-point drop there (PASS at 40; the benchmark's run of the same canary
-    # configuration, 3x40@7s0, read 3.0 points at the audit's own 100).
+    # 40 samples a class, as the canary audit above: at 20 the defaults' canary deletion read a
+    # 5.5-point retained-accuracy drop, over the gate's 5; at 40 it passes, inside the gate's
+    # sampling error (0.045 +- 0.013, INCONCLUSIVE, 2026-12-07); the benchmark's run of the same
+    # canary configuration, 3x40@7s0, read 3.0 points at the audit's own 100.
     common += ["--set", "samples_per_class=40", "--set", "extraction_samples=100"]
 
     def cli_audit(model, out: str, *extra: str) -> subprocess.CompletedProcess:
@@ -1076,7 +1079,7 @@ def test_a_retained_accuracy_pass_within_the_pairs_sampling_error_is_inconclusiv
             for role, m in (("u", u), ("b", b))
         }
         m = Metric(name="retained_accuracy_drop", group="utility", value=acc["b"] - acc["u"], description="")
-        return _drop_within_sampling_error(gate(m, "<=", limit), u, b, classes)
+        return _drop_within_sampling_error(gate(m, "<=", limit), u, b, None, classes)
 
     # 16 of 360 samples flip to wrong (0.044): a pass by less than the pairs' 1.645 standard errors.
     base = drawn({})
@@ -1098,7 +1101,26 @@ def test_a_retained_accuracy_pass_within_the_pairs_sampling_error_is_inconclusiv
     assert failed.status == "FAIL" and failed.inconclusive is None and "stderr" not in failed.details
     bare = ModelMeasurements(role="x", path="x", sha256="x")
     m = gate(Metric(name="retained_accuracy_drop", group="utility", value=0.049, description=""), "<=", 0.05)
-    assert _drop_within_sampling_error(m, bare, bare, classes).status == "PASS"
+    assert _drop_within_sampling_error(m, bare, bare, None, classes).status == "PASS"
+
+    # Against the lineage's original (a quarter of its samples wrong, indices 0-9 of each class; the
+    # parent flawless): a model wrong on 9 of the original's 10 passes by the original's bar, and its
+    # pairs with the original, not with the parent, say how surely.
+    def against_original(wrong: list[int]) -> Metric:
+        u, o = drawn({c: wrong for c in classes}), drawn(same)
+        o.retained_correct = {c: o.class_samples.for_class(c)[1].argmax(-1) == c for c in classes}
+        m = Metric(name="retained_accuracy_drop", group="utility", value=len(wrong) / 40, description="")
+        gate(m, "<=", 0.25)  # _utility_gate's max(gate, base - original)
+        m.threshold.update({"gate": 0.05, "original": 0.75, "original_relative": 0.25})
+        return _drop_within_sampling_error(m, u, base, o, classes)
+
+    subset = against_original(list(range(9)))
+    assert subset.status == "PASS" and subset.details["stderr_to_original"] == pytest.approx(
+        math.sqrt(9 * (1 / 40 * 39 / 40 * 40 / 39) / 40) / 9
+    )
+    assert subset.details["upper_bound"] > 0.25  # the parent's pairs alone would have doubted it
+    elsewhere = against_original(list(range(10, 19)))  # as many wrong, on other samples
+    assert elsewhere.status == "INCONCLUSIVE" and "against 0.25 (the original)" in elsewhere.inconclusive
 
 
 def test_an_audits_retained_accuracy_gate_reads_the_error_of_its_own_paired_samples(canary_audit):

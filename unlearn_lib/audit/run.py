@@ -86,6 +86,9 @@ class ModelMeasurements:
     control: ExtractionResult | None = None
     membership: MembershipResult | None = None
     pia: MembershipResult | None = None
+    # The lineage's original only (it keeps no sample: it still holds what was erased since): per
+    # retained class, whether the judge called each of its samples that class.
+    retained_correct: dict[int, torch.Tensor] | None = None
     seconds: float = 0.0
 
 
@@ -266,6 +269,7 @@ def measure_utility(
         )
         acc = class_figures(cs, []).accuracy
         m.figures["retained_accuracy"] = sum(acc[c] for c in retained_classes) / len(retained_classes)
+        m.retained_correct = _retained_correct(cs, retained_classes)
         gen_retained = cs.images_of(retained_classes)
     else:
         # As many as the other models draw (an unconditional model has no classes of its own).
@@ -524,46 +528,67 @@ def _utility_gate(rel: Metric, limit: float, m: Metric, original: float | None, 
     return rel
 
 
+def _retained_correct(cs: ClassSamples | None, classes: list[int]) -> dict[int, torch.Tensor] | None:
+    """Per class in ``classes``: whether the judge called each of its samples that class (None: not drawn)."""
+    if cs is None or any(c not in cs.classes for c in classes):
+        return None
+    return {c: cs.for_class(c)[1].argmax(-1) == c for c in classes}
+
+
 def _drop_within_sampling_error(
-    m: Metric, u: ModelMeasurements, b: ModelMeasurements, retained_classes: list[int]
+    m: Metric,
+    u: ModelMeasurements,
+    b: ModelMeasurements,
+    original: ModelMeasurements | None,
+    retained_classes: list[int],
 ) -> Metric:
     """A retained-accuracy pass the sample could have decided is INCONCLUSIVE, not PASS.
 
-    Both models draw each retained class from the same noise (the audit's seed), so sample i of the
-    base and of the unlearned model are a pair and the drop is the mean of the pairs' differences in
-    correctness; its standard error is theirs (an unpaired binomial one, which ignores that most
-    pairs agree, would call far more passes inconclusive). With the lineage's original as the bar,
-    the same pairs stand in for the unlearned model against the original (drawn from that noise
-    too). A fail stays a fail, as with the other gates: a deletion is never promoted on a doubt.
+    Every model draws each retained class from the same noise (the audit's seed), so sample i of the
+    parent and of the unlearned model are a pair and the drop is the mean of the pairs' differences
+    in correctness; its standard error is theirs (an unpaired binomial one, which ignores that most
+    pairs agree, would call far more passes inconclusive). Where the lineage's original is a bar too
+    (:func:`_utility_gate`), the pass against it is judged on the original's pairs: the unlearned
+    model no worse than the original. A pass conclusive against either bar is a PASS. A fail stays a
+    fail, as with the other gates: a deletion is never promoted on a doubt.
     """
-    if not m.passed or m.value is None or m.threshold is None:
+    if not m.passed or m.value is None or m.threshold is None or not retained_classes:
         return m
-    if u.class_samples is None or b.class_samples is None:
-        return m
-    pairs = []
-    for c in retained_classes:
-        if c not in u.class_samples.classes or c not in b.class_samples.classes:
-            return m
-        _, pu = u.class_samples.for_class(c)
-        _, pb = b.class_samples.for_class(c)
-        if len(pu) != len(pb):
-            return m
-        pairs.append((pb.argmax(-1) == c).float() - (pu.argmax(-1) == c).float())
-    if not pairs:
-        return m
-    # retained_accuracy averages the classes' accuracies: one weight per class, whatever its size.
-    n = len(pairs)
-    per_class_var = torch.stack([d.var(unbiased=True) / len(d) if len(d) > 1 else torch.tensor(1.0) for d in pairs])
-    se = float(per_class_var.sum().sqrt() / n)
-    limit = float(m.threshold["value"])
-    bound = m.value + FORGOTTEN_Z * se
-    m.details.update({"stderr": se, "upper_bound": bound, "z": FORGOTTEN_Z})
-    if bound > limit:
-        m.inconclusive = (
-            f"drop {m.value:.3f} +- {se:.3f} against {limit:.3g} (95% bound {bound:.3f}), paired over "
-            f"{sum(len(d) for d in pairs)} samples: within sampling error of the gate; the model may sit at "
-            "it (samples_per_class)"
+    mine = _retained_correct(u.class_samples, retained_classes)
+    bars: list[tuple[str, dict[int, torch.Tensor] | None, float]] = [
+        (
+            "parent",
+            _retained_correct(b.class_samples, retained_classes),
+            float(m.threshold.get("gate", m.threshold["value"])),
         )
+    ]
+    if original is not None and "original_relative" in m.threshold:
+        bars.append(("original", original.retained_correct, float(m.threshold["original_relative"])))
+    judged = []
+    for name, theirs, bar in bars:
+        if mine is None or theirs is None or any(len(theirs[c]) != len(mine[c]) for c in retained_classes):
+            continue
+        # retained_accuracy averages the classes' accuracies: one weight per class, whatever its size.
+        diffs = [theirs[c].float() - mine[c].float() for c in retained_classes]
+        var = sum(float(d.var()) / len(d) if len(d) > 1 else 1.0 for d in diffs)
+        se = var**0.5 / len(diffs)
+        bound = m.value + FORGOTTEN_Z * se
+        key = "" if name == "parent" else "_to_original"
+        m.details.update({f"stderr{key}": se, f"upper_bound{key}": bound})
+        judged.append((name, se, bound, bar, sum(len(d) for d in diffs)))
+    if not judged:
+        return m
+    m.details["z"] = FORGOTTEN_Z
+    if any(bound <= bar for _, _, bound, bar, _ in judged):
+        return m
+    m.inconclusive = (
+        "; ".join(
+            f"drop {m.value:.3f} +- {se:.3f} against {bar:.3g}{'' if name == 'parent' else ' (the original)'} "
+            f"(95% bound {bound:.3f}), paired over {n} samples"
+            for name, se, bound, bar, n in judged
+        )
+        + ": within sampling error of the gate; the model may sit at it (samples_per_class)"
+    )
     return m
 
 
@@ -920,7 +945,7 @@ def _metrics(
             acc, "retained_accuracy_drop", "base model's retained-class accuracy minus the unlearned model's"
         )
         drop = _utility_gate(drop, params.max_retained_accuracy_drop, acc, fig(original, "retained_accuracy"), "drop")
-        out.append(_drop_within_sampling_error(drop, u, b, retained_classes))
+        out.append(_drop_within_sampling_error(drop, u, b, original, retained_classes))
         if neighbours:
             out.append(_over_erasure(u, b, r, neighbours, per_class, seed))
     fid = metric(

@@ -50,7 +50,7 @@ def model_card(tags: dict[str, str], audit: dict, report_links: dict[str, str]) 
         f"| dataset revision after (purged) | `{tags.get('dataset_rev_after', '')}` |",
         f"| algorithm | {tags.get('algorithm', '')} |",
         f"| audit settings looser than the defaults | {tags.get('audit_relaxed', 'not recorded')} |",
-        f"| audit gates inconclusive (too few samples to fail) | {tags.get('audit_inconclusive', 'not recorded')} |",
+        f"| audit gates inconclusive (within sampling error) | {tags.get('audit_inconclusive', 'not recorded')} |",
         f"| compliance run | {tags.get('run_id', '')} (MLflow run {tags.get('pipeline_run_id', '')}) |",
         "",
         "### Gates",
