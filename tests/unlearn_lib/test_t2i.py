@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,22 @@ def test_salun_relabels_the_forget_prompt_and_forgets_seven(tiny_sd_dir, tiny_sd
             assert after[c] >= before[c] - 0.05, (c, after)
 
 
+def killed_after(monkeypatch: pytest.MonkeyPatch, step: int, run: Callable[[], object]) -> None:
+    """``run()`` dies (KeyboardInterrupt) just after step ``step``'s checkpoint point, as a preempted pod."""
+    from unlearn_lib.t2i import erase as erase_mod
+
+    original = erase_mod.T2IUnlearner.maybe_checkpoint
+
+    def die(self, done, optimizers, extra=None):
+        original(self, done, optimizers, extra)
+        if done == step:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(erase_mod.T2IUnlearner, "maybe_checkpoint", die)
+        run()
+
+
 @pytest.mark.parametrize(
     "algorithm,opts",
     [("erasediff", {}), ("erasediff", {"adapter": "lora"}), ("salun", {}), ("esd", {})],
@@ -312,16 +329,8 @@ def test_a_killed_text_to_image_erasure_resumes_to_the_straight_runs_weights(
 
     def killed_after_step_5() -> None:
         """A preempted pod: step 4's checkpoint on disk, step 5 done and lost."""
-        original = erase_mod.T2IUnlearner.maybe_checkpoint
-
-        def die(self, done, optimizers, extra=None):
-            original(self, done, optimizers, extra)
-            if done == 5:
-                raise KeyboardInterrupt
-
-        with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-            m.setattr(erase_mod.T2IUnlearner, "maybe_checkpoint", die)
-            erase_mod.make_t2i_unlearner(algorithm, opts).run(task, progress=False, checkpoint_dir=ck)
+        unlearner = erase_mod.make_t2i_unlearner(algorithm, opts)
+        killed_after(monkeypatch, 5, lambda: unlearner.run(task, progress=False, checkpoint_dir=ck))
 
     killed_after_step_5()
     assert sorted(p.name for p in ck.glob("step-*.pt")) == ["step-00000002.pt", "step-00000004.pt"]
@@ -490,17 +499,8 @@ def test_text_to_image_erasediff_measures_lf_star_once_a_round_and_steps_as_if_e
     assert rounds.history["q"] == pytest.approx([f - s for f, s in zip(rounds.history["loss_f"], star, strict=True)])
 
     ck = tmp_path / "ck"
-    original = erase_mod.T2IUnlearner.maybe_checkpoint
-
-    def die(self, done, optimizers, extra=None):
-        """A preempted pod: step 6's checkpoint on disk (inside the round begun at step 5), step 7 lost."""
-        original(self, done, optimizers, extra)
-        if done == 7:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(erase_mod.T2IUnlearner, "maybe_checkpoint", die)
-        run(round_steps=5, checkpoint_dir=ck)
+    # A preempted pod: step 6's checkpoint on disk (inside the round begun at step 5), step 7 lost.
+    killed_after(monkeypatch, 7, lambda: run(round_steps=5, checkpoint_dir=ck))
     resumed = run(round_steps=5, checkpoint_dir=ck)
     assert resumed.resumed_from == 6
     assert resumed.history["loss_f_star"] == star  # step 6-9 keep step 5's L_f*, not one measured at 6

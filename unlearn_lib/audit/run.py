@@ -555,6 +555,8 @@ def _drop_within_sampling_error(
     if not m.passed or m.value is None or m.threshold is None or not retained_classes:
         return m
     mine = _retained_correct(u.class_samples, retained_classes)
+    if mine is None:
+        return m
     bars: list[tuple[str, dict[int, torch.Tensor] | None, float]] = [
         (
             "parent",
@@ -566,7 +568,7 @@ def _drop_within_sampling_error(
         bars.append(("original", original.retained_correct, float(m.threshold["original_relative"])))
     judged = []
     for name, theirs, bar in bars:
-        if mine is None or theirs is None or any(len(theirs[c]) != len(mine[c]) for c in retained_classes):
+        if theirs is None or any(len(theirs[c]) != len(mine[c]) for c in retained_classes):
             continue
         # retained_accuracy averages the classes' accuracies: one weight per class, whatever its size.
         diffs = [theirs[c].float() - mine[c].float() for c in retained_classes]
