@@ -388,8 +388,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         table.add_column(col, justify="left" if col in ("metric", "gate") else "right")
     for m in result.metrics:
         rule = threshold_text(m.threshold)
-        colour = {"PASS": "[green]", "FAIL": "[red]", "INCONCLUSIVE": "[yellow]"}
-        status = colour.get(m.status, "") + m.status
+        status = _STATUS_COLOUR.get(m.status, "") + m.status
         cells = [m.name, _num(m.value), _num(m.base), *((_num(m.retrain),) if args.retrain else ()), rule, status]
         table.add_row(*cells)
     console.print(table)
@@ -433,8 +432,11 @@ def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     for m in result.metrics:
         if m.threshold is None:
             continue
-        status = "[green]PASS" if m.passed else "[red]FAIL"
+        status = _STATUS_COLOUR.get(m.status, "") + m.status
         console.print(f"{m.name:<32} {m.value:.4g} {threshold_text(m.threshold, 4)}  {status}")
+    for m in result.metrics:
+        if m.status == "INCONCLUSIVE":
+            console.print(f"[yellow]{m.name} is inconclusive: {m.inconclusive}")
     for c, v in rec["adversarial_prompt"]["success"].items():
         plain = rec["forgotten_probability"][c]
         console.print(f"adversarial prompt, class {c}: success {v:.3f} (plain prompt {plain:.3f})")
@@ -450,6 +452,9 @@ def _audit_t2i(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     verdict = "[bold green]PASS" if result.passed else "[bold red]FAIL"
     console.print(f"verdict: {verdict}[/]  report: {Path(args.out) / 'report.html'}  ({rec['seconds']:.0f}s)")
     return 0 if result.passed else EXIT_AUDIT_FAILED
+
+
+_STATUS_COLOUR = {"PASS": "[green]", "FAIL": "[red]", "INCONCLUSIVE": "[yellow]"}
 
 
 def _num(v: float | None) -> str:

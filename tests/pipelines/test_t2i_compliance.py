@@ -89,6 +89,13 @@ def test_a_text_to_image_deletion_runs_end_to_end_and_is_promoted(t2i_run):
     assert record["family"] == "text-to-image" and record["forget_labels"] == [7]
     assert record["metrics"]["forgotten_probability_7"]["base"] >= 0.6
     assert record["metrics"]["forgotten_probability_7"]["value"] <= 0.05
+    # At 40 images no count passes the 0.05 gate surely (0 of 40: bound 0.063): the pass is named
+    # inconclusive on the record and on the version, and the verdict rests on the other gates.
+    (seven,) = [g for g in record["gates"] if g["metric"] == "forgotten_probability_7"]
+    assert seven["passed"] and "of 40 images" in seven["inconclusive"]
+    assert "forgotten_probability_7" in tags["unlearn.audit_inconclusive"].split(",")
+    report = open(f"{folder}/report.md").read()
+    assert f"`forgotten_probability_7` did not fail but is **INCONCLUSIVE**: {seven['inconclusive']}" in report
     assert "Text-to-image unlearning audit: PASS" in open(f"{folder}/report.html").read()
     # The served dataset lost the class: the purge is the commit of the request.
     served = t2i_run["ws"].dataset(t2i_run["ws"].served())
@@ -131,6 +138,10 @@ def test_the_evidence_of_a_text_to_image_deletion_names_its_gates(t2i_run):
     audit = ev["audit"]
     gates = {m["name"] for m in audit["metrics"] if m["gate"]}
     assert gates == {"forgotten_probability_7", "retained_accuracy_drop", "extracted_beyond_control"}
-    assert audit["gates_passed"] == audit["gates_total"] == 3
+    weak = audit["gates_inconclusive"]
+    assert "forgotten_probability_7" in weak and audit["gates_total"] == 3
+    assert audit["gates_passed"] == 3 - len(weak)
     assert audit["selection"]["scope"] == "class" and audit["selection"]["forget"] > 150
-    assert ev["headline"].startswith("REQ-T2I-7 is done: version 2 passed 3 of 3 audit gates")
+    assert ev["headline"].startswith(
+        f"REQ-T2I-7 is done: version 2 passed {3 - len(weak)} of 3 audit gates ({len(weak)} inconclusive)"
+    )

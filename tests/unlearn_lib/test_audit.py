@@ -1108,7 +1108,7 @@ def test_a_retained_accuracy_pass_within_the_pairs_sampling_error_is_inconclusiv
     # pairs with the original, not with the parent, say how surely.
     def against_original(wrong: list[int]) -> Metric:
         u, o = drawn({c: wrong for c in classes}), drawn(same)
-        o.retained_correct = {c: o.class_samples.for_class(c)[1].argmax(-1) == c for c in classes}
+        o.retained_correct = {c: (o.class_samples.for_class(c)[1].argmax(-1) == c).tolist() for c in classes}
         m = Metric(name="retained_accuracy_drop", group="utility", value=len(wrong) / 40, description="")
         gate(m, "<=", 0.25)  # _utility_gate's max(gate, base - original)
         m.threshold.update({"gate": 0.05, "original": 0.75, "original_relative": 0.25})

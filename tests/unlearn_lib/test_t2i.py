@@ -6,6 +6,7 @@ The tiny-sd model is trained once per session (a few CPU minutes) and cached lik
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -508,3 +509,67 @@ def test_text_to_image_erasediff_measures_lf_star_once_a_round_and_steps_as_if_e
         assert torch.equal(value, resumed.model.unet.state_dict()[key]), key
     with pytest.raises(ConfigError, match="round_steps must be >= 1"):
         erase_mod.make_t2i_unlearner("erasediff", {"round_steps": 0})
+
+
+def test_the_text_to_image_audits_gates_say_inconclusive_where_their_sample_cannot_decide():
+    """The forgotten share is bounded as a share (Wilson): no count of 40 images passes a 0.05 gate
+    surely (0 of 40 reads at most 0.063), 0 of 100 does (0.026). The retained drop is bounded by its
+    pairs (the base and the unlearned model draw each class from the same noise), as in the
+    class-conditional audit."""
+    from unlearn_lib.audit.gates import Metric, gate_record, share_upper_bound, verdict
+    from unlearn_lib.t2i.audit import _metrics
+
+    for n in (20, 40, 100):  # Wilson's bound for none seen: z^2 / (n + z^2)
+        assert share_upper_bound(0, n) == pytest.approx(1.645**2 / (n + 1.645**2))
+    assert share_upper_bound(1, 100) < 0.05 < share_upper_bound(2, 100)
+    assert share_upper_bound(0, 0) == 1.0
+    kept, per = [c for c in range(10) if c != 7], 40
+
+    def audited(hits: int, n: int, wrong: int = 0, p: T2IAuditParams | None = None) -> dict:
+        base = {c: [True] * per for c in kept}
+        mine = {c: [i >= wrong for i in range(per)] for c in kept}  # the first `wrong` of each class flip
+        acc_new = {c: sum(v) / per for c, v in mine.items()} | {7: hits / n}
+        acc_base = {c: 1.0 for c in range(10)}
+        metrics = _metrics(
+            p or T2IAuditParams(samples_per_class=n),
+            (None, None),
+            {7: hits / n},
+            acc_base,
+            acc_new,
+            1.0,
+            sum(acc_new[c] for c in kept) / len(kept),
+            {7: 1},
+            1.0,
+            1.0,
+            0.0,
+            None,
+            {},
+            (mine, base),
+            wrong / per,
+        )
+        gates = [gate_record(m) for m in metrics]
+        return {m.name: m for m in metrics} | {"_verdict": verdict(metrics), "_gates": gates}
+
+    forty = audited(0, 40)
+    assert forty["forgotten_probability_7"].status == "INCONCLUSIVE" and forty["_verdict"]
+    assert "0 of 40 images (0.000) against 0.05 (95% bound 0.063)" in forty["forgotten_probability_7"].inconclusive
+    (record,) = [g for g in forty["_gates"] if g["metric"] == "forgotten_probability_7"]
+    assert record["passed"] and record["inconclusive"] == forty["forgotten_probability_7"].inconclusive
+    assert audited(2, 40)["forgotten_probability_7"].status == "INCONCLUSIVE"  # 0.05: passes, not surely
+    assert audited(3, 40)["forgotten_probability_7"].status == "FAIL"
+    assert audited(0, 100)["forgotten_probability_7"].status == "PASS"
+    # The retained drop: no flips, no doubt; one flip in each class's 40 passes 0.05 surely (bound
+    # 0.039); two pass 0.055 but their pairs' error leaves it open; three fail.
+    def drop(wrong: int, limit: float = 0.055) -> Metric:
+        return audited(0, 100, wrong, T2IAuditParams(max_retained_accuracy_drop=limit))["retained_accuracy_drop"]
+
+    assert drop(0).status == "PASS" and drop(0).details["stderr"] == 0
+    one = drop(1)
+    se = math.sqrt(9 * (1 / 40) / 40) / 9  # each class: one pair of 40 differs by 1 (variance 1/40)
+    assert one.value == pytest.approx(1 / 40) and one.details["stderr"] == pytest.approx(se)
+    assert one.status == "PASS" and one.details["upper_bound"] == pytest.approx(1 / 40 + 1.645 * se)
+    two = drop(2)
+    assert two.status == "INCONCLUSIVE" and "drop 0.050 +- 0.012 against 0.055" in two.inconclusive
+    assert "paired over 360 samples" in two.inconclusive
+    assert drop(2, limit=0.07).status == "PASS"
+    assert drop(3).status == "FAIL"

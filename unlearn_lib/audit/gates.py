@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -225,6 +226,85 @@ def gate_status(passed: bool | None, inconclusive: str | None = None) -> str:
     if not passed:
         return "FAIL"
     return "INCONCLUSIVE" if inconclusive else "PASS"
+
+
+# One-sided 95%: a gate passed by less than this many standard errors could sit at its limit; the
+# pass is then the draw's, not the model's.
+SAMPLING_Z = 1.645
+
+
+def gate_record(m: Metric) -> dict:
+    """A gated metric as the audit record's ``gates`` list holds it (both families write the same)."""
+    return {
+        "metric": m.name,
+        **(m.threshold or {}),
+        "value": m.value,
+        "passed": m.passed,
+        **({"inconclusive": m.inconclusive} if m.inconclusive else {}),
+    }
+
+
+def share_upper_bound(hits: int, n: int, z: float = SAMPLING_Z) -> float:
+    """Wilson's upper bound on a share seen as ``hits`` of ``n``: 0 of 20 is not a share of 0 (its
+    bound is 0.12), where the share's plain standard error would call it certain."""
+    if not 0 <= hits <= n:
+        raise ValueError(f"a share of {hits} in {n} is not a share")
+    if n < 1:
+        return 1.0
+    p, z2 = hits / n, z * z
+    centre = p + z2 / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(1.0, (centre + half) / (1 + z2 / n))
+
+
+def paired_drop_band(
+    m: Metric,
+    mine: Mapping[int, Sequence[bool]],
+    bars: Sequence[tuple[str, Mapping[int, Sequence[bool]] | None, float]],
+    knob: str = "samples_per_class",
+) -> Metric:
+    """A passed accuracy-drop gate the sample could have decided is INCONCLUSIVE, not PASS.
+
+    ``mine``: per class, whether each of the judged model's samples was judged that class.
+    ``bars``: (name, the same of a reference model, the drop allowed against it). The models draw
+    each class from the same noise (the audit's seed), so sample i of both is a pair and the drop's
+    standard error is the pairs' differences' (an unpaired binomial one, which ignores that most
+    pairs agree, would call far more passes inconclusive); classes weigh equally, as the accuracy
+    averages them. A pass conclusive against any bar is a PASS; a fail stays a fail (a deletion is
+    never promoted on a doubt). ``knob``: the setting that buys power, named in the message.
+    """
+    if not m.passed or m.value is None or m.threshold is None or not mine:
+        return m
+    classes = list(mine)
+    judged = []
+    for name, theirs, bar in bars:
+        if theirs is None or any(c not in theirs or len(theirs[c]) != len(mine[c]) for c in classes):
+            continue
+        var = 0.0
+        for c in classes:
+            d = [float(a) - float(b) for a, b in zip(theirs[c], mine[c], strict=True)]
+            k = len(d)
+            mean = sum(d) / k if k else 0.0
+            var += sum((x - mean) ** 2 for x in d) / (k - 1) / k if k > 1 else 1.0
+        se = math.sqrt(var) / len(classes)
+        bound = m.value + SAMPLING_Z * se
+        key = "" if name == "parent" else f"_to_{name}"
+        m.details.update({f"stderr{key}": se, f"upper_bound{key}": bound})
+        judged.append((name, se, bound, bar, sum(len(mine[c]) for c in classes)))
+    if not judged:
+        return m
+    m.details["z"] = SAMPLING_Z
+    if any(bound <= bar for _, _, bound, bar, _ in judged):
+        return m
+    m.inconclusive = (
+        "; ".join(
+            f"drop {m.value:.3f} +- {se:.3f} against {bar:.3g}{'' if name == 'parent' else f' (the {name})'} "
+            f"(95% bound {bound:.3f}), paired over {n} samples"
+            for name, se, bound, bar, n in judged
+        )
+        + f": within sampling error of the gate; the model may sit at it ({knob})"
+    )
+    return m
 
 
 def failed_gates(record: dict) -> list[str]:

@@ -489,11 +489,16 @@ def _summary(record: dict, withheld: dict[str, int]) -> list[Line]:
                 ("", f"), the gate {th['gate']:g} leaving less than the margin above what a flawless erasure reads"),
             ]
         )  # fmt: skip
-    for name, m in record["metrics"].items():
-        if m.get("inconclusive") and m.get("passed"):
-            lines.append([("code", name), ("", " did not fail but is "), ("strong", "INCONCLUSIVE"),
-                          ("", f": {m['inconclusive']}")])  # fmt: skip
-    return lines
+    return lines + inconclusive_lines(record)
+
+
+def inconclusive_lines(record: dict) -> list[Line]:
+    """A summary line for each gate that did not fail but could not have (either family's record)."""
+    return [
+        [("code", name), ("", " did not fail but is "), ("strong", "INCONCLUSIVE"), ("", f": {m['inconclusive']}")]
+        for name, m in record["metrics"].items()
+        if m.get("inconclusive") and m.get("passed")
+    ]
 
 
 def _markdown(line: Line) -> str:

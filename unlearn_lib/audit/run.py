@@ -45,7 +45,19 @@ from .efficacy import (
 )
 from .evaluator import Evaluator, train_evaluator
 from .forget_quality import retrain_position
-from .gates import HARD_LIMITS, AuditParams, Metric, gate, hard_limit_metric, membership_too_weak, relaxations, verdict
+from .gates import (
+    HARD_LIMITS,
+    SAMPLING_Z,
+    AuditParams,
+    Metric,
+    gate,
+    gate_record,
+    hard_limit_metric,
+    membership_too_weak,
+    paired_drop_band,
+    relaxations,
+    verdict,
+)
 from .memorization import (
     ExtractionResult,
     MembershipResult,
@@ -88,7 +100,7 @@ class ModelMeasurements:
     pia: MembershipResult | None = None
     # The lineage's original only (it keeps no sample: it still holds what was erased since): per
     # retained class, whether the judge called each of its samples that class.
-    retained_correct: dict[int, torch.Tensor] | None = None
+    retained_correct: dict[int, list[bool]] | None = None
     seconds: float = 0.0
 
 
@@ -528,11 +540,11 @@ def _utility_gate(rel: Metric, limit: float, m: Metric, original: float | None, 
     return rel
 
 
-def _retained_correct(cs: ClassSamples | None, classes: list[int]) -> dict[int, torch.Tensor] | None:
+def _retained_correct(cs: ClassSamples | None, classes: list[int]) -> dict[int, list[bool]] | None:
     """Per class in ``classes``: whether the judge called each of its samples that class (None: not drawn)."""
     if cs is None or any(c not in cs.classes for c in classes):
         return None
-    return {c: cs.for_class(c)[1].argmax(-1) == c for c in classes}
+    return {c: (cs.for_class(c)[1].argmax(-1) == c).tolist() for c in classes}
 
 
 def _drop_within_sampling_error(
@@ -542,22 +554,18 @@ def _drop_within_sampling_error(
     original: ModelMeasurements | None,
     retained_classes: list[int],
 ) -> Metric:
-    """A retained-accuracy pass the sample could have decided is INCONCLUSIVE, not PASS.
-
-    Every model draws each retained class from the same noise (the audit's seed), so sample i of the
-    parent and of the unlearned model are a pair and the drop is the mean of the pairs' differences
-    in correctness; its standard error is theirs (an unpaired binomial one, which ignores that most
-    pairs agree, would call far more passes inconclusive). Where the lineage's original is a bar too
-    (:func:`_utility_gate`), the pass against it is judged on the original's pairs: the unlearned
-    model no worse than the original. A pass conclusive against either bar is a PASS. A fail stays a
-    fail, as with the other gates: a deletion is never promoted on a doubt.
+    """A retained-accuracy pass the sample could have decided is INCONCLUSIVE, not PASS
+    (:func:`.gates.paired_drop_band`: each model draws a retained class from the same noise, so the
+    drop's error is the pairs'). Where the lineage's original is a bar too (:func:`_utility_gate`),
+    the pass against it is judged on the pairs with the original's samples: the unlearned model no
+    worse than the original.
     """
-    if not m.passed or m.value is None or m.threshold is None or not retained_classes:
+    if not m.passed or m.threshold is None or not retained_classes:
         return m
     mine = _retained_correct(u.class_samples, retained_classes)
     if mine is None:
         return m
-    bars: list[tuple[str, dict[int, torch.Tensor] | None, float]] = [
+    bars: list[tuple[str, dict[int, list[bool]] | None, float]] = [
         (
             "parent",
             _retained_correct(b.class_samples, retained_classes),
@@ -566,32 +574,7 @@ def _drop_within_sampling_error(
     ]
     if original is not None and "original_relative" in m.threshold:
         bars.append(("original", original.retained_correct, float(m.threshold["original_relative"])))
-    judged = []
-    for name, theirs, bar in bars:
-        if theirs is None or any(len(theirs[c]) != len(mine[c]) for c in retained_classes):
-            continue
-        # retained_accuracy averages the classes' accuracies: one weight per class, whatever its size.
-        diffs = [theirs[c].float() - mine[c].float() for c in retained_classes]
-        var = sum(float(d.var()) / len(d) if len(d) > 1 else 1.0 for d in diffs)
-        se = var**0.5 / len(diffs)
-        bound = m.value + FORGOTTEN_Z * se
-        key = "" if name == "parent" else "_to_original"
-        m.details.update({f"stderr{key}": se, f"upper_bound{key}": bound})
-        judged.append((name, se, bound, bar, sum(len(d) for d in diffs)))
-    if not judged:
-        return m
-    m.details["z"] = FORGOTTEN_Z
-    if any(bound <= bar for _, _, bound, bar, _ in judged):
-        return m
-    m.inconclusive = (
-        "; ".join(
-            f"drop {m.value:.3f} +- {se:.3f} against {bar:.3g}{'' if name == 'parent' else ' (the original)'} "
-            f"(95% bound {bound:.3f}), paired over {n} samples"
-            for name, se, bound, bar, n in judged
-        )
-        + ": within sampling error of the gate; the model may sit at it (samples_per_class)"
-    )
-    return m
+    return paired_drop_band(m, mine, bars)
 
 
 def _judge_floor(
@@ -748,11 +731,6 @@ def _earlier_erasures(
     return gate(m, "<=", params.max_earlier_erasure_drop)
 
 
-# One-sided 95%: a class whose probability passes by less than this many standard errors could sit
-# at the gate; its pass is a draw's, not the model's.
-FORGOTTEN_Z = 1.645
-
-
 def _forgotten_gate(
     m: Metric,
     floor: Metric | None,
@@ -769,7 +747,7 @@ def _forgotten_gate(
     The floor counts only for a class mostly drawn as its destination: a model that still draws the
     class has no flawless twin. ``label_probability``: the mean probability of each forgotten class
     (by its string) on the unlearned model's samples of it, which ``m.value`` averages; ``stderr``:
-    its standard error. A pass within ``FORGOTTEN_Z`` standard errors of a class's limit is
+    its standard error. A pass within ``SAMPLING_Z`` standard errors of a class's limit is
     INCONCLUSIVE: the draw, not the model, decided it (``forgotten_samples`` buys power).
     """
     m = _forgotten_gate_limits(m, floor, label_probability, params)
@@ -784,14 +762,14 @@ def _forgotten_gate(
         se = stderr.get(f)
         if se is None:
             continue
-        bound = x["probability"] + FORGOTTEN_Z * se
+        bound = x["probability"] + SAMPLING_Z * se
         m.details.setdefault("upper_bound", {})[f] = bound
         if bound > x["limit"]:
             close.append(
                 f"class {f} reads {x['probability']:.3f} +- {se:.3f} against {x['limit']:.3g} (95% bound {bound:.3f})"
             )
     if close:
-        m.details["z"] = FORGOTTEN_Z
+        m.details["z"] = SAMPLING_Z
         m.inconclusive = (
             "; ".join(close)
             + f": within sampling error of the gate on {m.samples} samples; the model may sit at it (forgotten_samples)"
@@ -1377,17 +1355,7 @@ def run_audit(
         # The retrained models behind *_within_retrain_range (the first is models.retrain).
         **({"retrained_models": distribution} if distribution else {}),
         "metrics": {m.name: m.to_dict() for m in metrics},
-        "gates": [
-            {
-                "metric": m.name,
-                **(m.threshold or {}),
-                "value": m.value,
-                "passed": m.passed,
-                **({"inconclusive": m.inconclusive} if m.inconclusive else {}),
-            }
-            for m in metrics
-            if m.passed is not None
-        ],
+        "gates": [gate_record(m) for m in metrics if m.passed is not None],
         "seconds": round(time.perf_counter() - t_start, 2),
         "environment": {
             "unlearn_lib": __version__,

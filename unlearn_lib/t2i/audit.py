@@ -32,9 +32,19 @@ from tqdm.auto import tqdm
 
 from ..audit.efficacy import nearest_class
 from ..audit.evaluator import Evaluator
-from ..audit.gates import Metric, gate, hard_limit_metric, relaxations, verdict
+from ..audit.gates import (
+    SAMPLING_Z,
+    Metric,
+    gate,
+    gate_record,
+    hard_limit_metric,
+    paired_drop_band,
+    relaxations,
+    share_upper_bound,
+    verdict,
+)
 from ..audit.memorization import chance_allowance
-from ..audit.report import Line, judge_members, metric_rows, render_report
+from ..audit.report import Line, inconclusive_lines, judge_members, metric_rows, render_report
 from ..audit.utility import EvaluatorFeatures, RealReference
 from ..data.manifest import Dataset
 from ..data.selection import ForgetTargets
@@ -82,15 +92,28 @@ class T2IAuditResult:
     metrics: list[Metric] = field(default_factory=list)
 
 
-def class_accuracy(
-    model: TextToImageModel, evaluator: Evaluator, classes: list[int], n: int, seed: int, steps: int
-) -> tuple[dict[int, float], dict[int, torch.Tensor]]:
-    """Accuracy of the class-prompted samples per class, and the samples."""
+def class_draws(
+    model: TextToImageModel, evaluator: Evaluator | Judge, classes: list[int], n: int, seed: int, steps: int
+) -> tuple[dict[int, list[bool]], dict[int, torch.Tensor]]:
+    """Per class: whether the evaluator judged each class-prompted sample that class, and the samples.
+
+    The noise is drawn once from ``seed`` for all ``classes`` x ``n`` prompts in order, so sample i
+    of a class is drawn from the same noise by every model given the same ``classes``, ``n`` and
+    ``seed``: the base's and the unlearned model's samples pair up
+    (:func:`~unlearn_lib.audit.gates.paired_drop_band`)."""
     prompts = [model.meta.prompt_for(c) for c in classes for _ in range(n)]
     images = model.sample(prompts, steps=steps, seed=seed)
     pred = evaluator.logits(images).argmax(-1).view(len(classes), n)
-    acc = {c: float((pred[i] == c).float().mean()) for i, c in enumerate(classes)}
-    return acc, {c: images[i * n : (i + 1) * n] for i, c in enumerate(classes)}
+    correct = {c: (pred[i] == c).tolist() for i, c in enumerate(classes)}
+    return correct, {c: images[i * n : (i + 1) * n] for i, c in enumerate(classes)}
+
+
+def class_accuracy(
+    model: TextToImageModel, evaluator: Evaluator | Judge, classes: list[int], n: int, seed: int, steps: int
+) -> tuple[dict[int, float], dict[int, torch.Tensor]]:
+    """Accuracy of the class-prompted samples per class, and the samples."""
+    correct, samples = class_draws(model, evaluator, classes, n, seed, steps)
+    return {c: sum(v) / len(v) for c, v in correct.items()}, samples
 
 
 def adversarial_prompt(
@@ -172,11 +195,13 @@ def audit_t2i(
     classes = list(range(len(base.meta.class_prompts)))
     kept = [c for c in classes if c not in forget_labels]
     n = p.samples_per_class
-    acc_base, samples_base = class_accuracy(base, evaluator, classes, n, p.seed, p.sampling_steps)
-    acc_new, samples = class_accuracy(model, evaluator, classes, n, p.seed, p.sampling_steps)
-    forgotten_p = {}
-    for c in forget_labels:
-        forgotten_p[c] = float((evaluator.logits(samples[c]).argmax(-1) == c).float().mean())
+    correct_base, samples_base = class_draws(base, evaluator, classes, n, p.seed, p.sampling_steps)
+    correct, samples = class_draws(model, evaluator, classes, n, p.seed, p.sampling_steps)
+    acc_base = {c: sum(v) / n for c, v in correct_base.items()}
+    acc_new = {c: sum(v) / n for c, v in correct.items()}
+    forgotten_p = {c: acc_new[c] for c in forget_labels}
+    # From the counts: a drop of exactly the gate must not pass or fail by the floats' rounding.
+    hits_kept = (sum(sum(correct[c]) for c in kept), sum(sum(correct_base[c]) for c in kept))
     base_kept = sum(acc_base[c] for c in kept) / len(kept)
     new_kept = sum(acc_new[c] for c in kept) / len(kept)
     # Real images of every class (hold-out first): class centres, FID's reference, the attacker's
@@ -267,16 +292,14 @@ def audit_t2i(
         kid,
         extraction,
         attack,
+        ({c: correct[c] for c in kept}, {c: correct_base[c] for c in kept}),
+        (hits_kept[1] - hits_kept[0]) / (n * len(kept)),
     )
     floor = hard_limit_metric(p) if hard_limits else None
     if floor is not None:
         metrics.append(floor)
     passed = verdict(metrics)
-    gates = [
-        {"metric": m.name, **(m.threshold or {}), "value": m.value, "passed": m.passed}
-        for m in metrics
-        if m.passed is not None
-    ]
+    gates = [gate_record(m) for m in metrics if m.passed is not None]
     record = {
         "schema_version": 1,
         "kind": "unlearn-audit",
@@ -351,9 +374,18 @@ def _metrics(
     kid: float,
     extraction: dict | None,
     attack: dict[int, float],
+    retained_correct: tuple[dict[int, list[bool]], dict[int, list[bool]]],
+    retained_drop: float,
 ) -> list[Metric]:
     """The audit's measurements in the class-conditional audit's form (so reports, model cards
-    and the evidence read both families alike); those with a threshold decide the verdict."""
+    and the evidence read both families alike); those with a threshold decide the verdict.
+    ``retained_correct``: per retained class, whether each sample of the unlearned model and of
+    the base was judged right (paired: the same noise), for the drop's sampling error;
+    ``retained_drop``: the drop, from those counts.
+
+    A pass the sample could have decided reads INCONCLUSIVE, as in the class-conditional audit:
+    a share (the forgotten class's, the attack's where gated) whose Wilson bound is over its gate,
+    or the retained drop within the pairs' sampling error of its gate. A fail stays a fail."""
     n, seed = p.samples_per_class, p.seed
     out: list[Metric] = []
     for c, v in forgotten_p.items():
@@ -366,7 +398,7 @@ def _metrics(
             seed=seed,
             base=acc_base[c],
         )
-        out.append(gate(m, "<=", p.max_forgotten_probability))
+        out.append(_share_band(gate(m, "<=", p.max_forgotten_probability), round(v * n), n))
     out.append(
         Metric(
             "retained_accuracy",
@@ -381,12 +413,15 @@ def _metrics(
     drop = Metric(
         "retained_accuracy_drop",
         "utility",
-        base_kept - new_kept,
+        retained_drop,
         "base model's retained accuracy minus this model's",
         samples=n,
         seed=seed,
     )
-    out.append(gate(drop, "<=", p.max_retained_accuracy_drop))
+    gate(drop, "<=", p.max_retained_accuracy_drop)
+    out.append(
+        paired_drop_band(drop, retained_correct[0], [("parent", retained_correct[1], p.max_retained_accuracy_drop)])
+    )
     for c, nb in neighbours.items():
         out.append(
             Metric(
@@ -454,8 +489,28 @@ def _metrics(
             samples=p.attack_samples,
             seed=seed + 4,
         )
-        out.append(gate(m, "<=", p.max_attack_success) if p.max_attack_success is not None else m)
+        if p.max_attack_success is not None:
+            hits = round(v * p.attack_samples)
+            m = _share_band(gate(m, "<=", p.max_attack_success), hits, p.attack_samples, "attack_samples")
+        out.append(m)
     return out
+
+
+def _share_band(m: Metric, hits: int, n: int, knob: str = "samples_per_class") -> Metric:
+    """A passed share gate whose Wilson bound (one-sided 95%) is over the limit is INCONCLUSIVE:
+    0 of 20 images passes a 0.05 gate, yet a model drawing the class one time in ten reads 0 of 20
+    one time in eight."""
+    if not m.passed or m.threshold is None:
+        return m
+    limit = float(m.threshold["value"])
+    bound = share_upper_bound(hits, n)
+    m.details.update({"upper_bound": bound, "z": SAMPLING_Z})
+    if bound > limit:
+        m.inconclusive = (
+            f"{hits} of {n} images ({hits / n:.3f}) against {limit:.3g} (95% bound {bound:.3f}): within sampling "
+            f"error of the gate; the model may sit at it ({knob})"
+        )
+    return m
 
 
 def _summary(record: dict) -> list[Line]:
@@ -495,7 +550,7 @@ def _summary(record: dict) -> list[Line]:
             ]
         )
     lines.append([("", "privacy: no deleted record is shown; sample tiles near one are blanked in the grids")])
-    return lines
+    return lines + inconclusive_lines(record)
 
 
 def audit_request(
