@@ -1127,13 +1127,19 @@ def test_an_audits_retained_accuracy_gate_reads_the_error_of_its_own_paired_samp
     res = canary_audit
     u, b = res.measurements["unlearned"], res.measurements["base"]
     assert b.class_samples.per_class == u.class_samples.per_class == PARAMS["samples_per_class"]
-    diffs = []
-    for c in u.class_samples.classes:  # a record deletion retains every class
-        pu, pb = u.class_samples.for_class(c)[1].argmax(-1), b.class_samples.for_class(c)[1].argmax(-1)
-        diffs.append((pb == c).float() - (pu == c).float())
-    se = math.sqrt(sum(float(d.var()) / len(d) for d in diffs)) / len(diffs)
-    drop = res.record["metrics"]["retained_accuracy_drop"]
-    assert drop["value"] == pytest.approx(sum(float(d.mean()) for d in diffs) / len(diffs), abs=1e-6)
-    assert drop["details"]["stderr"] == pytest.approx(se, rel=1e-5)
-    near = drop["value"] + 1.645 * se > drop["threshold"]["value"]
-    assert bool(drop.get("inconclusive")) == near == ("retained_accuracy_drop" in inconclusive_gates(res.record))
+
+    def paired(classes: list[int], name: str) -> None:
+        diffs = []
+        for c in classes:
+            pu, pb = u.class_samples.for_class(c)[1].argmax(-1), b.class_samples.for_class(c)[1].argmax(-1)
+            diffs.append((pb == c).float() - (pu == c).float())
+        se = math.sqrt(sum(float(d.var()) / len(d) for d in diffs)) / len(diffs)
+        drop = res.record["metrics"][name]
+        assert drop["value"] == pytest.approx(sum(float(d.mean()) for d in diffs) / len(diffs), abs=1e-6)
+        assert drop["details"]["stderr"] == pytest.approx(se, rel=1e-5)
+        near = drop["value"] + 1.645 * se > drop["threshold"]["value"]
+        assert bool(drop.get("inconclusive")) == near == (name in inconclusive_gates(res.record))
+
+    paired(u.class_samples.classes, "retained_accuracy_drop")  # a record deletion retains every class
+    # The canaries' own class, paired the same way (its gate: 0.15).
+    paired(res.record["selection"]["forget_labels"], "forget_class_accuracy_drop")

@@ -281,7 +281,7 @@ def measure_utility(
         )
         acc = class_figures(cs, []).accuracy
         m.figures["retained_accuracy"] = sum(acc[c] for c in retained_classes) / len(retained_classes)
-        m.retained_correct = _retained_correct(cs, retained_classes)
+        m.retained_correct = _judged_right(cs, retained_classes)
         gen_retained = cs.images_of(retained_classes)
     else:
         # As many as the other models draw (an unconditional model has no classes of its own).
@@ -540,7 +540,7 @@ def _utility_gate(rel: Metric, limit: float, m: Metric, original: float | None, 
     return rel
 
 
-def _retained_correct(cs: ClassSamples | None, classes: list[int]) -> dict[int, list[bool]] | None:
+def _judged_right(cs: ClassSamples | None, classes: list[int]) -> dict[int, list[bool]] | None:
     """Per class in ``classes``: whether the judge called each of its samples that class (None: not drawn)."""
     if cs is None or any(c not in cs.classes for c in classes):
         return None
@@ -562,13 +562,13 @@ def _drop_within_sampling_error(
     """
     if not m.passed or m.threshold is None or not retained_classes:
         return m
-    mine = _retained_correct(u.class_samples, retained_classes)
+    mine = _judged_right(u.class_samples, retained_classes)
     if mine is None:
         return m
     bars: list[tuple[str, dict[int, list[bool]] | None, float]] = [
         (
             "parent",
-            _retained_correct(b.class_samples, retained_classes),
+            _judged_right(b.class_samples, retained_classes),
             float(m.threshold.get("gate", m.threshold["value"])),
         )
     ]
@@ -1003,7 +1003,13 @@ def _metrics(
                 "forget_class_accuracy_drop",
                 "deleting records must not erase their class: base accuracy on it minus the unlearned model's",
             )
-            out.append(gate(drop, "<=", params.max_forget_class_accuracy_drop))
+            gate(drop, "<=", params.max_forget_class_accuracy_drop)
+            # Paired as the retained drop is (each model draws the class from the same noise): a pass
+            # within the pairs' sampling error of the gate is INCONCLUSIVE.
+            labels = selection.forget_labels
+            theirs = _judged_right(b.class_samples, labels)
+            bars = [("parent", theirs, params.max_forget_class_accuracy_drop)]
+            out.append(paired_drop_band(drop, _judged_right(u.class_samples, labels) or {}, bars))
         ex = Metric(
             name="extracted_records",
             group="memorization",
