@@ -545,7 +545,6 @@ def test_the_text_to_image_audits_gates_say_inconclusive_where_their_sample_cann
             None,
             {},
             (mine, base),
-            wrong / per,
         )
         gates = [gate_record(m) for m in metrics]
         return {m.name: m for m in metrics} | {"_verdict": verdict(metrics), "_gates": gates}

@@ -188,7 +188,7 @@ def measure_model(
             m.figures["forgotten_samples"] = min(f.samples for f in fg.values())
             m.figures["forgotten_rate"] = sum(f.rate for f in fg.values()) / len(fg)
             m.figures["forgotten_entropy"] = sum(f.entropy for f in fg.values()) / len(fg)
-        else:
+        elif forget_labels:  # unlabelled forget records have no class of their own to keep
             m.figures["forget_class_accuracy"] = sum(figs.accuracy[c] for c in forget_labels) / len(forget_labels)
         gen_retained = m.class_samples.images_of(retained_classes)
     else:
@@ -545,6 +545,18 @@ def _judged_right(cs: ClassSamples | None, classes: list[int]) -> dict[int, list
     if cs is None or any(c not in cs.classes for c in classes):
         return None
     return {c: (cs.for_class(c)[1].argmax(-1) == c).tolist() for c in classes}
+
+
+def _drop_by_counts(
+    u: ModelMeasurements, b: ModelMeasurements, classes: list[int], fallback: float | None
+) -> float | None:
+    """The parent's accuracy over ``classes`` minus the unlearned model's, from the counts of samples
+    judged right (every class has as many): a drop of exactly a gate must not pass or fail by the
+    rounding of float32 means. ``fallback`` where the samples are not there."""
+    mine, theirs = _judged_right(u.class_samples, classes), _judged_right(b.class_samples, classes)
+    if not mine or theirs is None or any(len(mine[c]) != len(theirs[c]) for c in classes):
+        return fallback
+    return (sum(map(sum, theirs.values())) - sum(map(sum, mine.values()))) / sum(len(v) for v in mine.values())
 
 
 def _drop_within_sampling_error(
@@ -924,6 +936,7 @@ def _metrics(
         drop = _drop_from_base(
             acc, "retained_accuracy_drop", "base model's retained-class accuracy minus the unlearned model's"
         )
+        drop.value = _drop_by_counts(u, b, retained_classes, drop.value)
         drop = _utility_gate(drop, params.max_retained_accuracy_drop, acc, fig(original, "retained_accuracy"), "drop")
         out.append(_drop_within_sampling_error(drop, u, b, original, retained_classes))
         if neighbours:
@@ -989,7 +1002,7 @@ def _metrics(
                 )
             )
     if scope != "class":
-        if conditional:
+        if conditional and selection.forget_labels:
             fca = metric(
                 "forget_class_accuracy",
                 "utility",
@@ -1003,10 +1016,11 @@ def _metrics(
                 "forget_class_accuracy_drop",
                 "deleting records must not erase their class: base accuracy on it minus the unlearned model's",
             )
+            labels = selection.forget_labels
+            drop.value = _drop_by_counts(u, b, labels, drop.value)
             gate(drop, "<=", params.max_forget_class_accuracy_drop)
             # Paired as the retained drop is (each model draws the class from the same noise): a pass
             # within the pairs' sampling error of the gate is INCONCLUSIVE.
-            labels = selection.forget_labels
             theirs = _judged_right(b.class_samples, labels)
             bars = [("parent", theirs, params.max_forget_class_accuracy_drop)]
             out.append(paired_drop_band(drop, _judged_right(u.class_samples, labels) or {}, bars))

@@ -200,8 +200,6 @@ def audit_t2i(
     acc_base = {c: sum(v) / n for c, v in correct_base.items()}
     acc_new = {c: sum(v) / n for c, v in correct.items()}
     forgotten_p = {c: acc_new[c] for c in forget_labels}
-    # From the counts: a drop of exactly the gate must not pass or fail by the floats' rounding.
-    hits_kept = (sum(sum(correct[c]) for c in kept), sum(sum(correct_base[c]) for c in kept))
     base_kept = sum(acc_base[c] for c in kept) / len(kept)
     new_kept = sum(acc_new[c] for c in kept) / len(kept)
     # Real images of every class (hold-out first): class centres, FID's reference, the attacker's
@@ -293,7 +291,6 @@ def audit_t2i(
         extraction,
         attack,
         ({c: correct[c] for c in kept}, {c: correct_base[c] for c in kept}),
-        (hits_kept[1] - hits_kept[0]) / (n * len(kept)),
     )
     floor = hard_limit_metric(p) if hard_limits else None
     if floor is not None:
@@ -375,13 +372,12 @@ def _metrics(
     extraction: dict | None,
     attack: dict[int, float],
     retained_correct: tuple[dict[int, list[bool]], dict[int, list[bool]]],
-    retained_drop: float,
 ) -> list[Metric]:
     """The audit's measurements in the class-conditional audit's form (so reports, model cards
     and the evidence read both families alike); those with a threshold decide the verdict.
     ``retained_correct``: per retained class, whether each sample of the unlearned model and of
-    the base was judged right (paired: the same noise), for the drop's sampling error;
-    ``retained_drop``: the drop, from those counts.
+    the base was judged right (paired: the same noise): the drop, from the counts (a drop of
+    exactly the gate must not pass or fail by the floats' rounding), and its sampling error.
 
     A pass the sample could have decided reads INCONCLUSIVE, as in the class-conditional audit:
     a share (the forgotten class's, the attack's where gated) whose Wilson bound is over its gate,
@@ -410,18 +406,18 @@ def _metrics(
             base=base_kept,
         )
     )
+    mine, theirs = retained_correct
+    judged = sum(len(v) for v in mine.values())
     drop = Metric(
         "retained_accuracy_drop",
         "utility",
-        retained_drop,
+        (sum(map(sum, theirs.values())) - sum(map(sum, mine.values()))) / judged if judged else float("nan"),
         "base model's retained accuracy minus this model's",
         samples=n,
         seed=seed,
     )
     gate(drop, "<=", p.max_retained_accuracy_drop)
-    out.append(
-        paired_drop_band(drop, retained_correct[0], [("parent", retained_correct[1], p.max_retained_accuracy_drop)])
-    )
+    out.append(paired_drop_band(drop, mine, [("parent", theirs, p.max_retained_accuracy_drop)]))
     for c, nb in neighbours.items():
         out.append(
             Metric(
