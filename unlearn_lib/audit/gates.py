@@ -257,6 +257,15 @@ def share_upper_bound(hits: int, n: int, z: float = SAMPLING_Z) -> float:
     return min(1.0, (centre + half) / (1 + z2 / n))
 
 
+def drop_by_counts(mine: Mapping[int, Sequence[bool]], theirs: Mapping[int, Sequence[bool]] | None) -> float | None:
+    """The reference's share of samples judged right minus the judged model's, from the counts (every
+    class has as many samples, so it is the classes' mean): a drop of exactly a gate must not pass or
+    fail by the rounding of float means. None where the two do not pair up."""
+    if not mine or theirs is None or any(c not in theirs or len(theirs[c]) != len(mine[c]) for c in mine):
+        return None
+    return (sum(map(sum, theirs.values())) - sum(map(sum, mine.values()))) / sum(len(v) for v in mine.values())
+
+
 def paired_drop_band(
     m: Metric,
     mine: Mapping[int, Sequence[bool]],

@@ -50,6 +50,7 @@ from .gates import (
     SAMPLING_Z,
     AuditParams,
     Metric,
+    drop_by_counts,
     gate,
     gate_record,
     hard_limit_metric,
@@ -550,13 +551,9 @@ def _judged_right(cs: ClassSamples | None, classes: list[int]) -> dict[int, list
 def _drop_by_counts(
     u: ModelMeasurements, b: ModelMeasurements, classes: list[int], fallback: float | None
 ) -> float | None:
-    """The parent's accuracy over ``classes`` minus the unlearned model's, from the counts of samples
-    judged right (every class has as many): a drop of exactly a gate must not pass or fail by the
-    rounding of float32 means. ``fallback`` where the samples are not there."""
-    mine, theirs = _judged_right(u.class_samples, classes), _judged_right(b.class_samples, classes)
-    if not mine or theirs is None or any(len(mine[c]) != len(theirs[c]) for c in classes):
-        return fallback
-    return (sum(map(sum, theirs.values())) - sum(map(sum, mine.values()))) / sum(len(v) for v in mine.values())
+    """:func:`.gates.drop_by_counts` over ``classes``; ``fallback`` where the samples are not there."""
+    counted = drop_by_counts(_judged_right(u.class_samples, classes) or {}, _judged_right(b.class_samples, classes))
+    return fallback if counted is None else counted
 
 
 def _drop_within_sampling_error(

@@ -35,6 +35,7 @@ from ..audit.evaluator import Evaluator
 from ..audit.gates import (
     SAMPLING_Z,
     Metric,
+    drop_by_counts,
     gate,
     gate_record,
     hard_limit_metric,
@@ -407,11 +408,11 @@ def _metrics(
         )
     )
     mine, theirs = retained_correct
-    judged = sum(len(v) for v in mine.values())
+    counted = drop_by_counts(mine, theirs)
     drop = Metric(
         "retained_accuracy_drop",
         "utility",
-        (sum(map(sum, theirs.values())) - sum(map(sum, mine.values()))) / judged if judged else float("nan"),
+        float("nan") if counted is None else counted,
         "base model's retained accuracy minus this model's",
         samples=n,
         seed=seed,
