@@ -24,7 +24,7 @@ from unlearn_lib.audit import (
     train_evaluator,
     validate_record,
 )
-from unlearn_lib.audit.gates import failed_gate_groups, failed_gates, inconclusive_gates
+from unlearn_lib.audit.gates import failed_gate_groups, failed_gates, inconclusive_gates, share_upper_bound
 from unlearn_lib.audit.memorization import auc_null_std, chance_allowance
 from unlearn_lib.data import ForgetTargets, TensorSet, load_dataset, select
 from unlearn_lib.errors import ConfigError, UnlearnError
@@ -104,9 +104,11 @@ def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluato
     # The second attack (PIA), which nothing in the method calibrates against, sees them too.
     print("PIA on the base:", m["pia_auc"].value, m["pia_tpr_at_low_fpr"].value)
     assert m["pia_auc"].value > 0.9 and m["pia_auc"].passed is None  # reported, not gated
-    # The same model against itself draws the same samples: every pair agrees, no drop and no doubt.
+    # The same model against itself draws the same samples: every pair agrees, no drop, and only the
+    # doubt 400 pairs leave (0 disagreeing of 400 bound the drop at 0.0067).
     drop = m["retained_accuracy_drop"]
-    assert drop.value == 0 and drop.details["stderr"] == 0 and drop.status == "PASS"
+    assert drop.value == 0 and drop.details["pairs_disagreeing"] == 0 and drop.status == "PASS"
+    assert drop.details["upper_bound"] == pytest.approx(1.645**2 / math.sqrt(400 * (400 + 1.645**2)))
 
 
 @pytest.mark.long
@@ -274,6 +276,43 @@ def test_classes_erased_earlier_are_not_judged_as_retained(base_model_dir, digit
     assert acc[3] < 0.1 and m["retained_accuracy"].base > 0.85  # class 3 would have pulled it down
 
 
+def test_an_earlier_erasures_pass_within_its_pairs_sampling_error_is_inconclusive():
+    """Each earlier class's fall is paired (both models draw it from the same noise); the gate's
+    pass is sure only if every class's is."""
+    from unlearn_lib.audit.efficacy import ClassSamples
+    from unlearn_lib.audit.gates import Metric
+    from unlearn_lib.audit.run import ModelMeasurements, _earlier_erasures
+
+    def drawn(per: int, away: dict[int, int]) -> ModelMeasurements:
+        """Classes 3 and 5 erased earlier, drawn as 2 and 8 but for the first ``away[c]`` samples."""
+        pred = torch.tensor([d for d in (2, 8) for _ in range(per)] + [c for c in (0, 1, 2, 8) for _ in range(per)])
+        for i, c in enumerate((3, 5)):
+            pred[i * per : i * per + away.get(c, 0)] = 0
+        probs = torch.nn.functional.one_hot(pred, 10).float()
+        cs = ClassSamples([3, 5, 0, 1, 2, 8], per, torch.zeros(len(pred), 1, 8, 8), probs)
+        return ModelMeasurements(role="x", path="x", sha256="x", class_samples=cs)
+
+    def judged(per: int, away: dict[int, int]) -> Metric:
+        params = AuditParams(samples_per_class=per)
+        return _earlier_erasures(drawn(per, away), drawn(per, {}), [3, 5], [1], [0, 2, 8], params)
+
+    # 6 of 3's 40 samples leave 2 (0.15, under the gate's 0.2), as they would if 3 were coming back:
+    # 6 disagreeing pairs of 40 could be 11, so the pass is not sure.
+    near = judged(40, {3: 6})
+    three = near.details["classes"]["3"]
+    assert near.value == pytest.approx(0.15) and near.passed and near.status == "INCONCLUSIVE"
+    se = math.sqrt((share_upper_bound(6, 40) - 0.15**2) / 40)
+    assert three["stderr"] == pytest.approx(se) and three["upper_bound"] == pytest.approx(0.15 + 1.645 * se)
+    assert "class 3 (drawn as 2) falls 0.150 +- 0.078 against 0.2 (95% bound 0.278)" in near.inconclusive
+    assert "paired over 40 samples (6 disagree)" in near.inconclusive and "class 5" not in near.inconclusive
+    # Even of 100 pairs a fall of 0.15 is not sure (bound 0.223); 0.10 is (0.164). 5, not moved at
+    # all, is sure at 40 pairs (bound 0.066).
+    assert judged(100, {3: 15}).status == "INCONCLUSIVE" and judged(100, {3: 10}).status == "PASS"
+    assert near.details["classes"]["5"]["upper_bound"] == pytest.approx(0.066, abs=1e-3)
+    # A fall over the gate fails, whatever its error.
+    assert judged(40, {3: 9}).status == "FAIL" and judged(40, {3: 9}).inconclusive is None
+
+
 def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, models, canary_model_dir, tmp_path):
     from unlearn_lib.data.purge import purge_dataset
 
@@ -294,9 +333,11 @@ def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, 
         parent, parent, tmp_path / "served", ForgetTargets.build(labels=[5]), tmp_path / "held", tmp_path / "judge"
     )
     m = {x.name: x for x in held.metrics}["earlier_erasure_drop"]
-    assert m.passed and m.value == 0.0
     three = m.details["classes"]["3"]
     assert three["destination"] != 3 and three["base_share"] >= 0.5
+    # Its 40 pairs all agree: a PASS, sure to 0.066 (what 40 pairs allow), not to 0.
+    assert m.status == "PASS" and m.value == 0.0 and three["pairs_disagreeing"] == 0
+    assert three["upper_bound"] == pytest.approx(1.645**2 / math.sqrt(40 * (40 + 1.645**2)))
 
     back = audit(parent, canary_model_dir, tmp_path / "served", CANARY, tmp_path / "back", tmp_path / "judge")
     m = {x.name: x for x in back.metrics}["earlier_erasure_drop"]
@@ -306,6 +347,8 @@ def test_a_class_erased_earlier_that_comes_back_fails_a_later_audit(digits_dir, 
     assert m.details["classes"]["3"]["destination"] == three["destination"]
     report = (tmp_path / "back" / "report.md").read_text()
     assert f"class 3, erased earlier, is drawn as {three['destination']} in" in report
+    fell = m.details["classes"]["3"]
+    assert f"a fall of {fell['drop']:.3f} +- {fell['stderr']:.3f} over 40 pairs" in report
     validate_record(back.record)
 
 
@@ -475,20 +518,22 @@ def test_earlier_erasures_follow_the_chain_and_skip_a_class_drawn_as_nothing_in_
     unlearned = measured({3: [9, 9, 3, 3], 8: [5, 5, 5, 5], 6: [0, 0, 0, 0]})
     m = _earlier_erasures(unlearned, base, [3, 8, 6], [1], [0, 2, 4, 5, 7, 9], AuditParams())
     assert m.value == 0.5 and m.passed is False
-    assert m.details["classes"] == {"3": {"destination": 9, "base_share": 1.0, "share": 0.5, "drop": 0.5}}
+    shares = ("destination", "base_share", "share", "drop", "pairs", "pairs_disagreeing")
+    three = m.details["classes"]["3"]
+    assert list(m.details["classes"]) == ["3"]
+    assert {k: three[k] for k in shares} == dict(zip(shares, (9, 1.0, 0.5, 0.5, 4, 2), strict=True))
+    assert three["upper_bound"] == pytest.approx(0.5 + 1.645 * three["stderr"])
     skipped = m.details["not_checked"]
     assert "erased now" in skipped["8"]["why"] and "no one class" in skipped["6"]["why"]
     # The skipped classes keep their readings: 8 left 1 (erased now) for 5, 6 went all to 0.
-    assert {k: v for k, v in skipped["8"].items() if k != "why"} == {
-        "destination": 1,
-        "base_share": 0.75,
-        "share": 0.0,
-        "drop": 0.75,
-    }
+    assert {k: skipped["8"][k] for k in shares} == dict(zip(shares, (1, 0.75, 0.0, 0.75, 4, 3), strict=True))
     assert skipped["6"]["destination"] == 0 and skipped["6"]["base_share"] == 0.25 and skipped["6"]["share"] == 1.0
     # The report says what a skip left ungated; a record from before the readings still renders.
     text = ["".join(t for _, t in line) for line in earlier_erasure_lines(m.to_dict())]
-    assert text[0] == "class 3, erased earlier, is drawn as 9 in 50% of its samples (100% by the base model)"
+    assert text[0] == (
+        "class 3, erased earlier, is drawn as 9 in 50% of its samples (100% by the base model): "
+        f"a fall of 0.500 +- {three['stderr']:.3f} over 4 pairs"
+    )
     assert text[1].startswith("class 8, erased earlier, is not checked (drawn as 1, the class erased now")
     assert text[1].endswith("drawn as 1 in 0% of its samples (75% by the base model)")
     old = m.to_dict() | {"details": {"classes": {}, "not_checked": {"8": "drawn as 1"}}}
@@ -1081,21 +1126,44 @@ def test_a_retained_accuracy_pass_within_the_pairs_sampling_error_is_inconclusiv
         m = Metric(name="retained_accuracy_drop", group="utility", value=acc["b"] - acc["u"], description="")
         return _drop_within_sampling_error(gate(m, "<=", limit), u, b, None, classes)
 
+    def floor(disagree: int, n: int, drop: float) -> float:
+        """The error's floor: the share of pairs that disagree at its Wilson bound, in the variance."""
+        return math.sqrt((share_upper_bound(disagree, n) - drop**2) / n)
+
     # 16 of 360 samples flip to wrong (0.044): a pass by less than the pairs' 1.645 standard errors.
     base = drawn({})
     near = judged(drawn({c: [0, 1] for c in range(8)}), base)
     assert near.value == pytest.approx(16 / 360) and near.passed and near.status == "INCONCLUSIVE"
-    se = math.sqrt(8 * (2 / 40 * 38 / 40 * 40 / 39) / 40) / 9
-    assert near.details["stderr"] == pytest.approx(se)
+    spread = math.sqrt(8 * (2 / 40 * 38 / 40 * 40 / 39) / 40) / 9  # the pairs' own error: 0.011
+    se = floor(16, 360, 16 / 360)  # 16 disagreeing pairs of 360 could be 24 (0.066): 0.013
+    assert spread < se and near.details["stderr"] == pytest.approx(se)
     assert near.details["upper_bound"] == pytest.approx(16 / 360 + 1.645 * se)
-    assert "drop 0.044 +- 0.011 against 0.05 (95% bound 0.062), paired over 360 samples" in near.inconclusive
+    assert near.details["pairs_disagreeing"] == 16
+    assert (
+        "drop 0.044 +- 0.013 against 0.05 (95% bound 0.066), paired over 360 samples (16 disagree)" in near.inconclusive
+    )
     # The same flips, read with a looser gate: a clear pass.
     assert judged(drawn({c: [0, 1] for c in range(8)}), base, limit=0.08).status == "PASS"
     # A base that is itself wrong on a quarter of its samples, and an unlearned model wrong on the very
-    # same ones: no drop, and no doubt (unpaired binomial errors would have put it at +-0.03).
+    # same ones: no drop (unpaired binomial errors would have put it at +-0.03); the 360 pairs that all
+    # agree leave only what their number allows (+-0.0046: the drop is at most 0.0075).
     same = {c: list(range(10)) for c in classes}
     clear = judged(drawn(same), drawn(same))
-    assert clear.value == 0 and clear.details["stderr"] == 0 and clear.status == "PASS"
+    assert clear.value == 0 and clear.details["stderr"] == pytest.approx(floor(0, 360, 0)) and clear.status == "PASS"
+    assert clear.details["upper_bound"] == pytest.approx(0.0075, abs=1e-4)
+    # But 10 pairs that all agree cannot show a drop under 0.15 (a relaxed forget-class gate): 0
+    # disagreeing in 10 could be 2 of 10.
+    right = torch.nn.functional.one_hot(torch.zeros(10, dtype=torch.long), 10).float()
+    tens = [
+        ModelMeasurements(
+            role=r, path=r, sha256=r, class_samples=ClassSamples([0], 10, torch.zeros(10, 1, 8, 8), right)
+        )
+        for r in ("u", "b")
+    ]
+    m = gate(Metric(name="forget_class_accuracy_drop", group="utility", value=0.0, description=""), "<=", 0.15)
+    ten = _drop_within_sampling_error(m, *tens, None, [0])
+    assert ten.status == "INCONCLUSIVE" and ten.details["stderr"] == pytest.approx(floor(0, 10, 0))
+    assert "drop 0.000 +- 0.146 against 0.15 (95% bound 0.240), paired over 10 samples (0 disagree)" in ten.inconclusive
     # A fail stays a fail; without the samples (a record from before) nothing is added.
     failed = judged(drawn({c: [0, 1, 2] for c in classes}), base)
     assert failed.status == "FAIL" and failed.inconclusive is None and "stderr" not in failed.details
@@ -1114,10 +1182,9 @@ def test_a_retained_accuracy_pass_within_the_pairs_sampling_error_is_inconclusiv
         m.threshold.update({"gate": 0.05, "original": 0.75, "original_relative": 0.25})
         return _drop_within_sampling_error(m, u, base, o, classes)
 
-    subset = against_original(list(range(9)))
-    assert subset.status == "PASS" and subset.details["stderr_to_original"] == pytest.approx(
-        math.sqrt(9 * (1 / 40 * 39 / 40 * 40 / 39) / 40) / 9
-    )
+    subset = against_original(list(range(9)))  # one pair in each class disagrees with the original
+    assert subset.status == "PASS" and subset.details["stderr_to_original"] == pytest.approx(floor(9, 360, -9 / 360))
+    assert subset.details["pairs_disagreeing_to_original"] == 9
     assert subset.details["upper_bound"] > 0.25  # the parent's pairs alone would have doubted it
     elsewhere = against_original(list(range(10, 19)))  # as many wrong, on other samples
     assert elsewhere.status == "INCONCLUSIVE" and "against 0.25 (the original)" in elsewhere.inconclusive
@@ -1133,9 +1200,13 @@ def test_an_audits_retained_accuracy_gate_reads_the_error_of_its_own_paired_samp
         for c in classes:
             pu, pb = u.class_samples.for_class(c)[1].argmax(-1), b.class_samples.for_class(c)[1].argmax(-1)
             diffs.append((pb == c).float() - (pu == c).float())
-        se = math.sqrt(sum(float(d.var()) / len(d) for d in diffs)) / len(diffs)
+        mean = sum(float(d.mean()) for d in diffs) / len(diffs)
+        # The pairs' error, never below what their number allows (the disagreeing share at its bound).
+        n, disagree = sum(len(d) for d in diffs), sum(int((d != 0).sum()) for d in diffs)
+        floor = math.sqrt((share_upper_bound(disagree, n) - mean**2) / n)
+        se = max(math.sqrt(sum(float(d.var()) / len(d) for d in diffs)) / len(diffs), floor)
         drop = res.record["metrics"][name]
-        assert drop["value"] == pytest.approx(sum(float(d.mean()) for d in diffs) / len(diffs), abs=1e-6)
+        assert drop["value"] == pytest.approx(mean, abs=1e-6) and drop["details"]["pairs_disagreeing"] == disagree
         assert drop["details"]["stderr"] == pytest.approx(se, rel=1e-5)
         near = drop["passed"] and drop["value"] + 1.645 * se > drop["threshold"]["value"]
         assert bool(drop.get("inconclusive")) == near == (name in inconclusive_gates(res.record))

@@ -557,18 +557,26 @@ def test_the_text_to_image_audits_gates_say_inconclusive_where_their_sample_cann
     assert audited(2, 40)["forgotten_probability_7"].status == "INCONCLUSIVE"  # 0.05: passes, not surely
     assert audited(3, 40)["forgotten_probability_7"].status == "FAIL"
     assert audited(0, 100)["forgotten_probability_7"].status == "PASS"
-    # The retained drop: no flips, no doubt; one flip in each class's 40 passes 0.05 surely (bound
-    # 0.039); two pass 0.055 but their pairs' error leaves it open; three fail.
+    # The retained drop: no flips, and 360 pairs that all agree bound it at 0.0075; one flip in each
+    # class's 40 passes 0.05 surely (bound 0.043); two pass 0.055 but their pairs' error leaves it
+    # open; three fail. The error is the pairs', never below what their number allows (the share of
+    # disagreeing pairs at its Wilson bound).
     def drop(wrong: int, limit: float = 0.055) -> Metric:
         return audited(0, 100, wrong, T2IAuditParams(max_retained_accuracy_drop=limit))["retained_accuracy_drop"]
 
-    assert drop(0).status == "PASS" and drop(0).details["stderr"] == 0
+    def floor(disagree: int, value: float, n: int = 360) -> float:
+        return math.sqrt((share_upper_bound(disagree, n) - value**2) / n)
+
+    none = drop(0)
+    assert none.status == "PASS" and none.details["stderr"] == pytest.approx(floor(0, 0))
+    assert none.details["upper_bound"] == pytest.approx(0.0075, abs=1e-4)
     one = drop(1)
-    se = math.sqrt(9 * (1 / 40) / 40) / 9  # each class: one pair of 40 differs by 1 (variance 1/40)
-    assert one.value == pytest.approx(1 / 40) and one.details["stderr"] == pytest.approx(se)
+    spread = math.sqrt(9 * (1 / 40) / 40) / 9  # each class: one pair of 40 differs by 1 (variance 1/40)
+    se = floor(9, 1 / 40)  # 9 disagreeing pairs of 360 could be 15
+    assert one.value == pytest.approx(1 / 40) and spread < se and one.details["stderr"] == pytest.approx(se)
     assert one.status == "PASS" and one.details["upper_bound"] == pytest.approx(1 / 40 + 1.645 * se)
     two = drop(2)
-    assert two.status == "INCONCLUSIVE" and "drop 0.050 +- 0.012 against 0.055" in two.inconclusive
-    assert "paired over 360 samples" in two.inconclusive
-    assert drop(2, limit=0.07).status == "PASS"
+    assert two.status == "INCONCLUSIVE" and "drop 0.050 +- 0.014 against 0.055" in two.inconclusive
+    assert "paired over 360 samples (18 disagree)" in two.inconclusive
+    assert drop(2, limit=0.075).status == "PASS"
     assert drop(3).status == "FAIL"

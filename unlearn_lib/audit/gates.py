@@ -266,6 +266,36 @@ def drop_by_counts(mine: Mapping[int, Sequence[bool]], theirs: Mapping[int, Sequ
     return (sum(map(sum, theirs.values())) - sum(map(sum, mine.values()))) / sum(len(v) for v in mine.values())
 
 
+def paired_error(mine: Mapping[int, Sequence[bool]], theirs: Mapping[int, Sequence[bool]]) -> tuple[float, int, int]:
+    """The standard error of the drop from ``theirs`` to ``mine`` (per class, whether each sample was
+    judged right; sample i of both drawn from the same noise): ``(stderr, pairs, disagreeing pairs)``.
+
+    The pairs' differences give it (an unpaired binomial error, which ignores that most pairs agree,
+    would call far more passes inconclusive); classes weigh equally, as the accuracy averages them.
+    It is never taken below what the number of pairs allows: pairs that all agree have no spread at
+    all, and would prove a drop of 0 from 10 samples as surely as from 1,000. The floor puts the
+    share of pairs that disagree at its Wilson bound (:func:`share_upper_bound`) in the same
+    variance, ``(D+ - drop^2) / n``: 0 of 10 pairs bound a drop at 0.24, 0 of 20 at 0.13, 0 of 360
+    at 0.0075. Every class must have as many samples (the audits draw ``samples_per_class`` each),
+    in both: the floor pools the pairs, where the drop weighs classes equally. With equal classes
+    it is nearly always the larger; the pairs' own error wins only where few disagree on a class
+    of very few samples.
+    """
+    var, means, n, disagree = 0.0, [], 0, 0
+    for c in mine:
+        d = [float(a) - float(b) for a, b in zip(theirs[c], mine[c], strict=True)]
+        k = len(d)
+        mean = sum(d) / k if k else 0.0
+        var += sum((x - mean) ** 2 for x in d) / (k - 1) / k if k > 1 else 1.0
+        means.append(mean)
+        n, disagree = n + k, disagree + sum(1 for x in d if x)
+    if not n:
+        return 1.0, 0, 0
+    drop = sum(means) / len(means)
+    floor = math.sqrt(max(share_upper_bound(disagree, n) - drop * drop, 0.0) / n)
+    return max(math.sqrt(var) / len(means), floor), n, disagree
+
+
 def paired_drop_band(
     m: Metric,
     mine: Mapping[int, Sequence[bool]],
@@ -277,10 +307,9 @@ def paired_drop_band(
     ``mine``: per class, whether each of the judged model's samples was judged that class.
     ``bars``: (name, the same of a reference model, the drop allowed against it). The models draw
     each class from the same noise (the audit's seed), so sample i of both is a pair and the drop's
-    standard error is the pairs' differences' (an unpaired binomial one, which ignores that most
-    pairs agree, would call far more passes inconclusive); classes weigh equally, as the accuracy
-    averages them. A pass conclusive against any bar is a PASS; a fail stays a fail (a deletion is
-    never promoted on a doubt). ``knob``: the setting that buys power, named in the message.
+    standard error is the pairs' (:func:`paired_error`). A pass conclusive against any bar is a
+    PASS; a fail stays a fail (a deletion is never promoted on a doubt). ``knob``: the setting that
+    buys power, named in the message.
     """
     if not m.passed or m.value is None or m.threshold is None or not mine:
         return m
@@ -289,27 +318,21 @@ def paired_drop_band(
     for name, theirs, bar in bars:
         if theirs is None or any(c not in theirs or len(theirs[c]) != len(mine[c]) for c in classes):
             continue
-        var = 0.0
-        for c in classes:
-            d = [float(a) - float(b) for a, b in zip(theirs[c], mine[c], strict=True)]
-            k = len(d)
-            mean = sum(d) / k if k else 0.0
-            var += sum((x - mean) ** 2 for x in d) / (k - 1) / k if k > 1 else 1.0
-        se = math.sqrt(var) / len(classes)
+        se, n, disagree = paired_error(mine, theirs)
         bound = m.value + SAMPLING_Z * se
         key = "" if name == "parent" else f"_to_{name}"
-        m.details.update({f"stderr{key}": se, f"upper_bound{key}": bound})
-        judged.append((name, se, bound, bar, sum(len(mine[c]) for c in classes)))
+        m.details.update({f"stderr{key}": se, f"upper_bound{key}": bound, f"pairs_disagreeing{key}": disagree})
+        judged.append((name, se, bound, bar, n, disagree))
     if not judged:
         return m
     m.details["z"] = SAMPLING_Z
-    if any(bound <= bar for _, _, bound, bar, _ in judged):
+    if any(bound <= bar for _, _, bound, bar, _, _ in judged):
         return m
     m.inconclusive = (
         "; ".join(
             f"drop {m.value:.3f} +- {se:.3f} against {bar:.3g}{'' if name == 'parent' else f' (the {name})'} "
-            f"(95% bound {bound:.3f}), paired over {n} samples"
-            for name, se, bound, bar, n in judged
+            f"(95% bound {bound:.3f}), paired over {n} samples ({disagree} disagree)"
+            for name, se, bound, bar, n, disagree in judged
         )
         + f": within sampling error of the gate; the model may sit at it ({knob})"
     )

@@ -337,6 +337,12 @@ def earlier_erasure_lines(metric: dict | None) -> list[Line]:
                 ("", f"class {c}, erased earlier, is drawn as {x['destination']} in "),
                 ("strong", f"{x['share']:.0%}"),
                 ("", f" of its samples ({x['base_share']:.0%} by the base model)"),
+                # The fall's paired error (records from before it have none).
+                *(
+                    [("", f": a fall of {x['drop']:.3f} +- {x['stderr']:.3f} over {x['pairs']} pairs")]
+                    if "stderr" in x
+                    else []
+                ),
             ]
         )
     for c, x in d["not_checked"].items():

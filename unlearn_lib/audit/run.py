@@ -56,6 +56,7 @@ from .gates import (
     hard_limit_metric,
     membership_too_weak,
     paired_drop_band,
+    paired_error,
     relaxations,
     verdict,
 )
@@ -710,9 +711,23 @@ def _earlier_erasures(
         pred_b, pred_u = pb.argmax(-1), pu.argmax(-1)
         counts = torch.tensor([int((pred_b == k).sum()) for k in known])
         d = known[int(counts.argmax())]
-        share_b, share_u = float((pred_b == d).float().mean()), float((pred_u == d).float().mean())
+        at_b, at_u = (pred_b == d).tolist(), (pred_u == d).tolist()
+        share_b, share_u = sum(at_b) / len(at_b), sum(at_u) / len(at_u)
+        # Sample i of both is drawn from the same noise: the fall's error is the pairs'. The fall
+        # from the counts, so a fall of exactly the gate is not decided by float rounding.
+        se, pairs, disagree = paired_error({c: at_u}, {c: at_b})
+        fall = (sum(at_b) - sum(at_u)) / len(at_b)
         # A skipped class keeps its readings too: the record shows what the skip did not gate.
-        shares = {"destination": d, "base_share": share_b, "share": share_u, "drop": share_b - share_u}
+        shares = {
+            "destination": d,
+            "base_share": share_b,
+            "share": share_u,
+            "drop": fall,
+            "stderr": se,
+            "upper_bound": fall + SAMPLING_Z * se,
+            "pairs": pairs,
+            "pairs_disagreeing": disagree,
+        }
         if d in erased_now:
             why = f"drawn as {d}, the class erased now: it follows the chain to a new destination"
         elif share_b < 0.5:
@@ -737,7 +752,23 @@ def _earlier_erasures(
     if not checked:
         m.details["why"] = "no earlier erased class has a destination the judge can check"
         return m
-    return gate(m, "<=", params.max_earlier_erasure_drop)
+    gate(m, "<=", params.max_earlier_erasure_drop)
+    # A pass is sure only if every class's fall is: one within its pairs' sampling error of the gate
+    # may be a class coming back that this draw missed.
+    limit = params.max_earlier_erasure_drop
+    close = [
+        f"class {c} (drawn as {x['destination']}) falls {x['drop']:.3f} +- {x['stderr']:.3f} against {limit:.3g} "
+        f"(95% bound {x['upper_bound']:.3f}), paired over {x['pairs']} samples "
+        f"({x['pairs_disagreeing']} disagree)"
+        for c, x in checked.items()
+        if x["upper_bound"] > limit
+    ]
+    if m.passed and close:
+        m.details["z"] = SAMPLING_Z
+        m.inconclusive = (
+            "; ".join(close) + ": within sampling error of the gate; the class may be coming back (samples_per_class)"
+        )
+    return m
 
 
 def _forgotten_gate(
