@@ -109,6 +109,41 @@ def test_base_model_with_canaries_is_caught(base_model_dir, digits_dir, evaluato
     drop = m["retained_accuracy_drop"]
     assert drop.value == 0 and drop.details["pairs_disagreeing"] == 0 and drop.status == "PASS"
     assert drop.details["upper_bound"] == pytest.approx(1.645**2 / math.sqrt(400 * (400 + 1.645**2)))
+    # The extraction test asked the model for the canaries' own class.
+    assert m["extracted_records"].details["unlearned"]["labels"] == [7]
+
+
+@pytest.mark.long
+def test_unlabelled_forget_records_of_a_conditional_model_are_sought_under_its_null_class(
+    base_model_dir, digits_dir, evaluator_dir, tmp_path
+):
+    """A class-conditional model learns a record without a label under its null class (the training
+    objective's), so the erasure's stop and the audit's extraction test both ask it there (both
+    refused to sample before); with no label there is no class of theirs to keep drawing, so no
+    forget-class gate (it divided by zero on an empty class list before)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["subject_id"] == "subject-canary":
+            row["label"] = None
+    (data / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert not select(load_dataset(data), CANARY).forget_labels
+
+    result, _ = erase(base_model_dir, data, CANARY, "erasediff", tmp_path / "erased", progress=False)
+    assert result.stop["reason"] == "calibrated" and result.stop["extractable"] is False
+    res = audit(base_model_dir, tmp_path / "erased", data, CANARY, tmp_path / "a", evaluator_dir)
+    m = {x.name: x for x in res.metrics}
+    assert "forget_class_accuracy" not in m and "forget_class_accuracy_drop" not in m
+    ex = m["extracted_records"]
+    for role in ("base", "unlearned"):
+        assert ex.details[role]["labels"] == ["null"] and ex.details[role]["samples"] == PARAMS["extraction_samples"]
+    # This base learned the canaries under 7, and memorized them so deeply that it draws them
+    # unprompted too; the erased model no longer does.
+    assert ex.details["base"]["extracted"] == 3 and ex.value == 0 and ex.passed
+    validate_record(res.record)
 
 
 @pytest.mark.long

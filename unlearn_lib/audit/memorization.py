@@ -42,6 +42,9 @@ class ExtractionResult:
     samples: int
     alpha: float
     k: int
+    # The classes a conditional model was asked for ("null": its null class, where records without
+    # a label were learned); None for an unconditional model.
+    labels: list[int | str] | None = None
 
     @property
     def extracted(self) -> int:
@@ -55,6 +58,7 @@ class ExtractionResult:
             "alpha": self.alpha,
             "k": self.k,
             "ratios": {rid: round(r, 4) for rid, r in zip(self.record_ids, self.ratios, strict=True)},
+            **({"labels": self.labels} if self.labels is not None else {}),
         }
 
 

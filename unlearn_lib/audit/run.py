@@ -7,6 +7,7 @@ auditing the untouched base model as if it were unlearned fails.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import time
@@ -312,8 +313,13 @@ def extraction_of(
     With ``control`` (hold-out images and their neighbourhood), the same test on them against
     the same samples: what passes by chance.
     """
-    # Conditional models are asked for the forget records' classes, extraction_samples each.
-    labels = sorted({int(v) for v in forget_distinct.labels.tolist() if v >= 0})
+    # Conditional models are asked for the forget records' classes, extraction_samples each. A record
+    # without a label was learned under the null class (the training objective's), so that is where
+    # the model would draw it again.
+    present = forget_distinct.labels.tolist()
+    labels = sorted({int(v) for v in present if v >= 0})
+    if model.conditional and any(v < 0 for v in present):
+        labels.append(int(model.null_class))
     y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)]) if labels else None
     generated = sample(
         model,
@@ -325,7 +331,8 @@ def extraction_of(
         progress=progress,
     )
     alpha, k = params.extraction_alpha, params.extraction_k
-    found = extraction_test(forget_distinct, neighbourhood, generated, alpha, k)
+    asked = [c if c != model.null_class else "null" for c in labels] if model.conditional else None
+    found = dataclasses.replace(extraction_test(forget_distinct, neighbourhood, generated, alpha, k), labels=asked)
     if control is None or not len(control[0]):
         return found, None
     return found, extraction_test(control[0], control[1], generated, alpha, k)

@@ -214,6 +214,8 @@ class ExtractionCheck:
         self.neighbourhood = neighbourhood_distance(self.forget, train_pool, k)
         self.samples, self.alpha, self.k, self.min_ratio, self.seed = samples, alpha, k, min_ratio, seed
         self.labels = sorted({int(v) for v in self.forget.labels.tolist() if v >= 0})
+        # A record without a label was learned under a conditional model's null class: drawn there.
+        self.unlabelled = any(v < 0 for v in self.forget.labels.tolist())
         self.control: TensorSet | None = None
         if control is not None:
             control = control.distinct()
@@ -227,9 +229,10 @@ class ExtractionCheck:
     def measure(self, model: DiffusionModel) -> dict:
         was_training = model.unet.training
         model.unet.eval()
-        if model.conditional and self.labels:
-            per = max(1, self.samples // len(self.labels))
-            generated = sample(model, [c for c in self.labels for _ in range(per)], seed=self.seed)
+        asked = [*self.labels, *([model.null_class] if self.unlabelled and model.conditional else [])]
+        if model.conditional and asked:
+            per = max(1, self.samples // len(asked))
+            generated = sample(model, [c for c in asked for _ in range(per)], seed=self.seed)
         else:
             generated = sample(model, None, num_samples=self.samples, seed=self.seed)
         if was_training:
