@@ -222,7 +222,7 @@ def test_the_stops_level_is_the_reference_weighted_to_the_forget_sets_mix(canary
 
     def stop(reference, weights=None):
         return CalibratedStop(
-            canary_task.forget, reference, fp, model.device, [50, 100], 2, 0, True, "any", weights
+            canary_task.forget, reference, fp, model.device, [50, 100], 2, 0, model.null_class, "any", weights
         ).measure(model.unet)
 
     # Weights that pick out the first three images read exactly those three images' errors.
@@ -246,7 +246,7 @@ def test_the_stop_level_allows_for_the_ratios_own_noise_measured_before_any_step
     ref = canary_task.reference.distinct()
 
     def stop(forget):
-        return CalibratedStop(forget, ref, fp, model.device, [50, 100], 2, 0, True, "any")
+        return CalibratedStop(forget, ref, fp, model.device, [50, 100], 2, 0, model.null_class, "any")
 
     canaries = stop(canary_task.forget)
     tight = canaries.spread(model.unet)

@@ -31,7 +31,7 @@ from ..measures.distances import extraction_ratios
 from ..measures.distances import flat01 as _flat01  # noqa: F401  (report.py takes it from here)
 from ..measures.distances import neighbourhood_distance as neighbourhood_distance  # re-exported: audit's API
 from ..models.diffusion import DiffusionModel
-from ..models.objectives import ForwardProcess, per_sample_denoising_error
+from ..models.objectives import ForwardProcess, conditioning, per_sample_denoising_error
 
 
 @dataclass
@@ -197,7 +197,7 @@ def pia_scores(model: DiffusionModel, images: TensorSet, timestep: int, batch_si
     out = []
     for i in range(0, len(images), batch_size):
         x0 = to_model_space(images.images[i : i + batch_size]).to(device)
-        y = images.labels[i : i + batch_size].clamp(min=0).to(device) if model.conditional else None
+        y = conditioning(images.labels[i : i + batch_size].to(device), model.null_class)
         zero = torch.zeros(x0.shape[0], dtype=torch.long, device=device)
         e0 = model.unet(x0, zero, class_labels=y).sample.float()
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * e0
@@ -233,7 +233,7 @@ def loss_scores(
 ) -> torch.Tensor:
     """The loss attack's statistic per image and timestep, ``[N, len(timesteps)]`` (lower: member)."""
     device = model.device
-    labels = images.labels.clamp(min=0).to(device) if model.conditional else None
+    labels = conditioning(images.labels.to(device), model.null_class)
     return per_sample_denoising_error(
         model.unet,
         ForwardProcess(model.scheduler, device),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..data.tensors import TensorSet, to_model_space
 from ..errors import ModelError
 from ..models.diffusion import DiffusionModel
-from ..models.objectives import ForwardProcess, per_sample_denoising_error
+from ..models.objectives import ForwardProcess, conditioning, per_sample_denoising_error
 from .evaluator import Evaluator
 
 
@@ -141,7 +141,7 @@ def denoising_loss(
     """Mean denoising loss on held-out retained records, over timesteps spread across the schedule."""
     ts = timesteps or list(range(25, model.scheduler.config.num_train_timesteps, 100))
     device = model.device
-    labels = data.labels.clamp(min=0).to(device) if model.conditional else None
+    labels = conditioning(data.labels.to(device), model.null_class)
     fp = ForwardProcess(model.scheduler, device)
     err = per_sample_denoising_error(
         model.unet, fp, to_model_space(data.images).to(device), labels, ts, noise_draws, seed

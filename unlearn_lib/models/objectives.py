@@ -32,6 +32,14 @@ def predict_eps(unet: UNet2DModel, x_t: torch.Tensor, t: torch.Tensor, labels: t
     return out.float()
 
 
+def conditioning(labels: torch.Tensor, null_class: int | None) -> torch.Tensor | None:
+    """The labels a model is conditioned on: a record without a label (``-1``) under the null class,
+    where training learned it (:func:`drop_labels`); None for an unconditional model."""
+    if null_class is None:
+        return None
+    return torch.where(labels < 0, torch.full_like(labels, null_class), labels)
+
+
 def drop_labels(
     labels: torch.Tensor, null_class: int | None, p: float, generator: torch.Generator | None
 ) -> torch.Tensor | None:
@@ -39,9 +47,9 @@ def drop_labels(
 
     Records without a label (``-1``) always use the null class.
     """
-    if null_class is None:
+    out = conditioning(labels, null_class)
+    if out is None:
         return None
-    out = torch.where(labels < 0, torch.full_like(labels, null_class), labels)
     if p > 0:
         mask = torch.rand(labels.shape, generator=generator, device=labels.device) < p
         out = torch.where(mask, torch.full_like(out, null_class), out)

@@ -32,7 +32,7 @@ from ..data.selection import effective_size
 from ..data.tensors import TensorSet, to_model_space
 from ..measures.distances import extraction_ratios, neighbourhood_distance
 from ..models.diffusion import DiffusionModel
-from ..models.objectives import ForwardProcess, per_sample_denoising_error
+from ..models.objectives import ForwardProcess, conditioning, per_sample_denoising_error
 from ..models.sampling import sample
 
 # How the per-timestep errors decide the crossing (see CalibratedStop.measure).
@@ -49,7 +49,7 @@ class CalibratedStop:
         timesteps: list[int],
         noise_draws: int,
         seed: int,
-        conditional: bool,
+        null_class: int | None,
         rule: str = "any",
         reference_weights: torch.Tensor | None = None,
     ) -> None:
@@ -69,8 +69,9 @@ class CalibratedStop:
         self.fp, self.timesteps, self.draws, self.seed = fp, timesteps, noise_draws, seed
         self.xf = to_model_space(self.forget.images).to(device)
         self.xr = to_model_space(self.reference.images).to(device)
-        self.yf = self.forget.labels.clamp(min=0).to(device) if conditional else None
-        self.yr = self.reference.labels.clamp(min=0).to(device) if conditional else None
+        # Unlabelled records under the null class, as training conditioned them (None: unconditional).
+        self.yf = conditioning(self.forget.labels.to(device), null_class)
+        self.yr = conditioning(self.reference.labels.to(device), null_class)
 
     def _errors(self, unet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Per image and calibration timestep denoising error, ``[N, len(timesteps)]``."""

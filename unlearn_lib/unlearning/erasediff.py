@@ -1567,7 +1567,7 @@ class EraseDiff(Unlearner):
             list(cfg.calibrate_timesteps),
             cfg.calibrate_draws,
             cfg.seed,
-            task.base.conditional,
+            task.base.null_class,
             cfg.calibrate_rule,
             task.reference_weights,
         )

@@ -37,7 +37,7 @@ import torch
 from ..data.tensors import to_model_space
 from ..errors import ConfigError
 from ..models.diffusion import DiffusionModel
-from ..models.objectives import ForwardProcess, per_sample_denoising_error, predict_eps
+from ..models.objectives import ForwardProcess, conditioning, per_sample_denoising_error, predict_eps
 from ..models.sampling import sample
 from ..utils import write_json
 
@@ -510,10 +510,8 @@ class NeighbourTarget(ForgetTarget):
         t_rep = t.repeat_interleave(k)
         eps_rep = eps.repeat_interleave(k, dim=0)
         x_t_n = self.fp.add_noise(xn, eps_rep, t_rep)
-        if self.null is None:
-            labels = None
-        else:
-            labels = self.retain_labels[nb.flatten()].clamp(min=0)
+        labels = conditioning(self.retain_labels[nb.flatten()], self.null)
+        if labels is not None:
             # Where the forget sample is conditioned on the null class, so are its neighbours.
             dropped = (y_in == self.null).repeat_interleave(k)
             labels = torch.where(dropped, torch.full_like(labels, self.null), labels)
