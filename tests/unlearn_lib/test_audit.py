@@ -147,6 +147,8 @@ def test_unlabelled_forget_records_of_a_conditional_model_are_sought_under_its_n
     # This base learned the canaries under 7, and memorized them so deeply that it draws them
     # unprompted too; the erased model no longer does, and passes.
     assert ex.details["base"]["extracted"] == 3 and ex.value == 0 and ex.passed
+    # The chance control is the unlabelled look-alikes, drawn for under the null class too.
+    assert ex.details["control"]["records"] > 0
     assert res.passed, [(x.name, x.value) for x in res.metrics if x.passed is False]
     validate_record(res.record)
 

@@ -220,7 +220,10 @@ class ExtractionCheck:
         self.control: TensorSet | None = None
         if control is not None:
             control = control.distinct()
-            keep = [i for i, v in enumerate(control.labels.tolist()) if not self.labels or v in self.labels]
+            # Those of the forget records' kinds: their classes, and the unlabelled ones (-1) where a
+            # forget record has none (an unconditional dataset's are all unlabelled).
+            kinds = set(self.forget.labels.tolist())
+            keep = [i for i, v in enumerate(control.labels.tolist()) if v in kinds]
             if keep:
                 self.control = control.subset(keep)
                 self.control_neighbourhood = neighbourhood_distance(self.control, train_pool, k)

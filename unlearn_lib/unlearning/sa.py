@@ -196,7 +196,8 @@ class SelectiveAmnesia(Unlearner):
             offset += counts[c]
         fisher = diagonal_fisher(loop, images[first], labels[first], cfg.fisher_timesteps)
         if cfg.replay == "retain":
-            return to_model_space(loop.retain_x), loop.retain_y.clamp(min=0), fisher
+            # Unlabelled records stay -1: drop_labels conditions them on the null class, as training did.
+            return to_model_space(loop.retain_x), loop.retain_y, fisher
         keep = torch.zeros_like(first)
         offset = 0
         for c in classes:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models.objectives import drop_labels
+from ..models.objectives import conditioning, drop_labels
 from .base import CommonConfig, Unlearner, UnlearningResult, UnlearningTask, register
 from .loop import UnlearningLoop
 
@@ -78,7 +78,7 @@ def saliency_mask(
         x0, y, _, _ = loop.forget_batch(idx)
         eps, t = loop.noise_and_t(x0)
         x_t = loop.fp.add_noise(x0, eps, t)
-        y = y.clamp(min=0)
+        y = conditioning(y, null)  # an unlabelled record under the null class, as training learned it
         both = loop.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)]))
         e_c, e_u = both.chunk(2)
         pred = e_u + guidance * (e_c - e_u)
@@ -145,11 +145,16 @@ class SalUn(Unlearner):
             raise ConfigError("salun relabels the forget data: it needs a class-conditional model")
         mode = cfg.pseudo_label if cfg.pseudo_label != "auto" else ("next" if task.scope == "class" else "random")
         loop = UnlearningLoop(self.name, task, cfg, checkpoint_dir, progress)
-        labels = loop.forget_y.clamp(min=0)
-        if mode == "random":
+        labels = loop.forget_y
+        if mode == "random":  # a record without a label (-1) may take any retained class
             mapping = {}
             pseudo = random_pseudo_labels(labels.cpu(), task.retained_labels, cfg.seed).to(loop.device)
         else:
+            if bool((labels < 0).any()):
+                raise ConfigError(
+                    f"salun pseudo_label={mode} sends each forget class to another: "
+                    f"{int((labels < 0).sum())} forget records carry no label (use pseudo_label=random)"
+                )
             present = sorted({int(c) for c in labels.tolist()})
             retained = [c for c in task.retained_labels if c not in present]
             mapping = pseudo_mapping(mode, present, retained, task.base.meta.num_classes)
