@@ -412,8 +412,8 @@ def extraction_control(reference: Sequence[Record], forget_distinct: TensorSet, 
     The audit's half of the hold-out reference (chosen to look like the forget records, never
     trained on); for a conditional model only those of the forget records' classes, the classes
     the extraction samples are drawn for (another class's record is never near them: it would
-    only lower the rate), and the unlabelled ones where a forget record has no label (both are
-    drawn under the null class).
+    only lower the rate), and, where a forget record has no label, the unlabelled ones (the
+    samples for it are drawn under the null class).
     """
     if not conditional:
         return list(reference)
