@@ -34,6 +34,7 @@ from ..errors import ConfigError, ModelError
 from ..models.diffusion import DiffusionModel
 from ..models.digest import model_digest
 from ..models.lineage import erased_labels, prior_deletions, prior_matcher
+from ..models.objectives import drawing_classes
 from ..models.sampling import sample
 from ..utils import atomic_output_dir, pick_device, write_json
 from .efficacy import (
@@ -313,17 +314,13 @@ def extraction_of(
     With ``control`` (hold-out images and their neighbourhood), the same test on them against
     the same samples: what passes by chance.
     """
-    # Conditional models are asked for the forget records' classes, extraction_samples each. A record
-    # without a label was learned under the null class (the training objective's), so that is where
-    # the model would draw it again.
-    present = forget_distinct.labels.tolist()
-    labels = sorted({int(v) for v in present if v >= 0})
-    if model.conditional and any(v < 0 for v in present):
-        labels.append(int(model.null_class))
+    # Conditional models are asked for the forget records' classes (the null class for a record
+    # without a label, where training learned it), extraction_samples each.
+    labels = drawing_classes(forget_distinct.labels, model.null_class)
     y = torch.tensor([c for c in labels for _ in range(params.extraction_samples)]) if labels else None
     generated = sample(
         model,
-        y if model.conditional else None,
+        y,
         num_samples=params.extraction_samples,
         steps=params.sampling_steps,
         guidance_scale=params.guidance_scale,

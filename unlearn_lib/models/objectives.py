@@ -40,6 +40,16 @@ def conditioning(labels: torch.Tensor, null_class: int | None) -> torch.Tensor |
     return torch.where(labels < 0, torch.full_like(labels, null_class), labels)
 
 
+def drawing_classes(labels: torch.Tensor, null_class: int | None) -> list[int]:
+    """The classes a conditional model is asked for to draw records with these labels again: their
+    classes, and the null class where a record has none (:func:`conditioning`); ``[]`` for an
+    unconditional model."""
+    if null_class is None:
+        return []
+    present = labels.tolist()
+    return sorted({int(v) for v in present if v >= 0}) + ([null_class] if any(v < 0 for v in present) else [])
+
+
 def drop_labels(
     labels: torch.Tensor, null_class: int | None, p: float, generator: torch.Generator | None
 ) -> torch.Tensor | None:

@@ -32,7 +32,7 @@ from ..data.selection import effective_size
 from ..data.tensors import TensorSet, to_model_space
 from ..measures.distances import extraction_ratios, neighbourhood_distance
 from ..models.diffusion import DiffusionModel
-from ..models.objectives import ForwardProcess, conditioning, per_sample_denoising_error
+from ..models.objectives import ForwardProcess, conditioning, drawing_classes, per_sample_denoising_error
 from ..models.sampling import sample
 
 # How the per-timestep errors decide the crossing (see CalibratedStop.measure).
@@ -214,9 +214,6 @@ class ExtractionCheck:
         self.forget = forget.distinct()
         self.neighbourhood = neighbourhood_distance(self.forget, train_pool, k)
         self.samples, self.alpha, self.k, self.min_ratio, self.seed = samples, alpha, k, min_ratio, seed
-        self.labels = sorted({int(v) for v in self.forget.labels.tolist() if v >= 0})
-        # A record without a label was learned under a conditional model's null class: drawn there.
-        self.unlabelled = any(v < 0 for v in self.forget.labels.tolist())
         self.control: TensorSet | None = None
         if control is not None:
             control = control.distinct()
@@ -233,8 +230,8 @@ class ExtractionCheck:
     def measure(self, model: DiffusionModel) -> dict:
         was_training = model.unet.training
         model.unet.eval()
-        asked = [*self.labels, *([model.null_class] if self.unlabelled and model.conditional else [])]
-        if model.conditional and asked:
+        asked = drawing_classes(self.forget.labels, model.null_class)
+        if asked:
             per = max(1, self.samples // len(asked))
             generated = sample(model, [c for c in asked for _ in range(per)], seed=self.seed)
         else:
